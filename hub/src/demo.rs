@@ -1,0 +1,174 @@
+//! `outpost demo`: a hub and two nodes on loopback (one with a simulated GPU), joined with a
+//! one-shot token and the static token, then the fleet as the CLI would show it.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use outpost_node::config::{Config, GpuProbeKind, Role, SimulatedGpu};
+use outpost_proto::v1::ListNodesRequest;
+use outpost_proto::v1::node_registry_client::NodeRegistryClient;
+use serde_json::{Value, json};
+
+use crate::cli::ClientContext;
+use crate::views;
+
+/// The demo's static bootstrap token (loopback only).
+const DEMO_STATIC_TOKEN: &str = "outpost-demo-static-token";
+
+fn hub_config(data_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.role = Role::Main;
+    config.server.data_dir = Some(data_dir.join("hub"));
+    config.server.listen = "127.0.0.1:0".into();
+    config.internal_grpc.listen = "127.0.0.1:0".into();
+    config.internal_grpc.bootstrap.token = Some(DEMO_STATIC_TOKEN.into());
+    config.fleet.min_heartbeat_ttl = Duration::from_secs(2);
+    config.fleet.heartbeat_grace = Duration::from_secs(2);
+    config
+}
+
+fn node_config(data_dir: &Path, hub_url: &str, ca_file: &Path, id: &str, token: &str) -> Config {
+    let mut config = Config::default();
+    config.server.role = Role::Node;
+    config.server.node_id = Some(id.into());
+    config.server.data_dir = Some(data_dir.join("nodes").join(id));
+    config.internal_grpc.bootstrap.token = Some(token.into());
+    config.node.hub = Some(hub_url.into());
+    config.node.ca_file = Some(ca_file.to_path_buf());
+    config.node.safe_paths = vec![data_dir.join("nodes").join(id).join("work")];
+    config.gpu.refresh_interval = Duration::from_secs(1);
+    config
+}
+
+/// Runs the demo; with `keep_running` serves until Ctrl-C.
+pub async fn run(
+    data_dir: Option<&Path>,
+    keep_running: bool,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let temp;
+    let data_dir = match data_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("outpost-demo-")
+                .tempdir()
+                .context("creating a temporary data dir")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let config = hub_config(&data_dir);
+    let hub = crate::hub::start(&config)
+        .await
+        .context("starting the demo hub")?;
+    let hub_url = hub.grpc_url();
+    let ca_file = config.cert_dir().join(crate::pki::files::CA_CERT);
+    if !json_out {
+        writeln!(
+            out,
+            "hub      grpc {hub_url}  rest http://{}  quic {} (udp)",
+            hub.addrs.http, hub.addrs.quic
+        )?;
+    }
+
+    // One node joins with a fresh one-shot token, the other with the static token.
+    let one_shot = crate::join::create_token(&hub.state, 600, 1).await?;
+    let mut cpu = node_config(&data_dir, &hub_url, &ca_file, "edge-cpu", &one_shot.token);
+    cpu.node.name = Some("Edge CPU node".into());
+    cpu.node.labels.insert("zone".into(), "edge".into());
+    let mut gpu = node_config(&data_dir, &hub_url, &ca_file, "gpu-sim", DEMO_STATIC_TOKEN);
+    gpu.node.name = Some("Simulated GPU node".into());
+    gpu.gpu.probe = GpuProbeKind::Simulated;
+    gpu.gpu.simulated = vec![SimulatedGpu {
+        name: "NVIDIA A100-SXM4-80GB (simulated)".into(),
+        memory_total_mb: 81920,
+        memory_used_mb: 2048,
+        compute_capability: "8.0".into(),
+        utilization_percent: 3,
+    }];
+    let mut nodes = Vec::new();
+    for config in [cpu, gpu] {
+        let id = config.server.node_id.clone().unwrap_or_default();
+        let node = outpost_node::NodeAgent::start(config)
+            .await
+            .with_context(|| format!("starting node {id}"))?;
+        if !json_out {
+            let how = if node.joined_now {
+                "joined"
+            } else {
+                "reused its stored identity"
+            };
+            writeln!(out, "node     {id}: {how}")?;
+        }
+        nodes.push(node);
+    }
+    for node in &nodes {
+        if !node.wait_connected(Duration::from_secs(15)).await {
+            bail!(
+                "node {} did not establish its session: {}",
+                node.node_id,
+                node.stats.last_error.lock()
+            );
+        }
+    }
+    // Wait for a heartbeat with load from each node.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let ready = nodes.iter().all(|n| {
+            hub.state
+                .live
+                .lock()
+                .get(&n.node_id)
+                .is_some_and(|l| l.load.is_some())
+        });
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Ask the hub the way an operator would: the CLI's gRPC client with the generated credentials.
+    let ctx = ClientContext::discover(&config, Some(&hub_url))?;
+    let mut client = NodeRegistryClient::new(ctx.channel().await?);
+    let fleet = client
+        .list_nodes(outpost_node::grpc_client::with_bearer(
+            ListNodesRequest {},
+            &ctx.jwt,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("listing nodes: {}", s.message()))?
+        .into_inner()
+        .nodes;
+    if json_out {
+        let value = json!({
+            "hub": {"grpc": hub_url, "http": format!("http://{}", hub.addrs.http), "quic": hub.addrs.quic.to_string()},
+            "nodes": fleet.iter().map(views::node_json).collect::<Vec<Value>>(),
+            "tasks": [],
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(out)?;
+        crate::cli::print_node_table(&fleet, out)?;
+    }
+    if keep_running {
+        if !json_out {
+            writeln!(
+                out,
+                "\nserving until Ctrl-C; data in {}",
+                data_dir.display()
+            )?;
+        }
+        out.flush()?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+    hub.shutdown().await;
+    Ok(())
+}

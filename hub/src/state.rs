@@ -1,0 +1,78 @@
+//! What every surface of the hub (gRPC, REST, QUIC sessions, background tasks) shares.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use outpost_node::auth::TokenAuthority;
+use outpost_node::clock::Clock;
+use outpost_proto::v1::{Capabilities, GpuSnapshot, Load};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::fleet::{FleetState, StatusChange};
+use crate::links::LinkTable;
+use crate::pki::CertAuthority;
+use crate::store::Store;
+
+/// What the hub knows of a node that is not worth a database write per heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct LiveNode {
+    /// Latest load.
+    pub load: Option<Load>,
+    /// Latest GPU snapshot.
+    pub gpus: Option<GpuSnapshot>,
+    /// Latest capabilities.
+    pub capabilities: Option<Capabilities>,
+    /// Where the session comes from.
+    pub session_addr: String,
+    /// Heartbeats received since the hub started.
+    pub heartbeats: u64,
+    /// Sessions established since the hub started.
+    pub sessions: u64,
+    /// Highest heartbeat sequence number seen in the current session.
+    pub last_seq: u64,
+}
+
+/// Shared hub state.
+#[derive(Debug)]
+pub struct HubState {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Liveness.
+    pub fleet: Mutex<FleetState>,
+    /// Live, non-durable node data.
+    pub live: Mutex<HashMap<String, LiveNode>>,
+    /// Sessions to nodes.
+    pub links: LinkTable,
+    /// JWT minting and checking.
+    pub auth: TokenAuthority,
+    /// The CA signing node certificates.
+    pub ca: CertAuthority,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Proof key of the static bootstrap token, when one is configured.
+    pub static_token_key: Option<[u8; 32]>,
+    /// UDP port of the QUIC session endpoint.
+    pub quic_port: u16,
+    /// Status changes waiting to be persisted.
+    pub status_changes: mpsc::UnboundedSender<StatusChange>,
+    /// Heartbeat times waiting to be persisted (latest per node).
+    pub pending_heartbeats: Mutex<HashMap<String, i64>>,
+    /// Which mode the internal API runs in.
+    pub mtls: bool,
+}
+
+impl HubState {
+    /// Now, from the injected clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Queues status changes for the persister.
+    pub fn publish(&self, changes: impl IntoIterator<Item = StatusChange>) {
+        for change in changes {
+            tracing::info!(node_id = %change.node_id, from = %change.from, to = %change.to, reason = %change.reason, "node status");
+            let _ = self.status_changes.send(change);
+        }
+    }
+}

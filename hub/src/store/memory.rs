@@ -1,0 +1,240 @@
+//! [`Store`] in memory: the twin of [`super::SqlStore`] for unit tests of logic above the store.
+//! Same rules (duplicates, active agents, one-shot challenges, atomic token use), no durability.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{BindOutcome, ChallengeRow, JoinedNode, NodeRow, Store, StoreError, TokenRow};
+
+#[derive(Debug, Default)]
+struct Tables {
+    nodes: BTreeMap<String, NodeRow>,
+    tokens: BTreeMap<String, TokenRow>,
+    challenges: BTreeMap<String, ChallengeRow>,
+    /// agent id → (node id, status)
+    agents: BTreeMap<String, (String, String)>,
+}
+
+/// In-memory store.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tables: Mutex<Tables>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn not_found(id: &str) -> StoreError {
+    StoreError::NotFound {
+        what: "node",
+        id: id.into(),
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn insert_node(&self, node: &NodeRow) -> Result<(), StoreError> {
+        let mut t = self.tables.lock();
+        if t.nodes.contains_key(&node.id) {
+            return Err(StoreError::Duplicate {
+                what: "node",
+                id: node.id.clone(),
+            });
+        }
+        t.nodes.insert(node.id.clone(), node.clone());
+        Ok(())
+    }
+
+    async fn get_node(&self, id: &str) -> Result<Option<NodeRow>, StoreError> {
+        Ok(self.tables.lock().nodes.get(id).cloned())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        Ok(self.tables.lock().nodes.values().cloned().collect())
+    }
+
+    async fn update_node_record(&self, node: &NodeRow) -> Result<(), StoreError> {
+        let mut t = self.tables.lock();
+        let row = t
+            .nodes
+            .get_mut(&node.id)
+            .ok_or_else(|| not_found(&node.id))?;
+        row.name.clone_from(&node.name);
+        row.grpc_target.clone_from(&node.grpc_target);
+        row.tls_server_name.clone_from(&node.tls_server_name);
+        row.default_worktree_root
+            .clone_from(&node.default_worktree_root);
+        row.updated_at_ms = node.updated_at_ms;
+        Ok(())
+    }
+
+    async fn delete_node(&self, id: &str) -> Result<(), StoreError> {
+        let mut t = self.tables.lock();
+        let active = t
+            .agents
+            .values()
+            .filter(|(n, s)| n == id && s != "stopped")
+            .count();
+        if active > 0 {
+            return Err(StoreError::Conflict(format!(
+                "node {id:?} has {active} active agent(s); stop or move them first"
+            )));
+        }
+        t.nodes.remove(id).ok_or_else(|| not_found(id))?;
+        t.agents.retain(|_, (n, _)| n != id);
+        Ok(())
+    }
+
+    async fn set_draining(&self, id: &str, draining: bool, now_ms: i64) -> Result<(), StoreError> {
+        let mut t = self.tables.lock();
+        let row = t.nodes.get_mut(id).ok_or_else(|| not_found(id))?;
+        row.draining = draining;
+        row.updated_at_ms = now_ms;
+        Ok(())
+    }
+
+    async fn set_status(&self, id: &str, status: &str, reason: &str) -> Result<(), StoreError> {
+        if let Some(row) = self.tables.lock().nodes.get_mut(id) {
+            row.status = status.into();
+            row.status_reason = reason.into();
+        }
+        Ok(())
+    }
+
+    async fn record_heartbeats(&self, beats: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut t = self.tables.lock();
+        for (id, at) in beats {
+            if let Some(row) = t.nodes.get_mut(id) {
+                row.last_heartbeat_ms = Some(*at);
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_capabilities(&self, id: &str, capabilities: &[u8]) -> Result<(), StoreError> {
+        if let Some(row) = self.tables.lock().nodes.get_mut(id) {
+            row.capabilities = Some(capabilities.to_vec());
+        }
+        Ok(())
+    }
+
+    async fn bind_joined_node(&self, node: &JoinedNode<'_>) -> Result<BindOutcome, StoreError> {
+        let mut t = self.tables.lock();
+        match t.nodes.get_mut(node.id) {
+            None => {
+                t.nodes.insert(
+                    node.id.into(),
+                    NodeRow {
+                        id: node.id.into(),
+                        name: node.name.into(),
+                        grpc_target: node.grpc_target.into(),
+                        public_key_sha256: Some(node.public_key_sha256.into()),
+                        joined_at_ms: Some(node.now_ms),
+                        status: "offline".into(),
+                        created_at_ms: node.now_ms,
+                        updated_at_ms: node.now_ms,
+                        ..NodeRow::default()
+                    },
+                );
+                Ok(BindOutcome::Bound)
+            }
+            Some(row) => match &row.public_key_sha256 {
+                None => {
+                    row.public_key_sha256 = Some(node.public_key_sha256.into());
+                    row.joined_at_ms = Some(node.now_ms);
+                    row.updated_at_ms = node.now_ms;
+                    if row.grpc_target.is_empty() {
+                        row.grpc_target = node.grpc_target.into();
+                    }
+                    Ok(BindOutcome::Bound)
+                }
+                Some(key) if key == node.public_key_sha256 => Ok(BindOutcome::AlreadyBound),
+                Some(_) => Ok(BindOutcome::HeldByAnotherKey),
+            },
+        }
+    }
+
+    async fn count_active_agents(&self, node_id: &str) -> Result<i64, StoreError> {
+        Ok(self
+            .tables
+            .lock()
+            .agents
+            .values()
+            .filter(|(n, s)| n == node_id && s != "stopped")
+            .count() as i64)
+    }
+
+    async fn insert_agent(
+        &self,
+        id: &str,
+        node_id: &str,
+        _name: &str,
+        status: &str,
+        _now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut t = self.tables.lock();
+        if !t.nodes.contains_key(node_id) {
+            return Err(not_found(node_id));
+        }
+        if t.agents.contains_key(id) {
+            return Err(StoreError::Duplicate {
+                what: "agent",
+                id: id.into(),
+            });
+        }
+        t.agents.insert(id.into(), (node_id.into(), status.into()));
+        Ok(())
+    }
+
+    async fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError> {
+        let mut t = self.tables.lock();
+        if t.tokens.contains_key(&token.id) {
+            return Err(StoreError::Duplicate {
+                what: "token",
+                id: token.id.clone(),
+            });
+        }
+        t.tokens.insert(token.id.clone(), token.clone());
+        Ok(())
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
+        Ok(self.tables.lock().tokens.get(id).cloned())
+    }
+
+    async fn consume_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let mut t = self.tables.lock();
+        match t.tokens.get_mut(id) {
+            Some(token) if token.uses_left > 0 && token.expires_at_ms > now_ms => {
+                token.uses_left -= 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn insert_challenge(&self, challenge: &ChallengeRow) -> Result<(), StoreError> {
+        self.tables
+            .lock()
+            .challenges
+            .insert(challenge.id.clone(), challenge.clone());
+        Ok(())
+    }
+
+    async fn take_challenge(&self, id: &str) -> Result<Option<ChallengeRow>, StoreError> {
+        Ok(self.tables.lock().challenges.remove(id))
+    }
+
+    async fn purge_challenges(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let mut t = self.tables.lock();
+        let before = t.challenges.len();
+        t.challenges.retain(|_, c| c.expires_at_ms > now_ms);
+        Ok((before - t.challenges.len()) as u64)
+    }
+}

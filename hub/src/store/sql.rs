@@ -1,0 +1,464 @@
+//! [`Store`] on SQLite or PostgreSQL through sqlx's `Any` driver: one set of queries (`$N`
+//! placeholders work on both), one migration folder per dialect.
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use super::{BindOutcome, ChallengeRow, JoinedNode, NodeRow, Store, StoreError, TokenRow};
+
+/// Which database the URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// SQL-backed store.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const NODE_COLUMNS: &str = "id, name, grpc_target, tls_server_name, default_worktree_root, public_key_sha256, \
+    joined_at_ms, draining, status, status_reason, last_heartbeat_ms, capabilities, created_at_ms, updated_at_ms";
+
+fn node_from_row(row: &AnyRow) -> Result<NodeRow, sqlx::Error> {
+    Ok(NodeRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        grpc_target: row.try_get("grpc_target")?,
+        tls_server_name: row.try_get("tls_server_name")?,
+        default_worktree_root: row.try_get("default_worktree_root")?,
+        public_key_sha256: row.try_get("public_key_sha256")?,
+        joined_at_ms: row.try_get("joined_at_ms")?,
+        draining: row.try_get::<i64, _>("draining")? != 0,
+        status: row.try_get("status")?,
+        status_reason: row.try_get("status_reason")?,
+        last_heartbeat_ms: row.try_get("last_heartbeat_ms")?,
+        capabilities: row.try_get("capabilities")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+impl SqlStore {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating a SQLite file when
+    /// missing, and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.into()));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
+            _ => url.to_string(),
+        };
+        let max = if backend == Backend::Sqlite { 4 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(&url)
+            .await?;
+        if backend == Backend::Sqlite {
+            // WAL is a property of the file: set once, kept by every later connection.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        let store = Self { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations for the backend.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => {
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&self.pool)
+                    .await?
+            }
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The SQLite journal mode (for checks), `None` on PostgreSQL.
+    pub async fn sqlite_journal_mode(&self) -> Result<Option<String>, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let row = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(row.try_get::<String, _>(0)?))
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn insert_node(&self, node: &NodeRow) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO nodes (id, name, grpc_target, tls_server_name, default_worktree_root, public_key_sha256, \
+             joined_at_ms, draining, status, status_reason, last_heartbeat_ms, capabilities, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&node.id)
+        .bind(&node.name)
+        .bind(&node.grpc_target)
+        .bind(&node.tls_server_name)
+        .bind(&node.default_worktree_root)
+        .bind(&node.public_key_sha256)
+        .bind(node.joined_at_ms)
+        .bind(i64::from(node.draining))
+        .bind(&node.status)
+        .bind(&node.status_reason)
+        .bind(node.last_heartbeat_ms)
+        .bind(&node.capabilities)
+        .bind(node.created_at_ms)
+        .bind(node.updated_at_ms)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
+                what: "node",
+                id: node.id.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_node(&self, id: &str) -> Result<Option<NodeRow>, StoreError> {
+        let sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(node_from_row).transpose()?)
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        let sql = format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(node_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn update_node_record(&self, node: &NodeRow) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE nodes SET name = $2, grpc_target = $3, tls_server_name = $4, default_worktree_root = $5, \
+             updated_at_ms = $6 WHERE id = $1",
+        )
+        .bind(&node.id)
+        .bind(&node.name)
+        .bind(&node.grpc_target)
+        .bind(&node.tls_server_name)
+        .bind(&node.default_worktree_root)
+        .bind(node.updated_at_ms)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "node",
+                id: node.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn delete_node(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let active: i64 =
+            sqlx::query("SELECT COUNT(*) FROM agents WHERE node_id = $1 AND status <> 'stopped'")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+        if active > 0 {
+            return Err(StoreError::Conflict(format!(
+                "node {id:?} has {active} active agent(s); stop or move them first"
+            )));
+        }
+        sqlx::query("DELETE FROM agents WHERE node_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "node",
+                id: id.into(),
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_draining(&self, id: &str, draining: bool, now_ms: i64) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE nodes SET draining = $2, updated_at_ms = $3 WHERE id = $1")
+            .bind(id)
+            .bind(i64::from(draining))
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "node",
+                id: id.into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn set_status(&self, id: &str, status: &str, reason: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET status = $2, status_reason = $3 WHERE id = $1")
+            .bind(id)
+            .bind(status)
+            .bind(reason)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_heartbeats(&self, beats: &[(String, i64)]) -> Result<(), StoreError> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in beats {
+            sqlx::query("UPDATE nodes SET last_heartbeat_ms = $2 WHERE id = $1")
+                .bind(id)
+                .bind(*at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_capabilities(&self, id: &str, capabilities: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET capabilities = $2 WHERE id = $1")
+            .bind(id)
+            .bind(capabilities.to_vec())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn bind_joined_node(&self, node: &JoinedNode<'_>) -> Result<BindOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<Option<String>> =
+            sqlx::query("SELECT public_key_sha256 FROM nodes WHERE id = $1")
+                .bind(node.id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get::<Option<String>, _>(0))
+                .transpose()?;
+        let outcome = match existing {
+            None => {
+                let inserted = sqlx::query(
+                    "INSERT INTO nodes (id, name, grpc_target, public_key_sha256, joined_at_ms, status, created_at_ms, updated_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, 'offline', $5, $5)",
+                )
+                .bind(node.id)
+                .bind(node.name)
+                .bind(node.grpc_target)
+                .bind(node.public_key_sha256)
+                .bind(node.now_ms)
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Ok(_) => BindOutcome::Bound,
+                    // Another hub sharing the database bound it in between.
+                    Err(e) if is_unique_violation(&e) => BindOutcome::HeldByAnotherKey,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(None) => {
+                let done = sqlx::query(
+                    "UPDATE nodes SET public_key_sha256 = $2, joined_at_ms = $3, updated_at_ms = $3, \
+                     grpc_target = CASE WHEN grpc_target = '' THEN $4 ELSE grpc_target END \
+                     WHERE id = $1 AND public_key_sha256 IS NULL",
+                )
+                .bind(node.id)
+                .bind(node.public_key_sha256)
+                .bind(node.now_ms)
+                .bind(node.grpc_target)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 1 {
+                    BindOutcome::Bound
+                } else {
+                    BindOutcome::HeldByAnotherKey
+                }
+            }
+            Some(Some(key)) if key == node.public_key_sha256 => BindOutcome::AlreadyBound,
+            Some(Some(_)) => BindOutcome::HeldByAnotherKey,
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn count_active_agents(&self, node_id: &str) -> Result<i64, StoreError> {
+        let row =
+            sqlx::query("SELECT COUNT(*) FROM agents WHERE node_id = $1 AND status <> 'stopped'")
+                .bind(node_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn insert_agent(
+        &self,
+        id: &str,
+        node_id: &str,
+        name: &str,
+        status: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let result = sqlx::query("INSERT INTO agents (id, node_id, name, status, created_at_ms) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(node_id)
+            .bind(name)
+            .bind(status)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
+                what: "agent",
+                id: id.into(),
+            }),
+            Err(sqlx::Error::Database(db))
+                if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation =>
+            {
+                Err(StoreError::NotFound {
+                    what: "node",
+                    id: node_id.into(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO bootstrap_tokens (id, proof_key, uses_left, expires_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&token.id)
+        .bind(&token.proof_key)
+        .bind(token.uses_left)
+        .bind(token.expires_at_ms)
+        .bind(token.created_at_ms)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
+                what: "token",
+                id: token.id.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
+        let row = sqlx::query("SELECT id, proof_key, uses_left, expires_at_ms, created_at_ms FROM bootstrap_tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|row| -> Result<TokenRow, sqlx::Error> {
+                Ok(TokenRow {
+                    id: row.try_get("id")?,
+                    proof_key: row.try_get("proof_key")?,
+                    uses_left: row.try_get("uses_left")?,
+                    expires_at_ms: row.try_get("expires_at_ms")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                })
+            })
+            .transpose()?)
+    }
+
+    async fn consume_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE bootstrap_tokens SET uses_left = uses_left - 1 WHERE id = $1 AND uses_left > 0 AND expires_at_ms > $2",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_challenge(&self, challenge: &ChallengeRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO join_challenges (id, node_id, nonce, expires_at_ms) VALUES ($1, $2, $3, $4)")
+            .bind(&challenge.id)
+            .bind(&challenge.node_id)
+            .bind(&challenge.nonce)
+            .bind(challenge.expires_at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_challenge(&self, id: &str) -> Result<Option<ChallengeRow>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM join_challenges WHERE id = $1 RETURNING id, node_id, nonce, expires_at_ms",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|row| -> Result<ChallengeRow, sqlx::Error> {
+                Ok(ChallengeRow {
+                    id: row.try_get("id")?,
+                    node_id: row.try_get("node_id")?,
+                    nonce: row.try_get("nonce")?,
+                    expires_at_ms: row.try_get("expires_at_ms")?,
+                })
+            })
+            .transpose()?)
+    }
+
+    async fn purge_challenges(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM join_challenges WHERE expires_at_ms <= $1")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}

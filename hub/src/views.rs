@@ -1,0 +1,147 @@
+//! JSON shapes of the contract's messages, shared by the REST API and the CLI's `--json` output,
+//! so both print the same field names (AgentHub's registry names, INTERFACE.md's GPU names).
+
+use outpost_proto::v1::{
+    Capabilities, GpuDevice, GpuSnapshot, Load, NodeHealth, NodeRecord, NodeView,
+};
+use serde_json::{Value, json};
+
+/// RFC 3339 text for a millisecond timestamp; `null` for 0.
+pub fn time_json(ms: i64) -> Value {
+    if ms <= 0 {
+        return Value::Null;
+    }
+    let Ok(ms) = u64::try_from(ms) else {
+        return Value::Null;
+    };
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    Value::String(humantime::format_rfc3339_millis(at).to_string())
+}
+
+/// The registry fields.
+pub fn record_json(record: &NodeRecord) -> Value {
+    json!({
+        "id": record.id,
+        "name": record.name,
+        "grpc_target": record.grpc_target,
+        "tls_server_name": record.tls_server_name,
+        "default_worktree_root": record.default_worktree_root,
+    })
+}
+
+/// One GPU.
+pub fn gpu_json(gpu: &GpuDevice) -> Value {
+    json!({
+        "index": gpu.index,
+        "uuid": gpu.uuid,
+        "name": gpu.name,
+        "memory_total_mb": gpu.memory_total_mb,
+        "memory_used_mb": gpu.memory_used_mb,
+        "memory_free_mb": gpu.memory_free_mb,
+        "utilization_percent": gpu.utilization_percent,
+        "temperature_c": gpu.temperature_c,
+        "power_mw": gpu.power_mw,
+        "compute_capability": gpu.compute_capability,
+        "mig_parent_uuid": if gpu.parent_uuid.is_empty() { Value::Null } else { Value::String(gpu.parent_uuid.clone()) },
+    })
+}
+
+/// A GPU snapshot.
+pub fn gpus_json(snapshot: &GpuSnapshot) -> Value {
+    json!({
+        "probe": snapshot.probe,
+        "driver_version": snapshot.driver_version,
+        "devices": snapshot.devices.iter().map(gpu_json).collect::<Vec<_>>(),
+        "unavailable_reason": snapshot.unavailable_reason,
+        "fenced": snapshot.fenced,
+    })
+}
+
+/// Load.
+pub fn load_json(load: &Load) -> Value {
+    json!({
+        "cpu_percent": (load.cpu_percent * 10.0).round() / 10.0,
+        "memory_used_bytes": load.memory_used_bytes,
+        "memory_total_bytes": load.memory_total_bytes,
+        "disk_used_bytes": load.disk_used_bytes,
+        "disk_total_bytes": load.disk_total_bytes,
+        "load_avg_1m": load.load_avg_1m,
+        "running_tasks": load.running_tasks,
+    })
+}
+
+/// Capabilities in PRX's groups.
+pub fn capabilities_json(caps: &Capabilities) -> Value {
+    let hardware = caps.hardware.clone().unwrap_or_default();
+    let sandbox = caps.sandbox.clone().unwrap_or_default();
+    json!({
+        "hardware": {
+            "cpu_cores": hardware.cpu_cores,
+            "memory_total_bytes": hardware.memory_total_bytes,
+            "os": hardware.os,
+            "arch": hardware.arch,
+            "hostname": hardware.hostname,
+            "tags": hardware.tags,
+        },
+        "software": caps.software.iter().map(|s| json!({"name": s.name, "path": s.path})).collect::<Vec<_>>(),
+        "labels": caps.labels,
+        "sandbox": {"wasm": sandbox.wasm, "landlock": sandbox.landlock, "detail": sandbox.detail},
+        "gpus": caps.gpus.as_ref().map(gpus_json),
+        "agent_version": caps.agent_version,
+        "safe_paths": caps.safe_paths,
+    })
+}
+
+/// A node: registry fields at the top level, then live state.
+pub fn node_json(view: &NodeView) -> Value {
+    let mut value = view
+        .record
+        .as_ref()
+        .map(record_json)
+        .unwrap_or_else(|| json!({}));
+    let gpus: Vec<Value> = view
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.gpus.as_ref())
+        .map(|g| g.devices.iter().map(gpu_json).collect())
+        .unwrap_or_default();
+    if let Value::Object(map) = &mut value {
+        map.insert("status".into(), json!(view.status));
+        map.insert("status_reason".into(), json!(view.status_reason));
+        map.insert("joined".into(), json!(view.joined));
+        map.insert("joined_at".into(), time_json(view.joined_at_ms));
+        map.insert("last_heartbeat".into(), time_json(view.last_heartbeat_ms));
+        map.insert("last_heartbeat_ms".into(), json!(view.last_heartbeat_ms));
+        map.insert("session_addr".into(), json!(view.session_addr));
+        map.insert(
+            "load".into(),
+            view.load.as_ref().map_or(Value::Null, load_json),
+        );
+        map.insert("gpus".into(), Value::Array(gpus));
+        map.insert(
+            "capabilities".into(),
+            view.capabilities
+                .as_ref()
+                .map_or(Value::Null, capabilities_json),
+        );
+        map.insert("created_at".into(), time_json(view.created_at_ms));
+        map.insert("updated_at".into(), time_json(view.updated_at_ms));
+    }
+    value
+}
+
+/// Health.
+pub fn health_json(health: &NodeHealth) -> Value {
+    json!({
+        "id": health.id,
+        "status": health.status,
+        "reachable": health.reachable,
+        "ping_rtt_us": health.ping_rtt_us,
+        "session_rtt_us": health.session_rtt_us,
+        "last_heartbeat": time_json(health.last_heartbeat_ms),
+        "heartbeats_received": health.heartbeats_received,
+        "session_reconnects": health.session_reconnects,
+        "load": health.load.as_ref().map_or(Value::Null, load_json),
+        "error": if health.error.is_empty() { Value::Null } else { Value::String(health.error.clone()) },
+    })
+}

@@ -1,0 +1,45 @@
+//! `outpost-node`: the lean node binary (no UI, no database).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Runs an Outpost node: joins the hub on first start, then keeps a QUIC session to it.
+#[derive(Debug, Parser)]
+#[command(name = "outpost-node", version)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (identity, state).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log as JSON.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    outpost_node::init_tracing(args.log_json);
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = outpost_node::config::Config::load(args.config.as_deref(), std::env::vars())?;
+    config.server.role = outpost_node::config::Role::Node;
+    if let Some(dir) = args.data_dir {
+        config.server.data_dir = Some(dir);
+    }
+    let node = outpost_node::NodeAgent::start(config).await?;
+    tokio::signal::ctrl_c().await?;
+    node.shutdown().await;
+    Ok(())
+}

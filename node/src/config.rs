@@ -1,0 +1,708 @@
+//! Outpost's configuration: one typed struct for hub and node, layered as file → `OUTPOST_*`
+//! environment → command-line flags.
+//!
+//! The sections follow AgentHub's (`[server]`, `[internal_grpc]` with `.security`, `.auth` and
+//! `.bootstrap`, `[worktree]`) plus Outpost's own (`[node]`, `[gpu]`, `[storage]`, `[fleet]`).
+//! Unknown keys are an error that names the key; every key has a default that runs on one machine.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or names an unknown key or a wrong type.
+    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, when the error came from one.
+        path: Option<PathBuf>,
+        /// The parser's message (names the key and the line).
+        message: String,
+    },
+    /// An `OUTPOST_*` environment variable has a value of the wrong type.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A value parsed but makes no sense.
+    #[error("invalid config value for `{key}`: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `internal_grpc.listen`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Whether this process is the control plane or a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The hub: registry, REST, internal gRPC, QUIC session endpoint.
+    #[default]
+    Main,
+    /// A node: joins a hub and serves only the internal surface.
+    Node,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// `main` or `node`.
+    pub role: Role,
+    /// HTTP listener for the REST API and web UI (hub only).
+    pub listen: String,
+    /// This node's id (node only); defaults to the host name.
+    pub node_id: Option<String>,
+    /// Where state lives (SQLite database, certificates, node identity).
+    pub data_dir: Option<PathBuf>,
+    /// UDP address of the hub's QUIC session endpoint; defaults to the gRPC listen address.
+    pub quic_listen: Option<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            role: Role::Main,
+            listen: "127.0.0.1:8080".into(),
+            node_id: None,
+            data_dir: None,
+            quic_listen: None,
+        }
+    }
+}
+
+/// `[internal_grpc]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InternalGrpcSection {
+    /// Serve the internal gRPC API.
+    pub enabled: bool,
+    /// TCP address of the internal gRPC API.
+    pub listen: String,
+    /// `[internal_grpc.security]`
+    pub security: SecuritySection,
+    /// `[internal_grpc.auth]`
+    pub auth: AuthSection,
+    /// `[internal_grpc.bootstrap]`
+    pub bootstrap: BootstrapSection,
+}
+
+impl Default for InternalGrpcSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:50051".into(),
+            security: SecuritySection::default(),
+            auth: AuthSection::default(),
+            bootstrap: BootstrapSection::default(),
+        }
+    }
+}
+
+/// TLS mode of the internal gRPC API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Server authentication only; callers prove themselves with a JWT.
+    #[default]
+    Tls,
+    /// Callers must also present a certificate signed by the hub CA (join excepted).
+    Mtls,
+}
+
+/// `[internal_grpc.security]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// `tls` or `mtls`.
+    pub mode: TlsMode,
+    /// Directory of the CA, hub certificate and auth secret; defaults to `<data_dir>/certs`.
+    pub cert_dir: Option<PathBuf>,
+    /// Extra DNS names or IPs for the hub certificate generated on first start.
+    pub server_names: Vec<String>,
+}
+
+/// `[internal_grpc.auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// HS256 secret; when absent the hub generates `cert_dir/auth_secret.txt` and the CLI reads it.
+    pub shared_secret: Option<String>,
+    /// JWT `iss`.
+    pub issuer: String,
+    /// JWT `aud`.
+    pub audience: String,
+    /// Clock-skew leeway for `exp`, in seconds.
+    pub leeway_seconds: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            shared_secret: None,
+            issuer: "outpost".into(),
+            audience: "outpost-internal".into(),
+            leeway_seconds: 30,
+        }
+    }
+}
+
+/// `[internal_grpc.bootstrap]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapSection {
+    /// Static join token (hub: accepted; node: used to join).
+    pub token: Option<String>,
+}
+
+/// `[worktree]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorktreeSection {
+    /// Base directory for `create_worktree` workdirs.
+    pub default_root: Option<PathBuf>,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// The hub's internal gRPC URL, e.g. `https://hub.example:50051`.
+    pub hub: Option<String>,
+    /// Human-readable name; defaults to the node id.
+    pub name: Option<String>,
+    /// CA certificate that signs the hub's certificate, for the first join. Defaults to
+    /// `<cert_dir>/ca.pem` when that file exists.
+    pub ca_file: Option<PathBuf>,
+    /// Directories work on this node may touch.
+    pub safe_paths: Vec<PathBuf>,
+    /// Labels advertised in capabilities (`gpu-class = "a100"`).
+    pub labels: BTreeMap<String, String>,
+    /// Where the hub can reach this node's own gRPC service (registry `grpc_target`).
+    pub grpc_target: Option<String>,
+}
+
+/// Which GPU probe a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuProbeKind {
+    /// NVML when it loads, otherwise none (the reason is reported).
+    #[default]
+    Auto,
+    /// NVML only.
+    Nvml,
+    /// Devices described in `[[gpu.simulated]]`.
+    Simulated,
+    /// No GPU probing.
+    None,
+}
+
+/// `[gpu]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuSection {
+    /// `auto`, `nvml`, `simulated` or `none`.
+    pub probe: GpuProbeKind,
+    /// How often the probe is refreshed.
+    #[serde(with = "duration_text")]
+    pub refresh_interval: Duration,
+    /// Simulated devices (`probe = "simulated"`).
+    pub simulated: Vec<SimulatedGpu>,
+}
+
+impl Default for GpuSection {
+    fn default() -> Self {
+        Self {
+            probe: GpuProbeKind::Auto,
+            refresh_interval: Duration::from_secs(5),
+            simulated: Vec::new(),
+        }
+    }
+}
+
+/// One `[[gpu.simulated]]` device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedGpu {
+    /// Marketing name, e.g. "NVIDIA A100-SXM4-80GB".
+    pub name: String,
+    /// Total memory in MiB.
+    pub memory_total_mb: u64,
+    /// Used memory in MiB.
+    #[serde(default)]
+    pub memory_used_mb: u64,
+    /// CUDA compute capability, e.g. "8.0".
+    #[serde(default = "default_compute_capability")]
+    pub compute_capability: String,
+    /// GPU utilisation in percent.
+    #[serde(default)]
+    pub utilization_percent: u32,
+}
+
+fn default_compute_capability() -> String {
+    "8.0".into()
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// `sqlite://PATH` or `postgres://…`; defaults to `sqlite://<data_dir>/outpost.db`.
+    pub url: Option<String>,
+}
+
+/// `[fleet]`: heartbeat TTL in the manner of Nomad.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// Smallest heartbeat TTL, whatever the fleet size.
+    #[serde(with = "duration_text")]
+    pub min_heartbeat_ttl: Duration,
+    /// Extra time after the TTL before a node is marked offline.
+    #[serde(with = "duration_text")]
+    pub heartbeat_grace: Duration,
+    /// The TTL grows so that the whole fleet sends at most this many heartbeats per second.
+    pub max_heartbeats_per_second: f64,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        Self {
+            min_heartbeat_ttl: Duration::from_secs(10),
+            heartbeat_grace: Duration::from_secs(10),
+            max_heartbeats_per_second: 50.0,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerSection,
+    /// `[internal_grpc]`
+    pub internal_grpc: InternalGrpcSection,
+    /// `[worktree]`
+    pub worktree: WorktreeSection,
+    /// `[node]`
+    pub node: NodeSection,
+    /// `[gpu]`
+    pub gpu: GpuSection,
+    /// `[storage]`
+    pub storage: StorageSection,
+    /// `[fleet]`
+    pub fleet: FleetSection,
+}
+
+/// Keys that `OUTPOST_<SECTION>_<KEY>` variables may set (dotted paths).
+pub const ENV_KEYS: &[&str] = &[
+    "server.role",
+    "server.listen",
+    "server.node_id",
+    "server.data_dir",
+    "server.quic_listen",
+    "internal_grpc.enabled",
+    "internal_grpc.listen",
+    "internal_grpc.security.mode",
+    "internal_grpc.security.cert_dir",
+    "internal_grpc.security.server_names",
+    "internal_grpc.auth.shared_secret",
+    "internal_grpc.auth.issuer",
+    "internal_grpc.auth.audience",
+    "internal_grpc.auth.leeway_seconds",
+    "internal_grpc.bootstrap.token",
+    "worktree.default_root",
+    "node.hub",
+    "node.name",
+    "node.ca_file",
+    "node.safe_paths",
+    "node.grpc_target",
+    "gpu.probe",
+    "gpu.refresh_interval",
+    "storage.url",
+    "fleet.min_heartbeat_ttl",
+    "fleet.heartbeat_grace",
+    "fleet.max_heartbeats_per_second",
+];
+
+/// The environment variable that overrides a dotted key: `internal_grpc.auth.issuer` →
+/// `OUTPOST_INTERNAL_GRPC_AUTH_ISSUER`.
+pub fn env_var_for(key: &str) -> String {
+    format!("OUTPOST_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+impl Config {
+    /// Loads the file (if any), then applies `OUTPOST_*` variables from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: Some(path.to_path_buf()),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        // Check the file alone first so that its errors name the file.
+        if path.is_some() {
+            Self::from_table(table.clone(), path)?;
+        }
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        for key in ENV_KEYS {
+            let var = env_var_for(key);
+            if let Some(raw) = env.get(&var) {
+                let value = env_value(key, raw);
+                set_path(&mut table, key, value).map_err(|message| ConfigError::Env {
+                    var: var.clone(),
+                    message,
+                })?;
+                Self::from_table(table.clone(), None).map_err(|e| ConfigError::Env {
+                    var: var.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        let config = Self::from_table(table, path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (no environment), for tests and embedding.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Parse {
+                path: None,
+                message: e.to_string(),
+            })?;
+        let config = Self::from_table(table, None)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_table(table: toml::Table, path: Option<&Path>) -> Result<Self, ConfigError> {
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+            path: path.map(Path::to_path_buf),
+            message: e.to_string().trim().to_string(),
+        })
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if self.internal_grpc.enabled {
+            self.internal_grpc
+                .listen
+                .parse::<SocketAddr>()
+                .map_err(|e| {
+                    invalid("internal_grpc.listen", format!("{e} (expected host:port)"))
+                })?;
+        }
+        if self.server.role == Role::Main {
+            self.server
+                .listen
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid("server.listen", format!("{e} (expected host:port)")))?;
+        }
+        if let Some(quic) = &self.server.quic_listen {
+            quic.parse::<SocketAddr>()
+                .map_err(|e| invalid("server.quic_listen", format!("{e} (expected host:port)")))?;
+        }
+        if let Some(id) = &self.server.node_id {
+            crate::identity::validate_node_id(id).map_err(|e| invalid("server.node_id", e))?;
+        }
+        if let Some(secret) = &self.internal_grpc.auth.shared_secret
+            && secret.len() < 16
+        {
+            return Err(invalid(
+                "internal_grpc.auth.shared_secret",
+                "must be at least 16 characters".into(),
+            ));
+        }
+        if self.fleet.max_heartbeats_per_second <= 0.0
+            || !self.fleet.max_heartbeats_per_second.is_finite()
+        {
+            return Err(invalid(
+                "fleet.max_heartbeats_per_second",
+                "must be a positive number".into(),
+            ));
+        }
+        if self.fleet.min_heartbeat_ttl.is_zero() {
+            return Err(invalid(
+                "fleet.min_heartbeat_ttl",
+                "must be greater than zero".into(),
+            ));
+        }
+        for (i, gpu) in self.gpu.simulated.iter().enumerate() {
+            if gpu.memory_used_mb > gpu.memory_total_mb {
+                return Err(invalid(
+                    &format!("gpu.simulated[{i}].memory_used_mb"),
+                    format!(
+                        "{} exceeds memory_total_mb {}",
+                        gpu.memory_used_mb, gpu.memory_total_mb
+                    ),
+                ));
+            }
+            crate::gpu::parse_compute_capability(&gpu.compute_capability)
+                .map_err(|e| invalid(&format!("gpu.simulated[{i}].compute_capability"), e))?;
+        }
+        for path in &self.node.safe_paths {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    "node.safe_paths",
+                    format!("{} is not an absolute path", path.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The data directory: `[server] data_dir`, else `./outpost-data`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.server
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("outpost-data"))
+    }
+
+    /// The certificate directory: `[internal_grpc.security] cert_dir`, else `<data_dir>/certs`.
+    pub fn cert_dir(&self) -> PathBuf {
+        self.internal_grpc
+            .security
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("certs"))
+    }
+}
+
+/// Turns an environment value into a TOML value of the type the key expects.
+fn env_value(key: &str, raw: &str) -> toml::Value {
+    let trimmed = raw.trim();
+    if key.ends_with("safe_paths") || key.ends_with("server_names") {
+        if trimmed.starts_with('[')
+            && let Ok(v) = format!("v = {trimmed}").parse::<toml::Table>()
+            && let Some(value) = v.get("v")
+        {
+            return value.clone();
+        }
+        let sep = if key.ends_with("safe_paths") {
+            ':'
+        } else {
+            ','
+        };
+        return toml::Value::Array(
+            trimmed
+                .split(sep)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.into()))
+                .collect(),
+        );
+    }
+    match trimmed {
+        "true" => return toml::Value::Boolean(true),
+        "false" => return toml::Value::Boolean(false),
+        _ => {}
+    }
+    if key.ends_with("leeway_seconds")
+        && let Ok(n) = trimmed.parse::<i64>()
+    {
+        return toml::Value::Integer(n);
+    }
+    if key.ends_with("max_heartbeats_per_second")
+        && let Ok(n) = trimmed.parse::<f64>()
+    {
+        return toml::Value::Float(n);
+    }
+    toml::Value::String(raw.to_string())
+}
+
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().ok_or_else(|| "empty key".to_string())?;
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{part}` is not a table"))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Durations written as text: "10s", "1h 30m", "250ms".
+pub mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialises as humantime text.
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    /// Parses humantime text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?}: {e} (try \"10s\" or \"500ms\")"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.server.role, Role::Main);
+        assert_eq!(c.internal_grpc.listen, "127.0.0.1:50051");
+        assert_eq!(c.internal_grpc.security.mode, TlsMode::Tls);
+        assert_eq!(c.cert_dir(), PathBuf::from("outpost-data/certs"));
+    }
+
+    #[test]
+    fn seed_sections_parse() {
+        let c = Config::from_toml(
+            r#"
+            [server]
+            role = "node"
+            node_id = "gpu-01"
+            [internal_grpc]
+            enabled = true
+            listen = "0.0.0.0:50051"
+            [internal_grpc.security]
+            mode = "mtls"
+            cert_dir = "/etc/outpost/certs"
+            [internal_grpc.auth]
+            shared_secret = "CHANGE-ME-256-BIT-SECRET"
+            issuer = "agenthub"
+            audience = "agenthub-internal"
+            [internal_grpc.bootstrap]
+            token = "bootstrap-token-for-remote-nodes"
+            [worktree]
+            default_root = "/data/worktrees"
+            [node]
+            hub = "https://127.0.0.1:50051"
+            safe_paths = ["/data"]
+            labels = { zone = "edge" }
+            [gpu]
+            probe = "simulated"
+            refresh_interval = "2s"
+            [[gpu.simulated]]
+            name = "NVIDIA A100"
+            memory_total_mb = 81920
+            compute_capability = "8.0"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.server.role, Role::Node);
+        assert_eq!(c.internal_grpc.security.mode, TlsMode::Mtls);
+        assert_eq!(c.internal_grpc.auth.issuer, "agenthub");
+        assert_eq!(c.gpu.simulated.len(), 1);
+        assert_eq!(c.gpu.refresh_interval, Duration::from_secs(2));
+        assert_eq!(c.node.labels.get("zone").map(String::as_str), Some("edge"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err =
+            Config::from_toml("[internal_grpc.security]\nmode = \"tls\"\ncert_dri = \"/x\"\n")
+                .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("cert_dri"), "{text}");
+        let err = Config::from_toml("[nonsense]\na = 1\n").unwrap_err();
+        assert!(err.to_string().contains("nonsense"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_values_are_named() {
+        let err =
+            Config::from_toml("[internal_grpc.security]\nmode = \"plaintext\"\n").unwrap_err();
+        assert!(err.to_string().contains("plaintext"), "{err}");
+        let err = Config::from_toml("[internal_grpc]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(err.to_string().contains("internal_grpc.listen"), "{err}");
+        let err = Config::from_toml("[fleet]\nheartbeat_grace = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+        let err = Config::from_toml("[server]\nnode_id = \"../etc\"\n").unwrap_err();
+        assert!(err.to_string().contains("server.node_id"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outpost.toml");
+        std::fs::write(&path, "[internal_grpc]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let env = vec![
+            (
+                "OUTPOST_INTERNAL_GRPC_LISTEN".to_string(),
+                "127.0.0.1:2".to_string(),
+            ),
+            (
+                "OUTPOST_INTERNAL_GRPC_SECURITY_MODE".to_string(),
+                "mtls".to_string(),
+            ),
+            ("OUTPOST_NODE_SAFE_PATHS".to_string(), "/a:/b".to_string()),
+            (
+                "OUTPOST_FLEET_HEARTBEAT_GRACE".to_string(),
+                "3s".to_string(),
+            ),
+            (
+                "OUTPOST_HUB".to_string(),
+                "ignored: not a config key".to_string(),
+            ),
+        ];
+        let c = Config::load(Some(&path), env).unwrap();
+        assert_eq!(c.internal_grpc.listen, "127.0.0.1:2");
+        assert_eq!(c.internal_grpc.security.mode, TlsMode::Mtls);
+        assert_eq!(
+            c.node.safe_paths,
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+        assert_eq!(c.fleet.heartbeat_grace, Duration::from_secs(3));
+        let err = Config::load(
+            None,
+            vec![("OUTPOST_INTERNAL_GRPC_ENABLED".into(), "maybe".into())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("OUTPOST_INTERNAL_GRPC_ENABLED"),
+            "{err}"
+        );
+    }
+}

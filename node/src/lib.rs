@@ -1,0 +1,246 @@
+//! The Outpost node agent.
+//!
+//! A node joins a hub once with a bootstrap token ([`join`]), keeps the certificate and JWT it got
+//! ([`identity`]), and from then on holds a QUIC session to the hub ([`session`]) that carries
+//! heartbeats (load from [`system`], GPUs from [`gpu`]) and answers the hub's commands.
+//!
+//! [`NodeAgent::start`] runs all of it; the `outpost-node` binary and `outpost node` are thin
+//! wrappers around it. Shared by hub and node: [`config`], [`auth`], [`tls`], [`clock`],
+//! [`grpc_client`].
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod gpu;
+pub mod grpc_client;
+pub mod identity;
+pub mod join;
+pub mod session;
+pub mod system;
+pub mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::auth::BootstrapToken;
+use crate::config::Config;
+use crate::gpu::GpuProbe;
+use crate::identity::{IdentityStore, JoinedIdentity};
+use crate::session::{SessionContext, SessionStats};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Configuration is missing something a node needs.
+    #[error("node configuration: {0}")]
+    Config(String),
+    /// Identity files could not be read or written.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// Joining the hub failed.
+    #[error(transparent)]
+    Join(#[from] join::JoinError),
+    /// TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// A running node; dropping it does not stop it, [`NodeHandle::shutdown`] does.
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// The node id.
+    pub node_id: String,
+    /// Live session counters.
+    pub stats: Arc<SessionStats>,
+    /// True when this start performed a join (false when a stored identity was reused).
+    pub joined_now: bool,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NodeHandle {
+    /// Stops the session (closing it cleanly) and waits for the task to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+
+    /// Waits until the node has a session to the hub, or `timeout` passes.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self
+                .stats
+                .connected
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+/// The node agent.
+#[derive(Debug)]
+pub struct NodeAgent;
+
+impl NodeAgent {
+    /// Joins (if needed) and starts the session, with the GPU probe from `[gpu]`.
+    pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
+        let probe: Arc<dyn GpuProbe> = Arc::from(gpu::probe_from_config(&config.gpu));
+        Self::start_with_probe(config, probe).await
+    }
+
+    /// Joins (if needed) and starts the session with the given GPU probe.
+    pub async fn start_with_probe(
+        config: Config,
+        gpu_probe: Arc<dyn GpuProbe>,
+    ) -> Result<NodeHandle, NodeError> {
+        let data_dir = config.data_dir();
+        std::fs::create_dir_all(&data_dir).map_err(|source| identity::IdentityError::Io {
+            action: "creating",
+            path: data_dir.clone(),
+            source,
+        })?;
+        let node_id = node_id(&config)?;
+        let store = IdentityStore::new(&data_dir);
+        let (identity, joined_now) = match store.load()? {
+            Some(identity) if identity.node_id == node_id => (identity, false),
+            Some(identity) => {
+                return Err(NodeError::Config(format!(
+                    "the data dir {} belongs to node {:?}, not {node_id:?}: use another data dir",
+                    data_dir.display(),
+                    identity.node_id
+                )));
+            }
+            None => {
+                let identity = join_hub(&config, &node_id).await?;
+                store.save(&identity)?;
+                (identity, true)
+            }
+        };
+        tracing::info!(node_id = %node_id, joined_now, "node identity ready");
+        let ctx = session_context(&config, &identity, gpu_probe)?;
+        let stats = ctx.stats.clone();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(session::run(Arc::new(ctx), shutdown_rx));
+        Ok(NodeHandle {
+            node_id,
+            stats,
+            joined_now,
+            shutdown,
+            task,
+        })
+    }
+}
+
+/// The node id from `[server] node_id`, else the host name.
+pub fn node_id(config: &Config) -> Result<String, NodeError> {
+    let id = match &config.server.node_id {
+        Some(id) => id.clone(),
+        None => sysinfo::System::host_name().ok_or_else(|| {
+            NodeError::Config("no [server] node_id and no host name to default to".into())
+        })?,
+    };
+    identity::validate_node_id(&id)
+        .map_err(|e| NodeError::Config(format!("[server] node_id: {e}")))?;
+    Ok(id)
+}
+
+fn ca_file(config: &Config) -> PathBuf {
+    config
+        .node
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| config.cert_dir().join("ca.pem"))
+}
+
+async fn join_hub(config: &Config, node_id: &str) -> Result<JoinedIdentity, NodeError> {
+    let hub_url = config.node.hub.as_deref().ok_or_else(|| {
+        NodeError::Config(
+            "not joined yet and no [node] hub URL to join (e.g. https://hub:50051)".into(),
+        )
+    })?;
+    let token_text = config.internal_grpc.bootstrap.token.as_deref().ok_or_else(|| {
+        NodeError::Config(
+            "not joined yet and no bootstrap token: set [internal_grpc.bootstrap] token or OUTPOST_INTERNAL_GRPC_BOOTSTRAP_TOKEN"
+                .into(),
+        )
+    })?;
+    let ca_path = ca_file(config);
+    let ca_pem = tls::read_text(&ca_path).map_err(|e| {
+        NodeError::Config(format!(
+            "the hub CA is needed for the first join ([node] ca_file): {e}"
+        ))
+    })?;
+    let token = BootstrapToken::parse(token_text);
+    let name = config
+        .node
+        .name
+        .clone()
+        .unwrap_or_else(|| node_id.to_string());
+    let grpc_target = config.node.grpc_target.clone().unwrap_or_default();
+    let identity = join::join(join::JoinRequest {
+        hub_url,
+        ca_pem: &ca_pem,
+        node_id,
+        name: &name,
+        token: &token,
+        grpc_target: &grpc_target,
+    })
+    .await?;
+    Ok(identity)
+}
+
+fn session_context(
+    config: &Config,
+    identity: &JoinedIdentity,
+    gpu_probe: Arc<dyn GpuProbe>,
+) -> Result<SessionContext, NodeError> {
+    let certs = tls::certs_from_pem(&identity.certificate_pem, "node certificate")?;
+    let key = tls::key_from_pem(&identity.key_pem, "node key")?;
+    let client_config = tls::quic_client_config(&identity.ca_pem, certs, key)?;
+    let hub_host = grpc_client::url_host(&identity.hub_url).ok_or_else(|| {
+        NodeError::Config(format!("stored hub URL {:?} has no host", identity.hub_url))
+    })?;
+    let server_name = if identity.hub_server_name.is_empty() {
+        hub_host.clone()
+    } else {
+        hub_host.clone()
+    };
+    let labels = config.node.labels.clone();
+    let safe_paths = config.node.safe_paths.clone();
+    Ok(SessionContext {
+        node_id: identity.node_id.clone(),
+        jwt: identity.node_jwt.clone(),
+        hub_host,
+        hub_port: identity.quic_port,
+        server_name,
+        client_config,
+        gpu_probe,
+        gpu_refresh: config.gpu.refresh_interval,
+        capabilities: Box::new(move |gpus| system::capabilities(&labels, &safe_paths, gpus)),
+        load: Mutex::new(system::LoadSampler::new(&config.data_dir())),
+        stats: Arc::new(SessionStats::default()),
+    })
+}
+
+/// Sets up tracing for a binary: `RUST_LOG` filter (default `info`), JSON when `json` is true.
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,420 @@
+//! The node's persistent QUIC session to the hub.
+//!
+//! The node dials the hub with mTLS (its join certificate), opens a bi stream and sends
+//! [`NodeHello`] (id, JWT, capabilities); the hub answers [`HelloAck`] with the heartbeat interval.
+//! Then heartbeats go out as datagrams (a uni stream when too large for one), capability changes
+//! as events on uni streams, and the hub's commands arrive on bi streams the hub opens. When the
+//! connection drops, the node dials again with jittered exponential backoff.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use outpost_proto::framing::{self, FrameError};
+use outpost_proto::v1::{
+    Capabilities, GpuSnapshot, HelloAck, HubCommand, NodeEvent, NodeHello, NodeReply, Pong,
+    hub_command, node_event, node_reply,
+};
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::gpu::GpuProbe;
+use crate::system::LoadSampler;
+
+/// Largest hub command frame the node accepts.
+const MAX_COMMAND_FRAME: usize = 1024 * 1024;
+
+/// Counters a caller (or test) can read while the session runs.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// True while a session is established.
+    pub connected: AtomicBool,
+    /// Sessions established so far.
+    pub sessions: AtomicU64,
+    /// Heartbeats sent so far.
+    pub heartbeats_sent: AtomicU64,
+    /// Commands answered so far.
+    pub commands_handled: AtomicU64,
+    /// The last reason a session ended or failed to start.
+    pub last_error: Mutex<String>,
+}
+
+/// Why one session attempt ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Dialling failed.
+    #[error("connecting to {addr}: {message}")]
+    Connect {
+        /// Where.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// The connection failed or the hub closed it (its reason is included).
+    #[error("session closed: {0}")]
+    Closed(#[from] quinn::ConnectionError),
+    /// A frame was malformed or a stream failed.
+    #[error("session framing: {0}")]
+    Frame(#[from] FrameError),
+    /// The hub did not answer the hello in time.
+    #[error("hub did not acknowledge the hello within {0:?}")]
+    HelloTimeout(Duration),
+    /// Writing a stream failed.
+    #[error("session stream: {0}")]
+    Stream(String),
+}
+
+/// What the session needs to run.
+pub struct SessionContext {
+    /// This node's id.
+    pub node_id: String,
+    /// Node JWT presented in the hello.
+    pub jwt: String,
+    /// Hub host (name or IP) and QUIC port.
+    pub hub_host: String,
+    /// QUIC port of the hub.
+    pub hub_port: u16,
+    /// TLS server name to verify the hub certificate against.
+    pub server_name: String,
+    /// mTLS client configuration.
+    pub client_config: quinn::ClientConfig,
+    /// GPU probe.
+    pub gpu_probe: Arc<dyn GpuProbe>,
+    /// How often the GPU probe is read.
+    pub gpu_refresh: Duration,
+    /// Builds capabilities for a GPU snapshot.
+    pub capabilities: Box<dyn Fn(GpuSnapshot) -> Capabilities + Send + Sync>,
+    /// Load sampler.
+    pub load: Mutex<LoadSampler>,
+    /// Live counters.
+    pub stats: Arc<SessionStats>,
+}
+
+impl std::fmt::Debug for SessionContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionContext")
+            .field("node_id", &self.node_id)
+            .field("hub_host", &self.hub_host)
+            .field("hub_port", &self.hub_port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Backoff between dial attempts: 200 ms doubling to 10 s, ±20 % jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    current: Duration,
+    min: Duration,
+    max: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    /// A backoff between `min` and `max`.
+    pub fn new(min: Duration, max: Duration, seed: u64) -> Self {
+        Self {
+            current: min,
+            min,
+            max,
+            seed: seed | 1,
+        }
+    }
+
+    /// The next delay (jittered), and doubles the base for the time after.
+    pub fn next_delay(&mut self) -> Duration {
+        // xorshift64: deterministic for a seed, good enough to spread reconnect storms.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let jitter = (self.seed % 401) as f64 / 1000.0 - 0.2; // -0.2 ..= +0.2
+        let delay = self.current.mul_f64(1.0 + jitter);
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+
+    /// Back to the smallest delay after a good session.
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+/// Runs sessions until `shutdown` turns true, dialling again after each failure.
+pub async fn run(ctx: Arc<SessionContext>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+        seed_from(&ctx.node_id),
+    );
+    let endpoint = match quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open a UDP socket for the hub session");
+            *ctx.stats.last_error.lock() = format!("opening UDP socket: {e}");
+            return;
+        }
+    };
+    let gpu_cache = Arc::new(Mutex::new(ctx.gpu_probe.snapshot()));
+    let gpu_task = tokio::spawn(refresh_gpus(
+        ctx.clone(),
+        gpu_cache.clone(),
+        shutdown.clone(),
+    ));
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let result = tokio::select! {
+            r = session_once(&ctx, &endpoint, &gpu_cache, &mut backoff, shutdown.clone()) => r,
+            _ = shutdown.changed() => Ok(()),
+        };
+        ctx.stats.connected.store(false, Ordering::SeqCst);
+        if *shutdown.borrow() {
+            break;
+        }
+        if let Err(e) = result {
+            tracing::warn!(node_id = %ctx.node_id, error = %e, "hub session ended");
+            *ctx.stats.last_error.lock() = e.to_string();
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    gpu_task.abort();
+    endpoint.close(0u32.into(), b"node shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+fn seed_from(text: &str) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(7);
+    text.bytes().fold(u64::from(nanos) | 1, |acc, b| {
+        acc.wrapping_mul(0x100_0000_01b3).wrapping_add(u64::from(b))
+    })
+}
+
+async fn refresh_gpus(
+    ctx: Arc<SessionContext>,
+    cache: Arc<Mutex<GpuSnapshot>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.gpu_refresh) => {}
+            _ = shutdown.changed() => return,
+        }
+        let probe = ctx.gpu_probe.clone();
+        // NVML calls block; keep them off the async workers.
+        if let Ok(snapshot) = tokio::task::spawn_blocking(move || probe.snapshot()).await {
+            *cache.lock() = snapshot;
+        }
+    }
+}
+
+/// The part of a GPU snapshot that changes capabilities (not the live load).
+fn gpu_shape(snapshot: &GpuSnapshot) -> (Vec<String>, bool, String) {
+    (
+        snapshot.devices.iter().map(|d| d.uuid.clone()).collect(),
+        snapshot.fenced,
+        snapshot.unavailable_reason.clone(),
+    )
+}
+
+async fn session_once(
+    ctx: &Arc<SessionContext>,
+    endpoint: &quinn::Endpoint,
+    gpu_cache: &Arc<Mutex<GpuSnapshot>>,
+    backoff: &mut Backoff,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let addr = resolve(&ctx.hub_host, ctx.hub_port).await?;
+    let connecting = endpoint
+        .connect_with(ctx.client_config.clone(), addr, &ctx.server_name)
+        .map_err(|e| SessionError::Connect {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })?;
+    let connection = connecting.await.map_err(|e| SessionError::Connect {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    })?;
+
+    let mut gpus = gpu_cache.lock().clone();
+    let mut shape = gpu_shape(&gpus);
+    let capabilities = (ctx.capabilities)(gpus.clone());
+    let mut capabilities_digest = crate::auth::sha256_hex(&capabilities.encode_to_vec());
+
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let hello = NodeHello {
+        node_id: ctx.node_id.clone(),
+        jwt: ctx.jwt.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        capabilities: Some(capabilities),
+    };
+    framing::write_frame(&mut send, &hello).await?;
+    let _ = send.finish();
+    let hello_timeout = Duration::from_secs(10);
+    let ack: HelloAck = tokio::select! {
+        r = tokio::time::timeout(hello_timeout, framing::read_frame(&mut recv, 64 * 1024)) => {
+            r.map_err(|_| SessionError::HelloTimeout(hello_timeout))??
+        }
+        // A refusal arrives as a close with the hub's reason.
+        e = connection.closed() => return Err(SessionError::Closed(e)),
+    };
+    let interval_ms = Arc::new(AtomicU32::new(ack.heartbeat_interval_ms.max(100)));
+    ctx.stats.connected.store(true, Ordering::SeqCst);
+    ctx.stats.sessions.fetch_add(1, Ordering::SeqCst);
+    backoff.reset();
+    tracing::info!(node_id = %ctx.node_id, hub = %addr, interval_ms = ack.heartbeat_interval_ms, "session established");
+
+    let mut seq = 0u64;
+    let mut next_beat = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                connection.close(0u32.into(), b"node shutting down");
+                return Ok(());
+            }
+            e = connection.closed() => return Err(SessionError::Closed(e)),
+            incoming = connection.accept_bi() => {
+                let (send, recv) = incoming?;
+                tokio::spawn(handle_command(send, recv, interval_ms.clone(), ctx.stats.clone()));
+            }
+            _ = tokio::time::sleep_until(next_beat) => {
+                next_beat = tokio::time::Instant::now() + Duration::from_millis(u64::from(interval_ms.load(Ordering::Relaxed)));
+                gpus = gpu_cache.lock().clone();
+                let new_shape = gpu_shape(&gpus);
+                if new_shape != shape {
+                    shape = new_shape;
+                    let capabilities = (ctx.capabilities)(gpus.clone());
+                    capabilities_digest = crate::auth::sha256_hex(&capabilities.encode_to_vec());
+                    let event = NodeEvent { kind: Some(node_event::Kind::Capabilities(capabilities)) };
+                    send_event(&connection, &event).await?;
+                }
+                seq += 1;
+                let load = ctx.load.lock().sample(0);
+                let heartbeat = outpost_proto::v1::Heartbeat {
+                    node_id: ctx.node_id.clone(),
+                    seq,
+                    sent_at_ms: crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+                    load: Some(load),
+                    gpus: Some(gpus.clone()),
+                    capabilities_digest: capabilities_digest.as_bytes().to_vec(),
+                };
+                send_heartbeat(&connection, heartbeat).await?;
+                ctx.stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Sends a heartbeat as a datagram, or on a uni stream when it does not fit in one.
+pub async fn send_heartbeat(
+    connection: &quinn::Connection,
+    heartbeat: outpost_proto::v1::Heartbeat,
+) -> Result<(), SessionError> {
+    let bytes = heartbeat.encode_to_vec();
+    let fits = connection
+        .max_datagram_size()
+        .is_some_and(|max| bytes.len() <= max);
+    if fits {
+        match connection.send_datagram(bytes.into()) {
+            Ok(()) => return Ok(()),
+            Err(quinn::SendDatagramError::ConnectionLost(e)) => {
+                return Err(SessionError::Closed(e));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "datagram refused; sending heartbeat on a stream")
+            }
+        }
+    }
+    let event = NodeEvent {
+        kind: Some(node_event::Kind::Heartbeat(heartbeat)),
+    };
+    send_event(connection, &event).await
+}
+
+async fn send_event(connection: &quinn::Connection, event: &NodeEvent) -> Result<(), SessionError> {
+    let mut send = connection.open_uni().await?;
+    framing::write_frame(&mut send, event).await?;
+    send.finish()
+        .map_err(|e| SessionError::Stream(e.to_string()))?;
+    Ok(())
+}
+
+async fn handle_command(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    interval_ms: Arc<AtomicU32>,
+    stats: Arc<SessionStats>,
+) {
+    let command: HubCommand = match framing::read_frame(&mut recv, MAX_COMMAND_FRAME).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable hub command");
+            return;
+        }
+    };
+    let kind = match command.kind {
+        Some(hub_command::Kind::Ping(ping)) => node_reply::Kind::Pong(Pong {
+            sent_at_us: ping.sent_at_us,
+        }),
+        Some(hub_command::Kind::SetHeartbeatIntervalMs(ms)) => {
+            interval_ms.store(ms.max(100), Ordering::Relaxed);
+            node_reply::Kind::Ok(true)
+        }
+        None => node_reply::Kind::Error("unknown command (newer hub?)".into()),
+    };
+    let reply = NodeReply {
+        id: command.id,
+        kind: Some(kind),
+    };
+    if framing::write_frame(&mut send, &reply).await.is_ok() {
+        let _ = send.finish();
+        stats.commands_handled.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, SessionError> {
+    let mut addrs =
+        tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| SessionError::Connect {
+                addr: format!("{host}:{port}"),
+                message: format!("resolving: {e}"),
+            })?;
+    addrs
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| SessionError::Connect {
+            addr: format!("{host}:{port}"),
+            message: "no IPv4 address".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1), 42);
+        let first = b.next_delay();
+        assert!(
+            first >= Duration::from_millis(80) && first <= Duration::from_millis(120),
+            "{first:?}"
+        );
+        for _ in 0..10 {
+            let d = b.next_delay();
+            assert!(d <= Duration::from_millis(1200), "{d:?}");
+        }
+        let capped = b.next_delay();
+        assert!(capped >= Duration::from_millis(800), "{capped:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(120));
+    }
+}

@@ -1,0 +1,18 @@
+//! The hub↔node contract of Outpost.
+//!
+//! - [`v1`]: the protobuf messages and gRPC services of package `outpost.v1`, generated at build
+//!   time from `proto/outpost/v1/outpost.proto` with protox and tonic-prost-build.
+//! - [`framing`]: how those messages travel on QUIC streams (length-delimited frames with a size cap).
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
+
+pub mod framing;
+
+/// Generated messages and services of package `outpost.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("outpost.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every `.proto` file in this crate, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/outpost_descriptor.bin"));
