@@ -201,34 +201,40 @@ fn parse_role(text: &str) -> Result<Role, String> {
     }
 }
 
-/// Parses `args` and runs the command; returns the process exit code.
+/// Parses `args` and runs the command on stdout/stderr; returns the process exit code.
 pub async fn main_with_args(args: Vec<String>) -> u8 {
+    main_with_io(args, &mut std::io::stdout(), &mut std::io::stderr()).await
+}
+
+/// Parses `args` and runs the command, writing to `out` and `err`; returns the exit code
+/// (0 ok, 1 failure, 2 usage).
+pub async fn main_with_io(args: Vec<String>, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let target: &mut dyn Write = if e.use_stderr() { err } else { out };
+            let _ = write!(target, "{}", e.render());
+            return code;
         }
     };
     let json = cli.global.json;
-    if matches!(
-        cli.command,
-        Command::Hub | Command::Node | Command::Demo { .. }
-    ) {
-        outpost_node::init_tracing(false);
+    if matches!(cli.command, Command::Hub | Command::Node) {
+        outpost_node::init_tracing(false, "info");
+    } else if matches!(cli.command, Command::Demo { .. }) {
+        outpost_node::init_tracing(false, "warn");
     }
-    let mut stdout = std::io::stdout();
-    match run(cli, &mut stdout).await {
+    match run(cli, out).await {
         Ok(()) => 0,
         Err(e) => {
             if json {
                 let _ = writeln!(
-                    stdout,
+                    out,
                     "{}",
                     json!({"ok": false, "error": {"message": format!("{e:#}")}})
                 );
             }
-            eprintln!("error: {e:#}");
+            let _ = writeln!(err, "error: {e:#}");
             1
         }
     }

@@ -144,10 +144,10 @@ pub fn default_server_names() -> Vec<String> {
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    if let Some(host) = sysinfo::System::host_name() {
-        if !names.contains(&host) {
-            names.push(host);
-        }
+    if let Some(host) = sysinfo::System::host_name()
+        && !names.contains(&host)
+    {
+        names.push(host);
     }
     names
 }

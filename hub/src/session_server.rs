@@ -153,14 +153,13 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
         (FleetState::heartbeat_interval_ms(ttl), change)
     };
     state.publish(change);
-    if let Some(caps) = &hello.capabilities {
-        if let Err(e) = state
+    if let Some(caps) = &hello.capabilities
+        && let Err(e) = state
             .store
             .set_capabilities(&node_id, &caps.encode_to_vec())
             .await
-        {
-            tracing::warn!(node_id = %node_id, error = %e, "storing capabilities failed");
-        }
+    {
+        tracing::warn!(node_id = %node_id, error = %e, "storing capabilities failed");
     }
     {
         let mut live = state.live.lock();

@@ -193,10 +193,10 @@ pub struct NodeSection {
     pub ca_file: Option<PathBuf>,
     /// Directories work on this node may touch.
     pub safe_paths: Vec<PathBuf>,
-    /// Labels advertised in capabilities (`gpu-class = "a100"`).
-    pub labels: BTreeMap<String, String>,
     /// Where the hub can reach this node's own gRPC service (registry `grpc_target`).
     pub grpc_target: Option<String>,
+    /// Labels advertised in capabilities (`gpu-class = "a100"`).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Which GPU probe a node uses.

@@ -212,7 +212,7 @@ fn session_context(
     let server_name = if identity.hub_server_name.is_empty() {
         hub_host.clone()
     } else {
-        hub_host.clone()
+        identity.hub_server_name.clone()
     };
     let labels = config.node.labels.clone();
     let safe_paths = config.node.safe_paths.clone();
@@ -231,10 +231,10 @@ fn session_context(
     })
 }
 
-/// Sets up tracing for a binary: `RUST_LOG` filter (default `info`), JSON when `json` is true.
-pub fn init_tracing(json: bool) {
+/// Sets up tracing for a binary: `RUST_LOG` filter (else `default_level`), JSON when `json` is true.
+pub fn init_tracing(json: bool, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,1 +1,264 @@
-//! placeholder
+//! Helpers for Outpost's end-to-end tests: a real hub (TLS gRPC, QUIC, HTTP, SQLite file) on
+//! `127.0.0.1:0`, real nodes joined with real tokens, the CLI run in-process, and a small HTTP
+//! client for the REST API. Nothing is mocked; timings are shortened through configuration only.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use outpost_hub::HubHandle;
+use outpost_node::config::{Config, GpuProbeKind, Role, SimulatedGpu, TlsMode};
+use outpost_node::{NodeAgent, NodeHandle};
+use serde_json::Value;
+
+/// The static bootstrap token every test hub accepts.
+pub const STATIC_TOKEN: &str = "static-bootstrap-token-for-tests";
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+}
+
+/// A hub under test with its data directory.
+pub struct TestHub {
+    /// The running hub (None between stop and start).
+    pub handle: Option<HubHandle>,
+    /// Its configuration (ports pinned after the first start so restarts keep them).
+    pub config: Config,
+    /// Root of everything the test writes.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestHub {
+    /// Starts a hub with TLS (or mTLS), 500 ms heartbeat TTL and 500 ms grace.
+    pub async fn start(mode: TlsMode) -> Self {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::default();
+        config.server.role = Role::Main;
+        config.server.data_dir = Some(dir.path().join("hub"));
+        config.server.listen = "127.0.0.1:0".into();
+        config.internal_grpc.listen = "127.0.0.1:0".into();
+        config.internal_grpc.security.mode = mode;
+        config.internal_grpc.bootstrap.token = Some(STATIC_TOKEN.into());
+        config.fleet.min_heartbeat_ttl = Duration::from_millis(500);
+        config.fleet.heartbeat_grace = Duration::from_millis(500);
+        let handle = outpost_hub::start(&config).await.expect("hub starts");
+        // Pin the ports so a restart comes back where the nodes look for it.
+        config.server.listen = handle.addrs.http.to_string();
+        config.internal_grpc.listen = handle.addrs.grpc.to_string();
+        config.server.quic_listen = Some(handle.addrs.quic.to_string());
+        Self {
+            handle: Some(handle),
+            config,
+            dir,
+        }
+    }
+
+    /// The running hub.
+    pub fn hub(&self) -> &HubHandle {
+        self.handle.as_ref().expect("hub is running")
+    }
+
+    /// Stops the hub.
+    pub async fn stop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown().await;
+        }
+    }
+
+    /// Starts the hub again on the same ports and data.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut last = None;
+        for _ in 0..50 {
+            match outpost_hub::start(&self.config).await {
+                Ok(handle) => {
+                    self.handle = Some(handle);
+                    return;
+                }
+                Err(e) => {
+                    last = Some(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        panic!("hub did not restart: {last:?}");
+    }
+
+    /// gRPC URL.
+    pub fn grpc_url(&self) -> String {
+        format!("https://{}", self.config.internal_grpc.listen)
+    }
+
+    /// REST base URL.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.config.server.listen)
+    }
+
+    /// The hub CA file nodes trust.
+    pub fn ca_file(&self) -> PathBuf {
+        self.config.cert_dir().join("ca.pem")
+    }
+
+    /// Path to the hub's config written as TOML (for the CLI's `--config`).
+    pub fn write_config(&self) -> PathBuf {
+        let path = self.dir.path().join("hub.toml");
+        std::fs::write(&path, toml_of(&self.config)).expect("write config");
+        path
+    }
+
+    /// A node config for `id` joining with `token`.
+    pub fn node_config(&self, id: &str, token: &str) -> Config {
+        node_config(
+            self.dir.path(),
+            &self.grpc_url(),
+            &self.ca_file(),
+            id,
+            token,
+        )
+    }
+
+    /// A fresh one-shot token.
+    pub async fn one_shot_token(&self) -> String {
+        outpost_hub::join::create_token(&self.hub().state, 600, 1)
+            .await
+            .expect("token")
+            .token
+    }
+
+    /// Runs the CLI in-process against this hub; returns (exit code, stdout, stderr).
+    pub async fn cli(&self, args: &[&str]) -> (u8, String, String) {
+        let config = self.write_config();
+        let mut full = vec!["outpost".to_string()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        full.extend([
+            "--config".to_string(),
+            config.display().to_string(),
+            "--hub".to_string(),
+            self.grpc_url(),
+        ]);
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let code = outpost_hub::cli::main_with_io(full, &mut out, &mut err).await;
+        (
+            code,
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    }
+
+    /// `nodes list --json`, parsed.
+    pub async fn nodes_json(&self) -> Vec<Value> {
+        let (code, out, err) = self.cli(&["nodes", "list", "--json"]).await;
+        assert_eq!(code, 0, "nodes list failed: {err}");
+        serde_json::from_str::<Value>(&out)
+            .expect("json")
+            .as_array()
+            .cloned()
+            .expect("array")
+    }
+
+    /// Waits until node `id` has `status` in `nodes list --json`; returns the node's JSON.
+    pub async fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = Value::Null;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(node) = self.nodes_json().await.into_iter().find(|n| n["id"] == id) {
+                if node["status"] == status {
+                    return node;
+                }
+                last = node;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node {id} did not become {status} within {timeout:?}; last seen: {last}");
+    }
+}
+
+/// A node configuration under `root`.
+pub fn node_config(root: &Path, hub_url: &str, ca_file: &Path, id: &str, token: &str) -> Config {
+    let mut config = Config::default();
+    config.server.role = Role::Node;
+    config.server.node_id = Some(id.into());
+    config.server.data_dir = Some(root.join("nodes").join(id));
+    config.internal_grpc.bootstrap.token = Some(token.into());
+    config.node.hub = Some(hub_url.into());
+    config.node.ca_file = Some(ca_file.to_path_buf());
+    config.gpu.probe = GpuProbeKind::None;
+    config.gpu.refresh_interval = Duration::from_millis(200);
+    config
+}
+
+/// Gives a node config one simulated A100.
+pub fn with_simulated_gpu(mut config: Config) -> Config {
+    config.gpu.probe = GpuProbeKind::Simulated;
+    config.gpu.simulated = vec![SimulatedGpu {
+        name: "NVIDIA A100-SXM4-80GB".into(),
+        memory_total_mb: 81920,
+        memory_used_mb: 1024,
+        compute_capability: "8.0".into(),
+        utilization_percent: 0,
+    }];
+    config
+}
+
+/// Starts a node and waits for its session.
+pub async fn start_node(config: Config) -> NodeHandle {
+    let node = NodeAgent::start(config).await.expect("node starts");
+    assert!(
+        node.wait_connected(Duration::from_secs(15)).await,
+        "node {} never connected: {}",
+        node.node_id,
+        node.stats.last_error.lock()
+    );
+    node
+}
+
+fn toml_of(config: &Config) -> String {
+    toml::to_string(config).expect("config serialises")
+}
+
+/// One HTTP request with an optional bearer token and JSON body; returns (status, JSON body or Null).
+pub async fn http_json(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let request = request
+        .body(Full::new(bytes::Bytes::from(
+            body.unwrap_or_default().to_string(),
+        )))
+        .expect("request");
+    let response = client.request(request).await.expect("http request");
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, value)
+}

@@ -22,7 +22,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    outpost_node::init_tracing(args.log_json);
+    outpost_node::init_tracing(args.log_json, "info");
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

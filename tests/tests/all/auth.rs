@@ -1,0 +1,368 @@
+//! Every way in that must be refused, each with a clear error: join with a wrong, expired or
+//! reused token, a replayed answer, a node id held by another key; JWTs with the wrong audience,
+//! the wrong secret or expired; mTLS without a client certificate; a node certificate used to
+//! claim another node id on the QUIC session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_hub::store::TokenRow;
+use outpost_node::auth::{BootstrapToken, Role, TokenAuthority, join_proof};
+use outpost_node::config::TlsMode;
+use outpost_node::grpc_client::{self, ClientIdentity, with_bearer};
+use outpost_node::identity::{IdentityStore, new_key_and_csr};
+use outpost_node::join::{JoinError, JoinRequest, join};
+use outpost_proto::v1::join_service_client::JoinServiceClient;
+use outpost_proto::v1::node_registry_client::NodeRegistryClient;
+use outpost_proto::v1::{BeginJoinRequest, CompleteJoinRequest, ListNodesRequest};
+use outpost_tests::{STATIC_TOKEN, TestHub, start_node};
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+async fn try_join(hub: &TestHub, node_id: &str, token: &str) -> Result<(), String> {
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let token = BootstrapToken::parse(token);
+    let url = hub.grpc_url();
+    join(JoinRequest {
+        hub_url: &url,
+        ca_pem: &ca,
+        node_id,
+        name: node_id,
+        token: &token,
+        grpc_target: "",
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| match e {
+        JoinError::Refused(message) => message,
+        other => panic!("expected a refusal, got {other}"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_refusals_name_their_cause() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+
+    // Wrong static token, and a one-shot id with a wrong secret.
+    let err = try_join(&hub, "n-wrong", "not-the-static-token")
+        .await
+        .unwrap_err();
+    assert!(err.contains("wrong bootstrap token"), "{err}");
+    let real = hub.one_shot_token().await;
+    let forged = format!("{}.forged-secret", real.split('.').next().unwrap());
+    let err = try_join(&hub, "n-forged", &forged).await.unwrap_err();
+    assert!(err.contains("wrong bootstrap token"), "{err}");
+
+    // Unknown one-shot id.
+    let err = try_join(&hub, "n-unknown", "0123456789abcdef.secret")
+        .await
+        .unwrap_err();
+    assert!(err.contains("unknown bootstrap token"), "{err}");
+
+    // Expired token.
+    let expired = BootstrapToken::generate().unwrap();
+    let now_ms = now_s() * 1000;
+    hub.hub()
+        .state
+        .store
+        .insert_token(&TokenRow {
+            id: expired.id.clone(),
+            proof_key: expired.proof_key().to_vec(),
+            uses_left: 1,
+            expires_at_ms: now_ms - 1_000,
+            created_at_ms: now_ms - 10_000,
+        })
+        .await
+        .unwrap();
+    let err = try_join(&hub, "n-expired", &expired.text())
+        .await
+        .unwrap_err();
+    assert!(err.contains("expired"), "{err}");
+
+    // A one-shot token works once.
+    assert!(try_join(&hub, "n-first", &real).await.is_ok());
+    let err = try_join(&hub, "n-second", &real).await.unwrap_err();
+    assert!(err.contains("already used"), "{err}");
+
+    // A node id already bound to another key (same id, new key) is refused.
+    let err = try_join(&hub, "n-first", STATIC_TOKEN).await.unwrap_err();
+    assert!(err.contains("already held by another key"), "{err}");
+
+    // None of the refusals left a node behind.
+    let ids: Vec<String> = hub
+        .nodes_json()
+        .await
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec!["n-first".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_join_answer_is_refused() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let channel = grpc_client::connect(&hub.grpc_url(), &ca, None, None)
+        .await
+        .unwrap();
+    let mut client = JoinServiceClient::new(channel);
+    let challenge = client
+        .begin_join(BeginJoinRequest {
+            node_id: "replay-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (_key, csr) = new_key_and_csr("replay-1").unwrap();
+    let token = BootstrapToken::parse(STATIC_TOKEN);
+    let request = CompleteJoinRequest {
+        challenge_id: challenge.challenge_id.clone(),
+        node_id: "replay-1".into(),
+        csr_pem: csr.pem().unwrap(),
+        token_id: token.id.clone(),
+        proof: join_proof(&token.proof_key(), &challenge.nonce, "replay-1", csr.der()),
+        name: "replay".into(),
+        grpc_target: String::new(),
+    };
+    let first = client
+        .complete_join(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.certificate_pem.contains("BEGIN CERTIFICATE"));
+    let replay = client.complete_join(request.clone()).await.unwrap_err();
+    assert_eq!(replay.code(), tonic::Code::PermissionDenied);
+    assert!(
+        replay.message().contains("already answered"),
+        "{}",
+        replay.message()
+    );
+
+    // An answer bound to another node id than the challenge's is refused too.
+    let challenge = client
+        .begin_join(BeginJoinRequest {
+            node_id: "replay-2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut other = request;
+    other.challenge_id = challenge.challenge_id;
+    other.node_id = "replay-3".into();
+    let err = client.complete_join(other).await.unwrap_err();
+    assert!(
+        err.message().contains("issued for node"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_jwts_are_refused_with_the_reason() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let secret = std::fs::read_to_string(hub.config.cert_dir().join("auth_secret.txt")).unwrap();
+    let secret = secret.trim().as_bytes();
+    let channel = grpc_client::connect(&hub.grpc_url(), &ca, None, None)
+        .await
+        .unwrap();
+    let mut client = NodeRegistryClient::new(channel);
+    let good = TokenAuthority::new(secret, "outpost", "outpost-internal", 30);
+    let cases = [
+        (
+            TokenAuthority::new(secret, "outpost", "someone-else", 30)
+                .issue("a", Role::Admin, now_s(), 60)
+                .unwrap(),
+            "audience",
+        ),
+        (
+            TokenAuthority::new(
+                b"a-completely-different-secret",
+                "outpost",
+                "outpost-internal",
+                30,
+            )
+            .issue("a", Role::Admin, now_s(), 60)
+            .unwrap(),
+            "signature",
+        ),
+        (
+            good.issue("a", Role::Admin, now_s() - 3600, 60).unwrap(),
+            "expired",
+        ),
+        ("garbage".to_string(), "malformed"),
+    ];
+    for (token, expected) in cases {
+        let err = client
+            .list_nodes(with_bearer(ListNodesRequest {}, &token))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{expected}");
+        assert!(
+            err.message().contains(expected),
+            "{expected}: {}",
+            err.message()
+        );
+    }
+    let err = client.list_nodes(ListNodesRequest {}).await.unwrap_err();
+    assert!(
+        err.message().contains("missing bearer token"),
+        "{}",
+        err.message()
+    );
+    // A viewer reads but cannot write.
+    let viewer = good.issue("v", Role::Viewer, now_s(), 60).unwrap();
+    assert!(
+        client
+            .list_nodes(with_bearer(ListNodesRequest {}, &viewer))
+            .await
+            .is_ok()
+    );
+    let err = client
+        .register_node(with_bearer(
+            outpost_proto::v1::NodeRecord {
+                id: "x".into(),
+                name: "x".into(),
+                grpc_target: "https://x:1".into(),
+                ..Default::default()
+            },
+            &viewer,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_mode_requires_a_client_certificate() {
+    let hub = TestHub::start(TlsMode::Mtls).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let secret = std::fs::read_to_string(hub.config.cert_dir().join("auth_secret.txt")).unwrap();
+    let admin = TokenAuthority::new(secret.trim().as_bytes(), "outpost", "outpost-internal", 30)
+        .issue("a", Role::Admin, now_s(), 60)
+        .unwrap();
+
+    let bare = grpc_client::connect(&hub.grpc_url(), &ca, None, None)
+        .await
+        .unwrap();
+    let err = NodeRegistryClient::new(bare)
+        .list_nodes(with_bearer(ListNodesRequest {}, &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().contains("client certificate"),
+        "{}",
+        err.message()
+    );
+
+    let cert_dir = hub.config.cert_dir();
+    let identity = ClientIdentity {
+        cert_pem: std::fs::read_to_string(cert_dir.join("client.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(cert_dir.join("client-key.pem")).unwrap(),
+    };
+    let with_cert = grpc_client::connect(&hub.grpc_url(), &ca, Some(&identity), None)
+        .await
+        .unwrap();
+    assert!(
+        NodeRegistryClient::new(with_cert)
+            .list_nodes(with_bearer(ListNodesRequest {}, &admin))
+            .await
+            .is_ok()
+    );
+
+    // Nodes still join (the token proof authenticates) and hold their session.
+    let node = start_node(hub.node_config("mtls-node", STATIC_TOKEN)).await;
+    hub.wait_status("mtls-node", "online", Duration::from_secs(10))
+        .await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificate_cannot_claim_another_node() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    // Two real nodes join; then n-a's certificate tries to speak for n-b.
+    for id in ["n-a", "n-b"] {
+        let node = start_node(hub.node_config(id, STATIC_TOKEN)).await;
+        node.shutdown().await;
+    }
+    let a = IdentityStore::new(&hub.dir.path().join("nodes").join("n-a"))
+        .load()
+        .unwrap()
+        .unwrap();
+    let b = IdentityStore::new(&hub.dir.path().join("nodes").join("n-b"))
+        .load()
+        .unwrap()
+        .unwrap();
+    let certs = outpost_node::tls::certs_from_pem(&a.certificate_pem, "cert").unwrap();
+    let key = outpost_node::tls::key_from_pem(&a.key_pem, "key").unwrap();
+    let client_config = outpost_node::tls::quic_client_config(&a.ca_pem, certs, key).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+
+    for (claimed, jwt) in [
+        ("n-b", a.node_jwt.clone()),
+        ("n-b", b.node_jwt.clone()),
+        ("n-a", b.node_jwt.clone()),
+    ] {
+        let connection = endpoint
+            .connect_with(client_config.clone(), hub.hub().addrs.quic, "127.0.0.1")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, _recv) = connection.open_bi().await.unwrap();
+        let hello = outpost_proto::v1::NodeHello {
+            node_id: claimed.into(),
+            jwt,
+            ..Default::default()
+        };
+        outpost_proto::framing::write_frame(&mut send, &hello)
+            .await
+            .unwrap();
+        let _ = send.finish();
+        let reason = tokio::time::timeout(Duration::from_secs(5), connection.closed())
+            .await
+            .expect("hub closes the session");
+        let text = reason.to_string();
+        assert!(
+            text.contains("certificate is for node \"n-a\""),
+            "claiming {claimed}: {text}"
+        );
+    }
+
+    // A connection without any client certificate does not get through the handshake.
+    let roots = outpost_node::tls::roots_from_pem(&a.ca_pem).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(outpost_node::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let anonymous = quinn::ClientConfig::new(Arc::new(crypto));
+    let attempt = endpoint
+        .connect_with(anonymous, hub.hub().addrs.quic, "127.0.0.1")
+        .unwrap();
+    let outcome: Result<(), String> = tokio::time::timeout(Duration::from_secs(5), async {
+        match attempt.await {
+            Err(e) => Err(e.to_string()),
+            Ok(connection) => {
+                // TLS 1.3 may finish the client side before the server rejects: the close follows.
+                Err(connection.closed().await.to_string())
+            }
+        }
+    })
+    .await
+    .expect("decided within 5 s");
+    let text = outcome.unwrap_err();
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+}

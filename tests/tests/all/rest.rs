@@ -1,0 +1,195 @@
+//! The REST registry at `/api/admin/agent-nodes`: CRUD round trip, every 400/404/409 case,
+//! 401 without a token, 403 for a viewer writing.
+
+use outpost_node::auth::{Role, TokenAuthority};
+use outpost_node::config::TlsMode;
+use outpost_tests::{TestHub, http_json};
+use serde_json::json;
+
+fn tokens(hub: &TestHub) -> (String, String, String) {
+    let secret = std::fs::read_to_string(hub.config.cert_dir().join("auth_secret.txt")).unwrap();
+    let auth = TokenAuthority::new(secret.trim().as_bytes(), "outpost", "outpost-internal", 30);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    (
+        auth.issue("admin", Role::Admin, now, 600).unwrap(),
+        auth.issue("viewer", Role::Viewer, now, 600).unwrap(),
+        auth.issue("node-x", Role::Node, now, 600).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_crud_and_every_error() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let (admin, viewer, node) = tokens(&hub);
+    let base = format!("{}/api/admin/agent-nodes", hub.http_url());
+    let body = json!({
+        "id": "node-01",
+        "name": "Production Node 01",
+        "grpc_target": "https://node01.prod.internal:50051",
+        "tls_server_name": "node01.prod.internal",
+        "default_worktree_root": "/data/worktrees"
+    })
+    .to_string();
+
+    // Create, read, list.
+    let (status, created) = http_json("POST", &base, Some(&admin), Some(&body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["id"], "node-01");
+    assert_eq!(created["status"], "offline");
+    assert_eq!(created["joined"], false);
+    let (status, got) = http_json("GET", &format!("{base}/node-01"), Some(&viewer), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(got["tls_server_name"], "node01.prod.internal");
+    assert_eq!(got["default_worktree_root"], "/data/worktrees");
+    let (status, list) = http_json("GET", &base, Some(&viewer), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // Update (partial).
+    let (status, updated) = http_json(
+        "PUT",
+        &format!("{base}/node-01"),
+        Some(&admin),
+        Some(r#"{"name":"Updated Name","default_worktree_root":"/new/path"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["name"], "Updated Name");
+    assert_eq!(updated["default_worktree_root"], "/new/path");
+    assert_eq!(
+        updated["grpc_target"], "https://node01.prod.internal:50051",
+        "untouched fields stay"
+    );
+
+    // Health of a registered node that never connected: answered, not reachable.
+    let (status, health) = http_json(
+        "GET",
+        &format!("{base}/node-01/health"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(health["reachable"], false);
+    assert!(
+        health["error"].as_str().unwrap().contains("no session"),
+        "{health}"
+    );
+
+    // 400s name the field.
+    let bad = [
+        (r#"{"name":"x","grpc_target":"https://a:1"}"#, "id"),
+        (r#"{"id":"n2","grpc_target":"https://a:1"}"#, "name"),
+        (r#"{"id":"n2","name":"x"}"#, "grpc_target"),
+        (
+            r#"{"id":"n2","name":"x","grpc_target":"node1:50051"}"#,
+            "grpc_target",
+        ),
+        (
+            r#"{"id":"n2","name":"x","grpc_target":"https://a:1","default_worktree_root":"rel"}"#,
+            "default_worktree_root",
+        ),
+        (
+            r#"{"id":"bad id","name":"x","grpc_target":"https://a:1"}"#,
+            "id",
+        ),
+        (
+            r#"{"id":"n2","name":7,"grpc_target":"https://a:1"}"#,
+            "name",
+        ),
+        (
+            r#"{"id":"n2","name":"x","grpc_target":"https://a:1","colour":"red"}"#,
+            "colour",
+        ),
+    ];
+    for (body, field) in bad {
+        let (status, err) = http_json("POST", &base, Some(&admin), Some(body)).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert_eq!(err["field"], field, "{body}: {err}");
+        assert!(err["error"].as_str().unwrap().contains(field), "{err}");
+    }
+    let (status, err) = http_json("POST", &base, Some(&admin), Some("{not json")).await;
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("JSON"), "{err}");
+    let (status, err) = http_json(
+        "PUT",
+        &format!("{base}/node-01"),
+        Some(&admin),
+        Some(r#"{"id":"other"}"#),
+    )
+    .await;
+    assert_eq!((status, err["field"].as_str()), (400, Some("id")), "{err}");
+    let (status, err) = http_json(
+        "PUT",
+        &format!("{base}/node-01"),
+        Some(&admin),
+        Some(r#"{"grpc_target":"ftp://x:1"}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("grpc_target")),
+        "{err}"
+    );
+
+    // 404s.
+    for (method, path, body) in [
+        ("GET", "nope", None),
+        ("PUT", "nope", Some(r#"{"name":"x"}"#)),
+        ("DELETE", "nope", None),
+        ("GET", "nope/health", None),
+    ] {
+        let (status, err) = http_json(method, &format!("{base}/{path}"), Some(&admin), body).await;
+        assert_eq!(status, 404, "{method} {path}: {err}");
+        assert!(err["error"].as_str().unwrap().contains("nope"), "{err}");
+    }
+
+    // 409: duplicate id, and deleting a node with an active agent.
+    let (status, err) = http_json("POST", &base, Some(&admin), Some(&body)).await;
+    assert_eq!(status, 409, "{err}");
+    hub.hub()
+        .state
+        .store
+        .insert_agent("agent-1", "node-01", "builder", "running", 0)
+        .await
+        .unwrap();
+    let (status, err) = http_json("DELETE", &format!("{base}/node-01"), Some(&admin), None).await;
+    assert_eq!(status, 409, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("active agent"),
+        "{err}"
+    );
+    let (status, _) = http_json("GET", &format!("{base}/node-01"), Some(&admin), None).await;
+    assert_eq!(status, 200, "a refused delete loses nothing");
+
+    // 401 and 403.
+    let (status, err) = http_json("GET", &base, None, None).await;
+    assert_eq!(status, 401, "{err}");
+    let (status, _) = http_json("GET", &base, Some("not-a-jwt"), None).await;
+    assert_eq!(status, 401);
+    let (status, err) = http_json(
+        "POST",
+        &base,
+        Some(&viewer),
+        Some(&body.replace("node-01", "node-02")),
+    )
+    .await;
+    assert_eq!(status, 403, "{err}");
+    let (status, _) = http_json("DELETE", &format!("{base}/node-01"), Some(&viewer), None).await;
+    assert_eq!(status, 403);
+    let (status, _) = http_json("GET", &base, Some(&node), None).await;
+    assert_eq!(status, 403, "node credentials do not read the admin API");
+
+    // Delete once the agent is gone.
+    let second =
+        json!({"id": "node-02", "name": "Two", "grpc_target": "http://10.0.0.2:50051"}).to_string();
+    let (status, _) = http_json("POST", &base, Some(&admin), Some(&second)).await;
+    assert_eq!(status, 201);
+    let (status, _) = http_json("DELETE", &format!("{base}/node-02"), Some(&admin), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = http_json("GET", &format!("{base}/node-02"), Some(&admin), None).await;
+    assert_eq!(status, 404);
+}
