@@ -47,6 +47,9 @@ impl TestHub {
         config.internal_grpc.bootstrap.token = Some(STATIC_TOKEN.into());
         config.fleet.min_heartbeat_ttl = Duration::from_millis(500);
         config.fleet.heartbeat_grace = Duration::from_millis(500);
+        if let Some(url) = postgres_schema_url().await {
+            config.storage.url = Some(url);
+        }
         let handle = outpost_hub::start(&config).await.expect("hub starts");
         // Pin the ports so a restart comes back where the nodes look for it.
         config.server.listen = handle.addrs.http.to_string();
@@ -178,6 +181,21 @@ impl TestHub {
         }
         panic!("node {id} did not become {status} within {timeout:?}; last seen: {last}");
     }
+}
+
+/// When `OUTPOST_TEST_DATABASE_URL` is set: a fresh PostgreSQL schema for one hub, as a URL.
+pub async fn postgres_schema_url() -> Option<String> {
+    let base = std::env::var("OUTPOST_TEST_DATABASE_URL").ok()?;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let schema = format!("outpost_e2e_{}_{n}_{nanos}", std::process::id());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&base).await.expect("OUTPOST_TEST_DATABASE_URL reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&pool).await.expect("create schema");
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
 
 /// A node configuration under `root`.
