@@ -38,7 +38,15 @@ fn certs_init_creates_then_keeps() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["created"].as_array().unwrap().len(), 7);
-    for f in ["ca.pem", "ca-key.pem", "hub.pem", "hub-key.pem", "client.pem", "client-key.pem", "auth_secret.txt"] {
+    for f in [
+        "ca.pem",
+        "ca-key.pem",
+        "hub.pem",
+        "hub-key.pem",
+        "client.pem",
+        "client-key.pem",
+        "auth_secret.txt",
+    ] {
         assert!(certs.join(f).exists(), "{f}");
     }
     let (code, out, _) = outpost(&["certs", "init", "--dir", certs_arg]);
@@ -51,7 +59,14 @@ fn failures_exit_1_and_name_the_cause() {
     let dir = tempfile::tempdir().unwrap();
     // No hub CA where the config says: the message names the file.
     let config = dir.path().join("outpost.toml");
-    std::fs::write(&config, format!("[server]\ndata_dir = {:?}\n", dir.path().join("data").display().to_string())).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = {:?}\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
     let (code, _, err) = outpost(&["nodes", "list", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("ca.pem"), "{err}");
@@ -61,10 +76,29 @@ fn failures_exit_1_and_name_the_cause() {
     assert_eq!(code, 1);
     assert!(err.contains("lisen"), "{err}");
     // Nothing listening: the connection error says where.
-    outpost(&["certs", "init", "--dir", dir.path().join("data/certs").to_str().unwrap()]);
-    std::fs::write(&config, format!("[server]\ndata_dir = {:?}\n", dir.path().join("data").display().to_string())).unwrap();
-    let (code, out, err) =
-        outpost(&["nodes", "list", "--json", "--config", config.to_str().unwrap(), "--hub", "https://127.0.0.1:9"]);
+    outpost(&[
+        "certs",
+        "init",
+        "--dir",
+        dir.path().join("data/certs").to_str().unwrap(),
+    ]);
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = {:?}\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = outpost(&[
+        "nodes",
+        "list",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+        "--hub",
+        "https://127.0.0.1:9",
+    ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("127.0.0.1:9"), "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

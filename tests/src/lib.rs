@@ -188,11 +188,19 @@ pub async fn postgres_schema_url() -> Option<String> {
     let base = std::env::var("OUTPOST_TEST_DATABASE_URL").ok()?;
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let schema = format!("outpost_e2e_{}_{n}_{nanos}", std::process::id());
     sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&base).await.expect("OUTPOST_TEST_DATABASE_URL reachable");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&pool).await.expect("create schema");
+    let pool = sqlx::AnyPool::connect(&base)
+        .await
+        .expect("OUTPOST_TEST_DATABASE_URL reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&pool)
+        .await
+        .expect("create schema");
     pool.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))

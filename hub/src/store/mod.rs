@@ -201,9 +201,18 @@ mod conformance {
     async fn exercise(store: &dyn Store) {
         // Registry CRUD.
         store.insert_node(&node("a")).await.unwrap();
-        assert!(matches!(store.insert_node(&node("a")).await, Err(StoreError::Duplicate { .. })));
+        assert!(matches!(
+            store.insert_node(&node("a")).await,
+            Err(StoreError::Duplicate { .. })
+        ));
         store.insert_node(&node("b")).await.unwrap();
-        let ids: Vec<String> = store.list_nodes().await.unwrap().into_iter().map(|n| n.id).collect();
+        let ids: Vec<String> = store
+            .list_nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
         assert_eq!(ids, vec!["a", "b"]);
         let mut a = store.get_node("a").await.unwrap().unwrap();
         a.name = "Renamed".into();
@@ -211,46 +220,114 @@ mod conformance {
         a.updated_at_ms = 2;
         store.update_node_record(&a).await.unwrap();
         let got = store.get_node("a").await.unwrap().unwrap();
-        assert_eq!((got.name.as_str(), got.default_worktree_root.as_str(), got.updated_at_ms), ("Renamed", "/w", 2));
-        assert!(matches!(store.update_node_record(&node("zz")).await, Err(StoreError::NotFound { .. })));
+        assert_eq!(
+            (
+                got.name.as_str(),
+                got.default_worktree_root.as_str(),
+                got.updated_at_ms
+            ),
+            ("Renamed", "/w", 2)
+        );
+        assert!(matches!(
+            store.update_node_record(&node("zz")).await,
+            Err(StoreError::NotFound { .. })
+        ));
         assert!(store.get_node("zz").await.unwrap().is_none());
 
         // Live fields.
         store.set_draining("a", true, 3).await.unwrap();
         store.set_status("a", "online", "").await.unwrap();
-        store.record_heartbeats(&[("a".into(), 77), ("b".into(), 78)]).await.unwrap();
+        store
+            .record_heartbeats(&[("a".into(), 77), ("b".into(), 78)])
+            .await
+            .unwrap();
         store.set_capabilities("a", &[1, 2, 3]).await.unwrap();
         let got = store.get_node("a").await.unwrap().unwrap();
         assert!(got.draining);
         assert_eq!(got.status, "online");
         assert_eq!(got.last_heartbeat_ms, Some(77));
         assert_eq!(got.capabilities.as_deref(), Some(&[1u8, 2, 3][..]));
-        assert!(matches!(store.set_draining("zz", true, 3).await, Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            store.set_draining("zz", true, 3).await,
+            Err(StoreError::NotFound { .. })
+        ));
 
         // Join binding.
-        let join = |id, key| JoinedNode { id, name: "J", grpc_target: "https://j:1", public_key_sha256: key, now_ms: 10 };
-        assert_eq!(store.bind_joined_node(&join("j", "k1")).await.unwrap(), BindOutcome::Bound);
-        assert_eq!(store.bind_joined_node(&join("j", "k1")).await.unwrap(), BindOutcome::AlreadyBound);
-        assert_eq!(store.bind_joined_node(&join("j", "k2")).await.unwrap(), BindOutcome::HeldByAnotherKey);
+        let join = |id, key| JoinedNode {
+            id,
+            name: "J",
+            grpc_target: "https://j:1",
+            public_key_sha256: key,
+            now_ms: 10,
+        };
+        assert_eq!(
+            store.bind_joined_node(&join("j", "k1")).await.unwrap(),
+            BindOutcome::Bound
+        );
+        assert_eq!(
+            store.bind_joined_node(&join("j", "k1")).await.unwrap(),
+            BindOutcome::AlreadyBound
+        );
+        assert_eq!(
+            store.bind_joined_node(&join("j", "k2")).await.unwrap(),
+            BindOutcome::HeldByAnotherKey
+        );
         // A registered node without a key takes the first joiner's, keeps its own target.
-        assert_eq!(store.bind_joined_node(&join("b", "kb")).await.unwrap(), BindOutcome::Bound);
+        assert_eq!(
+            store.bind_joined_node(&join("b", "kb")).await.unwrap(),
+            BindOutcome::Bound
+        );
         let b = store.get_node("b").await.unwrap().unwrap();
-        assert_eq!((b.public_key_sha256.as_deref(), b.grpc_target.as_str(), b.joined_at_ms), (Some("kb"), "https://n:1", Some(10)));
+        assert_eq!(
+            (
+                b.public_key_sha256.as_deref(),
+                b.grpc_target.as_str(),
+                b.joined_at_ms
+            ),
+            (Some("kb"), "https://n:1", Some(10))
+        );
 
         // Agents block deletion.
-        store.insert_agent("ag", "a", "builder", "running", 5).await.unwrap();
-        assert!(matches!(store.insert_agent("ag2", "zz", "x", "running", 5).await, Err(StoreError::NotFound { .. })));
+        store
+            .insert_agent("ag", "a", "builder", "running", 5)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.insert_agent("ag2", "zz", "x", "running", 5).await,
+            Err(StoreError::NotFound { .. })
+        ));
         assert_eq!(store.count_active_agents("a").await.unwrap(), 1);
-        assert!(matches!(store.delete_node("a").await, Err(StoreError::Conflict(_))));
-        assert!(store.get_node("a").await.unwrap().is_some(), "refused delete keeps the node");
+        assert!(matches!(
+            store.delete_node("a").await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(
+            store.get_node("a").await.unwrap().is_some(),
+            "refused delete keeps the node"
+        );
         store.delete_node("b").await.unwrap();
-        assert!(matches!(store.delete_node("b").await, Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            store.delete_node("b").await,
+            Err(StoreError::NotFound { .. })
+        ));
 
         // Tokens: atomic, bounded use.
-        let token = TokenRow { id: "t".into(), proof_key: vec![9; 32], uses_left: 2, expires_at_ms: 100, created_at_ms: 0 };
+        let token = TokenRow {
+            id: "t".into(),
+            proof_key: vec![9; 32],
+            uses_left: 2,
+            expires_at_ms: 100,
+            created_at_ms: 0,
+        };
         store.insert_token(&token).await.unwrap();
-        assert!(matches!(store.insert_token(&token).await, Err(StoreError::Duplicate { .. })));
-        assert_eq!(store.get_token("t").await.unwrap().unwrap().proof_key, vec![9; 32]);
+        assert!(matches!(
+            store.insert_token(&token).await,
+            Err(StoreError::Duplicate { .. })
+        ));
+        assert_eq!(
+            store.get_token("t").await.unwrap().unwrap().proof_key,
+            vec![9; 32]
+        );
         assert!(store.consume_token("t", 50).await.unwrap());
         assert!(!store.consume_token("t", 100).await.unwrap(), "expired");
         assert!(store.consume_token("t", 60).await.unwrap());
@@ -258,12 +335,30 @@ mod conformance {
         assert!(!store.consume_token("none", 0).await.unwrap());
 
         // Challenges: taken once.
-        let ch = ChallengeRow { id: "c".into(), node_id: "j".into(), nonce: vec![1; 32], expires_at_ms: 20 };
+        let ch = ChallengeRow {
+            id: "c".into(),
+            node_id: "j".into(),
+            nonce: vec![1; 32],
+            expires_at_ms: 20,
+        };
         store.insert_challenge(&ch).await.unwrap();
         assert_eq!(store.take_challenge("c").await.unwrap(), Some(ch.clone()));
         assert_eq!(store.take_challenge("c").await.unwrap(), None);
-        store.insert_challenge(&ChallengeRow { id: "old".into(), ..ch.clone() }).await.unwrap();
-        store.insert_challenge(&ChallengeRow { id: "new".into(), expires_at_ms: 99, ..ch }).await.unwrap();
+        store
+            .insert_challenge(&ChallengeRow {
+                id: "old".into(),
+                ..ch.clone()
+            })
+            .await
+            .unwrap();
+        store
+            .insert_challenge(&ChallengeRow {
+                id: "new".into(),
+                expires_at_ms: 99,
+                ..ch
+            })
+            .await
+            .unwrap();
         assert_eq!(store.purge_challenges(50).await.unwrap(), 1);
         assert!(store.take_challenge("new").await.unwrap().is_some());
     }
@@ -278,11 +373,17 @@ mod conformance {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("hub.db").display());
         let store = SqlStore::connect(&url).await.unwrap();
-        assert_eq!(store.sqlite_journal_mode().await.unwrap().as_deref(), Some("wal"));
+        assert_eq!(
+            store.sqlite_journal_mode().await.unwrap().as_deref(),
+            Some("wal")
+        );
         exercise(&store).await;
         store.close().await;
         let reopened = SqlStore::connect(&url).await.unwrap();
-        assert_eq!(reopened.get_node("a").await.unwrap().unwrap().name, "Renamed");
+        assert_eq!(
+            reopened.get_node("a").await.unwrap().unwrap().name,
+            "Renamed"
+        );
         assert!(reopened.get_node("j").await.unwrap().is_some());
     }
 
@@ -295,16 +396,25 @@ mod conformance {
         // A schema of its own, so parallel runs never meet.
         sqlx::any::install_default_drivers();
         let admin = sqlx::AnyPool::connect(&base).await.unwrap();
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let schema = format!("outpost_test_{}_{nanos}", std::process::id());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin)
+            .await
+            .unwrap();
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
         let store = SqlStore::connect(&url).await.unwrap();
         assert_eq!(store.backend(), sql::Backend::Postgres);
         exercise(&store).await;
         store.close().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&admin)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -2,4 +2,5 @@
 
 mod auth;
 mod fleet;
+mod grpc_surface;
 mod rest;

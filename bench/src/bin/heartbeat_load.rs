@@ -1,0 +1,318 @@
+//! Heartbeat ingestion: N simulated nodes join a real hub process (real join, real certificates),
+//! hold real QUIC sessions and send heartbeats as datagrams at a fixed rate; the hub's CPU time is
+//! read from /proc over a steady window. Also measures a real `outpost-node`'s idle RSS.
+//!
+//! ```text
+//! cargo build --release -p outpost-hub -p outpost-node -p outpost-bench
+//! target/release/heartbeat-load --nodes 1000 --window 20s
+//! target/release/heartbeat-load rss
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt as _;
+use outpost_bench::{HubProcess, cpu_seconds, rss_kib};
+use outpost_node::auth::BootstrapToken;
+use outpost_node::identity::JoinedIdentity;
+use outpost_node::join::{JoinRequest, join};
+use outpost_proto::framing;
+use outpost_proto::v1::{
+    Capabilities, GpuSnapshot, Hardware, Heartbeat, HelloAck, Load, NodeHello,
+};
+use prost::Message as _;
+
+const TOKEN: &str = "bench-static-token-0123456789";
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Heartbeats per second per node.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Time after all sessions are up before measuring.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Measuring window.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// Client UDP sockets the simulated nodes share.
+    #[arg(long, default_value_t = 8)]
+    endpoints: usize,
+    /// Release binaries directory.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Idle RSS of a real outpost-node process after it joined.
+    Rss {
+        /// Seconds to let it settle.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+    },
+}
+
+fn hub_config(dir: &std::path::Path) -> String {
+    format!(
+        "[server]\ndata_dir = {:?}\nlisten = \"127.0.0.1:0\"\n[internal_grpc]\nlisten = \"127.0.0.1:0\"\n\
+         [internal_grpc.bootstrap]\ntoken = \"{TOKEN}\"\n[fleet]\nmin_heartbeat_ttl = \"10s\"\nheartbeat_grace = \"10s\"\n\
+         max_heartbeats_per_second = 1000000.0\n",
+        dir.join("hub").display().to_string()
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let hub = HubProcess::start(
+        &args.bin_dir.join("outpost"),
+        dir.path(),
+        &hub_config(dir.path()),
+    )?;
+    let ca_pem = std::fs::read_to_string(dir.path().join("hub/certs/ca.pem"))?;
+    match args.command {
+        Some(Cmd::Rss { settle }) => rss(&args, &hub, dir.path(), settle).await,
+        None => load(&args, &hub, &ca_pem).await,
+    }
+}
+
+async fn rss(
+    args: &Args,
+    hub: &HubProcess,
+    dir: &std::path::Path,
+    settle: Duration,
+) -> anyhow::Result<()> {
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nrole = \"node\"\nnode_id = \"rss-node\"\ndata_dir = {:?}\n[internal_grpc.bootstrap]\ntoken = \"{TOKEN}\"\n\
+             [node]\nhub = \"{}\"\nca_file = {:?}\n[gpu]\nprobe = \"auto\"\n",
+            dir.join("node").display().to_string(),
+            hub.grpc_url,
+            dir.join("hub/certs/ca.pem").display().to_string()
+        ),
+    )?;
+    let mut node = std::process::Command::new(args.bin_dir.join("outpost-node"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    tokio::time::sleep(settle).await;
+    let pid = node.id();
+    let rss = rss_kib(pid)?;
+    let cpu = cpu_seconds(pid)?;
+    let hub_rss = rss_kib(hub.pid())?;
+    let _ = node.kill();
+    let _ = node.wait();
+    println!(
+        "{}",
+        serde_json::json!({"node_idle_rss_mb": rss as f64 / 1024.0, "node_cpu_s_after_settle": cpu, "settle_s": settle.as_secs_f64(), "hub_rss_mb": hub_rss as f64 / 1024.0})
+    );
+    Ok(())
+}
+
+struct SimNode {
+    identity: JoinedIdentity,
+}
+
+async fn load(args: &Args, hub: &HubProcess, ca_pem: &str) -> anyhow::Result<()> {
+    let n = args.nodes;
+    let token = BootstrapToken::parse(TOKEN);
+    let started = Instant::now();
+    let joined: Vec<anyhow::Result<SimNode>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let token = token.clone();
+            let url = hub.grpc_url.clone();
+            let ca = ca_pem.to_string();
+            async move {
+                let id = format!("sim-{i:05}");
+                let identity = join(JoinRequest {
+                    hub_url: &url,
+                    ca_pem: &ca,
+                    node_id: &id,
+                    name: &id,
+                    token: &token,
+                    grpc_target: "",
+                })
+                .await?;
+                Ok(SimNode { identity })
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let nodes: Vec<SimNode> = joined.into_iter().collect::<anyhow::Result<_>>()?;
+    let join_s = started.elapsed().as_secs_f64();
+
+    let quic_port = nodes.first().context("no nodes")?.identity.quic_port;
+    let hub_addr: std::net::SocketAddr = format!("127.0.0.1:{quic_port}").parse()?;
+    let endpoints: Vec<quinn::Endpoint> = (0..args.endpoints.max(1))
+        .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse()?).map_err(Into::into))
+        .collect::<anyhow::Result<_>>()?;
+    let started = Instant::now();
+    let connections: Vec<anyhow::Result<(String, quinn::Connection)>> =
+        futures::stream::iter(nodes.into_iter().enumerate())
+            .map(|(i, node)| {
+                let endpoint = endpoints[i % endpoints.len()].clone();
+                async move {
+                    connect(&endpoint, hub_addr, &node.identity)
+                        .await
+                        .map(|c| (node.identity.node_id.clone(), c))
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+    let connections: Vec<(String, quinn::Connection)> =
+        connections.into_iter().collect::<anyhow::Result<_>>()?;
+    let connect_s = started.elapsed().as_secs_f64();
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let period = Duration::from_secs_f64(1.0 / args.rate);
+    let mut tasks = Vec::new();
+    for (i, (id, connection)) in connections.iter().enumerate() {
+        let (id, connection, sent, failed) =
+            (id.clone(), connection.clone(), sent.clone(), failed.clone());
+        let offset = period.mul_f64((i as f64 / n as f64) % 1.0);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(offset).await;
+            let mut ticker = tokio::time::interval(period);
+            let mut seq = 0u64;
+            loop {
+                ticker.tick().await;
+                seq += 1;
+                let heartbeat = Heartbeat {
+                    node_id: id.clone(),
+                    seq,
+                    sent_at_ms: 0,
+                    load: Some(Load {
+                        cpu_percent: 12.5,
+                        memory_used_bytes: 3 << 30,
+                        memory_total_bytes: 16 << 30,
+                        disk_used_bytes: 100 << 30,
+                        disk_total_bytes: 500 << 30,
+                        load_avg_1m: 0.7,
+                        running_tasks: 1,
+                    }),
+                    gpus: Some(GpuSnapshot {
+                        probe: "none".into(),
+                        unavailable_reason: "no GPUs".into(),
+                        ..Default::default()
+                    }),
+                    capabilities_digest: vec![0xab; 64],
+                };
+                match connection.send_datagram(heartbeat.encode_to_vec().into()) {
+                    Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(args.warmup).await;
+    let self_pid = std::process::id();
+    let (hub_cpu0, gen_cpu0, sent0, t0) = (
+        cpu_seconds(hub.pid())?,
+        cpu_seconds(self_pid)?,
+        sent.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    tokio::time::sleep(args.window).await;
+    let (hub_cpu1, gen_cpu1, sent1, elapsed) = (
+        cpu_seconds(hub.pid())?,
+        cpu_seconds(self_pid)?,
+        sent.load(Ordering::Relaxed),
+        t0.elapsed(),
+    );
+    let hub_rss = rss_kib(hub.pid())?;
+    let online = online_count(args, hub).await?;
+    for t in tasks {
+        t.abort();
+    }
+    let secs = elapsed.as_secs_f64();
+    let hb_per_s = (sent1 - sent0) as f64 / secs;
+    let hub_cores = (hub_cpu1 - hub_cpu0) / secs;
+    println!(
+        "{}",
+        serde_json::json!({
+            "nodes": n,
+            "rate_per_node_hz": args.rate,
+            "join_s": join_s,
+            "connect_s": connect_s,
+            "window_s": secs,
+            "heartbeats_per_s": hb_per_s,
+            "send_failures": failed.load(Ordering::Relaxed),
+            "hub_cpu_percent_of_one_core": hub_cores * 100.0,
+            "hub_cpu_percent_per_1000_hb_per_s": if hb_per_s > 0.0 { hub_cores * 100.0 * 1000.0 / hb_per_s } else { f64::NAN },
+            "generator_cpu_percent": (gen_cpu1 - gen_cpu0) / secs * 100.0,
+            "hub_rss_mb": hub_rss as f64 / 1024.0,
+            "online_at_end": online,
+        })
+    );
+    if online != n {
+        bail!("only {online} of {n} nodes online at the end: heartbeats are being lost");
+    }
+    Ok(())
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    hub: std::net::SocketAddr,
+    identity: &JoinedIdentity,
+) -> anyhow::Result<quinn::Connection> {
+    let certs = outpost_node::tls::certs_from_pem(&identity.certificate_pem, "cert")?;
+    let key = outpost_node::tls::key_from_pem(&identity.key_pem, "key")?;
+    let config = outpost_node::tls::quic_client_config(&identity.ca_pem, certs, key)?;
+    let connection = endpoint.connect_with(config, hub, "127.0.0.1")?.await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let hello = NodeHello {
+        node_id: identity.node_id.clone(),
+        jwt: identity.node_jwt.clone(),
+        agent_version: "bench".into(),
+        capabilities: Some(Capabilities {
+            hardware: Some(Hardware {
+                cpu_cores: 8,
+                memory_total_bytes: 16 << 30,
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    framing::write_frame(&mut send, &hello).await?;
+    let _ = send.finish();
+    let _ack: HelloAck = framing::read_frame(&mut recv, 64 * 1024).await?;
+    Ok(connection)
+}
+
+async fn online_count(args: &Args, hub: &HubProcess) -> anyhow::Result<usize> {
+    let output = tokio::process::Command::new(args.bin_dir.join("outpost"))
+        .args(["nodes", "list", "--json", "--config"])
+        .arg(&hub.config)
+        .args(["--hub", &hub.grpc_url])
+        .output()
+        .await?;
+    if !output.status.success() {
+        bail!(
+            "nodes list failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let nodes: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    Ok(nodes
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|n| n["status"] == "online").count()))
+}
