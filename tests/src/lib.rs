@@ -1,6 +1,8 @@
 //! Helpers for Outpost's end-to-end tests: a real hub (TLS gRPC, QUIC, HTTP, SQLite file) on
 //! `127.0.0.1:0`, real nodes joined with real tokens, the CLI run in-process, and a small HTTP
 //! client for the REST API. Nothing is mocked; timings are shortened through configuration only.
+// A test-helper crate: failing loudly is what a helper should do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
