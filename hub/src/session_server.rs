@@ -187,30 +187,32 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
     let _ = send.finish();
     tracing::info!(node_id = %node_id, remote = %connection.remote_address(), interval_ms, "node session up");
 
-    loop {
-        tokio::select! {
-            datagram = connection.read_datagram() => match datagram {
-                Ok(bytes) => match Heartbeat::decode(bytes) {
-                    Ok(heartbeat) => on_heartbeat(&state, &node_id, heartbeat),
-                    Err(e) => tracing::debug!(node_id = %node_id, error = %e, "malformed heartbeat datagram dropped"),
-                },
-                Err(_) => break,
-            },
-            stream = connection.accept_uni() => match stream {
-                Ok(mut recv) => {
-                    let state = state.clone();
-                    let node_id = node_id.clone();
-                    tokio::spawn(async move {
-                        match framing::read_frame::<NodeEvent>(&mut recv, MAX_EVENT).await {
-                            Ok(event) => on_event(&state, &node_id, event).await,
-                            Err(e) => tracing::debug!(node_id = %node_id, error = %e, "malformed event dropped"),
+    // Events on uni streams in their own task, so the datagram path below is a single await.
+    let events = {
+        let (state, node_id, connection) = (state.clone(), node_id.clone(), connection.clone());
+        tokio::spawn(async move {
+            while let Ok(mut recv) = connection.accept_uni().await {
+                let (state, node_id) = (state.clone(), node_id.clone());
+                tokio::spawn(async move {
+                    match framing::read_frame::<NodeEvent>(&mut recv, MAX_EVENT).await {
+                        Ok(event) => on_event(&state, &node_id, event).await,
+                        Err(e) => {
+                            tracing::debug!(node_id = %node_id, error = %e, "malformed event dropped")
                         }
-                    });
-                }
-                Err(_) => break,
-            },
+                    }
+                });
+            }
+        })
+    };
+    while let Ok(bytes) = connection.read_datagram().await {
+        match Heartbeat::decode(bytes) {
+            Ok(heartbeat) => on_heartbeat(&state, &node_id, heartbeat),
+            Err(e) => {
+                tracing::debug!(node_id = %node_id, error = %e, "malformed heartbeat datagram dropped")
+            }
         }
     }
+    events.abort();
     state.links.remove_if_current(&node_id, connection_id);
     tracing::info!(node_id = %node_id, reason = %connection.close_reason().map(|r| r.to_string()).unwrap_or_default(), "node session closed");
 }
@@ -244,13 +246,26 @@ pub fn on_heartbeat(state: &HubState, node_id: &str, heartbeat: Heartbeat) {
             entry.gpus.clone_from(&heartbeat.gpus);
         }
     }
-    let change = state.fleet.lock().observe_heartbeat(node_id, now);
-    state.publish(change);
-    apply_fence(state, node_id, heartbeat.gpus.as_ref());
-    state
-        .pending_heartbeats
-        .lock()
-        .insert(node_id.to_string(), now);
+    let fence = heartbeat
+        .gpus
+        .as_ref()
+        .filter(|g| g.fenced)
+        .map(|g| g.unavailable_reason.clone());
+    let (came_back, fence_change) = {
+        let mut fleet = state.fleet.lock();
+        (
+            fleet.observe_heartbeat(node_id, now),
+            fleet.set_fenced(node_id, fence),
+        )
+    };
+    state.publish(came_back.into_iter().chain(fence_change));
+    let mut pending = state.pending_heartbeats.lock();
+    match pending.get_mut(node_id) {
+        Some(at) => *at = now,
+        None => {
+            pending.insert(node_id.to_string(), now);
+        }
+    }
 }
 
 async fn on_event(state: &HubState, node_id: &str, event: NodeEvent) {

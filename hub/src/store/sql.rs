@@ -100,6 +100,18 @@ impl SqlStore {
         Ok(())
     }
 
+    /// A transaction that will write. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads first and then writes cannot be retried by
+    /// the busy handler in WAL mode and fails at once with "database is locked" under contention.
+    async fn write_transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -196,7 +208,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_node(&self, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let active: i64 =
             sqlx::query("SELECT COUNT(*) FROM agents WHERE node_id = $1 AND status <> 'stopped'")
                 .bind(id)
@@ -256,7 +268,7 @@ impl Store for SqlStore {
         if beats.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for (id, at) in beats {
             sqlx::query("UPDATE nodes SET last_heartbeat_ms = $2 WHERE id = $1")
                 .bind(id)
@@ -278,7 +290,7 @@ impl Store for SqlStore {
     }
 
     async fn bind_joined_node(&self, node: &JoinedNode<'_>) -> Result<BindOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let existing: Option<Option<String>> =
             sqlx::query("SELECT public_key_sha256 FROM nodes WHERE id = $1")
                 .bind(node.id)
