@@ -142,7 +142,7 @@ pub fn quic_client_config(
 
 /// Transport settings of the session: keep-alives well inside the idle timeout, so a quiet but
 /// healthy node is never dropped, and a dead one is noticed within the idle timeout.
-fn session_transport() -> quinn::TransportConfig {
+pub fn session_transport() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(20)) {

@@ -47,6 +47,9 @@ struct Args {
     /// Client UDP sockets the simulated nodes share.
     #[arg(long, default_value_t = 8)]
     endpoints: usize,
+    /// Also measure a bare quinn datagram sink under the same load, for the ratio.
+    #[arg(long)]
+    baseline: bool,
     /// Release binaries directory.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
@@ -54,6 +57,12 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Internal: a bare quinn endpoint that accepts sessions and discards datagrams (the baseline).
+    BareSink {
+        /// Where to write the sink's certificate (PEM).
+        #[arg(long)]
+        cert_out: PathBuf,
+    },
     /// Idle RSS of a real outpost-node process after it joined.
     Rss {
         /// Seconds to let it settle.
@@ -74,6 +83,9 @@ fn hub_config(dir: &std::path::Path) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Cmd::BareSink { cert_out }) = &args.command {
+        return bare_sink(cert_out).await;
+    }
     let dir = tempfile::tempdir()?;
     let hub = HubProcess::start(
         &args.bin_dir.join("outpost"),
@@ -83,7 +95,8 @@ async fn main() -> anyhow::Result<()> {
     let ca_pem = std::fs::read_to_string(dir.path().join("hub/certs/ca.pem"))?;
     match args.command {
         Some(Cmd::Rss { settle }) => rss(&args, &hub, dir.path(), settle).await,
-        None => load(&args, &hub, &ca_pem).await,
+        Some(Cmd::BareSink { .. }) => Ok(()),
+        None => load(&args, &hub, &ca_pem, dir.path()).await,
     }
 }
 
@@ -123,62 +136,22 @@ async fn rss(
     Ok(())
 }
 
-struct SimNode {
-    identity: JoinedIdentity,
+/// One steady-state measurement of a receiver process under the heartbeat load.
+struct Measurement {
+    heartbeats_per_s: f64,
+    receiver_cores: f64,
+    generator_cores: f64,
+    failures: u64,
+    receiver_rss_mb: f64,
 }
 
-async fn load(args: &Args, hub: &HubProcess, ca_pem: &str) -> anyhow::Result<()> {
-    let n = args.nodes;
-    let token = BootstrapToken::parse(TOKEN);
-    let started = Instant::now();
-    let joined: Vec<anyhow::Result<SimNode>> = futures::stream::iter(0..n)
-        .map(|i| {
-            let token = token.clone();
-            let url = hub.grpc_url.clone();
-            let ca = ca_pem.to_string();
-            async move {
-                let id = format!("sim-{i:05}");
-                let identity = join(JoinRequest {
-                    hub_url: &url,
-                    ca_pem: &ca,
-                    node_id: &id,
-                    name: &id,
-                    token: &token,
-                    grpc_target: "",
-                })
-                .await?;
-                Ok(SimNode { identity })
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    let nodes: Vec<SimNode> = joined.into_iter().collect::<anyhow::Result<_>>()?;
-    let join_s = started.elapsed().as_secs_f64();
-
-    let quic_port = nodes.first().context("no nodes")?.identity.quic_port;
-    let hub_addr: std::net::SocketAddr = format!("127.0.0.1:{quic_port}").parse()?;
-    let endpoints: Vec<quinn::Endpoint> = (0..args.endpoints.max(1))
-        .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse()?).map_err(Into::into))
-        .collect::<anyhow::Result<_>>()?;
-    let started = Instant::now();
-    let connections: Vec<anyhow::Result<(String, quinn::Connection)>> =
-        futures::stream::iter(nodes.into_iter().enumerate())
-            .map(|(i, node)| {
-                let endpoint = endpoints[i % endpoints.len()].clone();
-                async move {
-                    connect(&endpoint, hub_addr, &node.identity)
-                        .await
-                        .map(|c| (node.identity.node_id.clone(), c))
-                }
-            })
-            .buffer_unordered(64)
-            .collect()
-            .await;
-    let connections: Vec<(String, quinn::Connection)> =
-        connections.into_iter().collect::<anyhow::Result<_>>()?;
-    let connect_s = started.elapsed().as_secs_f64();
-
+/// Sends heartbeats on every connection at `args.rate` and measures `receiver_pid` over the window.
+async fn drive(
+    args: &Args,
+    connections: &[(String, quinn::Connection)],
+    receiver_pid: u32,
+) -> anyhow::Result<Measurement> {
+    let n = connections.len().max(1);
     let sent = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let period = Duration::from_secs_f64(1.0 / args.rate);
@@ -186,7 +159,7 @@ async fn load(args: &Args, hub: &HubProcess, ca_pem: &str) -> anyhow::Result<()>
     for (i, (id, connection)) in connections.iter().enumerate() {
         let (id, connection, sent, failed) =
             (id.clone(), connection.clone(), sent.clone(), failed.clone());
-        let offset = period.mul_f64((i as f64 / n as f64) % 1.0);
+        let offset = period.mul_f64(i as f64 / n as f64);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(offset).await;
             let mut ticker = tokio::time::interval(period);
@@ -223,46 +196,220 @@ async fn load(args: &Args, hub: &HubProcess, ca_pem: &str) -> anyhow::Result<()>
     }
     tokio::time::sleep(args.warmup).await;
     let self_pid = std::process::id();
-    let (hub_cpu0, gen_cpu0, sent0, t0) = (
-        cpu_seconds(hub.pid())?,
+    let (rx0, gen0, sent0, t0) = (
+        cpu_seconds(receiver_pid)?,
         cpu_seconds(self_pid)?,
         sent.load(Ordering::Relaxed),
         Instant::now(),
     );
     tokio::time::sleep(args.window).await;
-    let (hub_cpu1, gen_cpu1, sent1, elapsed) = (
-        cpu_seconds(hub.pid())?,
+    let (rx1, gen1, sent1, elapsed) = (
+        cpu_seconds(receiver_pid)?,
         cpu_seconds(self_pid)?,
         sent.load(Ordering::Relaxed),
         t0.elapsed(),
     );
-    let hub_rss = rss_kib(hub.pid())?;
-    let online = online_count(args, hub).await?;
     for t in tasks {
         t.abort();
     }
     let secs = elapsed.as_secs_f64();
-    let hb_per_s = (sent1 - sent0) as f64 / secs;
-    let hub_cores = (hub_cpu1 - hub_cpu0) / secs;
-    println!(
-        "{}",
-        serde_json::json!({
-            "nodes": n,
-            "rate_per_node_hz": args.rate,
-            "join_s": join_s,
-            "connect_s": connect_s,
-            "window_s": secs,
-            "heartbeats_per_s": hb_per_s,
-            "send_failures": failed.load(Ordering::Relaxed),
-            "hub_cpu_percent_of_one_core": hub_cores * 100.0,
-            "hub_cpu_percent_per_1000_hb_per_s": if hb_per_s > 0.0 { hub_cores * 100.0 * 1000.0 / hb_per_s } else { f64::NAN },
-            "generator_cpu_percent": (gen_cpu1 - gen_cpu0) / secs * 100.0,
-            "hub_rss_mb": hub_rss as f64 / 1024.0,
-            "online_at_end": online,
+    Ok(Measurement {
+        heartbeats_per_s: (sent1 - sent0) as f64 / secs,
+        receiver_cores: (rx1 - rx0) / secs,
+        generator_cores: (gen1 - gen0) / secs,
+        failures: failed.load(Ordering::Relaxed),
+        receiver_rss_mb: rss_kib(receiver_pid)? as f64 / 1024.0,
+    })
+}
+
+fn per_1000(m: &Measurement) -> f64 {
+    if m.heartbeats_per_s > 0.0 {
+        m.receiver_cores * 100.0 * 1000.0 / m.heartbeats_per_s
+    } else {
+        f64::NAN
+    }
+}
+
+async fn load(
+    args: &Args,
+    hub: &HubProcess,
+    ca_pem: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let n = args.nodes;
+    let endpoints: Vec<quinn::Endpoint> = (0..args.endpoints.max(1))
+        .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse()?).map_err(Into::into))
+        .collect::<anyhow::Result<_>>()?;
+
+    let baseline = if args.baseline {
+        Some(measure_bare_sink(args, &endpoints, dir).await?)
+    } else {
+        None
+    };
+
+    let token = BootstrapToken::parse(TOKEN);
+    let started = Instant::now();
+    let joined: Vec<anyhow::Result<JoinedIdentity>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let token = token.clone();
+            let url = hub.grpc_url.clone();
+            let ca = ca_pem.to_string();
+            async move {
+                let id = format!("sim-{i:05}");
+                Ok(join(JoinRequest {
+                    hub_url: &url,
+                    ca_pem: &ca,
+                    node_id: &id,
+                    name: &id,
+                    token: &token,
+                    grpc_target: "",
+                })
+                .await?)
+            }
         })
-    );
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let identities: Vec<JoinedIdentity> = joined.into_iter().collect::<anyhow::Result<_>>()?;
+    let join_s = started.elapsed().as_secs_f64();
+
+    let quic_port = identities.first().context("no nodes")?.quic_port;
+    let hub_addr: std::net::SocketAddr = format!("127.0.0.1:{quic_port}").parse()?;
+    let started = Instant::now();
+    let connections: Vec<anyhow::Result<(String, quinn::Connection)>> =
+        futures::stream::iter(identities.into_iter().enumerate())
+            .map(|(i, identity)| {
+                let endpoint = endpoints[i % endpoints.len()].clone();
+                async move {
+                    connect(&endpoint, hub_addr, &identity)
+                        .await
+                        .map(|c| (identity.node_id.clone(), c))
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+    let connections: Vec<(String, quinn::Connection)> =
+        connections.into_iter().collect::<anyhow::Result<_>>()?;
+    let connect_s = started.elapsed().as_secs_f64();
+
+    let outpost = drive(args, &connections, hub.pid()).await?;
+    let online = online_count(args, hub).await?;
+    let mut report = serde_json::json!({
+        "nodes": n,
+        "rate_per_node_hz": args.rate,
+        "join_s": join_s,
+        "connect_s": connect_s,
+        "window_s": args.window.as_secs_f64(),
+        "heartbeats_per_s": outpost.heartbeats_per_s,
+        "send_failures": outpost.failures,
+        "hub_cpu_percent_of_one_core": outpost.receiver_cores * 100.0,
+        "hub_cpu_percent_per_1000_hb_per_s": per_1000(&outpost),
+        "generator_cpu_percent": outpost.generator_cores * 100.0,
+        "hub_rss_mb": outpost.receiver_rss_mb,
+        "online_at_end": online,
+    });
+    if let (Some(bare), serde_json::Value::Object(map)) = (&baseline, &mut report) {
+        map.insert(
+            "bare_quinn_cpu_percent_of_one_core".into(),
+            (bare.receiver_cores * 100.0).into(),
+        );
+        map.insert(
+            "bare_quinn_heartbeats_per_s".into(),
+            bare.heartbeats_per_s.into(),
+        );
+        map.insert("bare_quinn_rss_mb".into(), bare.receiver_rss_mb.into());
+        map.insert(
+            "hub_over_bare_quinn".into(),
+            (outpost.receiver_cores / bare.receiver_cores).into(),
+        );
+    }
+    println!("{report}");
     if online != n {
         bail!("only {online} of {n} nodes online at the end: heartbeats are being lost");
+    }
+    Ok(())
+}
+
+/// Runs the bare sink as a child process, drives the same load at it, and measures it.
+async fn measure_bare_sink(
+    args: &Args,
+    endpoints: &[quinn::Endpoint],
+    dir: &std::path::Path,
+) -> anyhow::Result<Measurement> {
+    use std::io::BufRead as _;
+    let cert_path = dir.join("bare-sink.pem");
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["bare-sink", "--cert-out"])
+        .arg(&cert_path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("sink stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .parse()
+        .with_context(|| format!("sink said {line:?}"))?;
+    let cert_pem = std::fs::read_to_string(&cert_path)?;
+    let roots = outpost_node::tls::roots_from_pem(&cert_pem)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(outpost_node::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    ));
+    client.transport_config(Arc::new(outpost_node::tls::session_transport()));
+    let connections: Vec<anyhow::Result<(String, quinn::Connection)>> =
+        futures::stream::iter(0..args.nodes)
+            .map(|i| {
+                let (endpoint, client) = (endpoints[i % endpoints.len()].clone(), client.clone());
+                async move {
+                    Ok((
+                        format!("sim-{i:05}"),
+                        endpoint.connect_with(client, addr, "127.0.0.1")?.await?,
+                    ))
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+    let connections: Vec<(String, quinn::Connection)> =
+        connections.into_iter().collect::<anyhow::Result<_>>()?;
+    let measurement = drive(args, &connections, child.id()).await;
+    for (_, c) in &connections {
+        c.close(0u32.into(), b"baseline done");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    measurement
+}
+
+/// The baseline receiver: quinn with the same transport settings, TLS 1.3 server auth only, and
+/// nothing done with a datagram but dropping it.
+async fn bare_sink(cert_out: &std::path::Path) -> anyhow::Result<()> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+    std::fs::write(cert_out, certified.cert.pem())?;
+    let key = outpost_node::tls::key_from_pem(&certified.signing_key.serialize_pem(), "sink key")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(outpost_node::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)?;
+    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
+    ));
+    config.transport_config(Arc::new(outpost_node::tls::session_transport()));
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
+    println!("{}", endpoint.local_addr()?);
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            if let Ok(connection) = incoming.await {
+                while connection.read_datagram().await.is_ok() {}
+            }
+        });
     }
     Ok(())
 }
