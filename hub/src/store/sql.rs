@@ -265,16 +265,24 @@ impl Store for SqlStore {
     }
 
     async fn record_heartbeats(&self, beats: &[(String, i64)]) -> Result<(), StoreError> {
+        // One multi-row UPDATE per chunk (VALUES columns are column1, column2 in both dialects);
+        // 500 rows = 1,000 parameters, well inside SQLite's limit.
+        const CHUNK: usize = 500;
         if beats.is_empty() {
             return Ok(());
         }
         let mut tx = self.write_transaction().await?;
-        for (id, at) in beats {
-            sqlx::query("UPDATE nodes SET last_heartbeat_ms = $2 WHERE id = $1")
-                .bind(id)
-                .bind(*at)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in beats.chunks(CHUNK) {
+            let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+            let sql = format!(
+                "UPDATE nodes SET last_heartbeat_ms = v.column2 FROM (VALUES {}) AS v WHERE nodes.id = v.column1",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, at) in chunk {
+                query = query.bind(id.as_str()).bind(*at);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
