@@ -273,7 +273,9 @@ impl Store for SqlStore {
         }
         let mut tx = self.write_transaction().await?;
         for chunk in beats.chunks(CHUNK) {
-            let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+                .collect();
             let sql = format!(
                 "UPDATE nodes SET last_heartbeat_ms = v.column2 FROM (VALUES {}) AS v WHERE nodes.id = v.column1",
                 values.join(", ")
