@@ -30,14 +30,9 @@ fn hub_config(data_dir: &Path) -> Config {
 }
 
 fn node_config(data_dir: &Path, hub_url: &str, ca_file: &Path, id: &str, token: &str) -> Config {
-    let mut config = Config::default();
-    config.server.role = Role::Node;
-    config.server.node_id = Some(id.into());
-    config.server.data_dir = Some(data_dir.join("nodes").join(id));
-    config.internal_grpc.bootstrap.token = Some(token.into());
-    config.node.hub = Some(hub_url.into());
-    config.node.ca_file = Some(ca_file.to_path_buf());
-    config.node.safe_paths = vec![data_dir.join("nodes").join(id).join("work")];
+    let node_dir = data_dir.join("nodes").join(id);
+    let mut config = Config::joining_node(id, hub_url, ca_file, token, &node_dir);
+    config.node.safe_paths = vec![node_dir.join("work")];
     config.gpu.refresh_interval = Duration::from_secs(1);
     config
 }

@@ -486,6 +486,25 @@ impl Config {
         Ok(())
     }
 
+    /// A node that joins `hub_url` as `node_id` with `token`, trusting `ca_file` for the first
+    /// join and keeping its state in `data_dir`; everything else at its default.
+    pub fn joining_node(
+        node_id: &str,
+        hub_url: &str,
+        ca_file: &Path,
+        token: &str,
+        data_dir: &Path,
+    ) -> Self {
+        let mut config = Self::default();
+        config.server.role = Role::Node;
+        config.server.node_id = Some(node_id.into());
+        config.server.data_dir = Some(data_dir.to_path_buf());
+        config.internal_grpc.bootstrap.token = Some(token.into());
+        config.node.hub = Some(hub_url.into());
+        config.node.ca_file = Some(ca_file.to_path_buf());
+        config
+    }
+
     /// The data directory: `[server] data_dir`, else `./outpost-data`.
     pub fn data_dir(&self) -> PathBuf {
         self.server

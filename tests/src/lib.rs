@@ -210,13 +210,8 @@ pub async fn postgres_schema_url() -> Option<String> {
 
 /// A node configuration under `root`.
 pub fn node_config(root: &Path, hub_url: &str, ca_file: &Path, id: &str, token: &str) -> Config {
-    let mut config = Config::default();
-    config.server.role = Role::Node;
-    config.server.node_id = Some(id.into());
-    config.server.data_dir = Some(root.join("nodes").join(id));
-    config.internal_grpc.bootstrap.token = Some(token.into());
-    config.node.hub = Some(hub_url.into());
-    config.node.ca_file = Some(ca_file.to_path_buf());
+    let mut config =
+        Config::joining_node(id, hub_url, ca_file, token, &root.join("nodes").join(id));
     config.gpu.probe = GpuProbeKind::None;
     config.gpu.refresh_interval = Duration::from_millis(200);
     config
