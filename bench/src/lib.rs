@@ -1,5 +1,5 @@
 //! Shared pieces of Outpost's benchmarks: starting a real hub process, reading a process's CPU
-//! time and memory from `/proc`, and small statistics.
+//! time and memory from `/proc`.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -92,14 +92,4 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         }
     }
     bail!("no VmRSS for pid {pid}")
-}
-
-/// Median of a sample.
-pub fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }

@@ -29,6 +29,14 @@ pub enum HubError {
     /// The database.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The data directory could not be created.
+    #[error("creating data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A listener could not bind.
     #[error("binding {what} on {addr}: {source}")]
     Bind {
@@ -114,9 +122,8 @@ pub async fn start_with_clock(
     clock: Arc<dyn Clock>,
 ) -> Result<HubHandle, HubError> {
     let data_dir = config.data_dir();
-    std::fs::create_dir_all(&data_dir).map_err(|source| HubError::Bind {
-        what: "data dir",
-        addr: data_dir.display().to_string(),
+    std::fs::create_dir_all(&data_dir).map_err(|source| HubError::DataDir {
+        path: data_dir.display().to_string(),
         source,
     })?;
     let pki = HubPki::load_or_init(
@@ -202,7 +209,8 @@ pub async fn start_with_clock(
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     let seed = clock.now_ms().unsigned_abs() ^ u64::from(quic_addr.port());
     let mut fleet = FleetState::new(FleetPolicy::from_config(&config.fleet), seed);
-    for node in store.list_nodes().await? {
+    let known_nodes = store.list_nodes().await?;
+    for node in &known_nodes {
         fleet.add_known(&node.id, node.draining);
     }
     let ca_pem = pki.ca.ca_pem().to_string();
@@ -226,7 +234,7 @@ pub async fn start_with_clock(
         mtls: config.internal_grpc.security.mode == TlsMode::Mtls,
     });
     // Everything the store said before this start is stale until nodes reconnect.
-    for node in state.store.list_nodes().await? {
+    for node in known_nodes {
         if node.status != "offline" {
             state
                 .store

@@ -108,7 +108,11 @@ impl QuicLink {
 impl NodeLink for QuicLink {
     async fn ping(&self) -> Result<Duration, LinkError> {
         let start = Instant::now();
-        let sent_at_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(0);
+        let sent_at_us = u64::try_from(outpost_node::clock::Clock::now_ms(
+            &outpost_node::clock::SystemClock,
+        ))
+        .unwrap_or(0)
+        .saturating_mul(1000);
         match self
             .command(hub_command::Kind::Ping(Ping { sent_at_us }))
             .await?
@@ -236,15 +240,6 @@ impl LinkTable {
     /// The link for `node_id`.
     pub fn get(&self, node_id: &str) -> Option<Arc<dyn NodeLink>> {
         self.links.read().get(node_id).cloned()
-    }
-
-    /// Every link.
-    pub fn all(&self) -> Vec<(String, Arc<dyn NodeLink>)> {
-        self.links
-            .read()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
     }
 
     /// How many nodes have a session.

@@ -217,10 +217,14 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
     tracing::info!(node_id = %node_id, reason = %connection.close_reason().map(|r| r.to_string()).unwrap_or_default(), "node session closed");
 }
 
+/// The fence a GPU snapshot asks for: its reason when the probe failed after working.
+fn fence_reason(gpus: Option<&outpost_proto::v1::GpuSnapshot>) -> Option<String> {
+    gpus.filter(|g| g.fenced)
+        .map(|g| g.unavailable_reason.clone())
+}
+
 fn apply_fence(state: &HubState, node_id: &str, gpus: Option<&outpost_proto::v1::GpuSnapshot>) {
-    let fence = gpus
-        .filter(|g| g.fenced)
-        .map(|g| g.unavailable_reason.clone());
+    let fence = fence_reason(gpus);
     let change = state.fleet.lock().set_fenced(node_id, fence);
     state.publish(change);
 }
@@ -246,11 +250,7 @@ pub fn on_heartbeat(state: &HubState, node_id: &str, heartbeat: Heartbeat) {
             entry.gpus.clone_from(&heartbeat.gpus);
         }
     }
-    let fence = heartbeat
-        .gpus
-        .as_ref()
-        .filter(|g| g.fenced)
-        .map(|g| g.unavailable_reason.clone());
+    let fence = fence_reason(heartbeat.gpus.as_ref());
     let (came_back, fence_change) = {
         let mut fleet = state.fleet.lock();
         (

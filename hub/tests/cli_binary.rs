@@ -61,14 +61,11 @@ fn failures_exit_1_and_name_the_cause() {
     let dir = tempfile::tempdir().unwrap();
     // No hub CA where the config says: the message names the file.
     let config = dir.path().join("outpost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ndata_dir = {:?}\n",
-            dir.path().join("data").display().to_string()
-        ),
-    )
-    .unwrap();
+    let data_dir_config = format!(
+        "[server]\ndata_dir = {:?}\n",
+        dir.path().join("data").display().to_string()
+    );
+    std::fs::write(&config, &data_dir_config).unwrap();
     let (code, _, err) = outpost(&["nodes", "list", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("ca.pem"), "{err}");
@@ -84,14 +81,7 @@ fn failures_exit_1_and_name_the_cause() {
         "--dir",
         dir.path().join("data/certs").to_str().unwrap(),
     ]);
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ndata_dir = {:?}\n",
-            dir.path().join("data").display().to_string()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, &data_dir_config).unwrap();
     let (code, out, err) = outpost(&[
         "nodes",
         "list",
