@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod grpc_client;
 pub mod identity;
 pub mod join;
+pub mod sandbox;
 pub mod session;
 pub mod system;
 pub mod tls;

@@ -6,3 +6,4 @@ mod auth;
 mod fleet;
 mod grpc_surface;
 mod rest;
+mod sandbox;

@@ -1,0 +1,40 @@
+//! Paths of the guest tools, built for `wasm32-wasip2` by this crate's build script.
+//!
+//! The tools live in `guests/tools` (their own workspace): `echo`, `wordcount`, `hostile`, `busy`
+//! and `bulky`. Tests and benches depend on this crate and name a tool by function; the build
+//! script has already built it, so no test spells a build command.
+
+use std::path::PathBuf;
+
+/// Folder holding the built components (`<name>.wasm`).
+pub const GUESTS_DIR: &str = env!("OUTPOST_GUESTS_DIR");
+
+/// Path of the built component for the guest crate `name`.
+pub fn path(name: &str) -> PathBuf {
+    PathBuf::from(GUESTS_DIR).join(format!("{name}.wasm"))
+}
+
+/// `echo`: returns its input.
+pub fn echo() -> PathBuf {
+    path("echo")
+}
+
+/// `wordcount`: counts words in the files (granted) named by its input.
+pub fn wordcount() -> PathBuf {
+    path("wordcount")
+}
+
+/// `hostile`: attacks its sandbox; the input selects the attack.
+pub fn hostile() -> PathBuf {
+    path("hostile")
+}
+
+/// `busy`: CPU-bound, no host calls.
+pub fn busy() -> PathBuf {
+    path("busy")
+}
+
+/// `bulky`: about 2 MB of code, for compile benchmarks.
+pub fn bulky() -> PathBuf {
+    path("bulky")
+}
