@@ -80,6 +80,17 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
+    /// Agent tools (WebAssembly components).
+    Tool {
+        #[command(subcommand)]
+        command: ToolCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ToolCommand {
+    /// Run a component locally under exactly the sandbox the nodes use.
+    Run(crate::tool_cli::ToolRunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,7 +218,7 @@ pub async fn main_with_args(args: Vec<String>) -> u8 {
 }
 
 /// Parses `args` and runs the command, writing to `out` and `err`; returns the exit code
-/// (0 ok, 1 failure, 2 usage).
+/// (0 ok, 1 failure, 2 usage, 3 a sandbox or policy stop).
 pub async fn main_with_io(args: Vec<String>, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
@@ -219,6 +230,12 @@ pub async fn main_with_io(args: Vec<String>, out: &mut dyn Write, err: &mut dyn 
         }
     };
     let json = cli.global.json;
+    if let Command::Tool {
+        command: ToolCommand::Run(args),
+    } = cli.command
+    {
+        return crate::tool_cli::run(args, cli.global.config.as_ref(), json, out, err).await;
+    }
     if matches!(cli.command, Command::Hub | Command::Node) {
         outpost_node::init_tracing(false, "info");
     } else if matches!(cli.command, Command::Demo { .. }) {
@@ -299,6 +316,17 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::Token { command } => token(&global, command, out).await,
         Command::Nodes { command } => nodes(&global, command, out).await,
+        Command::Tool {
+            command: ToolCommand::Run(args),
+        } => {
+            let mut err = std::io::stderr();
+            match crate::tool_cli::run(args, global.config.as_ref(), global.json, out, &mut err)
+                .await
+            {
+                0 => Ok(()),
+                code => Err(anyhow!("the tool run ended with exit code {code}")),
+            }
+        }
     }
 }
 

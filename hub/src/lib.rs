@@ -21,6 +21,7 @@ pub mod rest;
 pub mod session_server;
 pub mod state;
 pub mod store;
+pub mod tool_cli;
 pub mod views;
 
 pub use hub::{HubAddrs, HubHandle, start};

@@ -96,3 +96,167 @@ fn failures_exit_1_and_name_the_cause() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["ok"], false);
 }
+
+/// `outpost tool run` with a scratch cache and safe path; returns (code, parsed JSON, stderr).
+fn tool_run(wasm: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "tool".to_string(),
+        "run".into(),
+        wasm.display().to_string(),
+        "--json".into(),
+        "--cache-dir".into(),
+        scratch.path().join("cache").display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = outpost(&args);
+    let value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out:?} {err}"));
+    (code, value, err)
+}
+
+#[test]
+fn tool_run_prints_output_fuel_and_time() {
+    let (code, v, err) = tool_run(&outpost_guests::echo(), &["--input", "hello tool"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["output"], "hello tool");
+    assert_eq!(v["stdout"], "");
+    assert!(v["fuel_used"].as_u64().unwrap() > 0);
+    assert!(v["duration_us"].as_u64().is_some());
+
+    let (code, v, _) = tool_run(&outpost_guests::hostile(), &["--input", "print captured"]);
+    assert_eq!(code, 0);
+    assert_eq!(v["stdout"], "captured\n");
+    assert_eq!(v["stderr"], "to stderr: captured\n");
+    assert_eq!(v["logs"][0]["level"], "info");
+}
+
+#[test]
+fn tool_run_grants_come_from_flags_and_policy_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "alpha beta gamma").unwrap();
+    let safe = dir.path().display().to_string();
+    let grant = format!("{}:/data", data.display());
+    let (code, v, err) = tool_run(
+        &outpost_guests::wordcount(),
+        &[
+            "--input",
+            "/data/a.txt",
+            "--allow-fs",
+            &grant,
+            "--safe-path",
+            &safe,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let counts: serde_json::Value = serde_json::from_str(v["output"].as_str().unwrap()).unwrap();
+    assert_eq!(counts["total_words"], 3);
+
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[fs]]\nhost = {:?}\nguest = \"/data\"\n\n[limits]\nfuel = 2_000_000_000\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let policy_arg = policy.display().to_string();
+    let (code, v, err) = tool_run(
+        &outpost_guests::wordcount(),
+        &[
+            "--input",
+            "/data",
+            "--policy",
+            &policy_arg,
+            "--safe-path",
+            &safe,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(v["output"].as_str().unwrap().contains("/data/a.txt"));
+
+    // Without the grant the same read is refused: exit 3, kind permission_denied.
+    let (code, v, _) = tool_run(
+        &outpost_guests::wordcount(),
+        &["--input", "/data/a.txt", "--safe-path", &safe],
+    );
+    assert_eq!(code, 3);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["error"]["kind"], "permission_denied");
+}
+
+#[test]
+fn tool_run_stops_exit_3_with_the_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let safe = dir.path().display().to_string();
+    let hostile = outpost_guests::hostile();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--input", "spin", "--fuel", "1000000"], "out_of_fuel"),
+        (
+            &[
+                "--input",
+                "spin",
+                "--fuel",
+                "unlimited",
+                "--timeout",
+                "200ms",
+            ],
+            "timeout",
+        ),
+        (
+            &["--input", "memory-bomb", "--memory", "16MiB"],
+            "memory_limit",
+        ),
+        (
+            &["--input", "stdout-flood", "--max-output", "4KiB"],
+            "output_limit",
+        ),
+        (&["--input", "panic"], "trap"),
+        (&["--input", "env HOME"], "permission_denied"),
+        (&["--allow-fs", "/etc:/etc"], "policy_invalid"),
+    ];
+    for (flags, kind) in cases {
+        let mut args = vec!["--safe-path", &safe];
+        args.extend_from_slice(flags);
+        let (code, v, err) = tool_run(&hostile, &args);
+        assert_eq!(code, 3, "{flags:?}: {v} {err}");
+        assert_eq!(v["ok"], false, "{flags:?}");
+        assert_eq!(v["error"]["kind"], *kind, "{flags:?}: {v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+
+    let policy = dir.path().join("bad.toml");
+    std::fs::write(&policy, "[limits]\nmemory = \"lots\"\n").unwrap();
+    let (code, v, _) = tool_run(&hostile, &["--policy", policy.to_str().unwrap()]);
+    assert_eq!(code, 3);
+    assert_eq!(v["error"]["kind"], "policy_invalid");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("line 2") && message.contains("limits.memory"),
+        "{message}"
+    );
+
+    let not_wasm = dir.path().join("not.wasm");
+    std::fs::write(&not_wasm, "plain text").unwrap();
+    let (code, v, _) = tool_run(&not_wasm, &[]);
+    assert_eq!(code, 3);
+    assert_eq!(v["error"]["kind"], "invalid_component");
+
+    // The tool's own failure is exit 1, and a missing file is an ordinary failure.
+    let (code, v, _) = tool_run(&outpost_guests::busy(), &["--input", "not a number"]);
+    assert_eq!(code, 1);
+    assert_eq!(v["error"]["kind"], "tool_error");
+    let (code, v, err) = tool_run(&dir.path().join("missing.wasm"), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing.wasm"),
+        "{err}"
+    );
+}

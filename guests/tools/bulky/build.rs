@@ -24,7 +24,8 @@ fn main() {
         let _ = write!(src, "f{i},");
     }
     let _ = writeln!(src, "];");
-    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("generated.rs");
+    let out =
+        std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("generated.rs");
     if let Err(err) = std::fs::write(&out, src) {
         eprintln!("cannot write {}: {err}", out.display());
         std::process::exit(1);

@@ -39,7 +39,8 @@ fn attack(name: &str, args: &[&str]) -> Result<String, ToolError> {
         }
         "list" => {
             let path = arg(0)?;
-            let entries = std::fs::read_dir(path).map_err(|err| denied(&format!("list {path}"), err))?;
+            let entries =
+                std::fs::read_dir(path).map_err(|err| denied(&format!("list {path}"), err))?;
             let mut names: Vec<String> = entries
                 .filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -58,7 +59,8 @@ fn attack(name: &str, args: &[&str]) -> Result<String, ToolError> {
                 .append(true)
                 .open(path)
                 .map_err(|err| denied(&format!("open {path} for append"), err))?;
-            file.write_all(b"pwned").map_err(|err| denied(&format!("append {path}"), err))?;
+            file.write_all(b"pwned")
+                .map_err(|err| denied(&format!("append {path}"), err))?;
             Ok(format!("appended to {path}"))
         }
         "truncate" => {
@@ -72,13 +74,16 @@ fn attack(name: &str, args: &[&str]) -> Result<String, ToolError> {
         }
         "set-len" => {
             let path = arg(0)?;
-            let file = std::fs::File::open(path).map_err(|err| denied(&format!("open {path}"), err))?;
-            file.set_len(0).map_err(|err| denied(&format!("set_len {path}"), err))?;
+            let file =
+                std::fs::File::open(path).map_err(|err| denied(&format!("open {path}"), err))?;
+            file.set_len(0)
+                .map_err(|err| denied(&format!("set_len {path}"), err))?;
             Ok(format!("set length of {path} to 0"))
         }
         "create" => {
             let path = arg(0)?;
-            std::fs::File::create_new(path).map_err(|err| denied(&format!("create {path}"), err))?;
+            std::fs::File::create_new(path)
+                .map_err(|err| denied(&format!("create {path}"), err))?;
             Ok(format!("created {path}"))
         }
         "mkdir" => {
@@ -116,7 +121,9 @@ fn attack(name: &str, args: &[&str]) -> Result<String, ToolError> {
             log(Level::Debug, "still here");
         },
         "sleep" => {
-            let secs: u64 = arg(0)?.parse().map_err(|_| ToolError::InvalidInput("sleep SECONDS".into()))?;
+            let secs: u64 = arg(0)?
+                .parse()
+                .map_err(|_| ToolError::InvalidInput("sleep SECONDS".into()))?;
             std::thread::sleep(std::time::Duration::from_secs(secs));
             Ok(format!("slept {secs}s"))
         }
@@ -150,19 +157,28 @@ fn attack(name: &str, args: &[&str]) -> Result<String, ToolError> {
             }
         }
         "return-flood" => {
-            let len: usize = arg(0)?.parse().map_err(|_| ToolError::InvalidInput("return-flood BYTES".into()))?;
+            let len: usize = arg(0)?
+                .parse()
+                .map_err(|_| ToolError::InvalidInput("return-flood BYTES".into()))?;
             Ok("R".repeat(len))
         }
         // Environment and network.
         "env" => {
             let key = arg(0)?;
-            std::env::var(key).map_err(|err| ToolError::PermissionDenied(format!("env {key}: {err}")))
+            std::env::var(key)
+                .map_err(|err| ToolError::PermissionDenied(format!("env {key}: {err}")))
         }
-        "env-all" => Ok(std::env::vars().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n")),
+        "env-all" => Ok(std::env::vars()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("\n")),
         "connect" => {
             let addr = arg(0)?;
-            let mut stream = std::net::TcpStream::connect(addr).map_err(|err| denied(&format!("connect {addr}"), err))?;
-            stream.write_all(b"hello from the sandbox").map_err(|err| denied(&format!("send to {addr}"), err))?;
+            let mut stream = std::net::TcpStream::connect(addr)
+                .map_err(|err| denied(&format!("connect {addr}"), err))?;
+            stream
+                .write_all(b"hello from the sandbox")
+                .map_err(|err| denied(&format!("send to {addr}"), err))?;
             Ok(format!("connected to {addr}"))
         }
         // Ways to end a call early.

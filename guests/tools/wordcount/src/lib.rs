@@ -74,7 +74,11 @@ impl Guest for WordCount {
                 for entry in std::fs::read_dir(path).map_err(|err| io_error(path, err))? {
                     let entry = entry.map_err(|err| io_error(path, err))?;
                     if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
-                        names.push(format!("{}/{}", path.trim_end_matches('/'), entry.file_name().to_string_lossy()));
+                        names.push(format!(
+                            "{}/{}",
+                            path.trim_end_matches('/'),
+                            entry.file_name().to_string_lossy()
+                        ));
                     }
                 }
                 names.sort();
@@ -86,7 +90,9 @@ impl Guest for WordCount {
             }
         }
         if all.is_empty() {
-            return Err(ToolError::InvalidInput("give at least one path, one per line".into()));
+            return Err(ToolError::InvalidInput(
+                "give at least one path, one per line".into(),
+            ));
         }
         log(Level::Info, &format!("counted {} file(s)", all.len()));
         let mut out = String::from("{\"files\":[");
@@ -97,7 +103,11 @@ impl Guest for WordCount {
             }
             out.push_str("{\"path\":");
             json_string(&mut out, &c.path);
-            let _ = write!(out, ",\"lines\":{},\"words\":{},\"bytes\":{}}}", c.lines, c.words, c.bytes);
+            let _ = write!(
+                out,
+                ",\"lines\":{},\"words\":{},\"bytes\":{}}}",
+                c.lines, c.words, c.bytes
+            );
             total += c.words;
         }
         let _ = write!(out, "],\"total_words\":{total}}}");
