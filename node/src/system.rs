@@ -166,10 +166,11 @@ pub fn capabilities(
         software,
         labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         sandbox: Some(SandboxSupport {
-            wasm: false,
+            wasm: true,
             landlock,
             detail: format!(
-                "wasm sandbox: not in this agent build; landlock: {}",
+                "wasm sandbox: {}; landlock: {}",
+                crate::sandbox::RUNTIME_DESCRIPTION,
                 if landlock {
                     "available in kernel"
                 } else {

@@ -8,6 +8,10 @@
 //! - [`capture`]: capped stdout/stderr.
 //! - [`cache`]: compiled components on disk, keyed by content and engine.
 
+/// What nodes advertise about the sandbox in their capabilities.
+pub const RUNTIME_DESCRIPTION: &str = "wasmtime 48 running outpost:agent/tool@0.1.0 components \
+     (WASI preview 2; fuel, wall-time, memory, table and output limits; fs, env and network grants)";
+
 pub mod cache;
 pub mod capture;
 pub mod outcome;

@@ -32,6 +32,10 @@ async fn fleet_lifecycle_over_real_transports() {
             >= 1
     );
     assert_eq!(cpu_json["gpus"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        cpu_json["capabilities"]["sandbox"]["wasm"], true,
+        "nodes advertise the wasm sandbox: {cpu_json}"
+    );
     assert!(
         !cpu_json["capabilities"]["gpus"]["unavailable_reason"]
             .as_str()
