@@ -243,18 +243,27 @@ pub async fn main_with_io(args: Vec<String>, out: &mut dyn Write, err: &mut dyn 
     }
     match run(cli, out).await {
         Ok(()) => 0,
-        Err(e) => {
-            if json {
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    json!({"ok": false, "error": {"message": format!("{e:#}")}})
-                );
-            }
-            let _ = writeln!(err, "error: {e:#}");
-            1
-        }
+        Err(e) => report_failure(json, &e, out, err),
     }
+}
+
+/// Reports a failure (exit code 1): on stderr, and as `{"ok":false,"error":{"message"}}` on
+/// stdout when `json`.
+pub fn report_failure(
+    json: bool,
+    e: &anyhow::Error,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            json!({"ok": false, "error": {"message": format!("{e:#}")}})
+        );
+    }
+    let _ = writeln!(err, "error: {e:#}");
+    1
 }
 
 /// Runs a parsed command, writing its output to `out`.

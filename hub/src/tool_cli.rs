@@ -215,17 +215,7 @@ pub async fn run(
     })();
     let (wasm, input, safe) = match prepared {
         Ok(prepared) => prepared,
-        Err(e) => {
-            if json {
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    json!({"ok": false, "error": {"message": format!("{e:#}")}})
-                );
-            }
-            let _ = writeln!(err, "error: {e:#}");
-            return 1;
-        }
+        Err(e) => return crate::cli::report_failure(json, &e, out, err),
     };
     let loaded = build_policy(&args)
         .and_then(|policy| policy.resolve(&safe))

@@ -73,7 +73,8 @@ async fn warm(runs: usize, calls: usize, spawns: usize) -> anyhow::Result<serde_
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     let tool = sandbox.load_file(&outpost_guests::echo(), ResolvedPolicy::default())?;
     let input = "{\"hello\":\"outpost\"}";
-    let (mut p50s, mut p90s, mut p99s, mut native) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut p50s, mut p90s, mut p99s, mut native) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         for _ in 0..calls / 10 {
             tool.invoke(input).await.result?;
@@ -93,7 +94,9 @@ async fn warm(runs: usize, calls: usize, spawns: usize) -> anyhow::Result<serde_
         let mut spawn_samples = Vec::with_capacity(spawns);
         for _ in 0..spawns {
             let started = Instant::now();
-            let output = std::process::Command::new("/bin/echo").arg(input).output()?;
+            let output = std::process::Command::new("/bin/echo")
+                .arg(input)
+                .output()?;
             spawn_samples.push(started.elapsed().as_secs_f64() * 1e6);
             anyhow::ensure!(output.status.success(), "/bin/echo failed");
         }
@@ -122,7 +125,10 @@ fn load_ms(sandbox: &Sandbox, wasm: &[u8]) -> anyhow::Result<f64> {
 
 fn cold(runs: usize) -> anyhow::Result<serde_json::Value> {
     let mut rows = Vec::new();
-    for (name, path) in [("bulky", outpost_guests::bulky()), ("echo", outpost_guests::echo())] {
+    for (name, path) in [
+        ("bulky", outpost_guests::bulky()),
+        ("echo", outpost_guests::echo()),
+    ] {
         let wasm = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let (mut compile, mut cached) = (Vec::new(), Vec::new());
         for _ in 0..runs {
@@ -153,7 +159,12 @@ async fn meters(runs: usize, rounds: u64) -> anyhow::Result<serde_json::Value> {
     let wasm = std::fs::read(outpost_guests::busy())?;
     let mut rows = Vec::new();
     let mut baseline = f64::NAN;
-    for (name, fuel, epoch) in [("neither", false, false), ("fuel+epoch", true, true), ("fuel", true, false), ("epoch", false, true)] {
+    for (name, fuel, epoch) in [
+        ("neither", false, false),
+        ("fuel+epoch", true, true),
+        ("fuel", true, false),
+        ("epoch", false, true),
+    ] {
         let sandbox = Sandbox::new(SandboxConfig {
             fuel_metering: fuel,
             epoch_interruption: epoch,
@@ -181,7 +192,10 @@ async fn meters(runs: usize, rounds: u64) -> anyhow::Result<serde_json::Value> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(Path::new(&outpost_guests::echo()).exists(), "guest tools are not built");
+    anyhow::ensure!(
+        Path::new(&outpost_guests::echo()).exists(),
+        "guest tools are not built"
+    );
     let results = match args.mode {
         Mode::Warm { calls, spawns } => vec![warm(args.runs, calls, spawns).await?],
         Mode::Cold => vec![cold(args.runs)?],

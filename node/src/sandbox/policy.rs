@@ -114,20 +114,22 @@ impl Fuel {
     }
 }
 
+/// A TOML value that may be written as a number or as text (`64MiB`, `unlimited`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CountOrText {
+    Count(i64),
+    Text(String),
+}
+
 impl<'de> Deserialize<'de> for Fuel {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Count(i64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Count(n) if n > 0 => Ok(Fuel::Limited(n.unsigned_abs())),
-            Raw::Count(n) => Err(serde::de::Error::custom(format!(
+        match CountOrText::deserialize(deserializer)? {
+            CountOrText::Count(n) if n > 0 => Ok(Fuel::Limited(n.unsigned_abs())),
+            CountOrText::Count(n) => Err(serde::de::Error::custom(format!(
                 "fuel must be above 0 (or \"unlimited\"), not {n}"
             ))),
-            Raw::Text(text) => Fuel::parse(&text).map_err(serde::de::Error::custom),
+            CountOrText::Text(text) => Fuel::parse(&text).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -168,18 +170,12 @@ struct Bytes(u64);
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Count(i64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Count(n) if n >= 0 => Ok(Bytes(n.unsigned_abs())),
-            Raw::Count(n) => Err(serde::de::Error::custom(format!(
+        match CountOrText::deserialize(deserializer)? {
+            CountOrText::Count(n) if n >= 0 => Ok(Bytes(n.unsigned_abs())),
+            CountOrText::Count(n) => Err(serde::de::Error::custom(format!(
                 "size must not be negative, not {n}"
             ))),
-            Raw::Text(text) => parse_bytes(&text)
+            CountOrText::Text(text) => parse_bytes(&text)
                 .map(Bytes)
                 .map_err(serde::de::Error::custom),
         }
@@ -718,7 +714,7 @@ max_output = 4096
                 "network.allow_hosts",
                 "invalid type",
             ),
-            ("[limits\n", "line 1", "", "invalid"),
+            ("[limits\n", "line 1", "", "unclosed table"),
         ];
         for (text, line, key, cause) in cases {
             let err = ToolPolicy::from_toml(text, "policy.toml").unwrap_err();
