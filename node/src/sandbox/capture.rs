@@ -70,9 +70,13 @@ impl CappedPipe {
         Ok(())
     }
 
-    /// Whether a write went past the cap.
-    pub fn overflowed(&self) -> bool {
-        self.buffer.lock().overflowed
+    /// The overflow, if a write went past the cap.
+    pub fn overflow(&self) -> Option<OutputLimitExceeded> {
+        let buffer = self.buffer.lock();
+        buffer.overflowed.then_some(OutputLimitExceeded {
+            stream: self.name,
+            cap: buffer.cap,
+        })
     }
 
     /// The captured text (lossy UTF-8).
@@ -149,10 +153,13 @@ mod tests {
     fn keeps_what_fits_and_flags_the_overflow() {
         let mut pipe = CappedPipe::new("stdout", 8);
         pipe.write(Bytes::from_static(b"hello")).unwrap();
-        assert!(!pipe.overflowed());
+        assert!(pipe.overflow().is_none());
         let err = pipe.write(Bytes::from_static(b" world")).unwrap_err();
         assert!(matches!(err, StreamError::Trap(_)));
-        assert!(pipe.overflowed());
+        assert_eq!(
+            pipe.overflow().map(|o| o.to_string()).as_deref(),
+            Some("stdout went past the output limit of 8 bytes")
+        );
         assert_eq!(pipe.text(), "hello wo");
     }
 }

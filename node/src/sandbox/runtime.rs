@@ -62,6 +62,12 @@ impl Default for SandboxConfig {
     }
 }
 
+/// Most core instances, tables and linear memories one tool instance may have (a component is
+/// several core instances); the pool and the per-call limiter use the same numbers.
+const MAX_CORE_INSTANCES: u32 = 64;
+const MAX_TABLES: u32 = 64;
+const MAX_MEMORIES: u32 = 8;
+
 /// Raised from the resource limiter when a tool grows past its memory or table limit.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -111,15 +117,15 @@ impl ResourceLimiter for CallLimiter {
     }
 
     fn instances(&self) -> usize {
-        64
+        MAX_CORE_INSTANCES as usize
     }
 
     fn tables(&self) -> usize {
-        64
+        MAX_TABLES as usize
     }
 
     fn memories(&self) -> usize {
-        8
+        MAX_MEMORIES as usize
     }
 }
 
@@ -211,9 +217,9 @@ fn pooling(config: &SandboxConfig, pagemap: bool) -> InstanceAllocationStrategy 
         .total_memories(slots.saturating_mul(2))
         .total_tables(slots.saturating_mul(16))
         .total_stacks(slots)
-        .max_memories_per_component(8)
-        .max_tables_per_component(64)
-        .max_core_instances_per_component(64)
+        .max_memories_per_component(MAX_MEMORIES)
+        .max_tables_per_component(MAX_TABLES)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES)
         .max_memory_size(MAX_MEMORY as usize)
         .table_elements(MAX_TABLE_ELEMENTS * 2);
     if pagemap {
@@ -414,18 +420,6 @@ impl std::fmt::Debug for LoadedTool {
     }
 }
 
-/// What a call does inside its store.
-enum Action<'a> {
-    Describe,
-    Invoke(&'a str),
-}
-
-/// The raw outcome of running an action, before classification.
-enum Finished {
-    Described(bindings::ToolInfo),
-    Invoked(Result<String, bindings::ToolError>),
-}
-
 impl LoadedTool {
     /// sha256 of the component bytes.
     pub fn digest(&self) -> &str {
@@ -444,28 +438,25 @@ impl LoadedTool {
 
     /// Calls `describe` in a fresh instance under the tool's limits.
     pub async fn describe(&self) -> Result<ToolDescription, SandboxError> {
-        let report = self.run(Action::Describe).await;
-        match report.0 {
-            Ok(Finished::Described(info)) => Ok(ToolDescription {
-                name: info.name,
-                version: info.version,
-                description: info.description,
-                input_schema: info.input_schema,
-            }),
-            Ok(Finished::Invoked(_)) => Err(SandboxError::new(
-                ErrorKind::Trap,
-                "describe returned an invoke result",
-            )),
-            Err(err) => Err(err),
-        }
+        let (result, _) = self
+            .run(async |tool, store| tool.call_describe(store).await)
+            .await;
+        result.map(|info| ToolDescription {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            input_schema: info.input_schema,
+        })
     }
 
     /// Calls `invoke(input)` in a fresh instance under the tool's limits. Never panics and never
     /// leaves state behind: whatever the tool does, the next call starts clean.
     pub async fn invoke(&self, input: &str) -> CallReport {
-        let (result, mut report) = self.run(Action::Invoke(input)).await;
+        let (result, mut report) = self
+            .run(async |tool, store| tool.call_invoke(store, input).await)
+            .await;
         report.result = match result {
-            Ok(Finished::Invoked(Ok(output))) => {
+            Ok(Ok(output)) => {
                 let cap = self.policy.limits.max_output;
                 if output.len() as u64 > cap {
                     Err(SandboxError::new(
@@ -479,7 +470,7 @@ impl LoadedTool {
                     Ok(output)
                 }
             }
-            Ok(Finished::Invoked(Err(tool_error))) => Err(match tool_error {
+            Ok(Err(tool_error)) => Err(match tool_error {
                 bindings::ToolError::PermissionDenied(message) => {
                     SandboxError::new(ErrorKind::PermissionDenied, message)
                 }
@@ -490,10 +481,6 @@ impl LoadedTool {
                     SandboxError::new(ErrorKind::ToolError, message)
                 }
             }),
-            Ok(Finished::Described(_)) => Err(SandboxError::new(
-                ErrorKind::Trap,
-                "invoke returned a description",
-            )),
             Err(err) => Err(err),
         };
         report
@@ -547,7 +534,12 @@ impl LoadedTool {
         Ok(builder.build())
     }
 
-    async fn run(&self, action: Action<'_>) -> (Result<Finished, SandboxError>, CallReport) {
+    /// Runs `call` on a fresh instance in a fresh store under the tool's limits, and reports
+    /// what it returned (or why it stopped) with everything the call produced.
+    async fn run<T>(
+        &self,
+        call: impl AsyncFnOnce(bindings::Tool, &mut Store<CallState>) -> wasmtime::Result<T>,
+    ) -> (Result<T, SandboxError>, CallReport) {
         let limits = self.policy.limits;
         let cap = usize::try_from(limits.max_output).unwrap_or(usize::MAX);
         let stdout = CappedPipe::new("stdout", cap);
@@ -608,19 +600,9 @@ impl LoadedTool {
             store.epoch_deadline_trap();
         }
         let started = Instant::now();
-        let pre = self.pre.clone();
         let call = async {
-            let tool = pre.instantiate_async(&mut store).await?;
-            match action {
-                Action::Describe => tool
-                    .call_describe(&mut store)
-                    .await
-                    .map(Finished::Described),
-                Action::Invoke(input) => tool
-                    .call_invoke(&mut store, input)
-                    .await
-                    .map(Finished::Invoked),
-            }
+            let tool = self.pre.instantiate_async(&mut store).await?;
+            call(tool, &mut store).await
         };
         // The epoch deadline stops busy guests; this timer also stops a guest blocked in a host
         // call (a long sleep, a read that never ends), one tick later.
@@ -672,19 +654,8 @@ fn classify(
     if let Some(exceeded) = err.downcast_ref::<OutputLimitExceeded>() {
         return SandboxError::new(ErrorKind::OutputLimit, exceeded.to_string());
     }
-    if stdout.overflowed() || stderr.overflowed() {
-        let stream = if stdout.overflowed() {
-            "stdout"
-        } else {
-            "stderr"
-        };
-        return SandboxError::new(
-            ErrorKind::OutputLimit,
-            format!(
-                "{stream} went past the output limit of {} bytes",
-                limits.max_output
-            ),
-        );
+    if let Some(exceeded) = stdout.overflow().or_else(|| stderr.overflow()) {
+        return SandboxError::new(ErrorKind::OutputLimit, exceeded.to_string());
     }
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return SandboxError::new(
@@ -717,14 +688,8 @@ fn classify(
                 let panic = stderr.text();
                 let panic = panic.trim();
                 if !panic.is_empty() {
-                    let tail: String = panic
-                        .chars()
-                        .rev()
-                        .take(400)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect();
+                    let start = panic.char_indices().rev().nth(399).map_or(0, |(i, _)| i);
+                    let tail = &panic[start..];
                     message.push_str(&format!("; the tool's stderr ends with: {tail}"));
                 }
                 SandboxError::new(ErrorKind::Trap, message)
