@@ -38,3 +38,15 @@ pub fn busy() -> PathBuf {
 pub fn bulky() -> PathBuf {
     path("bulky")
 }
+
+/// `gpu-job`: reports the GPUs assigned to it (`CUDA_VISIBLE_DEVICES`); the demo's GPU task.
+pub fn gpu_job() -> PathBuf {
+    path("gpu_job")
+}
+
+/// The `echo` component's bytes, built into the binary (for `outpost demo`).
+pub const ECHO_COMPONENT: &[u8] = include_bytes!(concat!(env!("OUTPOST_GUESTS_DIR"), "/echo.wasm"));
+
+/// The `gpu-job` component's bytes, built into the binary (for `outpost demo`).
+pub const GPU_JOB_COMPONENT: &[u8] =
+    include_bytes!(concat!(env!("OUTPOST_GUESTS_DIR"), "/gpu_job.wasm"));

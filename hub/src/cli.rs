@@ -38,19 +38,19 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
-struct GlobalArgs {
+pub(crate) struct GlobalArgs {
     /// Configuration file (TOML).
     #[arg(long, global = true, env = "OUTPOST_CONFIG")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Hub's internal gRPC URL (https://host:port).
     #[arg(long, global = true, env = "OUTPOST_HUB")]
-    hub: Option<String>,
+    pub(crate) hub: Option<String>,
     /// Machine-readable output: one JSON value on stdout.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
     /// Data directory (overrides [server] data_dir).
     #[arg(long, global = true)]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
+    /// Tasks: work the hub places on nodes by requirement.
+    Tasks {
+        #[command(subcommand)]
+        command: crate::task_cli::TasksCommand,
+    },
     /// Agent tools (WebAssembly components).
     Tool {
         #[command(subcommand)]
@@ -91,6 +96,15 @@ enum Command {
 enum ToolCommand {
     /// Run a component locally under exactly the sandbox the nodes use.
     Run(crate::tool_cli::ToolRunArgs),
+    /// Push a component to the hub so tasks can run it.
+    Push(crate::task_cli::ToolPushArgs),
+    /// Tools on the hub.
+    List,
+    /// One tool on the hub.
+    Inspect {
+        /// Tool name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,6 +212,16 @@ enum NodesCommand {
         #[arg(long)]
         undo: bool,
     },
+    /// Run a tool on this node (a task pinned to it); prints the task id.
+    Send(crate::task_cli::NodeSendArgs),
+    /// The result of a task sent with `nodes send`.
+    Result {
+        /// Task id.
+        task_id: String,
+        /// Wait until it finishes.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -243,6 +267,11 @@ pub async fn main_with_io(args: Vec<String>, out: &mut dyn Write, err: &mut dyn 
     }
     match run(cli, out).await {
         Ok(()) => 0,
+        Err(e) if e.downcast_ref::<crate::task_cli::TaskStopped>().is_some() => {
+            // The task (with its error kind) is already on stdout.
+            let _ = writeln!(err, "error: {e:#}");
+            3
+        }
         Err(e) => report_failure(json, &e, out, err),
     }
 }
@@ -324,7 +353,23 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { command } => token(&global, command, out).await,
+        Command::Nodes {
+            command: NodesCommand::Send(args),
+        } => crate::task_cli::nodes_send(&global, args, out).await,
+        Command::Nodes {
+            command: NodesCommand::Result { task_id, wait },
+        } => crate::task_cli::nodes_result(&global, &task_id, wait, out).await,
         Command::Nodes { command } => nodes(&global, command, out).await,
+        Command::Tasks { command } => crate::task_cli::tasks(&global, command, out).await,
+        Command::Tool {
+            command: ToolCommand::Push(args),
+        } => crate::task_cli::tool_push(&global, args, out).await,
+        Command::Tool {
+            command: ToolCommand::List,
+        } => crate::task_cli::tool_list(&global, out).await,
+        Command::Tool {
+            command: ToolCommand::Inspect { name },
+        } => crate::task_cli::tool_inspect(&global, &name, out).await,
         Command::Tool {
             command: ToolCommand::Run(args),
         } => {
@@ -339,7 +384,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     }
 }
 
-fn load_config(global: &GlobalArgs, role: ServerRole) -> anyhow::Result<Config> {
+pub(crate) fn load_config(global: &GlobalArgs, role: ServerRole) -> anyhow::Result<Config> {
     let mut config = Config::load(global.config.as_deref(), std::env::vars())?;
     if role == ServerRole::Node || global.config.is_none() {
         config.server.role = role;
@@ -440,7 +485,7 @@ fn mint_admin_token(config: &Config, cert_dir: &Path) -> anyhow::Result<String> 
     Ok(authority(config, cert_dir)?.issue("cli", Role::Admin, now_s(), 300)?)
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     let code = match status.code() {
         tonic::Code::NotFound => "not found",
         tonic::Code::InvalidArgument => "invalid argument",
@@ -620,11 +665,19 @@ async fn nodes(
                 .into_inner();
             print_value(&views::node_json(&node), json_out, out)?;
         }
+        NodesCommand::Send(args) => crate::task_cli::nodes_send(global, args, out).await?,
+        NodesCommand::Result { task_id, wait } => {
+            crate::task_cli::nodes_result(global, &task_id, wait, out).await?;
+        }
     }
     Ok(())
 }
 
-fn print_value(value: &Value, json_out: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+pub(crate) fn print_value(
+    value: &Value,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     if json_out {
         writeln!(out, "{value}")?;
     } else {
@@ -705,8 +758,19 @@ pub fn print_node_table(nodes: &[NodeView], out: &mut dyn Write) -> anyhow::Resu
                 .to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+    print_table(&rows, out)
+}
+
+/// Prints rows (the first is the header) in aligned columns.
+pub fn print_table(rows: &[Vec<String>], out: &mut dyn Write) -> anyhow::Result<()> {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |cell| cell.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in rows {
         let line: Vec<String> = row

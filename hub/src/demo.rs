@@ -1,5 +1,7 @@
 //! `outpost demo`: a hub and two nodes on loopback (one with a simulated GPU), joined with a
-//! one-shot token and the static token, then the fleet as the CLI would show it.
+//! one-shot token and the static token; then sample tools pushed to the hub and three tasks: one
+//! without requirements, one that needs a GPU (placed on the GPU node, which hands it its device
+//! in `CUDA_VISIBLE_DEVICES`), and one that fits nowhere and waits with the reason.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,6 +14,8 @@ use outpost_proto::v1::node_registry_client::NodeRegistryClient;
 use serde_json::{Value, json};
 
 use crate::cli::ClientContext;
+use crate::store::TaskRow;
+use crate::tasks::{self, RequirementsSpec, SubmitSpec};
 use crate::views;
 
 /// The demo's static bootstrap token (loopback only).
@@ -137,16 +141,19 @@ pub async fn run(
         .map_err(|s| anyhow::anyhow!("listing nodes: {}", s.message()))?
         .into_inner()
         .nodes;
+    if !json_out {
+        writeln!(out)?;
+        crate::cli::print_node_table(&fleet, out)?;
+        writeln!(out)?;
+    }
+    let tasks = run_sample_tasks(&hub.state, json_out, out).await?;
     if json_out {
         let value = json!({
             "hub": {"grpc": hub_url, "http": format!("http://{}", hub.addrs.http), "quic": hub.addrs.quic.to_string()},
             "nodes": fleet.iter().map(views::node_json).collect::<Vec<Value>>(),
-            "tasks": [],
+            "tasks": tasks.iter().map(|t| tasks::view_json(&tasks::view(t))).collect::<Vec<Value>>(),
         });
         writeln!(out, "{value}")?;
-    } else {
-        writeln!(out)?;
-        crate::cli::print_node_table(&fleet, out)?;
     }
     if keep_running {
         if !json_out {
@@ -166,4 +173,87 @@ pub async fn run(
     }
     hub.shutdown().await;
     Ok(())
+}
+
+/// Pushes the sample tools and runs the sample tasks; returns them as they ended (or wait).
+async fn run_sample_tasks(
+    state: &std::sync::Arc<crate::state::HubState>,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<Vec<TaskRow>> {
+    for (name, bytes) in [
+        ("echo", outpost_guests::ECHO_COMPONENT),
+        ("gpu-job", outpost_guests::GPU_JOB_COMPONENT),
+    ] {
+        let tool = crate::tools::push(state, name, bytes.to_vec(), "")
+            .await
+            .with_context(|| format!("pushing the sample tool {name}"))?;
+        if !json_out {
+            writeln!(
+                out,
+                "tool     {name} {} pushed ({} bytes)",
+                tool.version, tool.size_bytes
+            )?;
+        }
+    }
+    let gpu = RequirementsSpec {
+        gpus: 1.0,
+        gpu_memory_mb: 16 * 1024,
+        compute_capability: "8.0".into(),
+        ..RequirementsSpec::default()
+    };
+    let too_big = RequirementsSpec {
+        gpus: 2.0,
+        ..RequirementsSpec::default()
+    };
+    let samples = [
+        ("echo", "hello from the demo", RequirementsSpec::default()),
+        ("gpu-job", "matrix multiply", gpu),
+        ("gpu-job", "needs two GPUs", too_big),
+    ];
+    let mut ids = Vec::new();
+    for (tool, input, requirements) in samples {
+        let submitted = tasks::submit(
+            state,
+            SubmitSpec {
+                tool: tool.into(),
+                input: input.into(),
+                requirements,
+                ..SubmitSpec::default()
+            },
+        )
+        .await
+        .with_context(|| format!("submitting a {tool} task"))?;
+        ids.push(submitted.task.id);
+    }
+    let mut finished = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        // The last one cannot fit: give the scheduler a moment to say why, not to finish.
+        let wait = if i + 1 == ids.len() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(60)
+        };
+        finished.push(tasks::wait(state, id, wait).await?);
+    }
+    if !json_out {
+        for task in &finished {
+            let what = match task.status.as_str() {
+                tasks::status::SUCCEEDED => format!(
+                    "{} on {}{} -> {:?}",
+                    task.status,
+                    task.node_id,
+                    if task.devices.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (GPU {})", task.devices)
+                    },
+                    task.output.clone().unwrap_or_default()
+                ),
+                _ => format!("{}: {}", task.status, task.reason),
+            };
+            writeln!(out, "task     {} {:<8} {what}", task.id, task.tool)?;
+        }
+    }
+    Ok(finished)
 }

@@ -272,6 +272,21 @@ impl FleetState {
         self.nodes.get(node_id).and_then(|e| e.last_seen_ms)
     }
 
+    /// What placement needs: `Ok` when the node takes new work (else why not), and the GPU
+    /// fence reason when fenced. `None` for an unknown node.
+    pub fn placement_state(&self, node_id: &str) -> Option<(Result<(), String>, Option<String>)> {
+        self.nodes.get(node_id).map(|e| {
+            let accepting = if !e.up {
+                Err(format!("offline: {}", e.offline_reason))
+            } else if e.draining {
+                Err("draining".to_string())
+            } else {
+                Ok(())
+            };
+            (accepting, e.fenced.clone())
+        })
+    }
+
     /// Nodes currently heartbeating.
     pub fn up_count(&self) -> usize {
         self.up_count

@@ -110,6 +110,16 @@ impl HubGrpc {
     pub fn registry_service(&self) -> NodeRegistryServer<Self> {
         NodeRegistryServer::new(self.clone())
     }
+
+    /// The shared hub state.
+    pub fn state(&self) -> &HubState {
+        &self.state
+    }
+
+    /// The shared hub state, for work that outlives the call.
+    pub fn state_arc(&self) -> &Arc<HubState> {
+        &self.state
+    }
 }
 
 #[tonic::async_trait]

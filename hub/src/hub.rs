@@ -232,6 +232,14 @@ pub async fn start_with_clock(
         status_changes: status_tx,
         pending_heartbeats: Mutex::new(Default::default()),
         mtls: config.internal_grpc.security.mode == TlsMode::Mtls,
+        scheduler: Mutex::new(crate::scheduler::Scheduler::new(
+            crate::scheduler::Strategy::parse(&config.scheduler.strategy)
+                .map_err(HubError::Config)?,
+        )),
+        dispatch: tokio::sync::Notify::new(),
+        lost_nodes: Mutex::new(Vec::new()),
+        default_max_attempts: config.scheduler.default_max_attempts,
+        task_changes: watch::channel(0).0,
     });
     // Everything the store said before this start is stale until nodes reconnect.
     for node in known_nodes {
@@ -247,6 +255,14 @@ pub async fn start_with_clock(
         }
     }
 
+    let orphans = crate::tasks::recover_after_restart(&state).await?;
+    if orphans > 0 {
+        tracing::warn!(
+            orphans,
+            "tasks that ran when the hub stopped were queued again"
+        );
+    }
+
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -258,6 +274,12 @@ pub async fn start_with_clock(
         .await;
     health_reporter
         .set_serving::<outpost_proto::v1::join_service_server::JoinServiceServer<HubGrpc>>()
+        .await;
+    health_reporter
+        .set_serving::<outpost_proto::v1::task_service_server::TaskServiceServer<HubGrpc>>()
+        .await;
+    health_reporter
+        .set_serving::<outpost_proto::v1::tool_service_server::ToolServiceServer<HubGrpc>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(outpost_proto::FILE_DESCRIPTOR_SET)
@@ -275,7 +297,9 @@ pub async fn start_with_clock(
         .add_service(reflection)
         .add_service(grpc.join_service())
         .add_service(grpc.token_service())
-        .add_service(grpc.registry_service());
+        .add_service(grpc.registry_service())
+        .add_service(grpc.task_service())
+        .add_service(grpc.tool_service());
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -312,6 +336,10 @@ pub async fn start_with_clock(
     tasks.push(tokio::spawn(persist_status(
         state.clone(),
         status_rx,
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::tasks::run_dispatcher(
+        state.clone(),
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(liveness_ticker(

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outpost_proto::framing;
-use outpost_proto::v1::{HubCommand, NodeReply, Ping, hub_command, node_reply};
+use outpost_proto::v1::{
+    CancelTask, HubCommand, NodeReply, Ping, RunTask, hub_command, node_reply,
+};
 use parking_lot::RwLock;
 
 /// Why a command did not get an answer.
@@ -29,6 +31,15 @@ pub enum LinkError {
     Refused(String),
 }
 
+/// How a node answered a `RunTask`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAnswer {
+    /// The attempt runs; its result comes later as an event.
+    Accepted,
+    /// The node lacks the component with this digest: send it along.
+    MissingComponent(String),
+}
+
 /// A way to send commands to one node.
 #[async_trait]
 pub trait NodeLink: Send + Sync + std::fmt::Debug {
@@ -36,6 +47,10 @@ pub trait NodeLink: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<Duration, LinkError>;
     /// Tells the node a new heartbeat interval.
     async fn set_heartbeat_interval(&self, interval_ms: u32) -> Result<(), LinkError>;
+    /// Starts an attempt of a task on the node.
+    async fn run_task(&self, command: RunTask) -> Result<RunAnswer, LinkError>;
+    /// Stops an attempt if it still runs; true when it did.
+    async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError>;
     /// The transport's own round-trip estimate.
     fn rtt(&self) -> Option<Duration>;
     /// Where the node's session comes from.
@@ -130,6 +145,31 @@ impl NodeLink for QuicLink {
             .map(|_| ())
     }
 
+    async fn run_task(&self, command: RunTask) -> Result<RunAnswer, LinkError> {
+        match self.command(hub_command::Kind::RunTask(command)).await? {
+            node_reply::Kind::Ok(_) => Ok(RunAnswer::Accepted),
+            node_reply::Kind::MissingComponent(digest) => Ok(RunAnswer::MissingComponent(digest)),
+            other => Err(LinkError::Transport(format!(
+                "unexpected answer to run_task: {other:?}"
+            ))),
+        }
+    }
+
+    async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError> {
+        match self
+            .command(hub_command::Kind::CancelTask(CancelTask {
+                task_id: task_id.into(),
+                attempt,
+            }))
+            .await?
+        {
+            node_reply::Kind::Ok(stopped) => Ok(stopped),
+            other => Err(LinkError::Transport(format!(
+                "unexpected answer to cancel_task: {other:?}"
+            ))),
+        }
+    }
+
     fn rtt(&self) -> Option<Duration> {
         Some(self.connection.rtt())
     }
@@ -184,6 +224,14 @@ impl NodeLink for LoopbackLink {
         self.interval_ms
             .store(u64::from(interval_ms), Ordering::Relaxed);
         Ok(())
+    }
+
+    async fn run_task(&self, _command: RunTask) -> Result<RunAnswer, LinkError> {
+        Err(LinkError::Refused("an in-memory link runs no tasks".into()))
+    }
+
+    async fn cancel_task(&self, _task_id: &str, _attempt: u32) -> Result<bool, LinkError> {
+        Ok(false)
     }
 
     fn rtt(&self) -> Option<Duration> {

@@ -1,4 +1,5 @@
-//! The REST API (axum): AgentHub's node registry at `/api/admin/agent-nodes`.
+//! The REST API (axum): AgentHub's node registry at `/api/admin/agent-nodes`, tasks at
+//! `/api/admin/tasks` and the tool registry at `/api/admin/tools`.
 //!
 //! Bearer JWT on every call: admin may write, viewer may read. Errors are JSON
 //! `{"error": "...", "field": "..."}`: 400 names the offending field, 401/403 say what credential
@@ -8,16 +9,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use outpost_node::auth::Role;
 use outpost_proto::v1::NodeRecord;
 use serde_json::{Map, Value, json};
 
 use crate::registry::{self, NodePatch, RegistryError};
 use crate::state::HubState;
+use crate::tasks::{self, SubmitSpec, TaskError};
 use crate::views;
 
 /// An error response.
@@ -101,8 +103,8 @@ fn authorize(state: &HubState, headers: &HeaderMap, write: bool) -> Result<(), A
         (role, _) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "role {role} may not {} the node registry",
-                if write { "change" } else { "read" }
+                "role {role} may not {} through the admin API",
+                if write { "change anything" } else { "read" }
             ),
         )),
     }
@@ -118,6 +120,11 @@ pub fn router(state: Arc<HubState>) -> Router {
             get(get_node).put(update_node).delete(delete_node),
         )
         .route("/api/admin/agent-nodes/{id}/health", get(node_health))
+        .route("/api/admin/tasks", get(list_tasks).post(submit_task))
+        .route("/api/admin/tasks/{id}", get(get_task))
+        .route("/api/admin/tasks/{id}/cancel", post(cancel_task))
+        .route("/api/admin/tools", get(list_tools))
+        .route("/api/admin/tools/{name}", get(get_tool))
         .with_state(state)
 }
 
@@ -254,4 +261,116 @@ async fn node_health(
     Ok(axum::Json(views::health_json(
         &registry::health(&state, &id).await?,
     )))
+}
+
+impl From<TaskError> for ApiError {
+    fn from(e: TaskError) -> Self {
+        match &e {
+            TaskError::Invalid(message) => {
+                // Messages start with the field they are about ("requirements: …").
+                let field = message
+                    .split_once(':')
+                    .map(|(f, _)| f)
+                    .filter(|f| !f.contains(' '))
+                    .map(String::from);
+                ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    message: message.clone(),
+                    field,
+                }
+            }
+            TaskError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            TaskError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            TaskError::Store(_) => {
+                tracing::error!(error = %e, "task store failure");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+fn task_json(task: &crate::store::TaskRow) -> Value {
+    tasks::view_json(&tasks::view(task))
+}
+
+async fn submit_task(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    authorize(&state, &headers, true)?;
+    let spec: SubmitSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let submitted = tasks::submit(&state, spec).await?;
+    let status = if submitted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(task_json(&submitted.task))))
+}
+
+/// `?status=…&limit=…`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListTasksQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_tasks(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    query: Result<Query<ListTasksQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
+    let rows = tasks::list(&state, query.status.as_deref(), query.limit.unwrap_or(100)).await?;
+    Ok(axum::Json(Value::Array(
+        rows.iter().map(task_json).collect(),
+    )))
+}
+
+async fn get_task(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    Ok(axum::Json(task_json(&tasks::get(&state, &id).await?)))
+}
+
+async fn cancel_task(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, true)?;
+    Ok(axum::Json(task_json(&tasks::cancel(&state, &id).await?)))
+}
+
+async fn list_tools(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    let rows = crate::tools::list(&state).await.map_err(TaskError::from)?;
+    Ok(axum::Json(Value::Array(
+        rows.iter()
+            .map(|t| crate::tools::view_json(&crate::tools::view(t)))
+            .collect(),
+    )))
+}
+
+async fn get_tool(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    let tool = crate::tools::inspect(&state, &name).await?;
+    Ok(axum::Json(crate::tools::view_json(&crate::tools::view(
+        &tool,
+    ))))
 }

@@ -176,6 +176,9 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
         hello.capabilities.as_ref().and_then(|c| c.gpus.as_ref()),
     );
     state.links.insert(&node_id, link);
+    if let Some(caps) = &hello.capabilities {
+        crate::tasks::observe_capabilities(&state, &node_id, caps);
+    }
     let ack = HelloAck {
         heartbeat_interval_ms: interval_ms,
         hub_id: "outpost-hub".into(),
@@ -250,6 +253,7 @@ pub fn on_heartbeat(state: &HubState, node_id: &str, heartbeat: Heartbeat) {
             entry.gpus.clone_from(&heartbeat.gpus);
         }
     }
+    crate::tasks::observe_heartbeat(state, node_id, &heartbeat);
     let fence = fence_reason(heartbeat.gpus.as_ref());
     let (came_back, fence_change) = {
         let mut fleet = state.fleet.lock();
@@ -280,12 +284,16 @@ async fn on_event(state: &HubState, node_id: &str, event: NodeEvent) {
                 tracing::warn!(node_id = %node_id, error = %e, "storing capabilities failed");
             }
             apply_fence(state, node_id, caps.gpus.as_ref());
+            crate::tasks::observe_capabilities(state, node_id, &caps);
             state
                 .live
                 .lock()
                 .entry(node_id.to_string())
                 .or_default()
                 .capabilities = Some(caps);
+        }
+        Some(node_event::Kind::TaskResult(result)) => {
+            crate::tasks::on_result(state, node_id, result).await;
         }
         None => tracing::debug!(node_id = %node_id, "empty event dropped"),
     }

@@ -9,9 +9,10 @@ use outpost_proto::v1::{Capabilities, GpuSnapshot, Load};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::fleet::{FleetState, StatusChange};
+use crate::fleet::{FleetState, NodeStatus, StatusChange};
 use crate::links::LinkTable;
 use crate::pki::CertAuthority;
+use crate::scheduler::Scheduler;
 use crate::store::Store;
 
 /// What the hub knows of a node that is not worth a database write per heartbeat.
@@ -60,6 +61,16 @@ pub struct HubState {
     pub pending_heartbeats: Mutex<HashMap<String, i64>>,
     /// Which mode the internal API runs in.
     pub mtls: bool,
+    /// Task placement.
+    pub scheduler: Mutex<Scheduler>,
+    /// Wakes the task dispatcher (a task was submitted, a node changed, capacity freed).
+    pub dispatch: tokio::sync::Notify,
+    /// Nodes that went offline, with the reason, whose tasks must be placed again.
+    pub lost_nodes: Mutex<Vec<(String, String)>>,
+    /// Placements a task may take unless it says (`[scheduler] default_max_attempts`).
+    pub default_max_attempts: u32,
+    /// Bumped on every task status change (waiters watch it).
+    pub task_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl HubState {
@@ -68,11 +79,32 @@ impl HubState {
         self.clock.now_ms()
     }
 
-    /// Queues status changes for the persister.
+    /// Queues status changes for the persister and tells placement about them.
     pub fn publish(&self, changes: impl IntoIterator<Item = StatusChange>) {
+        let mut woke = false;
         for change in changes {
             tracing::info!(node_id = %change.node_id, from = %change.from, to = %change.to, reason = %change.reason, "node status");
+            let placement = self.fleet.lock().placement_state(&change.node_id);
+            if let Some((accepting, fence)) = placement {
+                let mut scheduler = self.scheduler.lock();
+                scheduler.set_accepting(&change.node_id, accepting);
+                scheduler.set_gpu_fence(&change.node_id, fence);
+            }
+            if change.to == NodeStatus::Offline {
+                self.lost_nodes
+                    .lock()
+                    .push((change.node_id.clone(), change.reason.clone()));
+            }
+            woke = true;
             let _ = self.status_changes.send(change);
         }
+        if woke {
+            self.dispatch.notify_one();
+        }
+    }
+
+    /// Tells task waiters that some task changed.
+    pub fn task_changed(&self) {
+        self.task_changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }

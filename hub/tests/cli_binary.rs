@@ -260,3 +260,37 @@ fn tool_run_stops_exit_3_with_the_kind() {
         "{err}"
     );
 }
+
+/// The README's first command: a hub, two nodes, sample tools and tasks, in one JSON object.
+#[test]
+fn demo_routes_the_gpu_task_to_the_gpu_node_and_says_why_one_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = outpost(&["demo", "--json", "--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let demo: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let nodes = demo["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{demo}");
+    assert!(nodes.iter().all(|n| n["status"] == "online"), "{demo}");
+    let tasks = demo["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3, "{demo}");
+    assert_eq!(tasks[0]["status"], "succeeded", "{demo}");
+    assert_eq!(tasks[0]["node"], "edge-cpu");
+    assert_eq!(tasks[1]["status"], "succeeded", "{demo}");
+    assert_eq!(tasks[1]["node"], "gpu-sim");
+    assert_eq!(tasks[1]["requirements"]["gpus"], 1.0);
+    assert!(
+        tasks[1]["output"]
+            .as_str()
+            .unwrap()
+            .contains("CUDA_VISIBLE_DEVICES=0"),
+        "{demo}"
+    );
+    assert_eq!(tasks[2]["status"], "queued");
+    assert!(
+        tasks[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("too few GPUs"),
+        "{demo}"
+    );
+}

@@ -292,6 +292,25 @@ impl Default for FleetSection {
     }
 }
 
+/// `[scheduler]`: how the hub places tasks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSection {
+    /// `binpack` (fill the fullest node and GPU that fits) or `spread`.
+    pub strategy: String,
+    /// Placements a task may take (node losses) before it fails, unless the task says.
+    pub default_max_attempts: u32,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        Self {
+            strategy: "binpack".into(),
+            default_max_attempts: 3,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -310,6 +329,8 @@ pub struct Config {
     pub storage: StorageSection,
     /// `[fleet]`
     pub fleet: FleetSection,
+    /// `[scheduler]`
+    pub scheduler: SchedulerSection,
 }
 
 /// Keys that `OUTPOST_<SECTION>_<KEY>` variables may set (dotted paths).
@@ -341,6 +362,8 @@ pub const ENV_KEYS: &[&str] = &[
     "fleet.min_heartbeat_ttl",
     "fleet.heartbeat_grace",
     "fleet.max_heartbeats_per_second",
+    "scheduler.strategy",
+    "scheduler.default_max_attempts",
 ];
 
 /// The environment variable that overrides a dotted key: `internal_grpc.auth.issuer` →
@@ -454,6 +477,27 @@ impl Config {
             return Err(invalid(
                 "fleet.max_heartbeats_per_second",
                 "must be a positive number".into(),
+            ));
+        }
+        if !matches!(
+            self.scheduler.strategy.as_str(),
+            "binpack" | "bin-pack" | "spread"
+        ) {
+            return Err(invalid(
+                "scheduler.strategy",
+                format!(
+                    "{:?}: use \"binpack\" or \"spread\"",
+                    self.scheduler.strategy
+                ),
+            ));
+        }
+        if !(1..=100).contains(&self.scheduler.default_max_attempts) {
+            return Err(invalid(
+                "scheduler.default_max_attempts",
+                format!(
+                    "{} must be between 1 and 100",
+                    self.scheduler.default_max_attempts
+                ),
             ));
         }
         if self.fleet.min_heartbeat_ttl.is_zero() {

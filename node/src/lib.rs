@@ -18,6 +18,7 @@ pub mod join;
 pub mod sandbox;
 pub mod session;
 pub mod system;
+pub mod tasks;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -217,6 +218,13 @@ fn session_context(
     };
     let labels = config.node.labels.clone();
     let safe_paths = config.node.safe_paths.clone();
+    let runner = match tasks::TaskRunner::new(&config.data_dir(), safe_paths.clone()) {
+        Ok(runner) => Some(Arc::new(runner)),
+        Err(e) => {
+            tracing::error!(error = %e, "this node will not run tasks");
+            None
+        }
+    };
     Ok(SessionContext {
         node_id: identity.node_id.clone(),
         jwt: identity.node_jwt.clone(),
@@ -229,6 +237,7 @@ fn session_context(
         capabilities: Box::new(move |gpus| system::capabilities(&labels, &safe_paths, gpus)),
         load: Mutex::new(system::LoadSampler::new(&config.data_dir())),
         stats: Arc::new(SessionStats::default()),
+        runner,
     })
 }
 

@@ -22,9 +22,10 @@ use tokio::sync::watch;
 
 use crate::gpu::GpuProbe;
 use crate::system::LoadSampler;
+use crate::tasks::TaskRunner;
 
-/// Largest hub command frame the node accepts.
-const MAX_COMMAND_FRAME: usize = 1024 * 1024;
+/// Largest hub command frame the node accepts (a `RunTask` may carry a component).
+const MAX_COMMAND_FRAME: usize = 64 * 1024 * 1024;
 
 /// Counters a caller (or test) can read while the session runs.
 #[derive(Debug, Default)]
@@ -90,6 +91,8 @@ pub struct SessionContext {
     pub load: Mutex<LoadSampler>,
     /// Live counters.
     pub stats: Arc<SessionStats>,
+    /// Runs the hub's tasks; `None` when this node cannot (the reason is in the log).
+    pub runner: Option<Arc<TaskRunner>>,
 }
 
 impl std::fmt::Debug for SessionContext {
@@ -274,8 +277,14 @@ async fn session_once(
 
     let mut seq = 0u64;
     let mut next_beat = tokio::time::Instant::now();
+    let runner = ctx.runner.clone();
     loop {
         tokio::select! {
+            _ = async { match &runner { Some(r) => r.results_ready().await, None => std::future::pending().await } } => {
+                if let Some(runner) = &runner {
+                    send_results(&connection, runner).await?;
+                }
+            }
             _ = shutdown.changed() => {
                 connection.close(0u32.into(), b"node shutting down");
                 return Ok(());
@@ -283,7 +292,7 @@ async fn session_once(
             e = connection.closed() => return Err(SessionError::Closed(e)),
             incoming = connection.accept_bi() => {
                 let (send, recv) = incoming?;
-                tokio::spawn(handle_command(send, recv, interval_ms.clone(), ctx.stats.clone()));
+                tokio::spawn(handle_command(send, recv, interval_ms.clone(), ctx.stats.clone(), runner.clone()));
             }
             _ = tokio::time::sleep_until(next_beat) => {
                 next_beat = tokio::time::Instant::now() + Duration::from_millis(u64::from(interval_ms.load(Ordering::Relaxed)));
@@ -305,6 +314,7 @@ async fn session_once(
                     load: Some(load),
                     gpus: Some(gpus.clone()),
                     capabilities_digest: capabilities_digest.as_bytes().to_vec(),
+                    running_tasks: runner.as_ref().map(|r| r.running_tasks()).unwrap_or_default(),
                 };
                 send_heartbeat(&connection, heartbeat).await?;
                 ctx.stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
@@ -347,11 +357,29 @@ async fn send_event(connection: &quinn::Connection, event: &NodeEvent) -> Result
     Ok(())
 }
 
+/// Sends every result in the outbox; a result whose send fails goes back for the next session.
+async fn send_results(
+    connection: &quinn::Connection,
+    runner: &Arc<TaskRunner>,
+) -> Result<(), SessionError> {
+    while let Some(result) = runner.next_result() {
+        let event = NodeEvent {
+            kind: Some(node_event::Kind::TaskResult(result.clone())),
+        };
+        if let Err(e) = send_event(connection, &event).await {
+            runner.unsent(result);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 async fn handle_command(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     interval_ms: Arc<AtomicU32>,
     stats: Arc<SessionStats>,
+    runner: Option<Arc<TaskRunner>>,
 ) {
     let command: HubCommand = match framing::read_frame(&mut recv, MAX_COMMAND_FRAME).await {
         Ok(c) => c,
@@ -368,6 +396,18 @@ async fn handle_command(
             interval_ms.store(ms.max(100), Ordering::Relaxed);
             node_reply::Kind::Ok(true)
         }
+        Some(hub_command::Kind::RunTask(run)) => match &runner {
+            Some(runner) => runner.accept(run),
+            None => node_reply::Kind::Error(
+                "this node cannot run tasks (its sandbox failed to start; see the node's log)"
+                    .into(),
+            ),
+        },
+        Some(hub_command::Kind::CancelTask(cancel)) => node_reply::Kind::Ok(
+            runner
+                .as_ref()
+                .is_some_and(|r| r.cancel(&cancel.task_id, cancel.attempt)),
+        ),
         None => node_reply::Kind::Error("unknown command (newer hub?)".into()),
     };
     let reply = NodeReply {

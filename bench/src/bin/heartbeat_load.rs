@@ -186,6 +186,7 @@ async fn drive(
                         ..Default::default()
                     }),
                     capabilities_digest: vec![0xab; 64],
+                    running_tasks: Vec::new(),
                 };
                 match connection.send_datagram(heartbeat.encode_to_vec().into()) {
                     Ok(()) => sent.fetch_add(1, Ordering::Relaxed),

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{BindOutcome, ChallengeRow, JoinedNode, NodeRow, Store, StoreError, TokenRow};
+use super::{
+    AttemptRow, BindOutcome, ChallengeRow, JoinedNode, NodeRow, Store, StoreError, TaskRow,
+    TokenRow, ToolRow,
+};
 
 #[derive(Debug, Default)]
 struct Tables {
@@ -15,6 +18,10 @@ struct Tables {
     challenges: BTreeMap<String, ChallengeRow>,
     /// agent id → (node id, status)
     agents: BTreeMap<String, (String, String)>,
+    tools: BTreeMap<String, ToolRow>,
+    tasks: BTreeMap<String, TaskRow>,
+    /// (task id, attempt) → attempt
+    attempts: BTreeMap<(String, i64), AttemptRow>,
 }
 
 /// In-memory store.
@@ -190,6 +197,124 @@ impl Store for MemoryStore {
         }
         t.agents.insert(id.into(), (node_id.into(), status.into()));
         Ok(())
+    }
+
+    async fn put_tool(&self, tool: &ToolRow) -> Result<(), StoreError> {
+        let mut t = self.tables.lock();
+        let mut row = tool.clone();
+        if let Some(old) = t.tools.get(&tool.name) {
+            row.created_at_ms = old.created_at_ms;
+        }
+        t.tools.insert(tool.name.clone(), row);
+        Ok(())
+    }
+
+    async fn get_tool(&self, name: &str) -> Result<Option<ToolRow>, StoreError> {
+        Ok(self.tables.lock().tools.get(name).cloned())
+    }
+
+    async fn list_tools(&self) -> Result<Vec<ToolRow>, StoreError> {
+        Ok(self.tables.lock().tools.values().cloned().collect())
+    }
+
+    async fn insert_task(&self, task: &TaskRow) -> Result<TaskRow, StoreError> {
+        let mut t = self.tables.lock();
+        if let Some(key) = &task.idempotency_key
+            && let Some(first) = t
+                .tasks
+                .values()
+                .find(|other| other.idempotency_key.as_ref() == Some(key))
+        {
+            return Ok(first.clone());
+        }
+        if t.tasks.contains_key(&task.id) {
+            return Err(StoreError::Duplicate {
+                what: "task",
+                id: task.id.clone(),
+            });
+        }
+        t.tasks.insert(task.id.clone(), task.clone());
+        Ok(task.clone())
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
+        Ok(self.tables.lock().tasks.get(id).cloned())
+    }
+
+    async fn list_tasks(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
+        let mut rows = self.queue(statuses, u32::MAX).await?;
+        rows.reverse();
+        rows.truncate(limit as usize);
+        Ok(rows)
+    }
+
+    async fn queue(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
+        let t = self.tables.lock();
+        let mut rows: Vec<TaskRow> = t
+            .tasks
+            .values()
+            .filter(|task| statuses.is_empty() || statuses.contains(&task.status.as_str()))
+            .cloned()
+            .collect();
+        rows.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        rows.truncate(limit as usize);
+        Ok(rows)
+    }
+
+    async fn update_task(
+        &self,
+        task: &TaskRow,
+        expected_status: &str,
+        expected_attempts: i64,
+    ) -> Result<bool, StoreError> {
+        let mut t = self.tables.lock();
+        let Some(row) = t.tasks.get_mut(&task.id) else {
+            return Ok(false);
+        };
+        if row.status != expected_status || row.attempts != expected_attempts {
+            return Ok(false);
+        }
+        // The columns an update may change (as the SQL store's UPDATE).
+        row.status.clone_from(&task.status);
+        row.node_id.clone_from(&task.node_id);
+        row.reason.clone_from(&task.reason);
+        row.attempts = task.attempts;
+        row.devices.clone_from(&task.devices);
+        row.output.clone_from(&task.output);
+        row.error_kind.clone_from(&task.error_kind);
+        row.error_message.clone_from(&task.error_message);
+        row.duration_us = task.duration_us;
+        row.fuel_used = task.fuel_used;
+        row.updated_at_ms = task.updated_at_ms;
+        row.started_at_ms = task.started_at_ms;
+        row.finished_at_ms = task.finished_at_ms;
+        Ok(true)
+    }
+
+    async fn count_late_result(&self, id: &str) -> Result<(), StoreError> {
+        if let Some(row) = self.tables.lock().tasks.get_mut(id) {
+            row.late_results += 1;
+        }
+        Ok(())
+    }
+
+    async fn put_attempt(&self, attempt: &AttemptRow) -> Result<(), StoreError> {
+        self.tables
+            .lock()
+            .attempts
+            .insert((attempt.task_id.clone(), attempt.attempt), attempt.clone());
+        Ok(())
+    }
+
+    async fn list_attempts(&self, task_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+        Ok(self
+            .tables
+            .lock()
+            .attempts
+            .values()
+            .filter(|a| a.task_id == task_id)
+            .cloned()
+            .collect())
     }
 
     async fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError> {

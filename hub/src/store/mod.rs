@@ -132,6 +132,105 @@ pub struct JoinedNode<'a> {
     pub now_ms: i64,
 }
 
+/// A tool pushed to the hub: a component and its policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ToolRow {
+    /// Unique name tasks use.
+    pub name: String,
+    /// sha256 (hex) of the component.
+    pub digest: String,
+    /// Component size.
+    pub size_bytes: i64,
+    /// The component.
+    pub component: Vec<u8>,
+    /// policy.toml text.
+    pub policy_toml: String,
+    /// From `describe()`.
+    pub version: String,
+    /// From `describe()`.
+    pub description: String,
+    /// From `describe()`.
+    pub input_schema: String,
+    /// First push.
+    pub created_at_ms: i64,
+    /// Last push.
+    pub updated_at_ms: i64,
+}
+
+/// A task, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskRow {
+    /// Unique id.
+    pub id: String,
+    /// Tool name (empty for a native command).
+    pub tool: String,
+    /// Native command (empty for a tool).
+    pub command: String,
+    /// Input text.
+    pub input: String,
+    /// Requirements, JSON.
+    pub requirements: String,
+    /// Retried submits with the same key return this task.
+    pub idempotency_key: Option<String>,
+    /// queued | placed | running | succeeded | failed | cancelled.
+    pub status: String,
+    /// Node of the current (or last) attempt.
+    pub node_id: String,
+    /// Why queued, or how it ended.
+    pub reason: String,
+    /// Placements so far.
+    pub attempts: i64,
+    /// Placements allowed.
+    pub max_attempts: i64,
+    /// Wall-time limit per attempt (0: the tool policy's).
+    pub timeout_ms: i64,
+    /// GPU indexes of the current placement, comma-separated.
+    pub devices: String,
+    /// Result text on success.
+    pub output: Option<String>,
+    /// Error kind on failure.
+    pub error_kind: String,
+    /// Error message on failure.
+    pub error_message: String,
+    /// Run time of the attempt that finished it.
+    pub duration_us: i64,
+    /// Fuel that attempt used.
+    pub fuel_used: i64,
+    /// Results that came from superseded attempts.
+    pub late_results: i64,
+    /// Submitted.
+    pub created_at_ms: i64,
+    /// Last change.
+    pub updated_at_ms: i64,
+    /// When the current attempt started on its node.
+    pub started_at_ms: Option<i64>,
+    /// When it ended.
+    pub finished_at_ms: Option<i64>,
+}
+
+/// One placement of a task and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttemptRow {
+    /// Task id.
+    pub task_id: String,
+    /// 1-based attempt number.
+    pub attempt: i64,
+    /// Where it ran.
+    pub node_id: String,
+    /// placed | running | succeeded | failed | lost | cancelled.
+    pub status: String,
+    /// Result text.
+    pub output: Option<String>,
+    /// Error kind.
+    pub error_kind: String,
+    /// Error message.
+    pub error_message: String,
+    /// Placed.
+    pub started_at_ms: i64,
+    /// Ended.
+    pub finished_at_ms: Option<i64>,
+}
+
 /// Durable hub state.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -166,6 +265,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         status: &str,
         now_ms: i64,
     ) -> Result<(), StoreError>;
+    /// Adds or replaces a tool (its first push time is kept).
+    async fn put_tool(&self, tool: &ToolRow) -> Result<(), StoreError>;
+    /// One tool, component included.
+    async fn get_tool(&self, name: &str) -> Result<Option<ToolRow>, StoreError>;
+    /// Every tool by name (components included).
+    async fn list_tools(&self) -> Result<Vec<ToolRow>, StoreError>;
+    /// Stores a new task. When its idempotency key is taken, stores nothing and returns the
+    /// task that holds the key; otherwise returns `task` as stored.
+    async fn insert_task(&self, task: &TaskRow) -> Result<TaskRow, StoreError>;
+    /// One task.
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRow>, StoreError>;
+    /// Tasks in any of `statuses` (all when empty), newest first, at most `limit`.
+    async fn list_tasks(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError>;
+    /// Tasks in any of `statuses`, oldest first (the queue order), at most `limit`.
+    async fn queue(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError>;
+    /// Writes `task` only if the stored row still has `expected_status` and `expected_attempts`;
+    /// false when another writer got there first.
+    async fn update_task(
+        &self,
+        task: &TaskRow,
+        expected_status: &str,
+        expected_attempts: i64,
+    ) -> Result<bool, StoreError>;
+    /// Adds one to a task's count of late results.
+    async fn count_late_result(&self, id: &str) -> Result<(), StoreError>;
+    /// Adds or replaces an attempt.
+    async fn put_attempt(&self, attempt: &AttemptRow) -> Result<(), StoreError>;
+    /// A task's attempts in order.
+    async fn list_attempts(&self, task_id: &str) -> Result<Vec<AttemptRow>, StoreError>;
     /// Stores a new bootstrap token.
     async fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError>;
     /// One token.
@@ -361,6 +489,151 @@ mod conformance {
             .unwrap();
         assert_eq!(store.purge_challenges(50).await.unwrap(), 1);
         assert!(store.take_challenge("new").await.unwrap().is_some());
+
+        exercise_tools_and_tasks(store).await;
+    }
+
+    fn task(id: &str, key: Option<&str>, created: i64) -> TaskRow {
+        TaskRow {
+            id: id.into(),
+            tool: "echo".into(),
+            input: "hi".into(),
+            requirements: r#"{"gpus":0.5}"#.into(),
+            idempotency_key: key.map(Into::into),
+            status: "queued".into(),
+            reason: "waiting".into(),
+            max_attempts: 3,
+            created_at_ms: created,
+            updated_at_ms: created,
+            ..TaskRow::default()
+        }
+    }
+
+    async fn exercise_tools_and_tasks(store: &dyn Store) {
+        // Tools: upsert keeps the first push time, bytes round-trip exactly.
+        let component: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let tool = ToolRow {
+            name: "echo".into(),
+            digest: "d1".into(),
+            size_bytes: component.len() as i64,
+            component: component.clone(),
+            policy_toml: "[limits]\nfuel = 10\n".into(),
+            version: "0.1.0".into(),
+            created_at_ms: 5,
+            updated_at_ms: 5,
+            ..ToolRow::default()
+        };
+        store.put_tool(&tool).await.unwrap();
+        store
+            .put_tool(&ToolRow {
+                digest: "d2".into(),
+                created_at_ms: 9,
+                updated_at_ms: 9,
+                ..tool.clone()
+            })
+            .await
+            .unwrap();
+        let got = store.get_tool("echo").await.unwrap().unwrap();
+        assert_eq!(
+            (got.digest.as_str(), got.created_at_ms, got.updated_at_ms),
+            ("d2", 5, 9)
+        );
+        assert_eq!(got.component, component);
+        assert!(store.get_tool("nope").await.unwrap().is_none());
+        assert_eq!(store.list_tools().await.unwrap().len(), 1);
+
+        // Tasks: idempotency returns the first task, duplicates are refused.
+        let first = store.insert_task(&task("t1", Some("k"), 10)).await.unwrap();
+        assert_eq!(first.id, "t1");
+        let again = store.insert_task(&task("t2", Some("k"), 11)).await.unwrap();
+        assert_eq!(again.id, "t1", "same key returns the first task");
+        assert!(store.get_task("t2").await.unwrap().is_none());
+        assert!(matches!(
+            store.insert_task(&task("t1", None, 12)).await,
+            Err(StoreError::Duplicate { .. })
+        ));
+        store.insert_task(&task("t3", None, 13)).await.unwrap();
+        store.insert_task(&task("t4", None, 14)).await.unwrap();
+
+        // Compare-and-set updates.
+        let mut placed = store.get_task("t1").await.unwrap().unwrap();
+        assert_eq!(placed, task("t1", Some("k"), 10));
+        placed.status = "placed".into();
+        placed.attempts = 1;
+        placed.node_id = "gpu".into();
+        placed.devices = "0,1".into();
+        placed.started_at_ms = Some(20);
+        assert!(store.update_task(&placed, "queued", 0).await.unwrap());
+        assert!(
+            !store.update_task(&placed, "queued", 0).await.unwrap(),
+            "stale writer loses"
+        );
+        let mut done = placed.clone();
+        done.status = "succeeded".into();
+        done.output = Some("out ✓".into());
+        done.duration_us = 42;
+        done.finished_at_ms = Some(30);
+        assert!(store.update_task(&done, "placed", 1).await.unwrap());
+        store.count_late_result("t1").await.unwrap();
+        let got = store.get_task("t1").await.unwrap().unwrap();
+        assert_eq!(got.late_results, 1);
+        assert_eq!(
+            TaskRow {
+                late_results: 0,
+                ..got
+            },
+            done
+        );
+
+        // Listing: newest first, queue oldest first, filtered by status.
+        let ids = |rows: Vec<TaskRow>| rows.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.list_tasks(&[], 10).await.unwrap()),
+            ["t4", "t3", "t1"]
+        );
+        assert_eq!(ids(store.list_tasks(&[], 2).await.unwrap()), ["t4", "t3"]);
+        assert_eq!(
+            ids(store.queue(&["queued"], 10).await.unwrap()),
+            ["t3", "t4"]
+        );
+        assert_eq!(
+            ids(store.queue(&["placed", "succeeded"], 10).await.unwrap()),
+            ["t1"]
+        );
+
+        // Attempts: upsert by (task, attempt), listed in order.
+        let attempt = AttemptRow {
+            task_id: "t1".into(),
+            attempt: 2,
+            node_id: "b".into(),
+            status: "running".into(),
+            started_at_ms: 21,
+            ..AttemptRow::default()
+        };
+        store.put_attempt(&attempt).await.unwrap();
+        store
+            .put_attempt(&AttemptRow {
+                attempt: 1,
+                node_id: "a".into(),
+                status: "lost".into(),
+                ..attempt.clone()
+            })
+            .await
+            .unwrap();
+        store
+            .put_attempt(&AttemptRow {
+                status: "succeeded".into(),
+                output: Some("late".into()),
+                finished_at_ms: Some(40),
+                ..attempt.clone()
+            })
+            .await
+            .unwrap();
+        let attempts = store.list_attempts("t1").await.unwrap();
+        assert_eq!(attempts.len(), 2);
+        assert_eq!(attempts[0].status, "lost");
+        assert_eq!(attempts[1].output.as_deref(), Some("late"));
+        assert!(store.list_attempts("t3").await.unwrap().is_empty());
     }
 
     #[tokio::test]

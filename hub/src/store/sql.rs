@@ -5,7 +5,10 @@ use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use super::{BindOutcome, ChallengeRow, JoinedNode, NodeRow, Store, StoreError, TokenRow};
+use super::{
+    AttemptRow, BindOutcome, ChallengeRow, JoinedNode, NodeRow, Store, StoreError, TaskRow,
+    TokenRow, ToolRow,
+};
 
 /// Which database the URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +46,81 @@ fn node_from_row(row: &AnyRow) -> Result<NodeRow, sqlx::Error> {
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
+}
+
+const TOOL_COLUMNS: &str = "name, digest, size_bytes, component, policy_toml, version, description, \
+    input_schema, created_at_ms, updated_at_ms";
+
+fn tool_from_row(row: &AnyRow) -> Result<ToolRow, sqlx::Error> {
+    Ok(ToolRow {
+        name: row.try_get("name")?,
+        digest: row.try_get("digest")?,
+        size_bytes: row.try_get("size_bytes")?,
+        component: row.try_get("component")?,
+        policy_toml: row.try_get("policy_toml")?,
+        version: row.try_get("version")?,
+        description: row.try_get("description")?,
+        input_schema: row.try_get("input_schema")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+const TASK_COLUMNS: &str = "id, tool, command, input, requirements, idempotency_key, status, node_id, \
+    reason, attempts, max_attempts, timeout_ms, devices, output, error_kind, error_message, duration_us, \
+    fuel_used, late_results, created_at_ms, updated_at_ms, started_at_ms, finished_at_ms";
+
+fn task_from_row(row: &AnyRow) -> Result<TaskRow, sqlx::Error> {
+    Ok(TaskRow {
+        id: row.try_get("id")?,
+        tool: row.try_get("tool")?,
+        command: row.try_get("command")?,
+        input: row.try_get("input")?,
+        requirements: row.try_get("requirements")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        status: row.try_get("status")?,
+        node_id: row.try_get("node_id")?,
+        reason: row.try_get("reason")?,
+        attempts: row.try_get("attempts")?,
+        max_attempts: row.try_get("max_attempts")?,
+        timeout_ms: row.try_get("timeout_ms")?,
+        devices: row.try_get("devices")?,
+        output: row.try_get("output")?,
+        error_kind: row.try_get("error_kind")?,
+        error_message: row.try_get("error_message")?,
+        duration_us: row.try_get("duration_us")?,
+        fuel_used: row.try_get("fuel_used")?,
+        late_results: row.try_get("late_results")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+        started_at_ms: row.try_get("started_at_ms")?,
+        finished_at_ms: row.try_get("finished_at_ms")?,
+    })
+}
+
+fn attempt_from_row(row: &AnyRow) -> Result<AttemptRow, sqlx::Error> {
+    Ok(AttemptRow {
+        task_id: row.try_get("task_id")?,
+        attempt: row.try_get("attempt")?,
+        node_id: row.try_get("node_id")?,
+        status: row.try_get("status")?,
+        output: row.try_get("output")?,
+        error_kind: row.try_get("error_kind")?,
+        error_message: row.try_get("error_message")?,
+        started_at_ms: row.try_get("started_at_ms")?,
+        finished_at_ms: row.try_get("finished_at_ms")?,
+    })
+}
+
+/// `status IN ($2, $3, …)` for `statuses` (placeholders from `first`), or `TRUE` when empty.
+fn status_filter(statuses: &[&str], first: usize) -> String {
+    if statuses.is_empty() {
+        return "1 = 1".into();
+    }
+    let marks: Vec<String> = (0..statuses.len())
+        .map(|i| format!("${}", first + i))
+        .collect();
+    format!("status IN ({})", marks.join(", "))
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -394,6 +472,217 @@ impl Store for SqlStore {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn put_tool(&self, tool: &ToolRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tools (name, digest, size_bytes, component, policy_toml, version, description, \
+             input_schema, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, size_bytes = excluded.size_bytes, \
+             component = excluded.component, policy_toml = excluded.policy_toml, version = excluded.version, \
+             description = excluded.description, input_schema = excluded.input_schema, \
+             updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&tool.name)
+        .bind(&tool.digest)
+        .bind(tool.size_bytes)
+        .bind(&tool.component)
+        .bind(&tool.policy_toml)
+        .bind(&tool.version)
+        .bind(&tool.description)
+        .bind(&tool.input_schema)
+        .bind(tool.created_at_ms)
+        .bind(tool.updated_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_tool(&self, name: &str) -> Result<Option<ToolRow>, StoreError> {
+        let sql = format!("SELECT {TOOL_COLUMNS} FROM tools WHERE name = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(tool_from_row).transpose()?)
+    }
+
+    async fn list_tools(&self) -> Result<Vec<ToolRow>, StoreError> {
+        let sql = format!("SELECT {TOOL_COLUMNS} FROM tools ORDER BY name");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(tool_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn insert_task(&self, task: &TaskRow) -> Result<TaskRow, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO tasks (id, tool, command, input, requirements, idempotency_key, status, node_id, \
+             reason, attempts, max_attempts, timeout_ms, devices, output, error_kind, error_message, \
+             duration_us, fuel_used, late_results, created_at_ms, updated_at_ms, started_at_ms, finished_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+             $20, $21, $22, $23)",
+        )
+        .bind(&task.id)
+        .bind(&task.tool)
+        .bind(&task.command)
+        .bind(&task.input)
+        .bind(&task.requirements)
+        .bind(&task.idempotency_key)
+        .bind(&task.status)
+        .bind(&task.node_id)
+        .bind(&task.reason)
+        .bind(task.attempts)
+        .bind(task.max_attempts)
+        .bind(task.timeout_ms)
+        .bind(&task.devices)
+        .bind(&task.output)
+        .bind(&task.error_kind)
+        .bind(&task.error_message)
+        .bind(task.duration_us)
+        .bind(task.fuel_used)
+        .bind(task.late_results)
+        .bind(task.created_at_ms)
+        .bind(task.updated_at_ms)
+        .bind(task.started_at_ms)
+        .bind(task.finished_at_ms)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(task.clone()),
+            Err(e) if is_unique_violation(&e) => {
+                if let Some(key) = &task.idempotency_key {
+                    let sql =
+                        format!("SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = $1");
+                    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(key)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    if let Some(row) = row {
+                        return Ok(task_from_row(&row)?);
+                    }
+                }
+                Err(StoreError::Duplicate {
+                    what: "task",
+                    id: task.id.clone(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(task_from_row).transpose()?)
+    }
+
+    async fn list_tasks(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE {} ORDER BY created_at_ms DESC, id DESC LIMIT {}",
+            status_filter(statuses, 1),
+            limit
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for status in statuses {
+            query = query.bind(*status);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(task_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn queue(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE {} ORDER BY created_at_ms, id LIMIT {}",
+            status_filter(statuses, 1),
+            limit
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for status in statuses {
+            query = query.bind(*status);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(task_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn update_task(
+        &self,
+        task: &TaskRow,
+        expected_status: &str,
+        expected_attempts: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET status = $2, node_id = $3, reason = $4, attempts = $5, devices = $6, \
+             output = $7, error_kind = $8, error_message = $9, duration_us = $10, fuel_used = $11, \
+             updated_at_ms = $12, started_at_ms = $13, finished_at_ms = $14 \
+             WHERE id = $1 AND status = $15 AND attempts = $16",
+        )
+        .bind(&task.id)
+        .bind(&task.status)
+        .bind(&task.node_id)
+        .bind(&task.reason)
+        .bind(task.attempts)
+        .bind(&task.devices)
+        .bind(&task.output)
+        .bind(&task.error_kind)
+        .bind(&task.error_message)
+        .bind(task.duration_us)
+        .bind(task.fuel_used)
+        .bind(task.updated_at_ms)
+        .bind(task.started_at_ms)
+        .bind(task.finished_at_ms)
+        .bind(expected_status)
+        .bind(expected_attempts)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn count_late_result(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tasks SET late_results = late_results + 1 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn put_attempt(&self, attempt: &AttemptRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO task_attempts (task_id, attempt, node_id, status, output, error_kind, error_message, \
+             started_at_ms, finished_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (task_id, attempt) DO UPDATE SET node_id = excluded.node_id, status = excluded.status, \
+             output = excluded.output, error_kind = excluded.error_kind, error_message = excluded.error_message, \
+             finished_at_ms = excluded.finished_at_ms",
+        )
+        .bind(&attempt.task_id)
+        .bind(attempt.attempt)
+        .bind(&attempt.node_id)
+        .bind(&attempt.status)
+        .bind(&attempt.output)
+        .bind(&attempt.error_kind)
+        .bind(&attempt.error_message)
+        .bind(attempt.started_at_ms)
+        .bind(attempt.finished_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_attempts(&self, task_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT task_id, attempt, node_id, status, output, error_kind, error_message, started_at_ms, \
+             finished_at_ms FROM task_attempts WHERE task_id = $1 ORDER BY attempt",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(attempt_from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError> {

@@ -7,3 +7,4 @@ mod fleet;
 mod grpc_surface;
 mod rest;
 mod sandbox;
+mod tasks;

@@ -1,0 +1,159 @@
+//! The hub's tool registry: components pushed by plugin authors, checked before they are stored.
+//!
+//! A push is refused unless the policy parses and validates, and the component compiles under the
+//! same sandbox the nodes use, implements the `outpost:agent/tool` world, and answers `describe`
+//! within its limits. The name, version and input schema it describes are kept beside the bytes;
+//! nodes fetch the bytes by digest the first time a task needs them.
+
+use outpost_node::sandbox::{Sandbox, SandboxConfig, ToolPolicy};
+use outpost_proto::v1::ToolView;
+
+use crate::state::HubState;
+use crate::store::{StoreError, ToolRow};
+use crate::tasks::TaskError;
+
+/// Largest component accepted.
+pub const MAX_COMPONENT_BYTES: usize = 32 * 1024 * 1024;
+
+/// Checks a tool name: 1–64 of `[A-Za-z0-9._-]`, starting with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok_len = (1..=64).contains(&name.len());
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    let ok_start = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok_len && ok_chars && ok_start {
+        Ok(())
+    } else {
+        Err(format!(
+            "name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        ))
+    }
+}
+
+/// Validates and stores a tool (replacing one of the same name).
+pub async fn push(
+    state: &HubState,
+    name: &str,
+    component: Vec<u8>,
+    policy_toml: &str,
+) -> Result<ToolRow, TaskError> {
+    validate_name(name).map_err(TaskError::Invalid)?;
+    if component.len() > MAX_COMPONENT_BYTES {
+        return Err(TaskError::Invalid(format!(
+            "component: {} bytes is more than the {MAX_COMPONENT_BYTES} allowed",
+            component.len()
+        )));
+    }
+    let policy = ToolPolicy::from_toml(policy_toml, &format!("policy of tool {name:?}"))
+        .map_err(|e| TaskError::Invalid(format!("policy: {}", e.message)))?;
+    // The describe check runs with the policy's limits but no grants (none resolve on the hub).
+    let probe_policy = ToolPolicy {
+        fs: Vec::new(),
+        env: Vec::new(),
+        allow_hosts: Vec::new(),
+        limits: policy.limits,
+    };
+    let resolved = probe_policy
+        .resolve(&[])
+        .map_err(|e| TaskError::Invalid(format!("policy: {}", e.message)))?;
+    let bytes = component.clone();
+    let description = tokio::task::spawn_blocking(move || {
+        let sandbox = Sandbox::new(SandboxConfig {
+            pooling: false,
+            max_concurrent_calls: 1,
+            ..SandboxConfig::default()
+        })?;
+        let tool = sandbox.load(&bytes, resolved)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| {
+                outpost_node::sandbox::SandboxError::new(
+                    outpost_node::sandbox::ErrorKind::Trap,
+                    format!("starting the describe check: {e}"),
+                )
+            })?;
+        runtime.block_on(tool.describe())
+    })
+    .await
+    .map_err(|e| TaskError::Invalid(format!("component: the check panicked: {e}")))?
+    .map_err(|e| TaskError::Invalid(format!("component ({}): {}", e.kind.as_str(), e.message)))?;
+    let now = state.now_ms();
+    let row = ToolRow {
+        name: name.into(),
+        digest: outpost_node::auth::sha256_hex(&component),
+        size_bytes: i64::try_from(component.len()).unwrap_or(i64::MAX),
+        component,
+        policy_toml: policy_toml.into(),
+        version: description.version,
+        description: description.description,
+        input_schema: description.input_schema,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    state.store.put_tool(&row).await?;
+    tracing::info!(tool = %row.name, digest = %row.digest, size = row.size_bytes, "tool pushed");
+    Ok(state.store.get_tool(name).await?.unwrap_or(row))
+}
+
+/// One tool.
+pub async fn inspect(state: &HubState, name: &str) -> Result<ToolRow, TaskError> {
+    state
+        .store
+        .get_tool(name)
+        .await?
+        .ok_or_else(|| TaskError::NotFound(format!("tool {name:?} is not on this hub")))
+}
+
+/// Every tool.
+pub async fn list(state: &HubState) -> Result<Vec<ToolRow>, StoreError> {
+    state.store.list_tools().await
+}
+
+/// The protobuf view (no bytes).
+pub fn view(tool: &ToolRow) -> ToolView {
+    ToolView {
+        name: tool.name.clone(),
+        digest: tool.digest.clone(),
+        size_bytes: u64::try_from(tool.size_bytes).unwrap_or(0),
+        policy_toml: tool.policy_toml.clone(),
+        version: tool.version.clone(),
+        description: tool.description.clone(),
+        input_schema: tool.input_schema.clone(),
+        created_at_ms: tool.created_at_ms,
+        updated_at_ms: tool.updated_at_ms,
+    }
+}
+
+/// The JSON shape of a tool.
+pub fn view_json(tool: &ToolView) -> serde_json::Value {
+    serde_json::json!({
+        "name": tool.name,
+        "digest": tool.digest,
+        "size_bytes": tool.size_bytes,
+        "version": tool.version,
+        "description": tool.description,
+        "input_schema": tool.input_schema,
+        "policy_toml": tool.policy_toml,
+        "created_at_ms": tool.created_at_ms,
+        "updated_at_ms": tool.updated_at_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("echo").is_ok());
+        assert!(validate_name("gpu-infer_v2.1").is_ok());
+        for bad in ["", "-x", "../x", "a b", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

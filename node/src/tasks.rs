@@ -1,0 +1,328 @@
+//! Tasks on the node: the hub's `RunTask` commands run here, in the sandbox, and their outcomes
+//! wait in an outbox until the session has sent them.
+//!
+//! Components are kept by digest under `<data dir>/tools/` (the hub sends the bytes only when the
+//! node says it lacks them, and the node checks them against the digest). Each attempt resolves
+//! the tool's policy against this node's `safe_paths`, adds the hub's extra environment (the GPU
+//! devices assigned), and runs in a fresh sandbox instance. Results survive a dropped session: the
+//! outbox is emptied only by a successful send.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_proto::v1::{RunTask, TaskResult, node_reply};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::sandbox::{ErrorKind, LoadedTool, Sandbox, SandboxConfig, SandboxError, ToolPolicy};
+
+/// Largest number of loaded (compiled and linked) tools kept in memory.
+const LOADED_CAPACITY: usize = 64;
+
+/// Why the runner could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskRunnerError {
+    /// The tool store directory is unusable.
+    #[error("task runner: {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The sandbox could not be built.
+    #[error("task runner: {0}")]
+    Sandbox(#[from] SandboxError),
+}
+
+struct Running {
+    attempt: u32,
+    abort: tokio::task::AbortHandle,
+}
+
+/// Runs the hub's tasks on this node.
+pub struct TaskRunner {
+    sandbox: Sandbox,
+    tools_dir: PathBuf,
+    safe_paths: Vec<PathBuf>,
+    loaded: Mutex<HashMap<String, LoadedTool>>,
+    running: Mutex<HashMap<String, Running>>,
+    outbox: Mutex<VecDeque<TaskResult>>,
+    results_ready: Notify,
+}
+
+impl std::fmt::Debug for TaskRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRunner")
+            .field("tools_dir", &self.tools_dir)
+            .field("running", &self.running.lock().len())
+            .field("outbox", &self.outbox.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_digest(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+impl TaskRunner {
+    /// A runner keeping components under `data_dir/tools` and compiled code under
+    /// `data_dir/compile-cache`.
+    pub fn new(
+        data_dir: &std::path::Path,
+        safe_paths: Vec<PathBuf>,
+    ) -> Result<Self, TaskRunnerError> {
+        let tools_dir = data_dir.join("tools");
+        std::fs::create_dir_all(&tools_dir).map_err(|source| TaskRunnerError::Io {
+            path: tools_dir.clone(),
+            source,
+        })?;
+        let sandbox = Sandbox::new(SandboxConfig {
+            cache_dir: Some(data_dir.join("compile-cache")),
+            ..SandboxConfig::default()
+        })?;
+        Ok(Self {
+            sandbox,
+            tools_dir,
+            safe_paths,
+            loaded: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(VecDeque::new()),
+            results_ready: Notify::new(),
+        })
+    }
+
+    /// Accepts a `RunTask` command: answers at once (`ok`, `missing_component` or `error`) and
+    /// runs the attempt in the background.
+    pub fn accept(self: &Arc<Self>, command: RunTask) -> node_reply::Kind {
+        if command.task_id.is_empty() || command.task_id.len() > 128 {
+            return node_reply::Kind::Error("run_task: task_id must be 1 to 128 bytes".into());
+        }
+        if !is_digest(&command.tool_digest) {
+            return node_reply::Kind::Error(format!(
+                "run_task: tool_digest {:?} is not a sha256 in lowercase hex",
+                command.tool_digest
+            ));
+        }
+        if let Some(running) = self.running.lock().get(&command.task_id)
+            && running.attempt == command.attempt
+        {
+            // A resend of what already runs.
+            return node_reply::Kind::Ok(true);
+        }
+        let path = self.tools_dir.join(format!("{}.wasm", command.tool_digest));
+        if !path.exists() {
+            if command.component.is_empty() {
+                return node_reply::Kind::MissingComponent(command.tool_digest);
+            }
+            let actual = crate::auth::sha256_hex(&command.component);
+            if actual != command.tool_digest {
+                return node_reply::Kind::Error(format!(
+                    "run_task: the component's sha256 is {actual}, not the announced {}",
+                    command.tool_digest
+                ));
+            }
+            if let Err(e) = write_atomically(&path, &command.component) {
+                return node_reply::Kind::Error(format!(
+                    "run_task: storing the component at {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+        let task_id = command.task_id.clone();
+        let attempt = command.attempt;
+        let runner = self.clone();
+        // The entry goes in before the task can finish and remove it.
+        let mut running = self.running.lock();
+        let handle = tokio::spawn(async move {
+            let result = runner.run(command, path).await;
+            runner.finish(result);
+        });
+        if let Some(previous) = running.insert(
+            task_id,
+            Running {
+                attempt,
+                abort: handle.abort_handle(),
+            },
+        ) {
+            previous.abort.abort();
+        }
+        node_reply::Kind::Ok(true)
+    }
+
+    /// Stops an attempt that still runs; its result says `cancelled`.
+    pub fn cancel(&self, task_id: &str, attempt: u32) -> bool {
+        let removed = {
+            let mut running = self.running.lock();
+            match running.get(task_id) {
+                Some(r) if r.attempt == attempt || attempt == 0 => running.remove(task_id),
+                _ => None,
+            }
+        };
+        let Some(running) = removed else {
+            return false;
+        };
+        running.abort.abort();
+        self.push_result(TaskResult {
+            task_id: task_id.into(),
+            attempt: running.attempt,
+            ok: false,
+            error_kind: "cancelled".into(),
+            error_message: "cancelled by the hub".into(),
+            ..Default::default()
+        });
+        true
+    }
+
+    /// Ids of the tasks running now (for heartbeats).
+    pub fn running_tasks(&self) -> Vec<String> {
+        self.running.lock().keys().cloned().collect()
+    }
+
+    /// Waits until a result is in the outbox.
+    pub async fn results_ready(&self) {
+        if !self.outbox.lock().is_empty() {
+            return;
+        }
+        self.results_ready.notified().await;
+    }
+
+    /// The oldest unsent result, removed from the outbox.
+    pub fn next_result(&self) -> Option<TaskResult> {
+        self.outbox.lock().pop_front()
+    }
+
+    /// Puts back a result whose send failed (it goes first next time).
+    pub fn unsent(&self, result: TaskResult) {
+        self.outbox.lock().push_front(result);
+    }
+
+    fn push_result(&self, result: TaskResult) {
+        self.outbox.lock().push_back(result);
+        self.results_ready.notify_one();
+    }
+
+    fn finish(&self, result: TaskResult) {
+        let mine = {
+            let mut running = self.running.lock();
+            match running.get(&result.task_id) {
+                Some(r) if r.attempt == result.attempt => {
+                    running.remove(&result.task_id);
+                    true
+                }
+                _ => false,
+            }
+        };
+        // A cancelled attempt already reported itself.
+        if mine {
+            self.push_result(result);
+        }
+    }
+
+    async fn run(&self, command: RunTask, path: PathBuf) -> TaskResult {
+        let base = TaskResult {
+            task_id: command.task_id.clone(),
+            attempt: command.attempt,
+            ..Default::default()
+        };
+        let tool = match self.load(&command, path).await {
+            Ok(tool) => tool,
+            Err(e) => {
+                return TaskResult {
+                    ok: false,
+                    error_kind: e.kind.as_str().into(),
+                    error_message: e.message,
+                    ..base
+                };
+            }
+        };
+        let report = tool.invoke(&command.input).await;
+        let mut result = TaskResult {
+            duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
+            fuel_used: report.fuel_used.unwrap_or(0),
+            stdout: report.stdout,
+            stderr: report.stderr,
+            ..base
+        };
+        match report.result {
+            Ok(output) => {
+                result.ok = true;
+                result.output = output;
+            }
+            Err(e) => {
+                result.error_kind = e.kind.as_str().into();
+                result.error_message = e.message;
+            }
+        }
+        result
+    }
+
+    /// The tool bound to this attempt's policy and environment (compiled once per digest).
+    async fn load(&self, command: &RunTask, path: PathBuf) -> Result<LoadedTool, SandboxError> {
+        let policy = ToolPolicy::from_toml(
+            &command.policy_toml,
+            &format!("policy of tool {:?}", command.tool),
+        )?;
+        let mut resolved = policy.resolve(&self.safe_paths)?;
+        let mut env: Vec<(String, String)> = command
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.sort();
+        for (key, value) in &env {
+            resolved.env.retain(|(k, _)| k != key);
+            resolved.env.push((key.clone(), value.clone()));
+        }
+        if command.timeout_ms > 0 {
+            resolved.limits.timeout = Duration::from_millis(command.timeout_ms);
+        }
+        let key = crate::auth::sha256_hex(
+            format!(
+                "{}\n{}\n{:?}\n{}",
+                command.tool_digest, command.policy_toml, env, command.timeout_ms
+            )
+            .as_bytes(),
+        );
+        if let Some(tool) = self.loaded.lock().get(&key) {
+            return Ok(tool.clone());
+        }
+        let sandbox = self.sandbox.clone();
+        // Compiling can take seconds: keep it off the async workers.
+        let tool = tokio::task::spawn_blocking(move || sandbox.load_file(&path, resolved))
+            .await
+            .map_err(|e| {
+                SandboxError::new(ErrorKind::Trap, format!("loading the tool panicked: {e}"))
+            })??;
+        let mut loaded = self.loaded.lock();
+        if loaded.len() >= LOADED_CAPACITY {
+            loaded.clear();
+        }
+        loaded.insert(key, tool.clone());
+        Ok(tool)
+    }
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_lowercase_sha256_hex() {
+        assert!(is_digest(&"a".repeat(64)));
+        assert!(!is_digest(&"A".repeat(64)));
+        assert!(!is_digest(&"a".repeat(63)));
+        assert!(!is_digest("../../etc/passwd"));
+    }
+}

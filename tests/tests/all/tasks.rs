@@ -1,0 +1,440 @@
+//! Tasks end to end: tools pushed through the CLI, placed by requirement on real nodes over real
+//! QUIC sessions, run in the nodes' sandboxes; GPU work on the GPU node with its devices in
+//! `CUDA_VISIBLE_DEVICES`; no-fit reasons; cancel; idempotent resubmit; sandbox stops with exit 3;
+//! and a GPU node lost mid-task with the task finishing on another GPU node.
+
+use std::time::Duration;
+
+use outpost_node::config::TlsMode;
+use outpost_tests::{STATIC_TOKEN, TestHub, http_json, start_node, with_simulated_gpu};
+use serde_json::Value;
+
+fn parse(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+async fn push(hub: &TestHub, name: &str, path: &std::path::Path) {
+    let (code, out, err) = hub
+        .cli(&[
+            "tool",
+            "push",
+            path.to_str().unwrap(),
+            "--name",
+            name,
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "push {name}: {err}");
+    let tool = parse(&out);
+    assert_eq!(tool["name"], name);
+    assert_eq!(tool["digest"].as_str().unwrap().len(), 64);
+}
+
+async fn task_json(hub: &TestHub, id: &str) -> Value {
+    let (code, out, err) = hub.cli(&["tasks", "get", id, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    parse(&out)
+}
+
+async fn wait_task_status(hub: &TestHub, id: &str, status: &str, timeout: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let task = task_json(hub, id).await;
+        if task["status"] == status {
+            return task;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task {id} never became {status}: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_placed_by_requirement_and_run_in_the_sandbox() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+
+    // Tools go to the hub first; a file that is not a component is refused with the reason.
+    push(&hub, "echo", &outpost_guests::echo()).await;
+    push(&hub, "hostile", &outpost_guests::hostile()).await;
+    let junk = hub.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm at all").unwrap();
+    let (code, _, err) = hub
+        .cli(&["tool", "push", junk.to_str().unwrap(), "--name", "junk"])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid_component"), "{err}");
+    let (code, _, err) = hub
+        .cli(&["tool", "push", junk.to_str().unwrap(), "--name", "../x"])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("name"), "{err}");
+    let (code, out, _) = hub.cli(&["tool", "list", "--json"]).await;
+    assert_eq!(code, 0);
+    let names: Vec<String> = parse(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["echo", "hostile"]);
+    let (code, out, _) = hub.cli(&["tool", "inspect", "echo", "--json"]).await;
+    assert_eq!(code, 0);
+    assert!(!parse(&out)["version"].as_str().unwrap().is_empty());
+
+    let token = hub.one_shot_token().await;
+    let cpu = start_node(hub.node_config("cpu-1", &token)).await;
+    let gpu = start_node(with_simulated_gpu(hub.node_config("gpu-1", STATIC_TOKEN))).await;
+    hub.wait_status("cpu-1", "online", Duration::from_secs(10))
+        .await;
+    hub.wait_status("gpu-1", "online", Duration::from_secs(10))
+        .await;
+
+    // A GPU task lands on the GPU node and sees its device.
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--tool",
+            "hostile",
+            "--input",
+            "env CUDA_VISIBLE_DEVICES",
+            "--gpus",
+            "1",
+            "--gpu-memory",
+            "16GiB",
+            "--compute-capability",
+            "8.0",
+            "--wait",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out} {err}");
+    let task = parse(&out);
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["node"], "gpu-1");
+    assert_eq!(task["devices"], serde_json::json!([0]));
+    assert_eq!(
+        task["output"], "0",
+        "CUDA_VISIBLE_DEVICES names the assigned GPU"
+    );
+    assert_eq!(task["attempts"], 1);
+    assert_eq!(task["requirements"]["gpus"], 1.0);
+    assert_eq!(task["requirements"]["gpu_memory_mb"], 16384);
+
+    // Work without GPUs keeps the GPU node free; the tool's output comes back.
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--tool",
+            "echo",
+            "--input",
+            "hello fleet",
+            "--wait",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let task = parse(&out);
+    assert_eq!(task["output"], "hello fleet");
+    assert_eq!(task["node"], "cpu-1");
+    assert!(task["duration_us"].as_u64().unwrap() > 0);
+    assert!(task["fuel_used"].as_u64().unwrap() > 0);
+
+    // What cannot fit waits with the reason, until cancelled.
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--tool",
+            "echo",
+            "--gpus",
+            "1",
+            "--gpu-memory",
+            "200GiB",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let waiting_id = parse(&out)["id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let waiting = loop {
+        let task = task_json(&hub, &waiting_id).await;
+        if task["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not enough free GPU memory")
+        {
+            break task;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reason given: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(waiting["status"], "queued");
+    assert!(
+        waiting["reason"].as_str().unwrap().contains("80896 MiB"),
+        "the reason says how much is free: {waiting}"
+    );
+    let (code, out, err) = hub.cli(&["tasks", "cancel", &waiting_id, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(parse(&out)["status"], "cancelled");
+    let (code, _, err) = hub.cli(&["tasks", "cancel", &waiting_id]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("already cancelled"), "{err}");
+
+    // A retried submit with the same idempotency key returns the first task.
+    let submit_keyed = [
+        "tasks",
+        "submit",
+        "--tool",
+        "echo",
+        "--input",
+        "once",
+        "--idempotency-key",
+        "job-42",
+        "--json",
+    ];
+    let (_, first, _) = hub.cli(&submit_keyed).await;
+    let (_, second, _) = hub.cli(&submit_keyed).await;
+    let first_id = parse(&first)["id"].as_str().unwrap().to_string();
+    assert_eq!(parse(&second)["id"], first_id.as_str());
+    wait_task_status(&hub, &first_id, "succeeded", Duration::from_secs(20)).await;
+
+    // PRX parity: send to a node, read the result.
+    let (code, out, err) = hub
+        .cli(&[
+            "nodes", "send", "gpu-1", "--tool", "echo", "--input", "pinned",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let sent_id = out.trim().to_string();
+    let (code, out, err) = hub
+        .cli(&["nodes", "result", &sent_id, "--wait", "--json"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let sent = parse(&out);
+    assert_eq!(sent["node"], "gpu-1", "pinned work runs where it was sent");
+    assert_eq!(sent["output"], "pinned");
+
+    // A sandbox stop fails the task with its kind, and the CLI exits with 3.
+    let (code, out, _) = hub
+        .cli(&[
+            "tasks", "submit", "--tool", "hostile", "--input", "spin", "--wait", "--json",
+        ])
+        .await;
+    assert_eq!(code, 3, "{out}");
+    let stopped = parse(&out);
+    assert_eq!(stopped["status"], "failed");
+    assert_eq!(stopped["error"]["kind"], "out_of_fuel", "{stopped}");
+    // A tool's own error is a failure (exit 1), not a stop.
+    let (code, out, _) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--tool",
+            "hostile",
+            "--input",
+            "env NOT_GRANTED",
+            "--wait",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(parse(&out)["error"]["kind"], "tool_error");
+
+    // Bad submits name the cause.
+    let (code, _, err) = hub.cli(&["tasks", "submit", "--tool", "nope"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not on this hub"), "{err}");
+    let (code, _, err) = hub
+        .cli(&["tasks", "submit", "--tool", "echo", "--gpus", "1.5"])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("whole number"), "{err}");
+    let (code, _, err) = hub.cli(&["tasks", "submit", "--command", "ls"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("native commands"), "{err}");
+    let (code, _, err) = hub.cli(&["tasks", "get", "task-missing"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+
+    // REST: list, get, and a bad body that names the field.
+    let (code, out, _) = hub
+        .cli(&["token", "api", "--role", "admin", "--json"])
+        .await;
+    assert_eq!(code, 0);
+    let admin = parse(&out)["token"].as_str().unwrap().to_string();
+    let (status, list) = http_json(
+        "GET",
+        &format!("{}/api/admin/tasks?status=succeeded", hub.http_url()),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(list.as_array().unwrap().len() >= 4, "{list}");
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["status"] == "succeeded")
+    );
+    let (status, body) = http_json(
+        "POST",
+        &format!("{}/api/admin/tasks", hub.http_url()),
+        Some(&admin),
+        Some(r#"{"tool":"echo","requirements":{"gpus":-1}}"#),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "requirements", "{body}");
+    let (status, body) = http_json(
+        "POST",
+        &format!("{}/api/admin/tasks", hub.http_url()),
+        Some(&admin),
+        Some(r#"{"tool":"echo","gpu":1}"#),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `gpu`"),
+        "{body}"
+    );
+    let (status, created) = http_json(
+        "POST",
+        &format!("{}/api/admin/tasks", hub.http_url()),
+        Some(&admin),
+        Some(r#"{"tool":"echo","input":"rest","idempotency_key":"rest-1"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, again) = http_json(
+        "POST",
+        &format!("{}/api/admin/tasks", hub.http_url()),
+        Some(&admin),
+        Some(r#"{"tool":"echo","input":"rest","idempotency_key":"rest-1"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "a replayed submit is not a new task");
+    assert_eq!(again["id"], created["id"]);
+    let (status, tools) = http_json(
+        "GET",
+        &format!("{}/api/admin/tools", hub.http_url()),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(tools.as_array().unwrap().len(), 2);
+
+    cpu.shutdown().await;
+    gpu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_node_lost_mid_task_hands_the_task_to_another() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    push(&hub, "hostile", &outpost_guests::hostile()).await;
+    let policy = hub.dir.path().join("slow.toml");
+    std::fs::write(
+        &policy,
+        "[limits]\ntimeout = \"30s\"\nfuel = \"unlimited\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = hub
+        .cli(&[
+            "tool",
+            "push",
+            outpost_guests::hostile().to_str().unwrap(),
+            "--name",
+            "slow",
+            "--policy",
+            policy.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+
+    let mut nodes = std::collections::HashMap::new();
+    for id in ["gpu-a", "gpu-b"] {
+        let node = start_node(with_simulated_gpu(hub.node_config(id, STATIC_TOKEN))).await;
+        hub.wait_status(id, "online", Duration::from_secs(10)).await;
+        nodes.insert(id.to_string(), node);
+    }
+
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--tool",
+            "slow",
+            "--input",
+            "sleep 2",
+            "--gpus",
+            "1",
+            "--max-attempts",
+            "3",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let id = parse(&out)["id"].as_str().unwrap().to_string();
+    let running = wait_task_status(&hub, &id, "running", Duration::from_secs(10)).await;
+    let first = running["node"].as_str().unwrap().to_string();
+    let other = if first == "gpu-a" { "gpu-b" } else { "gpu-a" };
+
+    // The node dies mid-task: after TTL + grace the task goes to the other GPU node.
+    nodes.remove(&first).unwrap().shutdown().await;
+    let (code, out, err) = hub.cli(&["nodes", "result", &id, "--wait", "--json"]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let done = parse(&out);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["node"], other, "{done}");
+    assert_eq!(done["attempts"], 2);
+    assert_eq!(done["output"], "slept 2s");
+    let (code, out, _) = hub.cli(&["tasks", "list", "--json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        parse(&out).as_array().unwrap().len(),
+        1,
+        "nothing lost, nothing duplicated"
+    );
+
+    // Out of attempts: with every GPU node gone, a task fails instead of waiting forever on a
+    // node that never returns from the dead... but first it waits with a reason.
+    let (code, out, _) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--tool",
+            "slow",
+            "--input",
+            "sleep 2",
+            "--gpus",
+            "1",
+            "--max-attempts",
+            "1",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0);
+    let id = parse(&out)["id"].as_str().unwrap().to_string();
+    wait_task_status(&hub, &id, "running", Duration::from_secs(10)).await;
+    nodes.remove(other).unwrap().shutdown().await;
+    let failed = wait_task_status(&hub, &id, "failed", Duration::from_secs(10)).await;
+    assert_eq!(failed["error"]["kind"], "node_lost", "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("went offline"),
+        "{failed}"
+    );
+}
