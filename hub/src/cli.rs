@@ -95,7 +95,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum ToolCommand {
     /// Run a component locally under exactly the sandbox the nodes use.
-    Run(crate::tool_cli::ToolRunArgs),
+    Run(Box<crate::tool_cli::ToolRunArgs>),
     /// Push a component to the hub so tasks can run it.
     Push(crate::task_cli::ToolPushArgs),
     /// Tools on the hub.
@@ -258,7 +258,7 @@ pub async fn main_with_io(args: Vec<String>, out: &mut dyn Write, err: &mut dyn 
         command: ToolCommand::Run(args),
     } = cli.command
     {
-        return crate::tool_cli::run(args, cli.global.config.as_ref(), json, out, err).await;
+        return crate::tool_cli::run(*args, cli.global.config.as_ref(), json, out, err).await;
     }
     if matches!(cli.command, Command::Hub | Command::Node) {
         outpost_node::init_tracing(false, "info");
@@ -267,10 +267,11 @@ pub async fn main_with_io(args: Vec<String>, out: &mut dyn Write, err: &mut dyn 
     }
     match run(cli, out).await {
         Ok(()) => 0,
-        Err(e) if e.downcast_ref::<crate::task_cli::TaskStopped>().is_some() => {
+        Err(e) if e.downcast_ref::<crate::task_cli::TaskEnded>().is_some() => {
             // The task (with its error kind) is already on stdout.
             let _ = writeln!(err, "error: {e:#}");
-            3
+            e.downcast_ref::<crate::task_cli::TaskEnded>()
+                .map_or(1, |ended| ended.exit_code)
         }
         Err(e) => report_failure(json, &e, out, err),
     }
@@ -374,7 +375,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             command: ToolCommand::Run(args),
         } => {
             let mut err = std::io::stderr();
-            match crate::tool_cli::run(args, global.config.as_ref(), global.json, out, &mut err)
+            match crate::tool_cli::run(*args, global.config.as_ref(), global.json, out, &mut err)
                 .await
             {
                 0 => Ok(()),

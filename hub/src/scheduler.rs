@@ -102,7 +102,7 @@ impl Requirements {
         if count > 0.0 && milli == 0 {
             return Err(format!("gpus {count} is below the smallest share (0.001)"));
         }
-        if milli > WHOLE_GPU_MILLI && milli % WHOLE_GPU_MILLI != 0 {
+        if milli > WHOLE_GPU_MILLI && !milli.is_multiple_of(WHOLE_GPU_MILLI) {
             return Err(format!(
                 "gpus {count}: more than one GPU must be a whole number (a share is below 1)"
             ));
@@ -117,7 +117,7 @@ impl Requirements {
 
     /// Checks the combination makes sense.
     pub fn validate(&self) -> Result<(), String> {
-        if self.gpu_milli > WHOLE_GPU_MILLI && self.gpu_milli % WHOLE_GPU_MILLI != 0 {
+        if self.gpu_milli > WHOLE_GPU_MILLI && !self.gpu_milli.is_multiple_of(WHOLE_GPU_MILLI) {
             return Err("gpus: more than one GPU must be a whole number".into());
         }
         if self.gpu_milli == 0 && self.gpu_memory_mb > 0 {
@@ -126,10 +126,8 @@ impl Requirements {
         if self.gpu_milli == 0 && self.min_compute_capability.is_some() {
             return Err("compute_capability needs gpus > 0".into());
         }
-        for (key, _) in &self.labels {
-            if key.is_empty() {
-                return Err("labels: a label key is empty".into());
-            }
+        if self.labels.keys().any(String::is_empty) {
+            return Err("labels: a label key is empty".into());
         }
         if self.capabilities.iter().any(String::is_empty) {
             return Err("capabilities: a capability name is empty".into());

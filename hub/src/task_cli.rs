@@ -2,13 +2,14 @@
 //! side of the task and tool services.
 //!
 //! A task that finished with a sandbox or policy stop (timeout, out_of_fuel, memory_limit, …)
-//! makes `--wait` and `nodes result` exit with 3, a failure of any other kind with 1.
+//! makes `--wait` and `nodes result` exit with 3, a failure of any other kind with 1; either way
+//! stdout holds only the task.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Args;
 use outpost_node::config::Role as ServerRole;
 use outpost_node::grpc_client::with_bearer;
@@ -36,15 +37,15 @@ const STOP_KINDS: [&str; 8] = [
     "policy_invalid",
 ];
 
-/// A waited-for task ended in a sandbox or policy stop; the CLI exits with 3.
+/// A waited-for task did not succeed. The task (with its error) is already on stdout, so the
+/// CLI only says why on stderr and exits with `exit_code`: 3 for a sandbox or policy stop, 1
+/// otherwise.
 #[derive(Debug, thiserror::Error)]
-#[error("task {task_id} was stopped: {kind}: {message}")]
-pub struct TaskStopped {
-    /// Task id.
-    pub task_id: String,
-    /// The error kind.
-    pub kind: String,
-    /// The message.
+#[error("{message}")]
+pub struct TaskEnded {
+    /// 1 or 3.
+    pub exit_code: u8,
+    /// What happened.
     pub message: String,
 }
 
@@ -52,7 +53,7 @@ pub struct TaskStopped {
 #[derive(Debug, clap::Subcommand)]
 pub enum TasksCommand {
     /// Submit a task; prints it (with --wait, once it has finished).
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// One task.
     Get {
         /// Task id.
@@ -228,25 +229,28 @@ fn print_task(task: &TaskView, json_out: bool, out: &mut dyn Write) -> anyhow::R
 
 /// Exit status for a finished task: ok, a stop (3), or a failure (1).
 fn outcome(task: &TaskView) -> anyhow::Result<()> {
-    match task.status.as_str() {
-        tasks::status::SUCCEEDED => Ok(()),
-        tasks::status::FAILED if STOP_KINDS.contains(&task.error_kind.as_str()) => {
-            Err(TaskStopped {
-                task_id: task.id.clone(),
-                kind: task.error_kind.clone(),
-                message: task.error_message.clone(),
-            }
-            .into())
-        }
-        tasks::status::FAILED | tasks::status::CANCELLED => bail!(
-            "task {} {}: {}: {}",
-            task.id,
-            task.status,
-            task.error_kind,
-            task.error_message
+    let (exit_code, message) = match task.status.as_str() {
+        tasks::status::SUCCEEDED => return Ok(()),
+        tasks::status::FAILED if STOP_KINDS.contains(&task.error_kind.as_str()) => (
+            3,
+            format!(
+                "task {} was stopped: {}: {}",
+                task.id, task.error_kind, task.error_message
+            ),
         ),
-        other => bail!("task {} is still {other}: {}", task.id, task.reason),
-    }
+        tasks::status::FAILED | tasks::status::CANCELLED => (
+            1,
+            format!(
+                "task {} {}: {}: {}",
+                task.id, task.status, task.error_kind, task.error_message
+            ),
+        ),
+        other => (
+            1,
+            format!("task {} is still {other}: {}", task.id, task.reason),
+        ),
+    };
+    Err(TaskEnded { exit_code, message }.into())
 }
 
 async fn wait_for(

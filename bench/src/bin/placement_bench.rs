@@ -14,6 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use anyhow::Context as _;
 use clap::Parser;
 use outpost_hub::scheduler::{
     ComputeCapability, DeviceReport, NodeReport, Requirements, Scheduler, Strategy,
@@ -121,7 +122,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn throughput(args: &Args) {
+fn throughput(args: &Args) -> anyhow::Result<()> {
     let reports = fleet(args.nodes);
     let gpus: u64 = reports.iter().map(|r| r.devices.len() as u64).sum();
     println!(
@@ -153,7 +154,7 @@ fn throughput(args: &Args) {
             match placed {
                 Ok(Ok(_)) => live.push_back(id),
                 Ok(Err(_)) => no_fit += 1,
-                Err(e) => panic!("{e}"),
+                Err(e) => anyhow::bail!("{e}"),
             }
             while live.len() > keep {
                 if let Some(old) = live.pop_front() {
@@ -197,6 +198,7 @@ fn throughput(args: &Args) {
         median(p99s),
         median(no_fit_ns) / 1000.0
     );
+    Ok(())
 }
 
 /// The device truth the churn simulation keeps beside the scheduler.
@@ -207,7 +209,7 @@ struct TrueDevice {
     shares: u32,
 }
 
-fn churn(args: &Args) {
+fn churn(args: &Args) -> anyhow::Result<()> {
     let nodes = args.nodes.min(2_000);
     let reports = fleet(nodes);
     let mut scheduler = Scheduler::new(Strategy::BinPack);
@@ -265,7 +267,7 @@ fn churn(args: &Args) {
                 Ok(Ok(p)) => {
                     placed += 1;
                     for uuid in &p.device_uuids {
-                        let t = truth.get_mut(uuid).expect("device");
+                        let t = truth.get_mut(uuid).context("device")?;
                         if t.total.saturating_sub(t.other + t.tasks) < req.gpu_memory_mb {
                             bad += 1;
                         }
@@ -279,7 +281,7 @@ fn churn(args: &Args) {
                     asked.insert(id, req);
                 }
                 Ok(Err(_)) => queue.push_back((id, req)),
-                Err(e) => panic!("{e}"),
+                Err(e) => anyhow::bail!("{e}"),
             }
         }
         // Work finishes.
@@ -294,7 +296,7 @@ fn churn(args: &Args) {
                 scheduler.release(&key);
                 asked.remove(&key);
                 for uuid in devices {
-                    let t = truth.get_mut(&uuid).expect("device");
+                    let t = truth.get_mut(&uuid).context("device")?;
                     t.tasks -= mb;
                     t.shares -= share;
                 }
@@ -303,7 +305,7 @@ fn churn(args: &Args) {
         // Other processes take and give back memory; the node reports it in its next heartbeat.
         let r = &reports[rng.below(reports.len() as u64) as usize];
         for d in &r.devices {
-            let t = truth.get_mut(&d.uuid).expect("device");
+            let t = truth.get_mut(&d.uuid).context("device")?;
             let room = t.total.saturating_sub(t.tasks);
             t.other = rng.below(room / 8 + 1);
         }
@@ -317,7 +319,7 @@ fn churn(args: &Args) {
                 for task in scheduler.remove_node(&reports[i].id) {
                     if let Some((_, devices, share, mb)) = live.remove(&task) {
                         for uuid in devices {
-                            let t = truth.get_mut(&uuid).expect("device");
+                            let t = truth.get_mut(&uuid).context("device")?;
                             t.tasks -= mb;
                             t.shares -= share;
                         }
@@ -362,16 +364,18 @@ fn churn(args: &Args) {
         best * 100.0,
         if best > 0.0 { util / best } else { 1.0 }
     );
+    Ok(())
 }
 
-fn main() {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.mode.as_str() {
         "throughput" => throughput(&args),
         "churn" => churn(&args),
-        _ => {
-            throughput(&args);
-            churn(&args);
+        "all" => {
+            throughput(&args)?;
+            churn(&args)
         }
+        other => anyhow::bail!("unknown mode {other:?}: use throughput, churn or all"),
     }
 }

@@ -380,6 +380,10 @@ fn requirements_matrix_over_a_thousand_nodes() {
     assert_eq!(none.by_cause.values().sum::<usize>(), 1000);
 }
 
+/// The test's own view of a device: total, last reported free, and its allocations
+/// (task, share, MiB, confirmed by a heartbeat).
+type LedgerDevice = (u64, u64, Vec<(String, u32, u64, bool)>);
+
 /// xorshift64*: deterministic random numbers for the property test.
 struct Rng(u64);
 impl Rng {
@@ -411,7 +415,7 @@ fn property_no_placement_exceeds_free_memory_or_share() {
         let mut s = Scheduler::new(strategy).with_candidate_limit(1 + rng.below(8) as usize);
         let node_count = 1 + rng.below(12);
         // Ledger: per device uuid, (total, reported free, allocations (task, share, mb, confirmed)).
-        let mut ledger: HashMap<String, (u64, u64, Vec<(String, u32, u64, bool)>)> = HashMap::new();
+        let mut ledger: HashMap<String, LedgerDevice> = HashMap::new();
         let mut devices_of: HashMap<String, Vec<String>> = HashMap::new();
         for n in 0..node_count {
             let id = format!("n{n}");

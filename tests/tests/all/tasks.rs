@@ -239,7 +239,7 @@ async fn tasks_are_placed_by_requirement_and_run_in_the_sandbox() {
             "--tool",
             "hostile",
             "--input",
-            "env NOT_GRANTED",
+            "sleep soon",
             "--wait",
             "--json",
         ])
