@@ -233,6 +233,13 @@ pub async fn delete(state: &HubState, id: &str) -> Result<(), RegistryError> {
     state.fleet.lock().remove(id);
     state.live.lock().remove(id);
     state.links.remove(id, "node deleted from the registry");
+    // Its tasks go back to the queue on the dispatcher's next pass.
+    state.scheduler.lock().remove_node(id);
+    state
+        .lost_nodes
+        .lock()
+        .push((id.to_string(), "deleted from the registry".into()));
+    state.dispatch.notify_one();
     Ok(())
 }
 

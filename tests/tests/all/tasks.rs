@@ -187,6 +187,34 @@ async fn tasks_are_placed_by_requirement_and_run_in_the_sandbox() {
     assert_eq!(code, 1);
     assert!(err.contains("already cancelled"), "{err}");
 
+    // Cancelling a running task stops it on its node; the node keeps serving.
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--tool",
+            "hostile",
+            "--input",
+            "sleep 20",
+            "--timeout",
+            "60s",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let long_id = parse(&out)["id"].as_str().unwrap().to_string();
+    wait_task_status(&hub, &long_id, "running", Duration::from_secs(10)).await;
+    let (code, out, err) = hub.cli(&["tasks", "cancel", &long_id, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let cancelled = parse(&out);
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["error"]["kind"], "cancelled");
+    let (code, out, err) = hub
+        .cli(&["nodes", "result", &long_id, "--wait", "--json"])
+        .await;
+    assert_eq!(code, 1, "a cancelled task is not a success: {err}");
+    assert_eq!(parse(&out)["status"], "cancelled");
+
     // A retried submit with the same idempotency key returns the first task.
     let submit_keyed = [
         "tasks",
