@@ -269,28 +269,18 @@ impl TaskRunner {
             &format!("policy of tool {:?}", command.tool),
         )?;
         let mut resolved = policy.resolve(&self.safe_paths)?;
-        let mut env: Vec<(String, String)> = command
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut env: Vec<(&String, &String)> = command.env.iter().collect();
         env.sort();
-        for (key, value) in &env {
+        for (key, value) in env {
             resolved.env.retain(|(k, _)| k != key);
             resolved.env.push((key.clone(), value.clone()));
         }
         if command.timeout_ms > 0 {
             resolved.limits.timeout = Duration::from_millis(command.timeout_ms);
         }
-        let key = crate::auth::sha256_hex(
-            format!(
-                "{}\n{}\n{:?}\n{}",
-                command.tool_digest, command.policy_toml, env, command.timeout_ms
-            )
-            .as_bytes(),
-        );
-        if let Some(tool) = self.loaded.lock().get(&key) {
-            return Ok(tool.clone());
+        // Compiled and linked once per component; each attempt binds its own policy and env.
+        if let Some(tool) = self.loaded.lock().get(&command.tool_digest) {
+            return Ok(tool.with_policy(resolved));
         }
         let sandbox = self.sandbox.clone();
         // Compiling can take seconds: keep it off the async workers.
@@ -303,7 +293,7 @@ impl TaskRunner {
         if loaded.len() >= LOADED_CAPACITY {
             loaded.clear();
         }
-        loaded.insert(key, tool.clone());
+        loaded.insert(command.tool_digest.clone(), tool.clone());
         Ok(tool)
     }
 }

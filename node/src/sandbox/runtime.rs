@@ -436,6 +436,15 @@ impl LoadedTool {
         &self.policy
     }
 
+    /// The same compiled, linked tool under another policy (no compile, no link: the policy is
+    /// applied when each call builds its store).
+    pub fn with_policy(&self, policy: ResolvedPolicy) -> LoadedTool {
+        LoadedTool {
+            policy: Arc::new(policy),
+            ..self.clone()
+        }
+    }
+
     /// Calls `describe` in a fresh instance under the tool's limits.
     pub async fn describe(&self) -> Result<ToolDescription, SandboxError> {
         let (result, _) = self

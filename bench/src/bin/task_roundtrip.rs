@@ -1,0 +1,226 @@
+//! Hub → node → hub round trip of a trivial task on loopback, against a bare QUIC echo measured in
+//! the same run (same process, same transport settings, TLS 1.3).
+//!
+//! - `task`: `tasks::submit` of `echo` + wait until the result is stored: the whole path (store
+//!   writes, dispatcher, placement, `RunTask` over the node's QUIC session, the sandbox call, the
+//!   result event back, store writes).
+//! - `command`: a ping command over the node's session (one bi stream each way), the transport's
+//!   share of the task path.
+//! - `echo`: a bare quinn echo (open a bi stream, write 64 bytes, read them back).
+//!
+//! `cargo run --release -p outpost-bench --bin task-roundtrip -- --rounds 300 --runs 5`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use outpost_hub::tasks::{self, SubmitSpec};
+use outpost_node::config::{Config, GpuProbeKind, Role};
+
+const TOKEN: &str = "bench-roundtrip-static-token";
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Round trips per run and kind.
+    #[arg(long, default_value_t = 300)]
+    rounds: usize,
+    /// Runs (medians reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+async fn echo_server() -> anyhow::Result<(quinn::Endpoint, std::net::SocketAddr, String)> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+    let key = outpost_node::tls::key_from_pem(&certified.signing_key.serialize_pem(), "echo key")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(outpost_node::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)?;
+    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
+    ));
+    config.transport_config(Arc::new(outpost_node::tls::session_transport()));
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
+    let addr = endpoint.local_addr()?;
+    let server = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            tokio::spawn(async move {
+                let Ok(connection) = incoming.await else {
+                    return;
+                };
+                while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                    tokio::spawn(async move {
+                        if let Ok(bytes) = recv.read_to_end(1024).await {
+                            let _ = send.write_all(&bytes).await;
+                            let _ = send.finish();
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Ok((endpoint, addr, certified.cert.pem()))
+}
+
+async fn echo_client(
+    addr: std::net::SocketAddr,
+    cert_pem: &str,
+) -> anyhow::Result<quinn::Connection> {
+    let roots = outpost_node::tls::roots_from_pem(cert_pem)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(outpost_node::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    ));
+    client.transport_config(Arc::new(outpost_node::tls::session_transport()));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    Ok(endpoint.connect_with(client, addr, "127.0.0.1")?.await?)
+}
+
+async fn echo_once(connection: &quinn::Connection) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let (mut send, mut recv) = connection.open_bi().await?;
+    send.write_all(&[7u8; 64]).await?;
+    send.finish()?;
+    let back = recv.read_to_end(1024).await?;
+    if back.len() != 64 {
+        bail!("echo returned {} bytes", back.len());
+    }
+    Ok(start.elapsed())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.server.role = Role::Main;
+    config.server.data_dir = Some(dir.path().join("hub"));
+    config.server.listen = "127.0.0.1:0".into();
+    config.internal_grpc.listen = "127.0.0.1:0".into();
+    config.internal_grpc.bootstrap.token = Some(TOKEN.into());
+    let hub = outpost_hub::start(&config).await?;
+    let ca = config.cert_dir().join("ca.pem");
+    let mut node_config = Config::joining_node(
+        "rt-node",
+        &hub.grpc_url(),
+        &ca,
+        TOKEN,
+        &dir.path().join("node"),
+    );
+    node_config.gpu.probe = GpuProbeKind::None;
+    let node = outpost_node::NodeAgent::start(node_config).await?;
+    if !node.wait_connected(Duration::from_secs(15)).await {
+        bail!("node never connected");
+    }
+    tasks_ready(&hub.state).await?;
+    outpost_hub::tools::push(
+        &hub.state,
+        "echo",
+        std::fs::read(outpost_guests::echo())?,
+        "",
+    )
+    .await?;
+    let (_server, addr, cert) = echo_server().await?;
+    let echo = echo_client(addr, &cert).await?;
+    let link = hub
+        .state
+        .links
+        .get("rt-node")
+        .context("no link to the node")?;
+
+    println!(
+        "round trips on loopback: {} per kind and run, {} runs (µs)",
+        args.rounds, args.runs
+    );
+    let (mut task_p50, mut cmd_p50, mut echo_p50, mut task_p99, mut ratio) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..=args.runs {
+        let mut task_us = Vec::with_capacity(args.rounds);
+        let mut cmd_us = Vec::with_capacity(args.rounds);
+        let mut echo_us = Vec::with_capacity(args.rounds);
+        // Interleaved so the machine's noise hits all three alike.
+        for i in 0..args.rounds {
+            echo_us.push(echo_once(&echo).await?.as_micros() as u64);
+            cmd_us.push(link.ping().await?.as_micros() as u64);
+            let start = Instant::now();
+            let submitted = tasks::submit(
+                &hub.state,
+                SubmitSpec {
+                    tool: "echo".into(),
+                    input: format!("round {run}/{i}"),
+                    ..SubmitSpec::default()
+                },
+            )
+            .await?;
+            let done = tasks::wait(&hub.state, &submitted.task.id, Duration::from_secs(10)).await?;
+            if done.status != tasks::status::SUCCEEDED {
+                bail!("task {} ended {}: {}", done.id, done.status, done.reason);
+            }
+            task_us.push(start.elapsed().as_micros() as u64);
+        }
+        if run == 0 {
+            continue; // warm-up
+        }
+        for v in [&mut task_us, &mut cmd_us, &mut echo_us] {
+            v.sort_unstable();
+        }
+        let (t, c, e) = (
+            percentile(&task_us, 0.5),
+            percentile(&cmd_us, 0.5),
+            percentile(&echo_us, 0.5),
+        );
+        println!(
+            "  run {run}: task p50 {t} p99 {}, command p50 {c}, bare echo p50 {e}; task / echo = {:.1}",
+            percentile(&task_us, 0.99),
+            t as f64 / e.max(1) as f64
+        );
+        task_p50.push(t as f64);
+        task_p99.push(percentile(&task_us, 0.99) as f64);
+        cmd_p50.push(c as f64);
+        echo_p50.push(e as f64);
+        ratio.push(t as f64 / e.max(1) as f64);
+    }
+    println!(
+        "median: task {:.0} µs (p99 {:.0}), command {:.0} µs, bare echo {:.0} µs; task / echo {:.1}, command / echo {:.1}",
+        median(task_p50.clone()),
+        median(task_p99),
+        median(cmd_p50.clone()),
+        median(echo_p50.clone()),
+        median(ratio),
+        median(cmd_p50) / median(echo_p50).max(1.0)
+    );
+    node.shutdown().await;
+    hub.shutdown().await;
+    Ok(())
+}
+
+/// Waits until the node is online in the scheduler's eyes.
+async fn tasks_ready(state: &outpost_hub::state::HubState) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if state.scheduler.lock().node_count() > 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("the node never reached the scheduler")
+}
