@@ -264,7 +264,14 @@ async fn session_once(
     let hello_timeout = Duration::from_secs(10);
     let ack: HelloAck = tokio::select! {
         r = tokio::time::timeout(hello_timeout, framing::read_frame(&mut recv, 64 * 1024)) => {
-            r.map_err(|_| SessionError::HelloTimeout(hello_timeout))??
+            match r.map_err(|_| SessionError::HelloTimeout(hello_timeout))? {
+                Ok(ack) => ack,
+                // A refusal closes the connection with the hub's reason: report that, not the
+                // stream error it caused.
+                Err(e) => return Err(connection
+                    .close_reason()
+                    .map_or(SessionError::Frame(e), SessionError::Closed)),
+            }
         }
         // A refusal arrives as a close with the hub's reason.
         e = connection.closed() => return Err(SessionError::Closed(e)),
