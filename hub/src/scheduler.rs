@@ -344,6 +344,8 @@ struct Allocation {
     memory_mb: u64,
     confirmed: bool,
     placed_at_ms: i64,
+    /// When a heartbeat first failed to list a confirmed task (it may have vanished).
+    missing_since_ms: Option<i64>,
 }
 
 /// Placement state of the fleet.
@@ -473,11 +475,15 @@ impl Scheduler {
 
     /// A heartbeat: fresh free memory per device (by uuid) and the tasks the node says it runs.
     /// Tasks it lists have their memory confirmed: the driver's numbers include it from now on.
+    ///
+    /// A confirmed task the node stops listing (without a result releasing it) starts a clock;
+    /// [`Scheduler::vanished`] reports it once the clock runs past a grace period.
     pub fn observe_heartbeat(
         &mut self,
         node_id: &str,
         free_mb_by_uuid: &[(String, u64)],
         running_tasks: &[String],
+        now_ms: i64,
     ) {
         let Some(&i) = self.index.get(node_id) else {
             return;
@@ -487,6 +493,15 @@ impl Scheduler {
                 && a.node_id == node_id
             {
                 a.confirmed = true;
+                a.missing_since_ms = None;
+            }
+        }
+        for task in &self.nodes[i].tasks {
+            if let Some(a) = self.allocations.get_mut(task)
+                && a.confirmed
+                && !running_tasks.contains(task)
+            {
+                a.missing_since_ms.get_or_insert(now_ms);
             }
         }
         let node = &mut self.nodes[i];
@@ -530,6 +545,23 @@ impl Scheduler {
             .allocations
             .iter()
             .filter(|(_, a)| !a.confirmed && a.placed_at_ms < older_than_ms)
+            .map(|(t, _)| t.clone())
+            .collect();
+        tasks.sort();
+        tasks
+    }
+
+    /// Tasks a node stopped listing in its heartbeats more than `grace_ms` ago without their
+    /// result arriving (the node restarted and lost them), and tasks placed more than
+    /// `unconfirmed_grace_ms` ago that no heartbeat ever listed nor a result released.
+    pub fn vanished(&self, now_ms: i64, grace_ms: i64, unconfirmed_grace_ms: i64) -> Vec<String> {
+        let mut tasks: Vec<String> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| match a.missing_since_ms {
+                Some(since) => now_ms - since > grace_ms,
+                None => !a.confirmed && now_ms - a.placed_at_ms > unconfirmed_grace_ms,
+            })
             .map(|(t, _)| t.clone())
             .collect();
         tasks.sort();
@@ -629,6 +661,7 @@ impl Scheduler {
                 memory_mb: placement.memory_mb,
                 confirmed: false,
                 placed_at_ms: now_ms,
+                missing_since_ms: None,
             },
         );
         self.reapply_allocations(i);

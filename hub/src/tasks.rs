@@ -56,6 +56,8 @@ pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 const MAX_KEY_BYTES: usize = 200;
 /// Longest per-attempt timeout a task may ask for.
 const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// How long a placed task may go unlisted by its node's heartbeats before it counts as lost.
+const UNCONFIRMED_GRACE_MS: i64 = 60_000;
 /// Queued tasks looked at per dispatcher pass.
 const QUEUE_BATCH: u32 = 1000;
 
@@ -508,10 +510,11 @@ pub fn observe_heartbeat(state: &HubState, node_id: &str, heartbeat: &Heartbeat)
                 .collect()
         })
         .unwrap_or_default();
+    let now = state.now_ms();
     state
         .scheduler
         .lock()
-        .observe_heartbeat(node_id, &free, &heartbeat.running_tasks);
+        .observe_heartbeat(node_id, &free, &heartbeat.running_tasks, now);
 }
 
 // ---------------------------------------------------------------- dispatcher
@@ -562,6 +565,28 @@ pub async fn dispatch_once(state: &Arc<HubState>) -> Result<(), StoreError> {
             if let Some(reason) = lost.get(&task.node_id) {
                 let why = format!("node {} went offline ({reason})", task.node_id);
                 requeue(state, &task, &why).await?;
+            }
+        }
+    }
+    // Tasks their node no longer runs (it restarted inside the TTL and lost them) go back too.
+    let now = state.now_ms();
+    let grace = 2 * state.fleet.lock().base_ttl_ms();
+    let vanished = state
+        .scheduler
+        .lock()
+        .vanished(now, grace, UNCONFIRMED_GRACE_MS.max(grace));
+    for id in vanished {
+        match state.store.get_task(&id).await? {
+            Some(task) if matches!(task.status.as_str(), status::PLACED | status::RUNNING) => {
+                let why = format!(
+                    "node {} stopped reporting the task without a result (restarted?)",
+                    task.node_id
+                );
+                requeue(state, &task, &why).await?;
+            }
+            // Finished or cancelled meanwhile: only the reservation was left.
+            _ => {
+                state.scheduler.lock().release(&id);
             }
         }
     }
