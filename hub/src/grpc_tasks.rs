@@ -104,9 +104,7 @@ impl ToolService for HubGrpc {
         request: Request<ListToolsRequest>,
     ) -> Result<Response<ListToolsResponse>, Status> {
         authorize(self.state(), &request, Access::Read, "list tools")?;
-        let rows = tools::list(self.state())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let rows = tools::list(self.state()).await?;
         Ok(Response::new(ListToolsResponse {
             tools: rows.iter().map(tools::view).collect(),
         }))

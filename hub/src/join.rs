@@ -83,19 +83,22 @@ impl From<JoinError> for tonic::Status {
     }
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], JoinError> {
+/// Bytes from the system's secure random generator.
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], ring::error::Unspecified> {
     let rng = ring::rand::SystemRandom::new();
-    ring::rand::generate(&rng)
-        .map(|r| r.expose())
-        .map_err(|_| JoinError::Signing("random generator failed".into()))
+    ring::rand::generate(&rng).map(|r| r.expose())
+}
+
+fn join_random<const N: usize>() -> Result<[u8; N], JoinError> {
+    random_bytes().map_err(|_| JoinError::Signing("random generator failed".into()))
 }
 
 /// Issues a nonce for `node_id`.
 pub async fn begin(state: &HubState, node_id: &str) -> Result<BeginJoinResponse, JoinError> {
     validate_node_id(node_id).map_err(JoinError::InvalidNodeId)?;
     let now = state.now_ms();
-    let id = hex::encode(random_bytes::<16>()?);
-    let nonce = random_bytes::<32>()?.to_vec();
+    let id = hex::encode(join_random::<16>()?);
+    let nonce = join_random::<32>()?.to_vec();
     let expires_at_ms = now + CHALLENGE_TTL_MS;
     state
         .store

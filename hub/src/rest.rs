@@ -281,8 +281,8 @@ impl From<TaskError> for ApiError {
             }
             TaskError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             TaskError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
-            TaskError::Store(_) => {
-                tracing::error!(error = %e, "task store failure");
+            TaskError::Store(_) | TaskError::Internal(_) => {
+                tracing::error!(error = %e, "task failure inside the hub");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
             }
         }
@@ -355,7 +355,7 @@ async fn list_tools(
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, ApiError> {
     authorize(&state, &headers, false)?;
-    let rows = crate::tools::list(&state).await.map_err(TaskError::from)?;
+    let rows = crate::tools::list(&state).await?;
     Ok(axum::Json(Value::Array(
         rows.iter()
             .map(|t| crate::tools::view_json(&crate::tools::view(t)))

@@ -398,11 +398,6 @@ impl Scheduler {
         self
     }
 
-    /// The strategy in use.
-    pub fn strategy(&self) -> Strategy {
-        self.strategy
-    }
-
     /// Nodes known.
     pub fn node_count(&self) -> usize {
         self.nodes.len()
@@ -478,10 +473,10 @@ impl Scheduler {
     ///
     /// A confirmed task the node stops listing (without a result releasing it) starts a clock;
     /// [`Scheduler::vanished`] reports it once the clock runs past a grace period.
-    pub fn observe_heartbeat(
+    pub fn observe_heartbeat<'a>(
         &mut self,
         node_id: &str,
-        free_mb_by_uuid: &[(String, u64)],
+        free_mb_by_uuid: impl IntoIterator<Item = (&'a str, u64)>,
         running_tasks: &[String],
         now_ms: i64,
     ) {
@@ -506,8 +501,8 @@ impl Scheduler {
         }
         let node = &mut self.nodes[i];
         for (uuid, free) in free_mb_by_uuid {
-            if let Some(d) = node.devices.iter_mut().find(|d| &d.report.uuid == uuid) {
-                d.report.memory_free_mb = (*free).min(d.report.memory_total_mb);
+            if let Some(d) = node.devices.iter_mut().find(|d| d.report.uuid == uuid) {
+                d.report.memory_free_mb = free.min(d.report.memory_total_mb);
             }
         }
         self.reapply_allocations(i);
@@ -537,18 +532,6 @@ impl Scheduler {
             .get(node_id)
             .map(|&i| self.nodes[i].tasks.clone())
             .unwrap_or_default()
-    }
-
-    /// Tasks placed before `older_than_ms` that no heartbeat has shown running yet.
-    pub fn unconfirmed_since(&self, older_than_ms: i64) -> Vec<String> {
-        let mut tasks: Vec<String> = self
-            .allocations
-            .iter()
-            .filter(|(_, a)| !a.confirmed && a.placed_at_ms < older_than_ms)
-            .map(|(t, _)| t.clone())
-            .collect();
-        tasks.sort();
-        tasks
     }
 
     /// Tasks a node stopped listing in its heartbeats more than `grace_ms` ago without their

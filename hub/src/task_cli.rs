@@ -194,13 +194,9 @@ async fn channel(global: &GlobalArgs) -> anyhow::Result<(Channel, String)> {
     Ok((ctx.channel().await?, ctx.jwt))
 }
 
-fn task_value(task: &TaskView) -> Value {
-    view_json(task)
-}
-
 fn print_task(task: &TaskView, json_out: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     if json_out {
-        return print_value(&task_value(task), true, out);
+        return print_value(&view_json(task), true, out);
     }
     let gpus = task.requirements.as_ref().map_or(0.0, |r| r.gpus);
     writeln!(out, "task     {}", task.id)?;
@@ -348,7 +344,7 @@ pub(crate) async fn tasks(
                 writeln!(
                     out,
                     "{}",
-                    Value::Array(list.iter().map(task_value).collect())
+                    Value::Array(list.iter().map(view_json).collect())
                 )?;
             } else {
                 let mut rows = vec![
@@ -415,7 +411,7 @@ pub(crate) async fn nodes_send(
         .map_err(status_error)?
         .into_inner();
     if global.json {
-        print_value(&task_value(&task), true, out)?;
+        print_value(&view_json(&task), true, out)?;
     } else {
         writeln!(out, "{}", task.id)?;
     }

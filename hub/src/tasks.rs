@@ -170,6 +170,9 @@ pub enum TaskError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Something inside the hub failed.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// What a submit returns.
@@ -181,18 +184,11 @@ pub struct Submitted {
     pub created: bool,
 }
 
-fn new_task_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 10];
-    // The system RNG does not fail on Linux; a fallback keeps ids unique enough if it ever did.
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        bytes.copy_from_slice(&nanos.to_le_bytes()[..10]);
-    }
-    format!("task-{}", hex::encode(bytes))
+fn new_task_id() -> Result<String, TaskError> {
+    let bytes = crate::join::random_bytes::<10>().map_err(|_| {
+        TaskError::Internal("the system random generator failed to make a task id".into())
+    })?;
+    Ok(format!("task-{}", hex::encode(bytes)))
 }
 
 /// Validates and stores a task, then wakes the dispatcher.
@@ -230,7 +226,7 @@ pub async fn submit(state: &HubState, spec: SubmitSpec) -> Result<Submitted, Tas
     spec.requirements
         .to_requirements()
         .map_err(|e| invalid(format!("requirements: {e}")))?;
-    if state.store.get_tool(&spec.tool).await?.is_none() {
+    if state.store.get_tool_meta(&spec.tool).await?.is_none() {
         return Err(TaskError::NotFound(format!(
             "tool {:?} is not on this hub: push it first (`outpost tool push FILE.wasm --name {}`)",
             spec.tool, spec.tool
@@ -238,7 +234,7 @@ pub async fn submit(state: &HubState, spec: SubmitSpec) -> Result<Submitted, Tas
     }
     let now = state.now_ms();
     let row = TaskRow {
-        id: new_task_id(),
+        id: new_task_id()?,
         tool: spec.tool.clone(),
         command: String::new(),
         input: spec.input,
@@ -500,21 +496,16 @@ pub fn observe_capabilities(state: &HubState, node_id: &str, caps: &Capabilities
 
 /// A heartbeat: fresh free memory, and which tasks run (confirming their reservations).
 pub fn observe_heartbeat(state: &HubState, node_id: &str, heartbeat: &Heartbeat) {
-    let free: Vec<(String, u64)> = heartbeat
+    let free = heartbeat
         .gpus
-        .as_ref()
-        .map(|g| {
-            g.devices
-                .iter()
-                .map(|d| (d.uuid.clone(), d.memory_free_mb))
-                .collect()
-        })
-        .unwrap_or_default();
+        .iter()
+        .flat_map(|g| &g.devices)
+        .map(|d| (d.uuid.as_str(), d.memory_free_mb));
     let now = state.now_ms();
     state
         .scheduler
         .lock()
-        .observe_heartbeat(node_id, &free, &heartbeat.running_tasks, now);
+        .observe_heartbeat(node_id, free, &heartbeat.running_tasks, now);
 }
 
 // ---------------------------------------------------------------- dispatcher
@@ -703,7 +694,8 @@ async fn send_to_node(
     task: &TaskRow,
     placement: &Placement,
 ) -> Result<(), StoreError> {
-    let Some(tool) = state.store.get_tool(&task.tool).await? else {
+    // The component's bytes are read only if the node turns out to lack them.
+    let Some(tool) = state.store.get_tool_meta(&task.tool).await? else {
         return fail(
             state,
             task,
@@ -745,7 +737,16 @@ async fn send_to_node(
     };
     let mut answer = link.run_task(command.clone()).await;
     if let Ok(RunAnswer::MissingComponent(_)) = &answer {
-        command.component = tool.component;
+        let Some(full) = state.store.get_tool(&task.tool).await? else {
+            return fail(
+                state,
+                task,
+                "tool_missing",
+                &format!("tool {:?} was removed from the hub", task.tool),
+            )
+            .await;
+        };
+        command.component = full.component;
         answer = link.run_task(command).await;
     }
     match answer {
@@ -991,7 +992,7 @@ impl From<TaskError> for tonic::Status {
             TaskError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
             TaskError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             TaskError::Conflict(_) => tonic::Status::failed_precondition(e.to_string()),
-            TaskError::Store(_) => tonic::Status::internal(e.to_string()),
+            TaskError::Store(_) | TaskError::Internal(_) => tonic::Status::internal(e.to_string()),
         }
     }
 }

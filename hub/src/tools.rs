@@ -9,7 +9,7 @@ use outpost_node::sandbox::{Sandbox, SandboxConfig, ToolPolicy};
 use outpost_proto::v1::ToolView;
 
 use crate::state::HubState;
-use crate::store::{StoreError, ToolRow};
+use crate::store::ToolRow;
 use crate::tasks::TaskError;
 
 /// Largest component accepted.
@@ -97,21 +97,21 @@ pub async fn push(
     };
     state.store.put_tool(&row).await?;
     tracing::info!(tool = %row.name, digest = %row.digest, size = row.size_bytes, "tool pushed");
-    Ok(state.store.get_tool(name).await?.unwrap_or(row))
+    Ok(state.store.get_tool_meta(name).await?.unwrap_or(row))
 }
 
-/// One tool.
+/// One tool (without its component's bytes).
 pub async fn inspect(state: &HubState, name: &str) -> Result<ToolRow, TaskError> {
     state
         .store
-        .get_tool(name)
+        .get_tool_meta(name)
         .await?
         .ok_or_else(|| TaskError::NotFound(format!("tool {name:?} is not on this hub")))
 }
 
-/// Every tool.
-pub async fn list(state: &HubState) -> Result<Vec<ToolRow>, StoreError> {
-    state.store.list_tools().await
+/// Every tool (without components).
+pub async fn list(state: &HubState) -> Result<Vec<ToolRow>, TaskError> {
+    Ok(state.store.list_tools().await?)
 }
 
 /// The protobuf view (no bytes).

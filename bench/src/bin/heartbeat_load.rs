@@ -353,16 +353,7 @@ async fn measure_bare_sink(
         .parse()
         .with_context(|| format!("sink said {line:?}"))?;
     let cert_pem = std::fs::read_to_string(&cert_path)?;
-    let roots = outpost_node::tls::roots_from_pem(&cert_pem)?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(outpost_node::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
-    let mut client = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
-    ));
-    client.transport_config(Arc::new(outpost_node::tls::session_transport()));
+    let client = outpost_bench::bare_quic_client_config(&cert_pem)?;
     let connections: Vec<anyhow::Result<(String, quinn::Connection)>> =
         futures::stream::iter(0..args.nodes)
             .map(|i| {
@@ -391,18 +382,8 @@ async fn measure_bare_sink(
 /// The baseline receiver: quinn with the same transport settings, TLS 1.3 server auth only, and
 /// nothing done with a datagram but dropping it.
 async fn bare_sink(cert_out: &std::path::Path) -> anyhow::Result<()> {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
-    std::fs::write(cert_out, certified.cert.pem())?;
-    let key = outpost_node::tls::key_from_pem(&certified.signing_key.serialize_pem(), "sink key")?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(outpost_node::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)?;
-    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
-    ));
-    config.transport_config(Arc::new(outpost_node::tls::session_transport()));
+    let (config, cert_pem) = outpost_bench::bare_quic_server_config()?;
+    std::fs::write(cert_out, cert_pem)?;
     let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
     println!("{}", endpoint.local_addr()?);
     while let Some(incoming) = endpoint.accept().await {

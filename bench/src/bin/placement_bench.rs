@@ -253,7 +253,12 @@ fn churn(args: &Args) -> anyhow::Result<()> {
             .filter(|(_, (node, _, _, _))| node == &r.id)
             .map(|(id, _)| id.clone())
             .collect();
-        scheduler.observe_heartbeat(&r.id, &free, &running, 0);
+        scheduler.observe_heartbeat(
+            &r.id,
+            free.iter().map(|(u, f)| (u.as_str(), *f)),
+            &running,
+            0,
+        );
     };
     for step in 0..args.steps {
         // New work arrives.

@@ -10,7 +10,6 @@
 //!
 //! `cargo run --release -p outpost-bench --bin task-roundtrip -- --rounds 300 --runs 5`
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -43,17 +42,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 async fn echo_server() -> anyhow::Result<(quinn::Endpoint, std::net::SocketAddr, String)> {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
-    let key = outpost_node::tls::key_from_pem(&certified.signing_key.serialize_pem(), "echo key")?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(outpost_node::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)?;
-    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
-    ));
-    config.transport_config(Arc::new(outpost_node::tls::session_transport()));
+    let (config, cert_pem) = outpost_bench::bare_quic_server_config()?;
     let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
     let addr = endpoint.local_addr()?;
     let server = endpoint.clone();
@@ -74,23 +63,14 @@ async fn echo_server() -> anyhow::Result<(quinn::Endpoint, std::net::SocketAddr,
             });
         }
     });
-    Ok((endpoint, addr, certified.cert.pem()))
+    Ok((endpoint, addr, cert_pem))
 }
 
 async fn echo_client(
     addr: std::net::SocketAddr,
     cert_pem: &str,
 ) -> anyhow::Result<quinn::Connection> {
-    let roots = outpost_node::tls::roots_from_pem(cert_pem)?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(outpost_node::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
-    let mut client = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
-    ));
-    client.transport_config(Arc::new(outpost_node::tls::session_transport()));
+    let client = outpost_bench::bare_quic_client_config(cert_pem)?;
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     Ok(endpoint.connect_with(client, addr, "127.0.0.1")?.await?)
 }

@@ -164,15 +164,15 @@ fn placements_between_heartbeats_never_double_book_memory() {
     );
     assert!(second.reason.contains("8000 MiB"), "{}", second.reason);
     // The heartbeat shows the task running and its memory used: still no room.
-    s.observe_heartbeat("n", &[("GPU-n-0".into(), 8_500)], &["first".into()], 0);
+    s.observe_heartbeat("n", [("GPU-n-0", 8_500)], &["first".into()], 0);
     assert!(place(&mut s, "second", &req).is_err());
     // A small one fits in what is left.
     place(&mut s, "small", &with_memory(gpus(0.25), 4_000)).unwrap();
-    // Unconfirmed tasks are reported for a watchdog.
-    assert_eq!(s.unconfirmed_since(1), vec!["small".to_string()]);
+    // A placement no heartbeat has listed is reported once its grace has passed.
+    assert_eq!(s.vanished(2, 1_000, 1), vec!["small".to_string()]);
     // The big one ends and the driver frees its memory.
     assert!(s.release("first"));
-    s.observe_heartbeat("n", &[("GPU-n-0".into(), 24_000)], &["small".into()], 0);
+    s.observe_heartbeat("n", [("GPU-n-0", 24_000)], &["small".into()], 0);
     place(&mut s, "second", &req).unwrap();
 }
 
@@ -184,18 +184,18 @@ fn tasks_a_node_stops_reporting_are_found() {
     place(&mut s, "lost", &gpus(0.25)).unwrap();
     place(&mut s, "never", &Requirements::default()).unwrap();
     let all = ["kept".to_string(), "lost".to_string()];
-    s.observe_heartbeat("n", &[], &all, 1_000);
+    s.observe_heartbeat("n", [], &all, 1_000);
     assert!(s.vanished(1_000, 5_000, 60_000).is_empty());
     // The node restarts: its heartbeats list only what still runs.
-    s.observe_heartbeat("n", &[], &all[..1], 2_000);
-    s.observe_heartbeat("n", &[], &all[..1], 4_000);
+    s.observe_heartbeat("n", [], &all[..1], 2_000);
+    s.observe_heartbeat("n", [], &all[..1], 4_000);
     assert!(
         s.vanished(6_000, 5_000, 60_000).is_empty(),
         "within the grace"
     );
     assert_eq!(s.vanished(7_001, 5_000, 60_000), vec!["lost".to_string()]);
     // Listed again (a slow heartbeat): the clock resets.
-    s.observe_heartbeat("n", &[], &all, 7_500);
+    s.observe_heartbeat("n", [], &all, 7_500);
     assert!(s.vanished(8_000, 5_000, 60_000).is_empty());
     // Never listed and never released.
     assert_eq!(s.vanished(60_001, 5_000, 60_000), vec!["never".to_string()]);
@@ -205,14 +205,14 @@ fn tasks_a_node_stops_reporting_are_found() {
 fn memory_used_outside_outpost_keeps_work_away() {
     let mut s = Scheduler::default();
     s.upsert_node(node("n", vec![gpu("n", 0, 80_000, 80_000, "9.0")]));
-    s.observe_heartbeat("n", &[("GPU-n-0".into(), 10_000)], &[], 0);
+    s.observe_heartbeat("n", [("GPU-n-0", 10_000)], &[], 0);
     let no = place(&mut s, "t", &with_memory(gpus(1.0), 16_000)).unwrap_err();
     assert!(
         no.reason.contains("most free on any GPU: 10000 MiB"),
         "{}",
         no.reason
     );
-    s.observe_heartbeat("n", &[("GPU-n-0".into(), 70_000)], &[], 0);
+    s.observe_heartbeat("n", [("GPU-n-0", 70_000)], &[], 0);
     place(&mut s, "t", &with_memory(gpus(1.0), 16_000)).unwrap();
 }
 
@@ -529,7 +529,12 @@ fn property_no_placement_exceeds_free_memory_or_share() {
                             running.push(a.0.clone());
                         }
                     }
-                    s.observe_heartbeat(&id, &free, &running, 0);
+                    s.observe_heartbeat(
+                        &id,
+                        free.iter().map(|(u, f)| (u.as_str(), *f)),
+                        &running,
+                        0,
+                    );
                 }
             }
             s.check_invariants()

@@ -37,6 +37,21 @@ impl MemoryStore {
     }
 }
 
+fn without_component(tool: &ToolRow) -> ToolRow {
+    ToolRow {
+        name: tool.name.clone(),
+        digest: tool.digest.clone(),
+        size_bytes: tool.size_bytes,
+        component: Vec::new(),
+        policy_toml: tool.policy_toml.clone(),
+        version: tool.version.clone(),
+        description: tool.description.clone(),
+        input_schema: tool.input_schema.clone(),
+        created_at_ms: tool.created_at_ms,
+        updated_at_ms: tool.updated_at_ms,
+    }
+}
+
 fn not_found(id: &str) -> StoreError {
     StoreError::NotFound {
         what: "node",
@@ -213,8 +228,18 @@ impl Store for MemoryStore {
         Ok(self.tables.lock().tools.get(name).cloned())
     }
 
+    async fn get_tool_meta(&self, name: &str) -> Result<Option<ToolRow>, StoreError> {
+        Ok(self.tables.lock().tools.get(name).map(without_component))
+    }
+
     async fn list_tools(&self) -> Result<Vec<ToolRow>, StoreError> {
-        Ok(self.tables.lock().tools.values().cloned().collect())
+        Ok(self
+            .tables
+            .lock()
+            .tools
+            .values()
+            .map(without_component)
+            .collect())
     }
 
     async fn insert_task(&self, task: &TaskRow) -> Result<TaskRow, StoreError> {

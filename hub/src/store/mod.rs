@@ -269,7 +269,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn put_tool(&self, tool: &ToolRow) -> Result<(), StoreError>;
     /// One tool, component included.
     async fn get_tool(&self, name: &str) -> Result<Option<ToolRow>, StoreError>;
-    /// Every tool by name (components included).
+    /// One tool without its component (`component` is empty).
+    async fn get_tool_meta(&self, name: &str) -> Result<Option<ToolRow>, StoreError>;
+    /// Every tool by name, without components.
     async fn list_tools(&self) -> Result<Vec<ToolRow>, StoreError>;
     /// Stores a new task. When its idempotency key is taken, stores nothing and returns the
     /// task that holds the key; otherwise returns `task` as stored.
@@ -540,7 +542,23 @@ mod conformance {
         );
         assert_eq!(got.component, component);
         assert!(store.get_tool("nope").await.unwrap().is_none());
-        assert_eq!(store.list_tools().await.unwrap().len(), 1);
+        let meta = store.get_tool_meta("echo").await.unwrap().unwrap();
+        assert!(
+            meta.component.is_empty(),
+            "metadata leaves the bytes in the store"
+        );
+        assert_eq!(
+            ToolRow {
+                component: component.clone(),
+                ..meta
+            },
+            got
+        );
+        assert!(store.get_tool_meta("nope").await.unwrap().is_none());
+        let listed = store.list_tools().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].component.is_empty());
+        assert_eq!(listed[0].digest, "d2");
 
         // Tasks: idempotency returns the first task, duplicates are refused.
         let first = store.insert_task(&task("t1", Some("k"), 10)).await.unwrap();

@@ -48,15 +48,21 @@ fn node_from_row(row: &AnyRow) -> Result<NodeRow, sqlx::Error> {
     })
 }
 
-const TOOL_COLUMNS: &str = "name, digest, size_bytes, component, policy_toml, version, description, \
+/// Every tool column but the component itself.
+const TOOL_META_COLUMNS: &str = "name, digest, size_bytes, policy_toml, version, description, \
     input_schema, created_at_ms, updated_at_ms";
 
-fn tool_from_row(row: &AnyRow) -> Result<ToolRow, sqlx::Error> {
+/// A tool row; the component is read only when the query selected it.
+fn tool_from_row(row: &AnyRow, with_component: bool) -> Result<ToolRow, sqlx::Error> {
     Ok(ToolRow {
         name: row.try_get("name")?,
         digest: row.try_get("digest")?,
         size_bytes: row.try_get("size_bytes")?,
-        component: row.try_get("component")?,
+        component: if with_component {
+            row.try_get("component")?
+        } else {
+            Vec::new()
+        },
         policy_toml: row.try_get("policy_toml")?,
         version: row.try_get("version")?,
         description: row.try_get("description")?,
@@ -199,6 +205,25 @@ impl SqlStore {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
         }
+    }
+
+    /// Tasks in any of `statuses` (all when empty), in `order`, at most `limit`.
+    async fn select_tasks(
+        &self,
+        statuses: &[&str],
+        limit: u32,
+        order: &str,
+    ) -> Result<Vec<TaskRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE {} ORDER BY {order} LIMIT {limit}",
+            status_filter(statuses, 1),
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for status in statuses {
+            query = query.bind(*status);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(task_from_row).collect::<Result<_, _>>()?)
     }
 
     /// The backend in use.
@@ -510,20 +535,32 @@ impl Store for SqlStore {
     }
 
     async fn get_tool(&self, name: &str) -> Result<Option<ToolRow>, StoreError> {
-        let sql = format!("SELECT {TOOL_COLUMNS} FROM tools WHERE name = $1");
+        let sql = format!("SELECT {TOOL_META_COLUMNS}, component FROM tools WHERE name = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(tool_from_row).transpose()?)
+        Ok(row.as_ref().map(|r| tool_from_row(r, true)).transpose()?)
+    }
+
+    async fn get_tool_meta(&self, name: &str) -> Result<Option<ToolRow>, StoreError> {
+        let sql = format!("SELECT {TOOL_META_COLUMNS} FROM tools WHERE name = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(|r| tool_from_row(r, false)).transpose()?)
     }
 
     async fn list_tools(&self) -> Result<Vec<ToolRow>, StoreError> {
-        let sql = format!("SELECT {TOOL_COLUMNS} FROM tools ORDER BY name");
+        let sql = format!("SELECT {TOOL_META_COLUMNS} FROM tools ORDER BY name");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(tool_from_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(|r| tool_from_row(r, false))
+            .collect::<Result<_, _>>()?)
     }
 
     async fn insert_task(&self, task: &TaskRow) -> Result<TaskRow, StoreError> {
@@ -592,31 +629,13 @@ impl Store for SqlStore {
     }
 
     async fn list_tasks(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE {} ORDER BY created_at_ms DESC, id DESC LIMIT {}",
-            status_filter(statuses, 1),
-            limit
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for status in statuses {
-            query = query.bind(*status);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(task_from_row).collect::<Result<_, _>>()?)
+        self.select_tasks(statuses, limit, "created_at_ms DESC, id DESC")
+            .await
     }
 
     async fn queue(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE {} ORDER BY created_at_ms, id LIMIT {}",
-            status_filter(statuses, 1),
-            limit
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for status in statuses {
-            query = query.bind(*status);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(task_from_row).collect::<Result<_, _>>()?)
+        self.select_tasks(statuses, limit, "created_at_ms, id")
+            .await
     }
 
     async fn update_task(

@@ -36,6 +36,28 @@ async fn task_json(hub: &TestHub, id: &str) -> Value {
     parse(&out)
 }
 
+/// Submits `slow` (sleeps 2 s) needing one GPU; returns the task id.
+async fn submit_slow_gpu_task(hub: &TestHub, max_attempts: u32) -> String {
+    let attempts = max_attempts.to_string();
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--tool",
+            "slow",
+            "--input",
+            "sleep 2",
+            "--gpus",
+            "1",
+            "--max-attempts",
+            &attempts,
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    parse(&out)["id"].as_str().unwrap().to_string()
+}
+
 async fn wait_task_status(hub: &TestHub, id: &str, status: &str, timeout: Duration) -> Value {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -397,23 +419,7 @@ async fn a_gpu_node_lost_mid_task_hands_the_task_to_another() {
         nodes.insert(id.to_string(), node);
     }
 
-    let (code, out, err) = hub
-        .cli(&[
-            "tasks",
-            "submit",
-            "--tool",
-            "slow",
-            "--input",
-            "sleep 2",
-            "--gpus",
-            "1",
-            "--max-attempts",
-            "3",
-            "--json",
-        ])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let id = parse(&out)["id"].as_str().unwrap().to_string();
+    let id = submit_slow_gpu_task(&hub, 3).await;
     let running = wait_task_status(&hub, &id, "running", Duration::from_secs(10)).await;
     let first = running["node"].as_str().unwrap().to_string();
     let other = if first == "gpu-a" { "gpu-b" } else { "gpu-a" };
@@ -435,25 +441,8 @@ async fn a_gpu_node_lost_mid_task_hands_the_task_to_another() {
         "nothing lost, nothing duplicated"
     );
 
-    // Out of attempts: with every GPU node gone, a task fails instead of waiting forever on a
-    // node that never returns from the dead... but first it waits with a reason.
-    let (code, out, _) = hub
-        .cli(&[
-            "tasks",
-            "submit",
-            "--tool",
-            "slow",
-            "--input",
-            "sleep 2",
-            "--gpus",
-            "1",
-            "--max-attempts",
-            "1",
-            "--json",
-        ])
-        .await;
-    assert_eq!(code, 0);
-    let id = parse(&out)["id"].as_str().unwrap().to_string();
+    // Out of attempts: a task whose only GPU node dies fails with node_lost instead of waiting.
+    let id = submit_slow_gpu_task(&hub, 1).await;
     wait_task_status(&hub, &id, "running", Duration::from_secs(10)).await;
     nodes.remove(other).unwrap().shutdown().await;
     let failed = wait_task_status(&hub, &id, "failed", Duration::from_secs(10)).await;
