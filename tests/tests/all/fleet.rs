@@ -115,6 +115,14 @@ async fn fleet_lifecycle_over_real_transports() {
     let gpu_back = hub
         .wait_status("gpu-1", "online", Duration::from_secs(20))
         .await;
+    // The hub shows the node online at its hello, a moment before the node reads the ack and
+    // counts the session.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gpu.stats.sessions.load(std::sync::atomic::Ordering::SeqCst) <= sessions_before
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(gpu.stats.sessions.load(std::sync::atomic::Ordering::SeqCst) > sessions_before);
     assert_eq!(gpu_back["gpus"][0]["memory_total_mb"], 81920);
     let nodes = hub.nodes_json().await;
