@@ -658,25 +658,22 @@ async fn place(
     };
     next.updated_at_ms = now;
     next.started_at_ms = None;
+    let attempt = AttemptRow {
+        task_id: next.id.clone(),
+        attempt: next.attempts,
+        node_id: next.node_id.clone(),
+        status: status::PLACED.into(),
+        started_at_ms: now,
+        ..AttemptRow::default()
+    };
     if !state
         .store
-        .update_task(&next, status::QUEUED, task.attempts)
+        .advance_task(&next, status::QUEUED, task.attempts, &attempt)
         .await?
     {
         state.scheduler.lock().release(&task.id);
         return Ok(());
     }
-    state
-        .store
-        .put_attempt(&AttemptRow {
-            task_id: next.id.clone(),
-            attempt: next.attempts,
-            node_id: next.node_id.clone(),
-            status: status::PLACED.into(),
-            started_at_ms: now,
-            ..AttemptRow::default()
-        })
-        .await?;
     tracing::info!(task_id = %next.id, node_id = %next.node_id, devices = %next.devices, attempt = next.attempts, "task placed");
     state.task_changed();
     let state = state.clone();
@@ -757,22 +754,19 @@ async fn send_to_node(
             next.started_at_ms = Some(now);
             next.updated_at_ms = now;
             // A fast result may have finished it already: then this write loses, as it should.
+            let attempt = AttemptRow {
+                task_id: task.id.clone(),
+                attempt: task.attempts,
+                node_id: task.node_id.clone(),
+                status: status::RUNNING.into(),
+                started_at_ms: now,
+                ..AttemptRow::default()
+            };
             if state
                 .store
-                .update_task(&next, status::PLACED, task.attempts)
+                .advance_task(&next, status::PLACED, task.attempts, &attempt)
                 .await?
             {
-                state
-                    .store
-                    .put_attempt(&AttemptRow {
-                        task_id: task.id.clone(),
-                        attempt: task.attempts,
-                        node_id: task.node_id.clone(),
-                        status: status::RUNNING.into(),
-                        started_at_ms: now,
-                        ..AttemptRow::default()
-                    })
-                    .await?;
                 state.task_changed();
             }
             Ok(())
@@ -971,10 +965,9 @@ async fn apply_result(
     }
     if state
         .store
-        .update_task(&next, &task.status, task.attempts)
+        .advance_task(&next, &task.status, task.attempts, &attempt_row)
         .await?
     {
-        state.store.put_attempt(&attempt_row).await?;
         state.scheduler.lock().release(&task.id);
         tracing::info!(task_id = %task.id, node_id = %node_id, status = %next.status, "task finished");
         state.task_changed();

@@ -225,6 +225,8 @@ pub struct GpuSection {
     pub refresh_interval: Duration,
     /// Simulated devices (`probe = "simulated"`).
     pub simulated: Vec<SimulatedGpu>,
+    /// How the simulated devices change over time (`[[gpu.script]]`, in order of `at`).
+    pub script: Vec<GpuScriptStep>,
 }
 
 impl Default for GpuSection {
@@ -233,6 +235,7 @@ impl Default for GpuSection {
             probe: GpuProbeKind::Auto,
             refresh_interval: Duration::from_secs(5),
             simulated: Vec::new(),
+            script: Vec::new(),
         }
     }
 }
@@ -254,6 +257,90 @@ pub struct SimulatedGpu {
     /// GPU utilisation in percent.
     #[serde(default)]
     pub utilization_percent: u32,
+}
+
+/// One `[[gpu.script]]` step: `at` after the node starts, the simulated probe changes. A step
+/// either changes one device (`device` and the fields to set), makes the probe fail the way NVML
+/// fails after it worked (`fail = "reason"`: the node is fenced for GPU work), or makes it work
+/// again (`recover = true`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuScriptStep {
+    /// When, counted from the node's start ("30s").
+    #[serde(with = "duration_text")]
+    pub at: Duration,
+    /// The device the changes below apply to (its index in `[[gpu.simulated]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<u32>,
+    /// New used memory in MiB (free memory follows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used_mb: Option<u64>,
+    /// New utilisation in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_percent: Option<u32>,
+    /// New temperature in °C.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<u32>,
+    /// The probe fails from now on, with this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail: Option<String>,
+    /// The probe works again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recover: bool,
+}
+
+impl GpuScriptStep {
+    /// Why this step cannot run against `devices` simulated GPUs.
+    fn check(&self, devices: usize) -> Result<(), (&'static str, String)> {
+        let changes_device = self.memory_used_mb.is_some()
+            || self.utilization_percent.is_some()
+            || self.temperature_c.is_some();
+        match (
+            self.device,
+            changes_device,
+            self.fail.is_some(),
+            self.recover,
+        ) {
+            (Some(index), true, false, false) => {
+                if usize::try_from(index).map_or(true, |i| i >= devices) {
+                    return Err((
+                        "device",
+                        format!("no simulated device {index} ({devices} configured)"),
+                    ));
+                }
+                if self.utilization_percent.is_some_and(|u| u > 100) {
+                    return Err(("utilization_percent", "must be at most 100".into()));
+                }
+                Ok(())
+            }
+            (Some(_), false, false, false) => Err((
+                "device",
+                "names a device but changes nothing (set memory_used_mb, utilization_percent or \
+                 temperature_c)"
+                    .into(),
+            )),
+            (None, true, false, false) => Err((
+                "device",
+                "missing: which device do the changes apply to?".into(),
+            )),
+            (None, false, true, false) => match &self.fail {
+                Some(reason) if reason.trim().is_empty() => Err((
+                    "fail",
+                    "needs a reason, e.g. \"GPU has fallen off the bus\"".into(),
+                )),
+                _ => Ok(()),
+            },
+            (None, false, false, true) => Ok(()),
+            (None, false, false, false) => Err((
+                "at",
+                "the step changes nothing (give device changes, fail or recover)".into(),
+            )),
+            _ => Err((
+                "fail",
+                "a step does one thing: change a device, fail, or recover".into(),
+            )),
+        }
+    }
 }
 
 fn default_compute_capability() -> String {
@@ -519,6 +606,30 @@ impl Config {
             crate::gpu::parse_compute_capability(&gpu.compute_capability)
                 .map_err(|e| invalid(&format!("gpu.simulated[{i}].compute_capability"), e))?;
         }
+        if !self.gpu.script.is_empty() && self.gpu.probe != GpuProbeKind::Simulated {
+            return Err(invalid(
+                "gpu.script",
+                "scripts drive the simulated probe only: set [gpu] probe = \"simulated\"".into(),
+            ));
+        }
+        let mut previous = Duration::ZERO;
+        for (i, step) in self.gpu.script.iter().enumerate() {
+            if step.at < previous {
+                return Err(invalid(
+                    &format!("gpu.script[{i}].at"),
+                    format!(
+                        "{} comes before the previous step's {}: steps go in time order",
+                        humantime::format_duration(step.at),
+                        humantime::format_duration(previous)
+                    ),
+                ));
+            }
+            previous = step.at;
+            step.check(self.gpu.simulated.len())
+                .map_err(|(field, message)| {
+                    invalid(&format!("gpu.script[{i}].{field}"), message)
+                })?;
+        }
         for path in &self.node.safe_paths {
             if !path.is_absolute() {
                 return Err(invalid(
@@ -724,6 +835,51 @@ mod tests {
         assert!(err.to_string().contains("soon"), "{err}");
         let err = Config::from_toml("[server]\nnode_id = \"../etc\"\n").unwrap_err();
         assert!(err.to_string().contains("server.node_id"), "{err}");
+    }
+
+    #[test]
+    fn gpu_script_parses_and_bad_steps_are_named() {
+        let base = "[gpu]\nprobe = \"simulated\"\n[[gpu.simulated]]\nname = \"A100\"\nmemory_total_mb = 81920\n";
+        let c = Config::from_toml(&format!(
+            "{base}[[gpu.script]]\nat = \"10s\"\ndevice = 0\nmemory_used_mb = 60000\n\
+             [[gpu.script]]\nat = \"20s\"\nfail = \"GPU has fallen off the bus\"\n\
+             [[gpu.script]]\nat = \"30s\"\nrecover = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.gpu.script.len(), 3);
+        assert_eq!(c.gpu.script[0].at, Duration::from_secs(10));
+        assert_eq!(c.gpu.script[0].memory_used_mb, Some(60000));
+        assert!(c.gpu.script[2].recover);
+        for (step, named) in [
+            (
+                "at = \"5s\"\ndevice = 3\nmemory_used_mb = 1",
+                "gpu.script[0].device",
+            ),
+            ("at = \"5s\"\nmemory_used_mb = 1", "gpu.script[0].device"),
+            ("at = \"5s\"\ndevice = 0", "gpu.script[0].device"),
+            ("at = \"5s\"", "gpu.script[0].at"),
+            ("at = \"5s\"\nfail = \" \"", "gpu.script[0].fail"),
+            (
+                "at = \"5s\"\nfail = \"x\"\nrecover = true",
+                "gpu.script[0].fail",
+            ),
+            (
+                "at = \"5s\"\ndevice = 0\nutilization_percent = 101",
+                "gpu.script[0].utilization_percent",
+            ),
+            ("at = \"soon\"\nrecover = true", "soon"),
+            ("at = \"5s\"\nrecover = true\ncolour = 1", "colour"),
+        ] {
+            let err = Config::from_toml(&format!("{base}[[gpu.script]]\n{step}\n")).unwrap_err();
+            assert!(err.to_string().contains(named), "{step}: {err}");
+        }
+        let err = Config::from_toml(&format!(
+            "{base}[[gpu.script]]\nat = \"9s\"\nrecover = true\n[[gpu.script]]\nat = \"2s\"\nrecover = true\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("gpu.script[1].at"), "{err}");
+        let err = Config::from_toml("[[gpu.script]]\nat = \"1s\"\nrecover = true\n").unwrap_err();
+        assert!(err.to_string().contains("simulated"), "{err}");
     }
 
     #[test]

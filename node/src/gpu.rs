@@ -2,16 +2,19 @@
 //!
 //! [`GpuProbe`] is the seam. [`NvmlProbe`] reads NVIDIA's management library at run time (nothing
 //! is needed at build time; on a machine without the driver it reports "no GPUs" and says why).
-//! [`SimulatedProbe`] serves devices described in `[[gpu.simulated]]`, so tests and the demo have
-//! GPUs without hardware. When NVML fails after it has worked, the snapshot is *fenced*: the node
+//! [`SimulatedProbe`] serves devices described in `[[gpu.simulated]]` and changes them over time
+//! as `[[gpu.script]]` says, so tests and the demo have heterogeneous, changing GPUs (and probe
+//! failures) without hardware. When NVML fails after it has worked, the snapshot is *fenced*: the node
 //! withdraws its GPU capability and the reason travels to the hub.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use outpost_proto::v1::{GpuDevice, GpuSnapshot};
 use parking_lot::Mutex;
 
-use crate::config::{GpuProbeKind, GpuSection, SimulatedGpu};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{GpuProbeKind, GpuScriptStep, GpuSection, SimulatedGpu};
 
 /// Source of GPU snapshots.
 pub trait GpuProbe: Send + Sync {
@@ -39,7 +42,11 @@ pub fn probe_from_config(section: &GpuSection) -> Box<dyn GpuProbe> {
         GpuProbeKind::None => Box::new(NoGpuProbe::new(
             "GPU probing disabled ([gpu] probe = \"none\")",
         )),
-        GpuProbeKind::Simulated => Box::new(SimulatedProbe::new(&section.simulated)),
+        GpuProbeKind::Simulated => Box::new(SimulatedProbe::scripted(
+            &section.simulated,
+            section.script.clone(),
+            Arc::new(SystemClock),
+        )),
         GpuProbeKind::Nvml | GpuProbeKind::Auto => Box::new(NvmlProbe::new()),
     }
 }
@@ -69,15 +76,37 @@ impl GpuProbe for NoGpuProbe {
     }
 }
 
-/// Devices from configuration; tests can change them while the node runs.
+/// Devices from configuration, changed over time by a script (`[[gpu.script]]`) or by tests.
+///
+/// A script step that fails the probe makes it behave like NVML failing after it worked: no
+/// devices and a fenced snapshot, until a `recover` step.
 #[derive(Debug)]
 pub struct SimulatedProbe {
-    devices: Mutex<Vec<GpuDevice>>,
+    state: Mutex<SimulatedState>,
+    script: Vec<GpuScriptStep>,
+    clock: Arc<dyn Clock>,
+    started_ms: i64,
+}
+
+#[derive(Debug)]
+struct SimulatedState {
+    devices: Vec<GpuDevice>,
+    failure: Option<String>,
+    next_step: usize,
 }
 
 impl SimulatedProbe {
-    /// Simulated devices, indexed in order.
+    /// Simulated devices, indexed in order, that change only when told to.
     pub fn new(gpus: &[SimulatedGpu]) -> Self {
+        Self::scripted(gpus, Vec::new(), Arc::new(SystemClock))
+    }
+
+    /// Simulated devices that follow `script`, its times counted from now on `clock`.
+    pub fn scripted(
+        gpus: &[SimulatedGpu],
+        script: Vec<GpuScriptStep>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let devices = gpus
             .iter()
             .enumerate()
@@ -98,15 +127,56 @@ impl SimulatedProbe {
                 parent_uuid: String::new(),
             })
             .collect();
+        let started_ms = clock.now_ms();
         Self {
-            devices: Mutex::new(devices),
+            state: Mutex::new(SimulatedState {
+                devices,
+                failure: None,
+                next_step: 0,
+            }),
+            script,
+            clock,
+            started_ms,
         }
     }
 
     /// Sets the used memory of device `index` (simulating a workload).
     pub fn set_memory_used_mb(&self, index: u32, used_mb: u64) {
-        let mut devices = self.devices.lock();
-        if let Some(d) = devices.iter_mut().find(|d| d.index == index) {
+        self.state.lock().set_memory_used_mb(index, used_mb);
+    }
+
+    /// Applies the script steps whose time has come.
+    fn advance(&self, state: &mut SimulatedState) {
+        let elapsed_ms = self.clock.now_ms().saturating_sub(self.started_ms);
+        while let Some(step) = self.script.get(state.next_step) {
+            if i64::try_from(step.at.as_millis()).unwrap_or(i64::MAX) > elapsed_ms {
+                break;
+            }
+            state.next_step += 1;
+            if let Some(reason) = &step.fail {
+                state.failure = Some(reason.clone());
+            } else if step.recover {
+                state.failure = None;
+            } else if let Some(index) = step.device {
+                if let Some(used) = step.memory_used_mb {
+                    state.set_memory_used_mb(index, used);
+                }
+                if let Some(d) = state.devices.iter_mut().find(|d| d.index == index) {
+                    if let Some(utilization) = step.utilization_percent {
+                        d.utilization_percent = utilization.min(100);
+                    }
+                    if let Some(temperature) = step.temperature_c {
+                        d.temperature_c = temperature;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SimulatedState {
+    fn set_memory_used_mb(&mut self, index: u32, used_mb: u64) {
+        if let Some(d) = self.devices.iter_mut().find(|d| d.index == index) {
             d.memory_used_mb = used_mb.min(d.memory_total_mb);
             d.memory_free_mb = d.memory_total_mb - d.memory_used_mb;
         }
@@ -115,15 +185,26 @@ impl SimulatedProbe {
 
 impl GpuProbe for SimulatedProbe {
     fn snapshot(&self) -> GpuSnapshot {
-        let devices = self.devices.lock().clone();
-        let unavailable_reason = if devices.is_empty() {
+        let mut state = self.state.lock();
+        self.advance(&mut state);
+        if let Some(reason) = &state.failure {
+            return GpuSnapshot {
+                probe: "simulated".into(),
+                unavailable_reason: format!(
+                    "simulated probe failed after working: {reason}; GPU work fenced off this node"
+                ),
+                fenced: true,
+                ..Default::default()
+            };
+        }
+        let unavailable_reason = if state.devices.is_empty() {
             "simulated probe configured with no devices".into()
         } else {
             String::new()
         };
         GpuSnapshot {
             probe: "simulated".into(),
-            devices,
+            devices: state.devices.clone(),
             driver_version: "simulated".into(),
             unavailable_reason,
             fenced: false,
@@ -304,6 +385,93 @@ mod tests {
         let snap = probe.snapshot();
         assert_eq!(snap.devices[0].memory_used_mb, 81920);
         assert_eq!(snap.devices[0].memory_free_mb, 0);
+    }
+
+    #[test]
+    fn scripted_probe_follows_its_steps_in_time() {
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000_000));
+        let a100 = SimulatedGpu {
+            name: "NVIDIA A100".into(),
+            memory_total_mb: 81920,
+            memory_used_mb: 0,
+            compute_capability: "8.0".into(),
+            utilization_percent: 0,
+        };
+        let step = |at_ms: u64| GpuScriptStep {
+            at: std::time::Duration::from_millis(at_ms),
+            ..GpuScriptStep::default()
+        };
+        let script = vec![
+            GpuScriptStep {
+                device: Some(1),
+                memory_used_mb: Some(70000),
+                utilization_percent: Some(95),
+                ..step(1000)
+            },
+            GpuScriptStep {
+                fail: Some("GPU has fallen off the bus".into()),
+                ..step(5000)
+            },
+            GpuScriptStep {
+                recover: true,
+                ..step(9000)
+            },
+        ];
+        let probe = SimulatedProbe::scripted(&[a100.clone(), a100], script, clock.clone());
+        let snap = probe.snapshot();
+        assert_eq!(snap.devices[1].memory_free_mb, 81920);
+        clock.advance_ms(999);
+        assert_eq!(probe.snapshot().devices[1].memory_free_mb, 81920, "not yet");
+        clock.advance_ms(1);
+        let snap = probe.snapshot();
+        assert_eq!(snap.devices[1].memory_free_mb, 11920);
+        assert_eq!(snap.devices[1].utilization_percent, 95);
+        assert_eq!(
+            snap.devices[0].memory_free_mb, 81920,
+            "other device untouched"
+        );
+        clock.advance_ms(4000);
+        let snap = probe.snapshot();
+        assert!(snap.fenced);
+        assert!(snap.devices.is_empty());
+        assert!(
+            snap.unavailable_reason.contains("fallen off the bus"),
+            "{}",
+            snap.unavailable_reason
+        );
+        clock.advance_ms(4000);
+        let snap = probe.snapshot();
+        assert!(!snap.fenced);
+        assert_eq!(snap.devices.len(), 2);
+        assert_eq!(
+            snap.devices[1].memory_free_mb, 11920,
+            "recovery keeps the device state"
+        );
+        // Several steps due at once all apply, in order.
+        let probe = SimulatedProbe::scripted(
+            &[SimulatedGpu {
+                name: "L4".into(),
+                memory_total_mb: 24576,
+                memory_used_mb: 0,
+                compute_capability: "8.9".into(),
+                utilization_percent: 0,
+            }],
+            vec![
+                GpuScriptStep {
+                    device: Some(0),
+                    memory_used_mb: Some(1000),
+                    ..step(10)
+                },
+                GpuScriptStep {
+                    device: Some(0),
+                    memory_used_mb: Some(2000),
+                    ..step(20)
+                },
+            ],
+            clock.clone(),
+        );
+        clock.advance_ms(60_000);
+        assert_eq!(probe.snapshot().devices[0].memory_used_mb, 2000);
     }
 
     #[test]

@@ -290,6 +290,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         expected_status: &str,
         expected_attempts: i64,
     ) -> Result<bool, StoreError>;
+    /// [`Store::update_task`] and, only when it wrote, [`Store::put_attempt`], as one
+    /// transaction where the backend has them.
+    async fn advance_task(
+        &self,
+        task: &TaskRow,
+        expected_status: &str,
+        expected_attempts: i64,
+        attempt: &AttemptRow,
+    ) -> Result<bool, StoreError> {
+        if !self
+            .update_task(task, expected_status, expected_attempts)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.put_attempt(attempt).await?;
+        Ok(true)
+    }
     /// Adds one to a task's count of late results.
     async fn count_late_result(&self, id: &str) -> Result<(), StoreError>;
     /// Adds or replaces an attempt.

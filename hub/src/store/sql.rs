@@ -20,9 +20,16 @@ pub enum Backend {
 }
 
 /// SQL-backed store.
+///
+/// On SQLite, writes go through a pool of one connection (`writer`) and reads through their own
+/// pool: SQLite allows one writer at a time, and two connections that both want to write make one
+/// of them sleep in SQLite's busy handler (milliseconds); queueing for the single writer
+/// connection instead costs a wake-up. Readers never wait for the writer in WAL mode. On
+/// PostgreSQL both are the same pool.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -118,6 +125,58 @@ fn attempt_from_row(row: &AnyRow) -> Result<AttemptRow, sqlx::Error> {
     })
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// The compare-and-set update of a task (see [`Store::update_task`]).
+fn update_task_query<'q>(
+    task: &'q TaskRow,
+    expected_status: &'q str,
+    expected_attempts: i64,
+) -> AnyQuery<'q> {
+    sqlx::query(
+        "UPDATE tasks SET status = $2, node_id = $3, reason = $4, attempts = $5, devices = $6, \
+         output = $7, error_kind = $8, error_message = $9, duration_us = $10, fuel_used = $11, \
+         updated_at_ms = $12, started_at_ms = $13, finished_at_ms = $14 \
+         WHERE id = $1 AND status = $15 AND attempts = $16",
+    )
+    .bind(&task.id)
+    .bind(&task.status)
+    .bind(&task.node_id)
+    .bind(&task.reason)
+    .bind(task.attempts)
+    .bind(&task.devices)
+    .bind(&task.output)
+    .bind(&task.error_kind)
+    .bind(&task.error_message)
+    .bind(task.duration_us)
+    .bind(task.fuel_used)
+    .bind(task.updated_at_ms)
+    .bind(task.started_at_ms)
+    .bind(task.finished_at_ms)
+    .bind(expected_status)
+    .bind(expected_attempts)
+}
+
+/// The upsert of an attempt (see [`Store::put_attempt`]).
+fn put_attempt_query(attempt: &AttemptRow) -> AnyQuery<'_> {
+    sqlx::query(
+        "INSERT INTO task_attempts (task_id, attempt, node_id, status, output, error_kind, error_message, \
+         started_at_ms, finished_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (task_id, attempt) DO UPDATE SET node_id = excluded.node_id, status = excluded.status, \
+         output = excluded.output, error_kind = excluded.error_kind, error_message = excluded.error_message, \
+         finished_at_ms = excluded.finished_at_ms",
+    )
+    .bind(&attempt.task_id)
+    .bind(attempt.attempt)
+    .bind(&attempt.node_id)
+    .bind(&attempt.status)
+    .bind(&attempt.output)
+    .bind(&attempt.error_kind)
+    .bind(&attempt.error_message)
+    .bind(attempt.started_at_ms)
+    .bind(attempt.finished_at_ms)
+}
+
 /// `status IN ($2, $3, …)` for `statuses` (placeholders from `first`), or `TRUE` when empty.
 fn status_filter(statuses: &[&str], first: usize) -> String {
     if statuses.is_empty() {
@@ -131,6 +190,23 @@ fn status_filter(statuses: &[&str], first: usize) -> String {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+/// Pool options for a SQLite file: `synchronous = NORMAL` on every connection.
+fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
+    // In WAL mode, NORMAL syncs at checkpoints instead of on every commit: the database stays
+    // consistent after a power loss (the last commits may roll back) and a commit costs
+    // microseconds instead of an fsync.
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                sqlx::query("PRAGMA synchronous = NORMAL")
+                    .execute(connection)
+                    .await?;
+                Ok(())
+            })
+        })
 }
 
 impl SqlStore {
@@ -151,29 +227,33 @@ impl SqlStore {
             }
             _ => url.to_string(),
         };
-        let max = if backend == Backend::Sqlite { 4 } else { 8 };
-        let mut options = AnyPoolOptions::new().max_connections(max);
-        if backend == Backend::Sqlite {
-            // In WAL mode, NORMAL syncs at checkpoints instead of on every commit: the database
-            // stays consistent after a power loss (the last commits may roll back) and a commit
-            // costs microseconds instead of an fsync.
-            options = options.after_connect(|connection, _| {
-                Box::pin(async move {
-                    sqlx::query("PRAGMA synchronous = NORMAL")
-                        .execute(connection)
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = options.connect(&url).await?;
-        if backend == Backend::Sqlite {
-            // WAL is a property of the file: set once, kept by every later connection.
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&pool)
-                .await?;
-        }
-        let store = Self { pool, backend };
+        let store = match backend {
+            Backend::Sqlite => {
+                // WAL is a property of the file: set once (by the writer, which also creates
+                // the file), kept by every later connection.
+                let writer = sqlite_pool(1).connect(&url).await?;
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&writer)
+                    .await?;
+                let pool = sqlite_pool(4).connect(&url).await?;
+                Self {
+                    pool,
+                    writer,
+                    backend,
+                }
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .connect(&url)
+                    .await?;
+                Self {
+                    writer: pool.clone(),
+                    pool,
+                    backend,
+                }
+            }
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -183,12 +263,12 @@ impl SqlStore {
         match self.backend {
             Backend::Sqlite => {
                 sqlx::migrate!("./migrations/sqlite")
-                    .run(&self.pool)
+                    .run(&self.writer)
                     .await?
             }
             Backend::Postgres => {
                 sqlx::migrate!("./migrations/postgres")
-                    .run(&self.pool)
+                    .run(&self.writer)
                     .await?
             }
         }
@@ -202,8 +282,8 @@ impl SqlStore {
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.writer.begin().await,
         }
     }
 
@@ -234,6 +314,7 @@ impl SqlStore {
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     /// The SQLite journal mode (for checks), `None` on PostgreSQL.
@@ -270,7 +351,7 @@ impl Store for SqlStore {
         .bind(&node.capabilities)
         .bind(node.created_at_ms)
         .bind(node.updated_at_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match result {
             Ok(_) => Ok(()),
@@ -310,7 +391,7 @@ impl Store for SqlStore {
         .bind(&node.tls_server_name)
         .bind(&node.default_worktree_root)
         .bind(node.updated_at_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound {
@@ -357,7 +438,7 @@ impl Store for SqlStore {
             .bind(id)
             .bind(i64::from(draining))
             .bind(now_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound {
@@ -373,7 +454,7 @@ impl Store for SqlStore {
             .bind(id)
             .bind(status)
             .bind(reason)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -408,7 +489,7 @@ impl Store for SqlStore {
         sqlx::query("UPDATE nodes SET capabilities = $2 WHERE id = $1")
             .bind(id)
             .bind(capabilities.to_vec())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -490,7 +571,7 @@ impl Store for SqlStore {
             .bind(name)
             .bind(status)
             .bind(now_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await;
         match result {
             Ok(_) => Ok(()),
@@ -529,7 +610,7 @@ impl Store for SqlStore {
         .bind(&tool.input_schema)
         .bind(tool.created_at_ms)
         .bind(tool.updated_at_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -594,7 +675,7 @@ impl Store for SqlStore {
         .bind(task.updated_at_ms)
         .bind(task.started_at_ms)
         .bind(task.finished_at_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match result {
             Ok(_) => Ok(task.clone()),
@@ -644,60 +725,42 @@ impl Store for SqlStore {
         expected_status: &str,
         expected_attempts: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE tasks SET status = $2, node_id = $3, reason = $4, attempts = $5, devices = $6, \
-             output = $7, error_kind = $8, error_message = $9, duration_us = $10, fuel_used = $11, \
-             updated_at_ms = $12, started_at_ms = $13, finished_at_ms = $14 \
-             WHERE id = $1 AND status = $15 AND attempts = $16",
-        )
-        .bind(&task.id)
-        .bind(&task.status)
-        .bind(&task.node_id)
-        .bind(&task.reason)
-        .bind(task.attempts)
-        .bind(&task.devices)
-        .bind(&task.output)
-        .bind(&task.error_kind)
-        .bind(&task.error_message)
-        .bind(task.duration_us)
-        .bind(task.fuel_used)
-        .bind(task.updated_at_ms)
-        .bind(task.started_at_ms)
-        .bind(task.finished_at_ms)
-        .bind(expected_status)
-        .bind(expected_attempts)
-        .execute(&self.pool)
-        .await?;
+        let done = update_task_query(task, expected_status, expected_attempts)
+            .execute(&self.writer)
+            .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn advance_task(
+        &self,
+        task: &TaskRow,
+        expected_status: &str,
+        expected_attempts: i64,
+        attempt: &AttemptRow,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let done = update_task_query(task, expected_status, expected_attempts)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        put_attempt_query(attempt).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn count_late_result(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE tasks SET late_results = late_results + 1 WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
 
     async fn put_attempt(&self, attempt: &AttemptRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO task_attempts (task_id, attempt, node_id, status, output, error_kind, error_message, \
-             started_at_ms, finished_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (task_id, attempt) DO UPDATE SET node_id = excluded.node_id, status = excluded.status, \
-             output = excluded.output, error_kind = excluded.error_kind, error_message = excluded.error_message, \
-             finished_at_ms = excluded.finished_at_ms",
-        )
-        .bind(&attempt.task_id)
-        .bind(attempt.attempt)
-        .bind(&attempt.node_id)
-        .bind(&attempt.status)
-        .bind(&attempt.output)
-        .bind(&attempt.error_kind)
-        .bind(&attempt.error_message)
-        .bind(attempt.started_at_ms)
-        .bind(attempt.finished_at_ms)
-        .execute(&self.pool)
-        .await?;
+        put_attempt_query(attempt).execute(&self.writer).await?;
         Ok(())
     }
 
@@ -724,7 +787,7 @@ impl Store for SqlStore {
         .bind(token.uses_left)
         .bind(token.expires_at_ms)
         .bind(token.created_at_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match result {
             Ok(_) => Ok(()),
@@ -760,7 +823,7 @@ impl Store for SqlStore {
         )
         .bind(id)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -771,7 +834,7 @@ impl Store for SqlStore {
             .bind(&challenge.node_id)
             .bind(&challenge.nonce)
             .bind(challenge.expires_at_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -781,7 +844,7 @@ impl Store for SqlStore {
             "DELETE FROM join_challenges WHERE id = $1 RETURNING id, node_id, nonce, expires_at_ms",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         Ok(row
             .map(|row| -> Result<ChallengeRow, sqlx::Error> {
@@ -798,7 +861,7 @@ impl Store for SqlStore {
     async fn purge_challenges(&self, now_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM join_challenges WHERE expires_at_ms <= $1")
             .bind(now_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }

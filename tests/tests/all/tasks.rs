@@ -455,3 +455,142 @@ async fn a_gpu_node_lost_mid_task_hands_the_task_to_another() {
         "{failed}"
     );
 }
+
+/// Polls `nodes list --json` until `check` accepts node `id`; returns that node's JSON.
+async fn wait_node(
+    hub: &TestHub,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = Value::Null;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(node) = hub.nodes_json().await.into_iter().find(|n| n["id"] == id) {
+            if check(&node) {
+                return node;
+            }
+            last = node;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node {id}: {what} not seen within {timeout:?}; last: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_follows_a_scripted_gpu_that_fills_fails_and_recovers() {
+    use outpost_node::config::GpuScriptStep;
+    let hub = TestHub::start(TlsMode::Tls).await;
+    push(&hub, "echo", &outpost_guests::echo()).await;
+    let mut config = with_simulated_gpu(hub.node_config("gpu-s", STATIC_TOKEN));
+    let step = |secs: u64| GpuScriptStep {
+        at: Duration::from_secs(secs),
+        ..GpuScriptStep::default()
+    };
+    // Another process fills the GPU, then the driver fails, then it comes back.
+    config.gpu.script = vec![
+        GpuScriptStep {
+            device: Some(0),
+            memory_used_mb: Some(75_000),
+            utilization_percent: Some(97),
+            ..step(1)
+        },
+        GpuScriptStep {
+            fail: Some("GPU has fallen off the bus".into()),
+            ..step(6)
+        },
+        GpuScriptStep {
+            recover: true,
+            ..step(10)
+        },
+    ];
+    let _node = start_node(config).await;
+
+    // The filled GPU shows in the fleet, and a task that needs more memory waits, saying why.
+    wait_node(
+        &hub,
+        "gpu-s",
+        "free memory 6920 MiB",
+        Duration::from_secs(5),
+        |n| n["gpus"][0]["memory_free_mb"] == 6920,
+    )
+    .await;
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--tool",
+            "echo",
+            "--gpus",
+            "1",
+            "--gpu-memory",
+            "40GiB",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let big = parse(&out)["id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let task = task_json(&hub, &big).await;
+        let reason = task["reason"].as_str().unwrap().to_string();
+        if reason.contains("not enough free GPU memory") {
+            assert!(reason.contains("6920 MiB"), "{reason}");
+            assert_eq!(task["status"], "queued");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no reason: {task}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The probe fails after working: the node is fenced for GPU work, with the reason; small GPU
+    // work waits too, CPU work still runs there.
+    let fenced = wait_node(&hub, "gpu-s", "fenced", Duration::from_secs(10), |n| {
+        n["status"] == "fenced"
+    })
+    .await;
+    assert!(
+        fenced["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("fallen off the bus"),
+        "{fenced}"
+    );
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks", "submit", "--tool", "echo", "--input", "cpu", "--wait", "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(parse(&out)["node"], "gpu-s");
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks", "submit", "--tool", "echo", "--input", "small", "--gpus", "0.5", "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let small = parse(&out)["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let task = task_json(&hub, &small).await;
+    assert_eq!(
+        task["status"], "queued",
+        "no GPU work on a fenced node: {task}"
+    );
+
+    // Recovered: the node is online again and the small task runs; the big one still waits.
+    wait_node(
+        &hub,
+        "gpu-s",
+        "online again",
+        Duration::from_secs(10),
+        |n| n["status"] == "online",
+    )
+    .await;
+    let done = wait_task_status(&hub, &small, "succeeded", Duration::from_secs(10)).await;
+    assert_eq!(done["output"], "small");
+    assert_eq!(done["devices"], serde_json::json!([0]));
+    assert_eq!(task_json(&hub, &big).await["status"], "queued");
+    let (code, _, err) = hub.cli(&["tasks", "cancel", &big]).await;
+    assert_eq!(code, 0, "{err}");
+}
