@@ -47,7 +47,7 @@ impl TaskService for HubGrpc {
             max_attempts: r.max_attempts,
             timeout_ms: r.timeout_ms,
         };
-        let submitted = tasks::submit(self.state(), spec).await?;
+        let submitted = tasks::submit(self.state_arc(), spec).await?;
         Ok(Response::new(tasks::view(&submitted.task)))
     }
 

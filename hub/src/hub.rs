@@ -240,6 +240,11 @@ pub async fn start_with_clock(
         lost_nodes: Mutex::new(Vec::new()),
         default_max_attempts: config.scheduler.default_max_attempts,
         task_changes: watch::channel(0).0,
+        placing: tokio::sync::Mutex::new(()),
+        queue_backlog: std::sync::atomic::AtomicBool::new(false),
+        in_flight: Mutex::new(Default::default()),
+        last_finished: watch::channel(None).0,
+        tool_meta: Mutex::new(Default::default()),
     });
     // Everything the store said before this start is stale until nodes reconnect.
     for node in known_nodes {

@@ -71,6 +71,19 @@ pub struct HubState {
     pub default_max_attempts: u32,
     /// Bumped on every task status change (waiters watch it).
     pub task_changes: tokio::sync::watch::Sender<u64>,
+    /// Held while queued tasks are being placed (a dispatcher pass, or a submit placing its own
+    /// task at once), so one task is never placed by both.
+    pub placing: tokio::sync::Mutex<()>,
+    /// True when the last dispatcher pass left tasks queued: a new task then waits its turn
+    /// instead of being placed at submit.
+    pub queue_backlog: std::sync::atomic::AtomicBool,
+    /// The row of each attempt this hub placed and that has not ended, as last written: a
+    /// result for it needs no read before its compare-and-set write (which still decides).
+    pub in_flight: Mutex<HashMap<String, crate::store::TaskRow>>,
+    /// The last task that finished on this hub, as written (waiters take it from here).
+    pub last_finished: tokio::sync::watch::Sender<Option<Arc<crate::store::TaskRow>>>,
+    /// Tool metadata (no component bytes) by name, with when it was read.
+    pub tool_meta: Mutex<HashMap<String, (crate::store::ToolRow, std::time::Instant)>>,
 }
 
 impl HubState {

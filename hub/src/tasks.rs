@@ -60,6 +60,12 @@ const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 const UNCONFIRMED_GRACE_MS: i64 = 60_000;
 /// Queued tasks looked at per dispatcher pass.
 const QUEUE_BATCH: u32 = 1000;
+/// How long tool metadata read from the store is reused. A push through this hub replaces it at
+/// once; a push through another hub sharing the database is seen within this time.
+const TOOL_META_TTL: Duration = Duration::from_secs(2);
+/// How long after the node accepts an attempt it is marked `running`. Attempts that finish
+/// sooner go from `placed` to their result in one write.
+const RUNNING_MARK_DELAY: Duration = Duration::from_millis(50);
 
 /// Requirements as JSON (REST bodies, the store) — the same fields as the protobuf message.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -192,7 +198,7 @@ fn new_task_id() -> Result<String, TaskError> {
 }
 
 /// Validates and stores a task, then wakes the dispatcher.
-pub async fn submit(state: &HubState, spec: SubmitSpec) -> Result<Submitted, TaskError> {
+pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted, TaskError> {
     let invalid = |m: String| TaskError::Invalid(m);
     match (spec.tool.trim().is_empty(), spec.command.trim().is_empty()) {
         (true, true) => return Err(invalid("a task needs a tool (or a command)".into())),
@@ -226,7 +232,7 @@ pub async fn submit(state: &HubState, spec: SubmitSpec) -> Result<Submitted, Tas
     spec.requirements
         .to_requirements()
         .map_err(|e| invalid(format!("requirements: {e}")))?;
-    if state.store.get_tool_meta(&spec.tool).await?.is_none() {
+    if tool_meta(state, &spec.tool).await?.is_none() {
         return Err(TaskError::NotFound(format!(
             "tool {:?} is not on this hub: push it first (`outpost tool push FILE.wasm --name {}`)",
             spec.tool, spec.tool
@@ -258,12 +264,57 @@ pub async fn submit(state: &HubState, spec: SubmitSpec) -> Result<Submitted, Tas
     if created {
         tracing::info!(task_id = %row.id, tool = %row.tool, "task submitted");
         state.task_changed();
-        state.dispatch.notify_one();
+        place_at_submit(state, &stored).await;
     }
     Ok(Submitted {
         task: stored,
         created,
     })
+}
+
+/// Places a new task at once when nothing older waits and no dispatcher pass runs; otherwise
+/// (or when it does not fit) leaves it to the dispatcher, which keeps submit order.
+async fn place_at_submit(state: &Arc<HubState>, task: &TaskRow) {
+    if !state
+        .queue_backlog
+        .load(std::sync::atomic::Ordering::Acquire)
+        && let Ok(_placing) = state.placing.try_lock()
+    {
+        match place_queued(state, task).await {
+            Ok(true) => return,
+            Ok(false) => state
+                .queue_backlog
+                .store(true, std::sync::atomic::Ordering::Release),
+            Err(e) => tracing::warn!(task_id = %task.id, error = %e, "placing at submit failed"),
+        }
+    }
+    state.dispatch.notify_one();
+}
+
+/// A tool's metadata, from the cache when read less than [`TOOL_META_TTL`] ago.
+async fn tool_meta(
+    state: &HubState,
+    name: &str,
+) -> Result<Option<crate::store::ToolRow>, StoreError> {
+    if let Some((tool, read_at)) = state.tool_meta.lock().get(name)
+        && read_at.elapsed() < TOOL_META_TTL
+    {
+        return Ok(Some(tool.clone()));
+    }
+    let tool = state.store.get_tool_meta(name).await?;
+    let mut cache = state.tool_meta.lock();
+    match &tool {
+        Some(tool) => {
+            if cache.len() >= 1024 {
+                cache.clear();
+            }
+            cache.insert(name.to_string(), (tool.clone(), std::time::Instant::now()));
+        }
+        None => {
+            cache.remove(name);
+        }
+    }
+    Ok(tool)
 }
 
 /// One task.
@@ -321,6 +372,7 @@ pub async fn cancel(state: &Arc<HubState>, id: &str) -> Result<TaskRow, TaskErro
             continue; // raced with the dispatcher or a result: look again
         }
         state.scheduler.lock().release(id);
+        state.in_flight.lock().remove(id);
         if task.status != status::QUEUED {
             finish_attempt(
                 state,
@@ -353,9 +405,11 @@ pub async fn cancel(state: &Arc<HubState>, id: &str) -> Result<TaskRow, TaskErro
 /// Waits until the task is final or `max_wait` passes; returns it either way.
 pub async fn wait(state: &HubState, id: &str, max_wait: Duration) -> Result<TaskRow, TaskError> {
     let mut changes: watch::Receiver<u64> = state.task_changes.subscribe();
+    let mut finished = state.last_finished.subscribe();
     let deadline = tokio::time::Instant::now() + max_wait;
     loop {
         changes.mark_unchanged();
+        finished.mark_unchanged();
         let task = get(state, id).await?;
         if is_terminal(&task.status) {
             return Ok(task);
@@ -363,6 +417,14 @@ pub async fn wait(state: &HubState, id: &str, max_wait: Duration) -> Result<Task
         // Also re-read now and then, in case another hub sharing the database finished it.
         let tick = tokio::time::sleep(Duration::from_millis(500));
         tokio::select! {
+            biased;
+            // The finished row itself, when it is this task (no read needed).
+            _ = finished.changed() => {
+                let row = finished.borrow_and_update().clone();
+                if let Some(row) = row.filter(|row| row.id == id) {
+                    return Ok((*row).clone());
+                }
+            }
             _ = changes.changed() => {}
             _ = tick => {}
             _ = tokio::time::sleep_until(deadline) => return get(state, id).await,
@@ -581,54 +643,69 @@ pub async fn dispatch_once(state: &Arc<HubState>) -> Result<(), StoreError> {
             }
         }
     }
+    let _placing = state.placing.lock().await;
     let queued = state.store.queue(&[status::QUEUED], QUEUE_BATCH).await?;
+    let full = queued.len() >= QUEUE_BATCH as usize;
+    let mut waiting = false;
     for task in queued {
-        let spec: RequirementsSpec = match serde_json::from_str(&task.requirements) {
-            Ok(spec) => spec,
-            Err(e) => {
-                fail(
-                    state,
-                    &task,
-                    "invalid_requirements",
-                    &format!("stored requirements unreadable: {e}"),
-                )
-                .await?;
-                continue;
-            }
-        };
-        let req = match spec.to_requirements() {
-            Ok(req) => req,
-            Err(e) => {
-                fail(state, &task, "invalid_requirements", &e).await?;
-                continue;
-            }
-        };
-        let now = state.now_ms();
-        let placed = state.scheduler.lock().place(&task.id, &req, now);
-        match placed {
-            Ok(Ok(placement)) => place(state, &task, placement).await?,
-            Ok(Err(no_fit)) => {
-                if task.reason != no_fit.reason {
-                    let mut next = task.clone();
-                    next.reason = no_fit.reason;
-                    next.updated_at_ms = now;
-                    if state
-                        .store
-                        .update_task(&next, status::QUEUED, task.attempts)
-                        .await?
-                    {
-                        state.task_changed();
-                    }
+        waiting |= !place_queued(state, &task).await?;
+    }
+    state
+        .queue_backlog
+        .store(waiting || full, std::sync::atomic::Ordering::Release);
+    Ok(())
+}
+
+/// Tries to place one queued task; false when it stays queued (no node fits). Callers hold
+/// `state.placing`.
+async fn place_queued(state: &Arc<HubState>, task: &TaskRow) -> Result<bool, StoreError> {
+    let spec: RequirementsSpec = match serde_json::from_str(&task.requirements) {
+        Ok(spec) => spec,
+        Err(e) => {
+            fail(
+                state,
+                task,
+                "invalid_requirements",
+                &format!("stored requirements unreadable: {e}"),
+            )
+            .await?;
+            return Ok(true);
+        }
+    };
+    let req = match spec.to_requirements() {
+        Ok(req) => req,
+        Err(e) => {
+            fail(state, task, "invalid_requirements", &e).await?;
+            return Ok(true);
+        }
+    };
+    let now = state.now_ms();
+    let placed = state.scheduler.lock().place(&task.id, &req, now);
+    match placed {
+        Ok(Ok(placement)) => place(state, task, placement).await?,
+        Ok(Err(no_fit)) => {
+            if task.reason != no_fit.reason {
+                let mut next = task.clone();
+                next.reason = no_fit.reason;
+                next.updated_at_ms = now;
+                if state
+                    .store
+                    .update_task(&next, status::QUEUED, task.attempts)
+                    .await?
+                {
+                    state.task_changed();
                 }
             }
-            Err(PlaceError::AlreadyPlaced(_)) => {
-                // A leftover reservation (a race with a cancel): free it; next pass places it.
-                state.scheduler.lock().release(&task.id);
-            }
-            Err(PlaceError::Invalid(e)) => fail(state, &task, "invalid_requirements", &e).await?,
+            return Ok(false);
         }
+        Err(PlaceError::AlreadyPlaced(_)) => {
+            // A leftover reservation (a race with a cancel): free it; next pass places it.
+            state.scheduler.lock().release(&task.id);
+            return Ok(false);
+        }
+        Err(PlaceError::Invalid(e)) => fail(state, task, "invalid_requirements", &e).await?,
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn place(
@@ -674,6 +751,7 @@ async fn place(
         state.scheduler.lock().release(&task.id);
         return Ok(());
     }
+    state.in_flight.lock().insert(next.id.clone(), next.clone());
     tracing::info!(task_id = %next.id, node_id = %next.node_id, devices = %next.devices, attempt = next.attempts, "task placed");
     state.task_changed();
     let state = state.clone();
@@ -692,7 +770,7 @@ async fn send_to_node(
     placement: &Placement,
 ) -> Result<(), StoreError> {
     // The component's bytes are read only if the node turns out to lack them.
-    let Some(tool) = state.store.get_tool_meta(&task.tool).await? else {
+    let Some(tool) = tool_meta(state, &task.tool).await? else {
         return fail(
             state,
             task,
@@ -762,13 +840,31 @@ async fn send_to_node(
                 started_at_ms: now,
                 ..AttemptRow::default()
             };
-            if state
-                .store
-                .advance_task(&next, status::PLACED, task.attempts, &attempt)
-                .await?
-            {
-                state.task_changed();
-            }
+            // Marked a little later, and only if no result came first: a quick attempt goes
+            // from placed to its result in one write.
+            let state = state.clone();
+            let expected_attempts = task.attempts;
+            tokio::spawn(async move {
+                tokio::time::sleep(RUNNING_MARK_DELAY).await;
+                match state
+                    .store
+                    .advance_task(&next, status::PLACED, expected_attempts, &attempt)
+                    .await
+                {
+                    Ok(true) => {
+                        if let Some(row) = state.in_flight.lock().get_mut(&next.id)
+                            && row.attempts == next.attempts
+                        {
+                            *row = next;
+                        }
+                        state.task_changed();
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(task_id = %next.id, error = %e, "marking the task running failed")
+                    }
+                }
+            });
             Ok(())
         }
         Ok(RunAnswer::MissingComponent(digest)) => {
@@ -804,6 +900,7 @@ async fn send_to_node(
 /// Puts a placed or running task back in the queue, or fails it when out of attempts.
 async fn requeue(state: &HubState, task: &TaskRow, why: &str) -> Result<(), StoreError> {
     state.scheduler.lock().release(&task.id);
+    state.in_flight.lock().remove(&task.id);
     let now = state.now_ms();
     let mut next = task.clone();
     next.updated_at_ms = now;
@@ -845,6 +942,7 @@ async fn fail(
     message: &str,
 ) -> Result<(), StoreError> {
     state.scheduler.lock().release(&task.id);
+    state.in_flight.lock().remove(&task.id);
     let now = state.now_ms();
     let mut next = task.clone();
     next.status = status::FAILED.into();
@@ -902,16 +1000,50 @@ async fn apply_result(
     node_id: &str,
     result: TaskResult,
 ) -> Result<(), StoreError> {
-    let Some(task) = state.store.get_task(&result.task_id).await? else {
-        tracing::warn!(node_id = %node_id, task_id = %result.task_id, "result for an unknown task dropped");
-        return Ok(());
-    };
     let attempt = i64::from(result.attempt);
-    let attempts = state.store.list_attempts(&task.id).await?;
-    let Some(placed) = attempts.iter().find(|a| a.attempt == attempt) else {
-        tracing::warn!(node_id = %node_id, task_id = %task.id, attempt, "result for an attempt never placed dropped");
-        return Ok(());
+    // The attempt this hub placed is remembered as written; anything else is read. Either way
+    // the compare-and-set below decides, and a lost race reads again.
+    let remembered = {
+        let mut in_flight = state.in_flight.lock();
+        match in_flight.get(&result.task_id) {
+            Some(row) if row.attempts == attempt && row.node_id == node_id => {
+                in_flight.remove(&result.task_id)
+            }
+            _ => None,
+        }
     };
+    let task = match remembered {
+        Some(task) => task,
+        None => match state.store.get_task(&result.task_id).await? {
+            Some(task) => task,
+            None => {
+                tracing::warn!(node_id = %node_id, task_id = %result.task_id, "result for an unknown task dropped");
+                return Ok(());
+            }
+        },
+    };
+    let current = task.attempts == attempt
+        && task.node_id == node_id
+        && matches!(task.status.as_str(), status::PLACED | status::RUNNING);
+    // The current attempt is described by the task row itself; older ones by their rows.
+    let placed = if current {
+        AttemptRow {
+            task_id: task.id.clone(),
+            attempt,
+            node_id: task.node_id.clone(),
+            status: task.status.clone(),
+            started_at_ms: task.started_at_ms.unwrap_or(task.updated_at_ms),
+            ..AttemptRow::default()
+        }
+    } else {
+        let attempts = state.store.list_attempts(&task.id).await?;
+        let Some(placed) = attempts.into_iter().find(|a| a.attempt == attempt) else {
+            tracing::warn!(node_id = %node_id, task_id = %task.id, attempt, "result for an attempt never placed dropped");
+            return Ok(());
+        };
+        placed
+    };
+    let placed = &placed;
     if placed.node_id != node_id {
         tracing::warn!(node_id = %node_id, task_id = %task.id, attempt, placed_on = %placed.node_id, "result from a node the attempt was not placed on dropped");
         return Ok(());
@@ -923,9 +1055,6 @@ async fn apply_result(
     } else {
         status::FAILED
     };
-    let current = task.attempts == attempt
-        && task.node_id == node_id
-        && matches!(task.status.as_str(), status::PLACED | status::RUNNING);
     let output = result.ok.then(|| result.output.clone());
     let mut attempt_row = placed.clone();
     attempt_row.status = attempt_status.into();
@@ -970,6 +1099,7 @@ async fn apply_result(
     {
         state.scheduler.lock().release(&task.id);
         tracing::info!(task_id = %task.id, node_id = %node_id, status = %next.status, "task finished");
+        state.last_finished.send_replace(Some(Arc::new(next)));
         state.task_changed();
         state.dispatch.notify_one();
     } else {

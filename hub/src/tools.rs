@@ -96,6 +96,7 @@ pub async fn push(
         updated_at_ms: now,
     };
     state.store.put_tool(&row).await?;
+    state.tool_meta.lock().remove(name);
     tracing::info!(tool = %row.name, digest = %row.digest, size = row.size_bytes, "tool pushed");
     Ok(state.store.get_tool_meta(name).await?.unwrap_or(row))
 }

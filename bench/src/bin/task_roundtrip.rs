@@ -127,6 +127,43 @@ async fn main() -> anyhow::Result<()> {
         .get("rt-node")
         .context("no link to the node")?;
 
+    // What one store operation costs on this hub's database, alone (no other load).
+    {
+        let probe = tasks::submit(
+            &hub.state,
+            SubmitSpec {
+                tool: "echo".into(),
+                input: "store probe".into(),
+                ..SubmitSpec::default()
+            },
+        )
+        .await?;
+        tasks::wait(&hub.state, &probe.task.id, Duration::from_secs(10)).await?;
+        let (mut reads, mut writes) = (Vec::new(), Vec::new());
+        for _ in 0..500 {
+            let start = Instant::now();
+            let row = hub
+                .state
+                .store
+                .get_task(&probe.task.id)
+                .await?
+                .context("probe task")?;
+            reads.push(start.elapsed().as_micros() as u64);
+            let start = Instant::now();
+            hub.state
+                .store
+                .update_task(&row, &row.status, row.attempts)
+                .await?;
+            writes.push(start.elapsed().as_micros() as u64);
+        }
+        reads.sort_unstable();
+        writes.sort_unstable();
+        println!(
+            "store alone: read p50 {} µs, compare-and-set write p50 {} µs",
+            percentile(&reads, 0.5),
+            percentile(&writes, 0.5)
+        );
+    }
     println!(
         "round trips on loopback: {} per kind and run, {} runs (µs)",
         args.rounds, args.runs
