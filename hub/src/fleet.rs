@@ -136,16 +136,17 @@ impl FleetState {
         self.rng
     }
 
-    /// Adds a known node (from the store) as offline, or updates its draining flag.
+    /// Adds a node known from the store, offline until its session comes. A node already known
+    /// is left as it is: its draining flag changes through [`FleetState::set_draining`], which
+    /// reports the change.
     pub fn add_known(&mut self, node_id: &str, draining: bool) {
-        let entry = self
-            .nodes
+        self.nodes
             .entry(node_id.to_string())
             .or_insert_with(|| Entry {
                 offline_reason: "no session to this hub yet".into(),
+                draining,
                 ..Entry::default()
             });
-        entry.draining = draining;
     }
 
     /// Forgets a node (deleted from the registry).
@@ -303,6 +304,25 @@ mod tests {
             grace_ms: 10_000,
             max_heartbeats_per_second: 50.0,
         }
+    }
+
+    #[test]
+    fn draining_a_known_node_is_reported_once() {
+        let mut fleet = FleetState::new(policy(), 1);
+        fleet.add_known("a", false);
+        fleet.observe_heartbeat("a", 0).unwrap();
+        // The registry's drain path: make sure it is known, then set the flag.
+        fleet.add_known("a", true);
+        let change = fleet.set_draining("a", true).expect("drain reported");
+        assert_eq!(change.to, NodeStatus::Draining);
+        assert!(
+            matches!(fleet.placement_state("a"), Some((Err(_), _))),
+            "a draining node accepts no work"
+        );
+        assert!(
+            fleet.set_draining("a", true).is_none(),
+            "no change, no report"
+        );
     }
 
     #[test]

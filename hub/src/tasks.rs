@@ -1067,6 +1067,10 @@ async fn apply_result(
         if placed.finished_at_ms.is_none() || placed.status == "lost" {
             state.store.put_attempt(&attempt_row).await?;
             state.store.count_late_result(&task.id).await?;
+            // The remembered row of the attempt now running stays what the store holds.
+            if let Some(row) = state.in_flight.lock().get_mut(&task.id) {
+                row.late_results += 1;
+            }
         }
         tracing::info!(task_id = %task.id, node_id = %node_id, attempt, task_status = %task.status, "late result recorded, not reported");
         return Ok(());

@@ -594,3 +594,87 @@ async fn placement_follows_a_scripted_gpu_that_fills_fails_and_recovers() {
     let (code, _, err) = hub.cli(&["tasks", "cancel", &big]).await;
     assert_eq!(code, 0, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_result_from_a_lost_attempt_is_recorded_not_reported() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let policy = hub.dir.path().join("slow.toml");
+    std::fs::write(
+        &policy,
+        "[limits]\ntimeout = \"30s\"\nfuel = \"unlimited\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = hub
+        .cli(&[
+            "tool",
+            "push",
+            outpost_guests::hostile().to_str().unwrap(),
+            "--name",
+            "slow",
+            "--policy",
+            policy.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let mut nodes = Vec::new();
+    for id in ["gpu-a", "gpu-b"] {
+        nodes.push(start_node(with_simulated_gpu(hub.node_config(id, STATIC_TOKEN))).await);
+        hub.wait_status(id, "online", Duration::from_secs(10)).await;
+    }
+    let id = submit_slow_gpu_task(&hub, 3).await;
+    let running = wait_task_status(&hub, &id, "running", Duration::from_secs(10)).await;
+    let first = running["node"].as_str().unwrap().to_string();
+    let other = if first == "gpu-a" { "gpu-b" } else { "gpu-a" };
+
+    // The hub loses sight of the first node (as in a partition) while the node keeps running
+    // the attempt: the task is placed again, on the other node.
+    let (code, _, err) = hub.cli(&["nodes", "drain", &first]).await;
+    assert_eq!(code, 0, "{err}");
+    let state = hub.hub().state.clone();
+    state
+        .lost_nodes
+        .lock()
+        .push((first.clone(), "partitioned in this test".into()));
+    state.dispatch.notify_one();
+
+    // The first attempt's result still arrives, and is kept on its attempt without finishing
+    // the task; the second attempt's result is the one reported.
+    let (code, out, err) = hub.cli(&["nodes", "result", &id, "--wait", "--json"]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let done = parse(&out);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["node"], other, "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    // (Which attempt ends first depends on when each node had compiled the tool.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let task = loop {
+        let task = task_json(&hub, &id).await;
+        if task["late_results"] == 1 {
+            break task;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first attempt's result never came: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(
+        task["node"], other,
+        "the late result does not replace the reported one"
+    );
+    assert_eq!(task["attempts"], 2);
+    let attempts = state.store.list_attempts(&id).await.unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].node_id, first);
+    assert_eq!(
+        attempts[0].status, "succeeded",
+        "the late result is kept: {attempts:?}"
+    );
+    assert_eq!(attempts[0].output.as_deref(), Some("slept 2s"));
+    assert_eq!(attempts[1].node_id, other);
+    assert_eq!(attempts[1].status, "succeeded");
+    let (code, out, _) = hub.cli(&["tasks", "list", "--json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(parse(&out).as_array().unwrap().len(), 1, "reported once");
+}
