@@ -36,6 +36,28 @@ async fn task_json(hub: &TestHub, id: &str) -> Value {
     parse(&out)
 }
 
+/// Pushes the hostile guest as `slow`, with room to sleep (30 s, unlimited fuel).
+async fn push_slow_tool(hub: &TestHub) {
+    let policy = hub.dir.path().join("slow.toml");
+    std::fs::write(
+        &policy,
+        "[limits]\ntimeout = \"30s\"\nfuel = \"unlimited\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = hub
+        .cli(&[
+            "tool",
+            "push",
+            outpost_guests::hostile().to_str().unwrap(),
+            "--name",
+            "slow",
+            "--policy",
+            policy.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+}
+
 /// Submits `slow` (sleeps 2 s) needing one GPU; returns the task id.
 async fn submit_slow_gpu_task(hub: &TestHub, max_attempts: u32) -> String {
     let attempts = max_attempts.to_string();
@@ -393,24 +415,7 @@ async fn tasks_are_placed_by_requirement_and_run_in_the_sandbox() {
 async fn a_gpu_node_lost_mid_task_hands_the_task_to_another() {
     let hub = TestHub::start(TlsMode::Tls).await;
     push(&hub, "hostile", &outpost_guests::hostile()).await;
-    let policy = hub.dir.path().join("slow.toml");
-    std::fs::write(
-        &policy,
-        "[limits]\ntimeout = \"30s\"\nfuel = \"unlimited\"\n",
-    )
-    .unwrap();
-    let (code, _, err) = hub
-        .cli(&[
-            "tool",
-            "push",
-            outpost_guests::hostile().to_str().unwrap(),
-            "--name",
-            "slow",
-            "--policy",
-            policy.to_str().unwrap(),
-        ])
-        .await;
-    assert_eq!(code, 0, "{err}");
+    push_slow_tool(&hub).await;
 
     let mut nodes = std::collections::HashMap::new();
     for id in ["gpu-a", "gpu-b"] {
@@ -598,24 +603,7 @@ async fn placement_follows_a_scripted_gpu_that_fills_fails_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_result_from_a_lost_attempt_is_recorded_not_reported() {
     let hub = TestHub::start(TlsMode::Tls).await;
-    let policy = hub.dir.path().join("slow.toml");
-    std::fs::write(
-        &policy,
-        "[limits]\ntimeout = \"30s\"\nfuel = \"unlimited\"\n",
-    )
-    .unwrap();
-    let (code, _, err) = hub
-        .cli(&[
-            "tool",
-            "push",
-            outpost_guests::hostile().to_str().unwrap(),
-            "--name",
-            "slow",
-            "--policy",
-            policy.to_str().unwrap(),
-        ])
-        .await;
-    assert_eq!(code, 0, "{err}");
+    push_slow_tool(&hub).await;
     let mut nodes = Vec::new();
     for id in ["gpu-a", "gpu-b"] {
         nodes.push(start_node(with_simulated_gpu(hub.node_config(id, STATIC_TOKEN))).await);
