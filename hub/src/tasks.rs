@@ -769,15 +769,10 @@ async fn send_to_node(
     task: &TaskRow,
     placement: &Placement,
 ) -> Result<(), StoreError> {
+    let tool_removed = || format!("tool {:?} was removed from the hub", task.tool);
     // The component's bytes are read only if the node turns out to lack them.
     let Some(tool) = tool_meta(state, &task.tool).await? else {
-        return fail(
-            state,
-            task,
-            "tool_missing",
-            &format!("tool {:?} was removed from the hub", task.tool),
-        )
-        .await;
+        return fail(state, task, "tool_missing", &tool_removed()).await;
     };
     let Some(link) = state.links.get(&placement.node_id) else {
         return requeue(
@@ -813,14 +808,11 @@ async fn send_to_node(
     let mut answer = link.run_task(command.clone()).await;
     if let Ok(RunAnswer::MissingComponent(_)) = &answer {
         let Some(full) = state.store.get_tool(&task.tool).await? else {
-            return fail(
-                state,
-                task,
-                "tool_missing",
-                &format!("tool {:?} was removed from the hub", task.tool),
-            )
-            .await;
+            return fail(state, task, "tool_missing", &tool_removed()).await;
         };
+        // Cached metadata may predate a push through another hub: the bytes read now decide.
+        command.tool_digest = full.digest;
+        command.policy_toml = full.policy_toml;
         command.component = full.component;
         answer = link.run_task(command).await;
     }

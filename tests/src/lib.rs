@@ -170,18 +170,33 @@ impl TestHub {
 
     /// Waits until node `id` has `status` in `nodes list --json`; returns the node's JSON.
     pub async fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        self.wait_node(id, &format!("status {status}"), timeout, |n| {
+            n["status"] == status
+        })
+        .await
+    }
+
+    /// Polls `nodes list --json` until `check` accepts node `id` (`what` says what is awaited,
+    /// for the failure message); returns that node's JSON.
+    pub async fn wait_node(
+        &self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = Value::Null;
         while tokio::time::Instant::now() < deadline {
             if let Some(node) = self.nodes_json().await.into_iter().find(|n| n["id"] == id) {
-                if node["status"] == status {
+                if check(&node) {
                     return node;
                 }
                 last = node;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("node {id} did not become {status} within {timeout:?}; last seen: {last}");
+        panic!("node {id}: {what} not seen within {timeout:?}; last seen: {last}");
     }
 }
 

@@ -80,6 +80,22 @@ async fn submit_slow_gpu_task(hub: &TestHub, max_attempts: u32) -> String {
     parse(&out)["id"].as_str().unwrap().to_string()
 }
 
+/// Waits until task `id`'s reason contains `needle`; returns the task.
+async fn wait_reason(hub: &TestHub, id: &str, needle: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let task = task_json(hub, id).await;
+        if task["reason"].as_str().unwrap().contains(needle) {
+            return task;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reason never said {needle:?}: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_task_status(hub: &TestHub, id: &str, status: &str, timeout: Duration) -> Value {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -203,22 +219,7 @@ async fn tasks_are_placed_by_requirement_and_run_in_the_sandbox() {
         .await;
     assert_eq!(code, 0, "{err}");
     let waiting_id = parse(&out)["id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let waiting = loop {
-        let task = task_json(&hub, &waiting_id).await;
-        if task["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not enough free GPU memory")
-        {
-            break task;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no reason given: {task}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let waiting = wait_reason(&hub, &waiting_id, "not enough free GPU memory").await;
     assert_eq!(waiting["status"], "queued");
     assert!(
         waiting["reason"].as_str().unwrap().contains("80896 MiB"),
@@ -461,28 +462,6 @@ async fn a_gpu_node_lost_mid_task_hands_the_task_to_another() {
     );
 }
 
-/// Polls `nodes list --json` until `check` accepts node `id`; returns that node's JSON.
-async fn wait_node(
-    hub: &TestHub,
-    id: &str,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = Value::Null;
-    while tokio::time::Instant::now() < deadline {
-        if let Some(node) = hub.nodes_json().await.into_iter().find(|n| n["id"] == id) {
-            if check(&node) {
-                return node;
-            }
-            last = node;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("node {id}: {what} not seen within {timeout:?}; last: {last}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_follows_a_scripted_gpu_that_fills_fails_and_recovers() {
     use outpost_node::config::GpuScriptStep;
@@ -513,8 +492,7 @@ async fn placement_follows_a_scripted_gpu_that_fills_fails_and_recovers() {
     let _node = start_node(config).await;
 
     // The filled GPU shows in the fleet, and a task that needs more memory waits, saying why.
-    wait_node(
-        &hub,
+    hub.wait_node(
         "gpu-s",
         "free memory 6920 MiB",
         Duration::from_secs(5),
@@ -536,25 +514,20 @@ async fn placement_follows_a_scripted_gpu_that_fills_fails_and_recovers() {
         .await;
     assert_eq!(code, 0, "{err}");
     let big = parse(&out)["id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let task = task_json(&hub, &big).await;
-        let reason = task["reason"].as_str().unwrap().to_string();
-        if reason.contains("not enough free GPU memory") {
-            assert!(reason.contains("6920 MiB"), "{reason}");
-            assert_eq!(task["status"], "queued");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no reason: {task}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let task = wait_reason(&hub, &big, "not enough free GPU memory").await;
+    assert_eq!(task["status"], "queued");
+    assert!(
+        task["reason"].as_str().unwrap().contains("6920 MiB"),
+        "{task}"
+    );
 
     // The probe fails after working: the node is fenced for GPU work, with the reason; small GPU
     // work waits too, CPU work still runs there.
-    let fenced = wait_node(&hub, "gpu-s", "fenced", Duration::from_secs(10), |n| {
-        n["status"] == "fenced"
-    })
-    .await;
+    let fenced = hub
+        .wait_node("gpu-s", "fenced", Duration::from_secs(10), |n| {
+            n["status"] == "fenced"
+        })
+        .await;
     assert!(
         fenced["status_reason"]
             .as_str()
@@ -584,13 +557,9 @@ async fn placement_follows_a_scripted_gpu_that_fills_fails_and_recovers() {
     );
 
     // Recovered: the node is online again and the small task runs; the big one still waits.
-    wait_node(
-        &hub,
-        "gpu-s",
-        "online again",
-        Duration::from_secs(10),
-        |n| n["status"] == "online",
-    )
+    hub.wait_node("gpu-s", "online again", Duration::from_secs(10), |n| {
+        n["status"] == "online"
+    })
     .await;
     let done = wait_task_status(&hub, &small, "succeeded", Duration::from_secs(10)).await;
     assert_eq!(done["output"], "small");
