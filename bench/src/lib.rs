@@ -108,7 +108,9 @@ pub fn bare_quic_server_config() -> anyhow::Result<(quinn::ServerConfig, String)
     let mut config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
     ));
-    config.transport_config(std::sync::Arc::new(outpost_node::tls::session_transport()));
+    config.transport_config(std::sync::Arc::new(
+        outpost_node::tls::hub_session_transport(),
+    ));
     Ok((config, certified.cert.pem()))
 }
 

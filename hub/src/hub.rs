@@ -193,12 +193,18 @@ pub async fn start_with_clock(
     let hub_certs = outpost_node::tls::certs_from_pem(&pki.hub_cert_pem, "hub certificate")?;
     let hub_key = outpost_node::tls::key_from_pem(&pki.hub_key_pem, "hub key")?;
     let quic_config = outpost_node::tls::quic_server_config(hub_certs, hub_key, pki.ca.ca_pem())?;
-    let endpoint =
-        quinn::Endpoint::server(quic_config, quic_addr).map_err(|source| HubError::Bind {
-            what: "QUIC",
-            addr: quic_addr.to_string(),
-            source,
-        })?;
+    let heartbeat_channels = Arc::new(crate::heartbeat_channel::ChannelTable::default());
+    let endpoint = crate::heartbeat_channel::server_endpoint(
+        quic_config,
+        quic_addr,
+        secret.as_bytes(),
+        heartbeat_channels.clone(),
+    )
+    .map_err(|source| HubError::Bind {
+        what: "QUIC",
+        addr: quic_addr.to_string(),
+        source,
+    })?;
     let quic_addr = endpoint.local_addr().map_err(|source| HubError::Bind {
         what: "QUIC",
         addr: quic_addr.to_string(),
@@ -245,7 +251,25 @@ pub async fn start_with_clock(
         in_flight: Mutex::new(Default::default()),
         last_finished: watch::channel(None).0,
         tool_meta: Mutex::new(Default::default()),
+        heartbeat_channels,
     });
+    {
+        // Channel heartbeats are handled on the endpoint's receive path; the sink holds the state
+        // weakly so the endpoint does not keep it alive.
+        let weak = Arc::downgrade(&state);
+        state
+            .heartbeat_channels
+            .set_sink(Box::new(move |node_id, heartbeat| {
+                if let Some(state) = weak.upgrade() {
+                    crate::session_server::on_heartbeat(
+                        &state,
+                        node_id,
+                        heartbeat,
+                        crate::state::HeartbeatTransport::Channel,
+                    );
+                }
+            }));
+    }
     // Everything the store said before this start is stale until nodes reconnect.
     for node in known_nodes {
         if node.status != "offline" {

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod fleet;
 pub mod grpc;
 pub mod grpc_tasks;
+pub mod heartbeat_channel;
 pub mod hub;
 pub mod join;
 pub mod links;

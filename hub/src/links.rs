@@ -47,6 +47,9 @@ pub trait NodeLink: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<Duration, LinkError>;
     /// Tells the node a new heartbeat interval.
     async fn set_heartbeat_interval(&self, interval_ms: u32) -> Result<(), LinkError>;
+    /// Tells the node where to send heartbeats: only on the heartbeat channel (true) or as QUIC
+    /// datagrams (false).
+    async fn set_heartbeat_channel(&self, use_channel: bool) -> Result<(), LinkError>;
     /// Starts an attempt of a task on the node.
     async fn run_task(&self, command: RunTask) -> Result<RunAnswer, LinkError>;
     /// Stops an attempt if it still runs; true when it did.
@@ -145,6 +148,12 @@ impl NodeLink for QuicLink {
             .map(|_| ())
     }
 
+    async fn set_heartbeat_channel(&self, use_channel: bool) -> Result<(), LinkError> {
+        self.command(hub_command::Kind::HeartbeatChannel(use_channel))
+            .await
+            .map(|_| ())
+    }
+
     async fn run_task(&self, command: RunTask) -> Result<RunAnswer, LinkError> {
         match self.command(hub_command::Kind::RunTask(command)).await? {
             node_reply::Kind::Ok(_) => Ok(RunAnswer::Accepted),
@@ -223,6 +232,10 @@ impl NodeLink for LoopbackLink {
     async fn set_heartbeat_interval(&self, interval_ms: u32) -> Result<(), LinkError> {
         self.interval_ms
             .store(u64::from(interval_ms), Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn set_heartbeat_channel(&self, _use_channel: bool) -> Result<(), LinkError> {
         Ok(())
     }
 

@@ -293,6 +293,10 @@ pub async fn health(state: &HubState, id: &str) -> Result<NodeHealth, RegistryEr
         heartbeats_received: live.heartbeats,
         load: view.load,
         session_reconnects: live.sessions.saturating_sub(1),
+        heartbeat_transport: live
+            .heartbeat_transport
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
         ..NodeHealth::default()
     };
     match state.links.get(id) {

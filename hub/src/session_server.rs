@@ -3,9 +3,10 @@
 //! Each connection must present a node certificate signed by the hub CA (rustls checks the chain).
 //! The first bi stream carries the node's hello: its JWT must verify, be a node credential for the
 //! same id the certificate names, and the certificate's key must be the one bound to that id at
-//! join; otherwise the connection is closed with the reason. Then heartbeats (datagrams) and
-//! events (uni streams) feed the fleet state, and the hub's commands go down through a
-//! [`QuicLink`].
+//! join; otherwise the connection is closed with the reason. The hub then opens the session's
+//! heartbeat channel ([`crate::heartbeat_channel`]) and names it in the `HelloAck`. Heartbeats
+//! (on the channel, or as datagrams where the channel does not get through) and events (uni
+//! streams) feed the fleet state, and the hub's commands go down through a [`QuicLink`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use prost::Message;
 
 use crate::fleet::FleetState;
 use crate::links::{NodeLink, QuicLink};
-use crate::state::HubState;
+use crate::state::{HeartbeatTransport, HubState};
 
 /// Application close codes.
 pub mod close_code {
@@ -175,13 +176,23 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
         &node_id,
         hello.capabilities.as_ref().and_then(|c| c.gpus.as_ref()),
     );
-    state.links.insert(&node_id, link);
+    state.links.insert(&node_id, link.clone());
     if let Some(caps) = &hello.capabilities {
         crate::tasks::observe_capabilities(&state, &node_id, caps);
     }
+    let channel = match state.heartbeat_channels.open(&node_id, |id| {
+        outpost_proto::heartbeat_channel::channel_key(&connection, id)
+    }) {
+        Ok(channel) => Some(channel),
+        Err(e) => {
+            tracing::warn!(node_id = %node_id, error = %e, "no heartbeat channel for this session; heartbeats come as datagrams");
+            None
+        }
+    };
     let ack = HelloAck {
         heartbeat_interval_ms: interval_ms,
         hub_id: "outpost-hub".into(),
+        heartbeat_channel_id: channel.as_ref().map_or(0, |c| c.id()),
     };
     if framing::write_frame(&mut send, &ack).await.is_err() {
         state.links.remove_if_current(&node_id, connection_id);
@@ -207,15 +218,32 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
             }
         })
     };
+    // Until the first channel heartbeat arrives the node sends each heartbeat both ways; then it
+    // is told to use the channel alone.
+    let confirm = channel.as_ref().map(|channel| {
+        let (first, link, node_id) = (channel.first_heartbeat(), link.clone(), node_id.clone());
+        tokio::spawn(async move {
+            first.await;
+            if let Err(e) = link.set_heartbeat_channel(true).await {
+                tracing::debug!(node_id = %node_id, error = %e, "confirming the heartbeat channel failed");
+            }
+        })
+    });
     while let Ok(bytes) = connection.read_datagram().await {
         match Heartbeat::decode(bytes) {
-            Ok(heartbeat) => on_heartbeat(&state, &node_id, heartbeat),
+            Ok(heartbeat) => {
+                on_heartbeat(&state, &node_id, heartbeat, HeartbeatTransport::Datagram)
+            }
             Err(e) => {
                 tracing::debug!(node_id = %node_id, error = %e, "malformed heartbeat datagram dropped")
             }
         }
     }
     events.abort();
+    if let Some(confirm) = confirm {
+        confirm.abort();
+    }
+    drop(channel);
     state.links.remove_if_current(&node_id, connection_id);
     tracing::info!(node_id = %node_id, reason = %connection.close_reason().map(|r| r.to_string()).unwrap_or_default(), "node session closed");
 }
@@ -232,8 +260,13 @@ fn apply_fence(state: &HubState, node_id: &str, gpus: Option<&outpost_proto::v1:
     state.publish(change);
 }
 
-/// A heartbeat from the session of `node_id`.
-pub fn on_heartbeat(state: &HubState, node_id: &str, heartbeat: Heartbeat) {
+/// A heartbeat from the session of `node_id`, come by `transport`.
+pub fn on_heartbeat(
+    state: &HubState,
+    node_id: &str,
+    heartbeat: Heartbeat,
+    transport: HeartbeatTransport,
+) {
     if heartbeat.node_id != node_id {
         tracing::warn!(session = %node_id, claimed = %heartbeat.node_id, "heartbeat for another node dropped");
         return;
@@ -248,6 +281,7 @@ pub fn on_heartbeat(state: &HubState, node_id: &str, heartbeat: Heartbeat) {
         }
         entry.last_seq = heartbeat.seq;
         entry.heartbeats += 1;
+        entry.heartbeat_transport = Some(transport);
         entry.load = heartbeat.load;
         if heartbeat.gpus.is_some() {
             entry.gpus.clone_from(&heartbeat.gpus);
@@ -274,7 +308,9 @@ pub fn on_heartbeat(state: &HubState, node_id: &str, heartbeat: Heartbeat) {
 
 async fn on_event(state: &HubState, node_id: &str, event: NodeEvent) {
     match event.kind {
-        Some(node_event::Kind::Heartbeat(heartbeat)) => on_heartbeat(state, node_id, heartbeat),
+        Some(node_event::Kind::Heartbeat(heartbeat)) => {
+            on_heartbeat(state, node_id, heartbeat, HeartbeatTransport::Stream)
+        }
         Some(node_event::Kind::Capabilities(caps)) => {
             if let Err(e) = state
                 .store

@@ -32,6 +32,30 @@ pub struct LiveNode {
     pub sessions: u64,
     /// Highest heartbeat sequence number seen in the current session.
     pub last_seq: u64,
+    /// How the latest heartbeat came.
+    pub heartbeat_transport: Option<HeartbeatTransport>,
+}
+
+/// The ways a heartbeat reaches the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatTransport {
+    /// A sealed packet on the heartbeat channel (the normal way).
+    Channel,
+    /// A QUIC datagram on the session (a hub or network without the channel).
+    Datagram,
+    /// An event on a QUIC stream (a heartbeat too large for a datagram).
+    Stream,
+}
+
+impl HeartbeatTransport {
+    /// The name shown in `nodes health`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Channel => "channel",
+            Self::Datagram => "datagram",
+            Self::Stream => "stream",
+        }
+    }
 }
 
 /// Shared hub state.
@@ -84,6 +108,8 @@ pub struct HubState {
     pub last_finished: tokio::sync::watch::Sender<Option<Arc<crate::store::TaskRow>>>,
     /// Tool metadata (no component bytes) by name, with when it was read.
     pub tool_meta: Mutex<HashMap<String, (crate::store::ToolRow, std::time::Instant)>>,
+    /// The heartbeat channels of the live sessions.
+    pub heartbeat_channels: Arc<crate::heartbeat_channel::ChannelTable>,
 }
 
 impl HubState {
@@ -107,6 +133,7 @@ impl HubState {
                 self.lost_nodes
                     .lock()
                     .push((change.node_id.clone(), change.reason.clone()));
+                self.heartbeats_lost_on_live_session(&change.node_id);
             }
             woke = true;
             let _ = self.status_changes.send(change);
@@ -114,6 +141,25 @@ impl HubState {
         if woke {
             self.dispatch.notify_one();
         }
+    }
+
+    /// A node went offline for want of heartbeats: if its session is still up, its heartbeats
+    /// are being lost on the way (a network that drops the channel's packets), so it is told to
+    /// send them as QUIC datagrams from now on; the next one brings it back online.
+    fn heartbeats_lost_on_live_session(&self, node_id: &str) {
+        let (Some(link), Ok(runtime)) = (
+            self.links.get(node_id),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let node_id = node_id.to_string();
+        runtime.spawn(async move {
+            match link.set_heartbeat_channel(false).await {
+                Ok(()) => tracing::warn!(node_id = %node_id, "heartbeats stopped arriving on the heartbeat channel while the session is up; the node now sends them as QUIC datagrams"),
+                Err(e) => tracing::debug!(node_id = %node_id, error = %e, "could not move a silent node's heartbeats to datagrams"),
+            }
+        });
     }
 
     /// Tells task waiters that some task changed.

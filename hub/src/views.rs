@@ -140,6 +140,7 @@ pub fn health_json(health: &NodeHealth) -> Value {
         "session_rtt_us": health.session_rtt_us,
         "last_heartbeat": time_json(health.last_heartbeat_ms),
         "heartbeats_received": health.heartbeats_received,
+        "heartbeat_transport": if health.heartbeat_transport.is_empty() { Value::Null } else { Value::String(health.heartbeat_transport.clone()) },
         "session_reconnects": health.session_reconnects,
         "load": health.load.as_ref().map_or(Value::Null, load_json),
         "error": if health.error.is_empty() { Value::Null } else { Value::String(health.error.clone()) },

@@ -1,17 +1,22 @@
 //! The node's persistent QUIC session to the hub.
 //!
 //! The node dials the hub with mTLS (its join certificate), opens a bi stream and sends
-//! [`NodeHello`] (id, JWT, capabilities); the hub answers [`HelloAck`] with the heartbeat interval.
-//! Then heartbeats go out as datagrams (a uni stream when too large for one), capability changes
-//! as events on uni streams, and the hub's commands arrive on bi streams the hub opens. When the
-//! connection drops, the node dials again with jittered exponential backoff.
+//! [`NodeHello`] (id, JWT, capabilities); the hub answers [`HelloAck`] with the heartbeat interval
+//! and the session's heartbeat channel ([`outpost_proto::heartbeat_channel`]). Heartbeats go out
+//! as sealed packets on that channel, from the session's own UDP socket; until the hub confirms
+//! the first one arrived they also go as QUIC datagrams, and they go only that way when the hub
+//! offers no channel, never confirms, or later says the channel's packets stopped arriving (a
+//! heartbeat too large for either goes on a uni stream). Capability changes go as events on uni
+//! streams, and the hub's commands arrive on bi streams the hub opens. When the connection drops,
+//! the node dials again with jittered exponential backoff.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use outpost_proto::framing::{self, FrameError};
+use outpost_proto::heartbeat_channel::{self as channel_wire, ChannelKey};
 use outpost_proto::v1::{
     Capabilities, GpuSnapshot, HelloAck, HubCommand, NodeEvent, NodeHello, NodeReply, Pong,
     hub_command, node_event, node_reply,
@@ -36,6 +41,10 @@ pub struct SessionStats {
     pub sessions: AtomicU64,
     /// Heartbeats sent so far.
     pub heartbeats_sent: AtomicU64,
+    /// Heartbeats sent on the heartbeat channel so far (some also went as datagrams).
+    pub heartbeats_on_channel: AtomicU64,
+    /// True while the hub has confirmed this session's heartbeat channel.
+    pub channel_confirmed: AtomicBool,
     /// Commands answered so far.
     pub commands_handled: AtomicU64,
     /// The last reason a session ended or failed to start.
@@ -150,8 +159,8 @@ pub async fn run(ctx: Arc<SessionContext>, mut shutdown: watch::Receiver<bool>) 
         Duration::from_secs(10),
         seed_from(&ctx.node_id),
     );
-    let endpoint = match quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))) {
-        Ok(endpoint) => endpoint,
+    let (endpoint, socket) = match client_endpoint() {
+        Ok(pair) => pair,
         Err(e) => {
             tracing::error!(error = %e, "cannot open a UDP socket for the hub session");
             *ctx.stats.last_error.lock() = format!("opening UDP socket: {e}");
@@ -169,7 +178,7 @@ pub async fn run(ctx: Arc<SessionContext>, mut shutdown: watch::Receiver<bool>) 
             break;
         }
         let result = tokio::select! {
-            r = session_once(&ctx, &endpoint, &gpu_cache, &mut backoff, shutdown.clone()) => r,
+            r = session_once(&ctx, &endpoint, &socket, &gpu_cache, &mut backoff, shutdown.clone()) => r,
             _ = shutdown.changed() => Ok(()),
         };
         ctx.stats.connected.store(false, Ordering::SeqCst);
@@ -189,6 +198,69 @@ pub async fn run(ctx: Arc<SessionContext>, mut shutdown: watch::Receiver<bool>) 
     gpu_task.abort();
     endpoint.close(0u32.into(), b"node shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+/// The session's QUIC endpoint, and its socket (heartbeat channel packets leave from it, so they
+/// take the same path and NAT mapping as the session).
+fn client_endpoint() -> std::io::Result<(quinn::Endpoint, Arc<dyn quinn::AsyncUdpSocket>)> {
+    let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let socket = runtime.wrap_udp_socket(socket)?;
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.clone(),
+        runtime,
+    )?;
+    Ok((endpoint, socket))
+}
+
+/// Where heartbeats go in this session.
+mod channel_mode {
+    /// Sent on the channel and as datagrams, until the hub confirms the channel.
+    pub const PROBING: u8 = 0;
+    /// Sent on the channel only.
+    pub const CONFIRMED: u8 = 1;
+    /// Sent as datagrams only.
+    pub const OFF: u8 = 2;
+}
+
+/// Heartbeats sent both ways without the hub confirming the channel before the node stops
+/// trying it for the session.
+const CHANNEL_PROBES: u32 = 10;
+
+/// The sending end of a session's heartbeat channel.
+struct ChannelSender {
+    id: u64,
+    key: ChannelKey,
+    hub: SocketAddr,
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+}
+
+impl ChannelSender {
+    /// Seals and sends one heartbeat; false when it did not go (too large, or the socket refused).
+    fn send(&self, heartbeat: &outpost_proto::v1::Heartbeat) -> bool {
+        let packet = self
+            .key
+            .seal(self.id, heartbeat.seq, &heartbeat.encode_to_vec());
+        if packet.len() > channel_wire::MAX_PACKET {
+            return false;
+        }
+        let transmit = quinn::udp::Transmit {
+            destination: self.hub,
+            ecn: None,
+            contents: &packet,
+            segment_size: None,
+            src_ip: None,
+        };
+        match self.socket.try_send(&transmit) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat channel send failed");
+                false
+            }
+        }
+    }
 }
 
 fn seed_from(text: &str) -> u64 {
@@ -231,6 +303,7 @@ fn gpu_shape(snapshot: &GpuSnapshot) -> (Vec<String>, bool, String) {
 async fn session_once(
     ctx: &Arc<SessionContext>,
     endpoint: &quinn::Endpoint,
+    socket: &Arc<dyn quinn::AsyncUdpSocket>,
     gpu_cache: &Arc<Mutex<GpuSnapshot>>,
     backoff: &mut Backoff,
     mut shutdown: watch::Receiver<bool>,
@@ -282,6 +355,29 @@ async fn session_once(
     backoff.reset();
     tracing::info!(node_id = %ctx.node_id, hub = %addr, interval_ms = ack.heartbeat_interval_ms, "session established");
 
+    let channel = match ack.heartbeat_channel_id {
+        0 => None,
+        id => match channel_wire::channel_key(&connection, id) {
+            Ok(key) => Some(ChannelSender {
+                id,
+                key,
+                hub: addr,
+                socket: socket.clone(),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "no key for the heartbeat channel; heartbeats go as datagrams");
+                None
+            }
+        },
+    };
+    let mode = Arc::new(AtomicU8::new(if channel.is_some() {
+        channel_mode::PROBING
+    } else {
+        channel_mode::OFF
+    }));
+    ctx.stats.channel_confirmed.store(false, Ordering::SeqCst);
+    let mut probes = 0u32;
+
     let mut seq = 0u64;
     let mut next_beat = tokio::time::Instant::now();
     let runner = ctx.runner.clone();
@@ -299,7 +395,7 @@ async fn session_once(
             e = connection.closed() => return Err(SessionError::Closed(e)),
             incoming = connection.accept_bi() => {
                 let (send, recv) = incoming?;
-                tokio::spawn(handle_command(send, recv, interval_ms.clone(), ctx.stats.clone(), runner.clone()));
+                tokio::spawn(handle_command(send, recv, interval_ms.clone(), mode.clone(), ctx.stats.clone(), runner.clone()));
             }
             _ = tokio::time::sleep_until(next_beat) => {
                 next_beat = tokio::time::Instant::now() + Duration::from_millis(u64::from(interval_ms.load(Ordering::Relaxed)));
@@ -323,7 +419,23 @@ async fn session_once(
                     capabilities_digest: capabilities_digest.as_bytes().to_vec(),
                     running_tasks: runner.as_ref().map(|r| r.running_tasks()).unwrap_or_default(),
                 };
-                send_heartbeat(&connection, heartbeat).await?;
+                let current = mode.load(Ordering::Relaxed);
+                let on_channel = current != channel_mode::OFF
+                    && channel.as_ref().is_some_and(|c| c.send(&heartbeat));
+                if on_channel {
+                    ctx.stats.heartbeats_on_channel.fetch_add(1, Ordering::Relaxed);
+                }
+                if current == channel_mode::PROBING {
+                    probes += 1;
+                    if probes >= CHANNEL_PROBES
+                        && mode.compare_exchange(channel_mode::PROBING, channel_mode::OFF, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                    {
+                        tracing::warn!(node_id = %ctx.node_id, probes, "the hub never confirmed the heartbeat channel; heartbeats go as QUIC datagrams for this session");
+                    }
+                }
+                if !(on_channel && current == channel_mode::CONFIRMED) {
+                    send_heartbeat(&connection, heartbeat).await?;
+                }
                 ctx.stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -385,6 +497,7 @@ async fn handle_command(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     interval_ms: Arc<AtomicU32>,
+    mode: Arc<AtomicU8>,
     stats: Arc<SessionStats>,
     runner: Option<Arc<TaskRunner>>,
 ) {
@@ -402,6 +515,28 @@ async fn handle_command(
         Some(hub_command::Kind::SetHeartbeatIntervalMs(ms)) => {
             interval_ms.store(ms.max(100), Ordering::Relaxed);
             node_reply::Kind::Ok(true)
+        }
+        Some(hub_command::Kind::HeartbeatChannel(use_channel)) => {
+            let to = if use_channel {
+                channel_mode::CONFIRMED
+            } else {
+                channel_mode::OFF
+            };
+            // A session without a channel stays off; a channel the hub gave up on stays off.
+            let moved = mode
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |from| {
+                    (from != channel_mode::OFF || !use_channel).then_some(to)
+                })
+                .is_ok();
+            stats
+                .channel_confirmed
+                .store(moved && use_channel, Ordering::SeqCst);
+            if moved && !use_channel {
+                tracing::warn!(
+                    "the hub stopped receiving the heartbeat channel; heartbeats go as QUIC datagrams for this session"
+                );
+            }
+            node_reply::Kind::Ok(moved)
         }
         Some(hub_command::Kind::RunTask(run)) => match &runner {
             Some(runner) => runner.accept(run),

@@ -117,7 +117,7 @@ pub fn quic_server_config(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(session_transport()));
+    config.transport_config(Arc::new(hub_session_transport()));
     Ok(config)
 }
 
@@ -140,12 +140,26 @@ pub fn quic_client_config(
     Ok(config)
 }
 
-/// Transport settings of the session: keep-alives well inside the idle timeout, so a quiet but
-/// healthy node is never dropped, and a dead one is noticed within the idle timeout.
+/// Idle timeout of a session: a peer gone without a word is noticed after this long.
+pub const SESSION_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+/// How often the node keeps a quiet session alive (heartbeats travel outside QUIC, on the
+/// heartbeat channel, so the session itself can be quiet for long).
+pub const SESSION_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Transport settings of the node's side of the session: keep-alives well inside the idle
+/// timeout, so a quiet but healthy session is never dropped (and a NAT keeps its mapping).
 pub fn session_transport() -> quinn::TransportConfig {
+    let mut transport = hub_session_transport();
+    transport.keep_alive_interval(Some(SESSION_KEEP_ALIVE));
+    transport
+}
+
+/// Transport settings of the hub's side: the same idle timeout, no keep-alives of its own (the
+/// node's keep the session up; ten thousand sessions pinging from the hub would cost a core's
+/// fraction for nothing).
+pub fn hub_session_transport() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(20)) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(SESSION_IDLE_TIMEOUT) {
         transport.max_idle_timeout(Some(idle));
     }
     transport

@@ -3,9 +3,12 @@
 //! - [`v1`]: the protobuf messages and gRPC services of package `outpost.v1`, generated at build
 //!   time from `proto/outpost/v1/outpost.proto` with protox and tonic-prost-build.
 //! - [`framing`]: how those messages travel on QUIC streams (length-delimited frames with a size cap).
+//! - [`heartbeat_channel`]: heartbeats as sealed UDP packets on the hub's QUIC port, keyed from
+//!   the session's TLS exporter.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
 
 pub mod framing;
+pub mod heartbeat_channel;
 
 /// Generated messages and services of package `outpost.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

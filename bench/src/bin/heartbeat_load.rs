@@ -1,6 +1,8 @@
 //! Heartbeat ingestion: N simulated nodes join a real hub process (real join, real certificates),
-//! hold real QUIC sessions and send heartbeats as datagrams at a fixed rate; the hub's CPU time is
-//! read from /proc over a steady window. Also measures a real `outpost-node`'s idle RSS.
+//! hold real QUIC sessions and send heartbeats at a fixed rate, on the heartbeat channel (sealed
+//! UDP packets, as nodes do) or as QUIC datagrams (`--transport datagram`, as nodes do where the
+//! channel does not get through); the hub's CPU time is read from /proc over a steady window.
+//! Also measures a real `outpost-node`'s idle RSS.
 //!
 //! ```text
 //! cargo build --release -p outpost-hub -p outpost-node -p outpost-bench
@@ -21,8 +23,10 @@ use outpost_node::auth::BootstrapToken;
 use outpost_node::identity::JoinedIdentity;
 use outpost_node::join::{JoinRequest, join};
 use outpost_proto::framing;
+use outpost_proto::heartbeat_channel::{ChannelKey, channel_key};
 use outpost_proto::v1::{
-    Capabilities, GpuSnapshot, Hardware, Heartbeat, HelloAck, Load, NodeHello,
+    Capabilities, GpuSnapshot, Hardware, Heartbeat, HelloAck, HubCommand, Load, NodeHello,
+    NodeReply, node_reply,
 };
 use prost::Message as _;
 
@@ -50,9 +54,31 @@ struct Args {
     /// Also measure a bare quinn datagram sink under the same load, for the ratio.
     #[arg(long)]
     baseline: bool,
+    /// How the simulated nodes send heartbeats: `channel` (as nodes do) or `datagram`.
+    #[arg(long, default_value = "channel")]
+    transport: Transport,
+    /// Also drive the hub with QUIC datagrams after the channel run, for the ratio.
+    #[arg(long)]
+    compare_datagram: bool,
     /// Release binaries directory.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    /// Sealed UDP packets on the session's heartbeat channel.
+    Channel,
+    /// QUIC datagrams on the session.
+    Datagram,
+}
+
+/// One simulated node's session.
+struct SimNode {
+    id: String,
+    connection: quinn::Connection,
+    /// The session's heartbeat channel (id and key), when the hub offered one.
+    channel: Option<(u64, Arc<ChannelKey>)>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,25 +171,46 @@ struct Measurement {
     receiver_rss_mb: f64,
 }
 
-/// Sends heartbeats on every connection at `args.rate` and measures `receiver_pid` over the window.
+/// Sends heartbeats on every connection at `args.rate` (by `transport`) and measures
+/// `receiver_pid` over the window.
 async fn drive(
     args: &Args,
-    connections: &[(String, quinn::Connection)],
+    nodes: &[SimNode],
+    transport: Transport,
     receiver_pid: u32,
+    run: u64,
 ) -> anyhow::Result<Measurement> {
-    let n = connections.len().max(1);
+    let n = nodes.len().max(1);
     let sent = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let period = Duration::from_secs_f64(1.0 / args.rate);
+    let sockets: Vec<Arc<tokio::net::UdpSocket>> = {
+        let mut sockets = Vec::new();
+        for _ in 0..args.endpoints.max(1) {
+            sockets.push(Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await?));
+        }
+        sockets
+    };
     let mut tasks = Vec::new();
-    for (i, (id, connection)) in connections.iter().enumerate() {
-        let (id, connection, sent, failed) =
-            (id.clone(), connection.clone(), sent.clone(), failed.clone());
+    for (i, node) in nodes.iter().enumerate() {
+        let (id, connection, sent, failed) = (
+            node.id.clone(),
+            node.connection.clone(),
+            sent.clone(),
+            failed.clone(),
+        );
+        let channel = match transport {
+            Transport::Channel => node.channel.clone(),
+            Transport::Datagram => None,
+        };
+        let socket = sockets[i % sockets.len()].clone();
+        let hub = connection.remote_address();
         let offset = period.mul_f64(i as f64 / n as f64);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(offset).await;
             let mut ticker = tokio::time::interval(period);
-            let mut seq = 0u64;
+            // Sequence numbers stay above any used in an earlier run on the same session.
+            let mut seq = run << 32;
             loop {
                 ticker.tick().await;
                 seq += 1;
@@ -188,10 +235,20 @@ async fn drive(
                     capabilities_digest: vec![0xab; 64],
                     running_tasks: Vec::new(),
                 };
-                match connection.send_datagram(heartbeat.encode_to_vec().into()) {
-                    Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                let ok = match &channel {
+                    Some((channel_id, key)) => {
+                        let packet = key.seal(*channel_id, seq, &heartbeat.encode_to_vec());
+                        socket.try_send_to(&packet, hub).is_ok()
+                    }
+                    None => connection
+                        .send_datagram(heartbeat.encode_to_vec().into())
+                        .is_ok(),
                 };
+                if ok {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }));
     }
@@ -277,25 +334,26 @@ async fn load(
     let quic_port = identities.first().context("no nodes")?.quic_port;
     let hub_addr: std::net::SocketAddr = format!("127.0.0.1:{quic_port}").parse()?;
     let started = Instant::now();
-    let connections: Vec<anyhow::Result<(String, quinn::Connection)>> =
+    let nodes: Vec<anyhow::Result<SimNode>> =
         futures::stream::iter(identities.into_iter().enumerate())
             .map(|(i, identity)| {
                 let endpoint = endpoints[i % endpoints.len()].clone();
-                async move {
-                    connect(&endpoint, hub_addr, &identity)
-                        .await
-                        .map(|c| (identity.node_id.clone(), c))
-                }
+                async move { connect(&endpoint, hub_addr, &identity).await }
             })
             .buffer_unordered(64)
             .collect()
             .await;
-    let connections: Vec<(String, quinn::Connection)> =
-        connections.into_iter().collect::<anyhow::Result<_>>()?;
+    let nodes: Vec<SimNode> = nodes.into_iter().collect::<anyhow::Result<_>>()?;
     let connect_s = started.elapsed().as_secs_f64();
+    let with_channel = nodes.iter().filter(|n| n.channel.is_some()).count();
 
-    let outpost = drive(args, &connections, hub.pid()).await?;
+    let outpost = drive(args, &nodes, args.transport, hub.pid(), 1).await?;
     let online = online_count(args, hub).await?;
+    let datagram = if args.compare_datagram && args.transport == Transport::Channel {
+        Some(drive(args, &nodes, Transport::Datagram, hub.pid(), 2).await?)
+    } else {
+        None
+    };
     let mut report = serde_json::json!({
         "nodes": n,
         "rate_per_node_hz": args.rate,
@@ -309,7 +367,23 @@ async fn load(
         "generator_cpu_percent": outpost.generator_cores * 100.0,
         "hub_rss_mb": outpost.receiver_rss_mb,
         "online_at_end": online,
+        "transport": format!("{:?}", args.transport).to_lowercase(),
+        "sessions_with_channel": with_channel,
     });
+    if let (Some(datagram), serde_json::Value::Object(map)) = (&datagram, &mut report) {
+        map.insert(
+            "datagram_hub_cpu_percent_of_one_core".into(),
+            (datagram.receiver_cores * 100.0).into(),
+        );
+        map.insert(
+            "datagram_generator_cpu_percent".into(),
+            (datagram.generator_cores * 100.0).into(),
+        );
+        map.insert(
+            "channel_over_datagram".into(),
+            (outpost.receiver_cores / datagram.receiver_cores).into(),
+        );
+    }
     if let (Some(bare), serde_json::Value::Object(map)) = (&baseline, &mut report) {
         map.insert(
             "bare_quinn_cpu_percent_of_one_core".into(),
@@ -354,25 +428,24 @@ async fn measure_bare_sink(
         .with_context(|| format!("sink said {line:?}"))?;
     let cert_pem = std::fs::read_to_string(&cert_path)?;
     let client = outpost_bench::bare_quic_client_config(&cert_pem)?;
-    let connections: Vec<anyhow::Result<(String, quinn::Connection)>> =
-        futures::stream::iter(0..args.nodes)
-            .map(|i| {
-                let (endpoint, client) = (endpoints[i % endpoints.len()].clone(), client.clone());
-                async move {
-                    Ok((
-                        format!("sim-{i:05}"),
-                        endpoint.connect_with(client, addr, "127.0.0.1")?.await?,
-                    ))
-                }
-            })
-            .buffer_unordered(64)
-            .collect()
-            .await;
-    let connections: Vec<(String, quinn::Connection)> =
-        connections.into_iter().collect::<anyhow::Result<_>>()?;
-    let measurement = drive(args, &connections, child.id()).await;
-    for (_, c) in &connections {
-        c.close(0u32.into(), b"baseline done");
+    let nodes: Vec<anyhow::Result<SimNode>> = futures::stream::iter(0..args.nodes)
+        .map(|i| {
+            let (endpoint, client) = (endpoints[i % endpoints.len()].clone(), client.clone());
+            async move {
+                Ok(SimNode {
+                    id: format!("sim-{i:05}"),
+                    connection: endpoint.connect_with(client, addr, "127.0.0.1")?.await?,
+                    channel: None,
+                })
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let nodes: Vec<SimNode> = nodes.into_iter().collect::<anyhow::Result<_>>()?;
+    let measurement = drive(args, &nodes, Transport::Datagram, child.id(), 1).await;
+    for node in &nodes {
+        node.connection.close(0u32.into(), b"baseline done");
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -400,7 +473,7 @@ async fn connect(
     endpoint: &quinn::Endpoint,
     hub: std::net::SocketAddr,
     identity: &JoinedIdentity,
-) -> anyhow::Result<quinn::Connection> {
+) -> anyhow::Result<SimNode> {
     let certs = outpost_node::tls::certs_from_pem(&identity.certificate_pem, "cert")?;
     let key = outpost_node::tls::key_from_pem(&identity.key_pem, "key")?;
     let config = outpost_node::tls::quic_client_config(&identity.ca_pem, certs, key)?;
@@ -423,8 +496,30 @@ async fn connect(
     };
     framing::write_frame(&mut send, &hello).await?;
     let _ = send.finish();
-    let _ack: HelloAck = framing::read_frame(&mut recv, 64 * 1024).await?;
-    Ok(connection)
+    let ack: HelloAck = framing::read_frame(&mut recv, 64 * 1024).await?;
+    let channel = match ack.heartbeat_channel_id {
+        0 => None,
+        id => Some((id, Arc::new(channel_key(&connection, id)?))),
+    };
+    // Answer the hub's commands as a node would (the channel confirmation, pings).
+    let commands = connection.clone();
+    tokio::spawn(async move {
+        while let Ok((mut send, mut recv)) = commands.accept_bi().await {
+            if let Ok(command) = framing::read_frame::<HubCommand>(&mut recv, 64 * 1024).await {
+                let reply = NodeReply {
+                    id: command.id,
+                    kind: Some(node_reply::Kind::Ok(true)),
+                };
+                let _ = framing::write_frame(&mut send, &reply).await;
+                let _ = send.finish();
+            }
+        }
+    });
+    Ok(SimNode {
+        id: identity.node_id.clone(),
+        connection,
+        channel,
+    })
 }
 
 async fn online_count(args: &Args, hub: &HubProcess) -> anyhow::Result<usize> {

@@ -5,6 +5,7 @@
 mod auth;
 mod fleet;
 mod grpc_surface;
+mod heartbeat_channel;
 mod rest;
 mod sandbox;
 mod tasks;
