@@ -326,9 +326,9 @@ impl AsyncUdpSocket for ChannelSocket {
 /// The hub's QUIC endpoint on `addr`, its socket shared with the heartbeat channel.
 ///
 /// Peers are not allowed to grease the QUIC fixed bit (so one byte tells channel packets from
-/// QUIC), and stateless resets are keyed from `reset_secret`: a restarted hub with the same secret
-/// resets its predecessor's sessions at their next packet, so nodes reconnect at once instead of
-/// waiting out the idle timeout.
+/// QUIC), and stateless resets and connection ids are keyed from `reset_secret`: a restarted hub
+/// with the same secret resets its predecessor's sessions at their next packet, so nodes reconnect
+/// then instead of waiting out the idle timeout.
 pub fn server_endpoint(
     config: quinn::ServerConfig,
     addr: SocketAddr,
@@ -338,15 +338,24 @@ pub fn server_endpoint(
     let socket = std::net::UdpSocket::bind(addr)?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let inner = runtime.wrap_udp_socket(socket)?;
-    let reset_key = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret),
-        b"outpost QUIC stateless reset key v1",
-    );
+    let secret = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
+    let reset_key = ring::hmac::sign(&secret, b"outpost QUIC stateless reset key v1");
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
         ring::hmac::HMAC_SHA256,
         reset_key.as_ref(),
     )));
-    endpoint_config.grease_quic_bit(false);
+    // Connection ids carry a keyed check the endpoint validates before it answers a packet for
+    // an unknown connection; the same key across restarts lets the new process recognise its
+    // predecessor's ids and send the reset.
+    let cid_tag = ring::hmac::sign(&secret, b"outpost QUIC connection id key v1");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid_tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    endpoint_config
+        .grease_quic_bit(false)
+        .cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
     quinn::Endpoint::new_with_abstract_socket(
         endpoint_config,
         Some(config),

@@ -215,3 +215,101 @@ async fn forged_replayed_and_garbage_channel_packets_change_nothing() {
     })
     .await;
 }
+
+/// The real `outpost` binary beside this test binary (cargo builds it for the hub crate's tests).
+fn outpost_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let bin = dir.join(format!("outpost{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is not built (`cargo test --workspace` builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A hub process, killed when dropped (also when a test fails).
+struct HubProcess(std::process::Child);
+
+impl HubProcess {
+    /// SIGKILL: the process gets no chance to close anything.
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `outpost hub --config` (its log to `log`) and waits until its gRPC port accepts
+/// connections.
+async fn spawn_hub(config: &std::path::Path, grpc: &str, log: &std::path::Path) -> HubProcess {
+    let child = std::process::Command::new(outpost_binary())
+        .args(["hub", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(grpc).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hub process never listened on {grpc}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    HubProcess(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hub_process_resets_the_quiet_sessions_when_it_comes_back() {
+    // Pin ports and data with an in-process start, then run the real binary on them.
+    let mut hub = TestHub::start(TlsMode::Tls).await;
+    hub.stop().await;
+    let config = hub.write_config();
+    let grpc = hub.config.internal_grpc.listen.clone();
+    let logs = [
+        hub.dir.path().join("hub-1.log"),
+        hub.dir.path().join("hub-2.log"),
+    ];
+    let process = spawn_hub(&config, &grpc, &logs[0]).await;
+    let node = start_node(hub.node_config("crash-1", STATIC_TOKEN)).await;
+    wait_for("channel confirmed", Duration::from_secs(10), || {
+        node.stats.channel_confirmed.load(Ordering::SeqCst)
+    })
+    .await;
+    let sessions = node.stats.sessions.load(Ordering::SeqCst);
+
+    // SIGKILL: no close reaches the node, and its heartbeats need no answer. The new process has
+    // the same secret, so its stateless reset for the node's next keep-alive is one the node
+    // recognises (without it the node would wait out the 45 s idle timeout).
+    process.kill();
+    let process = spawn_hub(&config, &grpc, &logs[1]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while node.stats.sessions.load(Ordering::SeqCst) == sessions {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new session; connected: {}, last error: {}, hub log: {}",
+            node.stats.connected.load(Ordering::SeqCst),
+            node.stats.last_error.lock(),
+            std::fs::read_to_string(&logs[1]).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended = node.stats.last_error.lock().clone();
+    assert!(
+        ended.contains("reset by peer"),
+        "the old session ended by a stateless reset, not a timeout: {ended}"
+    );
+
+    node.shutdown().await;
+    process.kill();
+}
