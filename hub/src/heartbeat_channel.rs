@@ -242,6 +242,53 @@ impl Drop for ChannelHandle {
     }
 }
 
+/// How many sessions the hub moves from the channel to datagrams per window.
+///
+/// A node seen offline while its session is up is told to send heartbeats as datagrams: right
+/// for one node behind a path that drops the channel's packets, wrong for thousands at once
+/// (an overloaded hub dropping packets would move them all to the path that costs it three times
+/// as much). So only a few moves are allowed per window; a larger wave is left alone.
+#[derive(Debug, Clone)]
+pub struct FallbackBudget {
+    per_window: u32,
+    window_ms: i64,
+    window_start_ms: i64,
+    used: u32,
+}
+
+impl FallbackBudget {
+    /// `per_window` moves every `window_ms`.
+    pub fn new(per_window: u32, window_ms: i64) -> Self {
+        Self {
+            per_window,
+            window_ms: window_ms.max(1),
+            window_start_ms: i64::MIN,
+            used: 0,
+        }
+    }
+
+    /// True (and counted) when one more move fits in the window of `now_ms`.
+    pub fn allow(&mut self, now_ms: i64) -> bool {
+        if now_ms.saturating_sub(self.window_start_ms) >= self.window_ms {
+            self.window_start_ms = now_ms;
+            self.used = 0;
+        }
+        if self.used < self.per_window {
+            self.used += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Default for FallbackBudget {
+    /// 16 moves per 10 s.
+    fn default() -> Self {
+        Self::new(16, 10_000)
+    }
+}
+
 /// Takes the channel packets out of one received buffer of `len` bytes holding datagrams of
 /// `stride` bytes (the last may be shorter), calling `on_packet` for each; the other datagrams
 /// are moved together at the front. Returns the bytes left for QUIC.
@@ -488,6 +535,18 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), handle.first_heartbeat())
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn fallback_budget_allows_a_few_moves_per_window() {
+        let mut budget = FallbackBudget::new(2, 1_000);
+        assert!(budget.allow(0));
+        assert!(budget.allow(10));
+        assert!(!budget.allow(20), "a wave past the budget is left alone");
+        assert!(!budget.allow(999));
+        assert!(budget.allow(1_000), "a new window");
+        assert!(budget.allow(1_500));
+        assert!(!budget.allow(1_999));
     }
 
     #[test]

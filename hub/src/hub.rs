@@ -252,6 +252,7 @@ pub async fn start_with_clock(
         last_finished: watch::channel(None).0,
         tool_meta: Mutex::new(Default::default()),
         heartbeat_channels,
+        channel_fallbacks: Mutex::new(Default::default()),
     });
     {
         // Channel heartbeats are handled on the endpoint's receive path; the sink holds the state

@@ -110,6 +110,8 @@ pub struct HubState {
     pub tool_meta: Mutex<HashMap<String, (crate::store::ToolRow, std::time::Instant)>>,
     /// The heartbeat channels of the live sessions.
     pub heartbeat_channels: Arc<crate::heartbeat_channel::ChannelTable>,
+    /// Moves of silent sessions from the channel to datagrams still allowed in this window.
+    pub channel_fallbacks: Mutex<crate::heartbeat_channel::FallbackBudget>,
 }
 
 impl HubState {
@@ -146,6 +148,10 @@ impl HubState {
     /// A node went offline for want of heartbeats: if its session is still up, its heartbeats
     /// are being lost on the way (a network that drops the channel's packets), so it is told to
     /// send them as QUIC datagrams from now on; the next one brings it back online.
+    /// Only a few sessions move per window ([`FallbackBudget`]): a wave of nodes going silent
+    /// together is the hub or the network, not one path, and datagrams would only cost more.
+    ///
+    /// [`FallbackBudget`]: crate::heartbeat_channel::FallbackBudget
     fn heartbeats_lost_on_live_session(&self, node_id: &str) {
         let (Some(link), Ok(runtime)) = (
             self.links.get(node_id),
@@ -153,6 +159,10 @@ impl HubState {
         ) else {
             return;
         };
+        if !self.channel_fallbacks.lock().allow(self.now_ms()) {
+            tracing::debug!(node_id = %node_id, "many sessions went silent at once; this one stays on the heartbeat channel");
+            return;
+        }
         let node_id = node_id.to_string();
         runtime.spawn(async move {
             match link.set_heartbeat_channel(false).await {
