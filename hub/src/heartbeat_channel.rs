@@ -157,7 +157,10 @@ impl ChannelTable {
             Err(ChannelError::UnknownChannel) => &c.unknown_channel,
             Err(ChannelError::Unauthentic) => &c.unauthentic,
             Err(ChannelError::Replayed) => &c.replayed,
-            Err(ChannelError::Undecodable | ChannelError::NoKeyMaterial) => &c.undecodable,
+            // The last two come from opening a channel, never from a packet.
+            Err(
+                ChannelError::Undecodable | ChannelError::NoKeyMaterial | ChannelError::NoChannelId,
+            ) => &c.undecodable,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         outcome
@@ -196,13 +199,13 @@ fn fresh_id(channels: &HashMap<u64, Arc<Channel>>) -> Result<u64, ChannelError> 
     for _ in 0..8 {
         let mut bytes = [0u8; 8];
         rng.fill(&mut bytes)
-            .map_err(|_| ChannelError::NoKeyMaterial)?;
+            .map_err(|_| ChannelError::NoChannelId)?;
         let id = u64::from_be_bytes(bytes);
         if id != 0 && !channels.contains_key(&id) {
             return Ok(id);
         }
     }
-    Err(ChannelError::NoKeyMaterial)
+    Err(ChannelError::NoChannelId)
 }
 
 /// A session's channel; closing it (drop) removes it from the table.

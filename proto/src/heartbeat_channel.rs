@@ -49,9 +49,12 @@ pub enum ChannelError {
     /// The plaintext is not a heartbeat.
     #[error("heartbeat packet does not decode")]
     Undecodable,
-    /// The exporter could not give a key (the session's TLS state is gone).
-    #[error("no key material from the session")]
+    /// The exporter could not give a usable key (the session's TLS state is gone).
+    #[error("no usable key material from the session")]
     NoKeyMaterial,
+    /// No channel id could be drawn (the system's random source failed).
+    #[error("no channel id: the system random source failed")]
+    NoChannelId,
 }
 
 /// True when `first_byte` starts a channel packet rather than a QUIC packet.
