@@ -283,12 +283,14 @@ impl TaskRunner {
             return Ok(tool.with_policy(resolved));
         }
         let sandbox = self.sandbox.clone();
+        let digest = command.tool_digest.clone();
         // Compiling can take seconds: keep it off the async workers.
-        let tool = tokio::task::spawn_blocking(move || sandbox.load_file(&path, resolved))
-            .await
-            .map_err(|e| {
-                SandboxError::new(ErrorKind::Trap, format!("loading the tool panicked: {e}"))
-            })??;
+        let tool =
+            tokio::task::spawn_blocking(move || sandbox.load_stored(&path, &digest, resolved))
+                .await
+                .map_err(|e| {
+                    SandboxError::new(ErrorKind::Trap, format!("loading the tool panicked: {e}"))
+                })??;
         let mut loaded = self.loaded.lock();
         if loaded.len() >= LOADED_CAPACITY {
             loaded.clear();

@@ -39,6 +39,13 @@ enum Mode {
     },
     /// Compile and cache-load times.
     Cold,
+    /// Loads of `bulky` from a warm on-disk cache into one running sandbox, each followed by its
+    /// first call (the path a node takes for a tool it compiled before); for profiling.
+    Cached {
+        /// Loads per run.
+        #[arg(long, default_value_t = 200)]
+        loads: usize,
+    },
     /// Fuel and epoch overhead on a CPU-bound guest.
     Meters {
         /// Rounds of the `busy` guest per call.
@@ -155,6 +162,45 @@ fn cold(runs: usize) -> anyhow::Result<serde_json::Value> {
     Ok(json!({"mode": "cold", "runs": runs, "components": rows}))
 }
 
+async fn cached(runs: usize, loads: usize) -> anyhow::Result<serde_json::Value> {
+    let wasm = std::fs::read(outpost_guests::bulky())?;
+    let dir = tempfile::tempdir()?;
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..SandboxConfig::default()
+    })?;
+    let digest = sandbox.load(&wasm, wide_open())?.digest().to_string(); // fills the cache
+    let path = outpost_guests::bulky();
+    let (mut from_bytes, mut from_store) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (mut bytes_run, mut store_run) = (Vec::with_capacity(loads), Vec::with_capacity(loads));
+        for _ in 0..loads {
+            // `outpost tool run`: the bytes are in hand and must be hashed to find the entry.
+            let started = Instant::now();
+            let tool = sandbox.load(&wasm, wide_open())?;
+            anyhow::ensure!(tool.from_cache(), "the cache missed");
+            tool.invoke("7").await.result?;
+            bytes_run.push(started.elapsed().as_secs_f64() * 1e3);
+            // A node's task: the tool store names the file by its (checked) digest.
+            let started = Instant::now();
+            let tool = sandbox.load_stored(&path, &digest, wide_open())?;
+            anyhow::ensure!(tool.from_cache(), "the cache missed");
+            tool.invoke("7").await.result?;
+            store_run.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        from_bytes.push(median(&mut bytes_run));
+        from_store.push(median(&mut store_run));
+    }
+    Ok(json!({
+        "mode": "cached",
+        "component": "bulky",
+        "bytes": wasm.len(),
+        "loads_per_run": loads,
+        "load_by_digest_and_first_call_ms_median": median(&mut from_store),
+        "load_from_bytes_and_first_call_ms_median": median(&mut from_bytes),
+    }))
+}
+
 async fn meters(runs: usize, rounds: u64) -> anyhow::Result<serde_json::Value> {
     let wasm = std::fs::read(outpost_guests::busy())?;
     let mut rows = Vec::new();
@@ -199,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
     let results = match args.mode {
         Mode::Warm { calls, spawns } => vec![warm(args.runs, calls, spawns).await?],
         Mode::Cold => vec![cold(args.runs)?],
+        Mode::Cached { loads } => vec![cached(args.runs, loads).await?],
         Mode::Meters { rounds } => vec![meters(args.runs, rounds).await?],
         Mode::All => vec![
             warm(args.runs, 20_000, 300).await?,

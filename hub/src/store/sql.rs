@@ -127,54 +127,94 @@ fn attempt_from_row(row: &AnyRow) -> Result<AttemptRow, sqlx::Error> {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// The compare-and-set update of a task (see [`Store::update_task`]).
+/// The compare-and-set update of a task (see [`Store::update_task`]): parameters `$1` to `$16`.
+const UPDATE_TASK_SQL: &str = "UPDATE tasks SET status = $2, node_id = $3, reason = $4, attempts = $5, \
+     devices = $6, output = $7, error_kind = $8, error_message = $9, duration_us = $10, \
+     fuel_used = $11, updated_at_ms = $12, started_at_ms = $13, finished_at_ms = $14 \
+     WHERE id = $1 AND status = $15 AND attempts = $16";
+
+/// The upsert of an attempt (see [`Store::put_attempt`]).
+const PUT_ATTEMPT_SQL: &str = "INSERT INTO task_attempts (task_id, attempt, node_id, status, output, \
+     error_kind, error_message, started_at_ms, finished_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     ON CONFLICT (task_id, attempt) DO UPDATE SET node_id = excluded.node_id, \
+     status = excluded.status, output = excluded.output, error_kind = excluded.error_kind, \
+     error_message = excluded.error_message, finished_at_ms = excluded.finished_at_ms";
+
+/// [`Store::advance_task`] on SQLite as one statement list, so the whole transaction is one
+/// round trip to the connection's worker thread instead of four (begin, update, upsert, commit).
+/// The attempt is written only when the update changed the row (`changes() = 1`), and the
+/// `SELECT` reports whether it did. Parameters: the update's `$1` to `$16`, the attempt's `$17`
+/// to `$25`.
+const ADVANCE_TASK_SQLITE: &str = "BEGIN IMMEDIATE; \
+     UPDATE tasks SET status = $2, node_id = $3, reason = $4, attempts = $5, \
+     devices = $6, output = $7, error_kind = $8, error_message = $9, duration_us = $10, \
+     fuel_used = $11, updated_at_ms = $12, started_at_ms = $13, finished_at_ms = $14 \
+     WHERE id = $1 AND status = $15 AND attempts = $16; \
+     INSERT INTO task_attempts (task_id, attempt, node_id, status, output, \
+     error_kind, error_message, started_at_ms, finished_at_ms) \
+     SELECT $17, $18, $19, $20, $21, $22, $23, $24, $25 WHERE changes() = 1 \
+     ON CONFLICT (task_id, attempt) DO UPDATE SET node_id = excluded.node_id, \
+     status = excluded.status, output = excluded.output, error_kind = excluded.error_kind, \
+     error_message = excluded.error_message, finished_at_ms = excluded.finished_at_ms; \
+     SELECT changes() AS advanced; \
+     COMMIT";
+
+/// Binds a task update's parameters (see [`UPDATE_TASK_SQL`]) after those already bound.
+fn bind_task_update<'q>(
+    query: AnyQuery<'q>,
+    task: &'q TaskRow,
+    expected_status: &'q str,
+    expected_attempts: i64,
+) -> AnyQuery<'q> {
+    query
+        .bind(&task.id)
+        .bind(&task.status)
+        .bind(&task.node_id)
+        .bind(&task.reason)
+        .bind(task.attempts)
+        .bind(&task.devices)
+        .bind(&task.output)
+        .bind(&task.error_kind)
+        .bind(&task.error_message)
+        .bind(task.duration_us)
+        .bind(task.fuel_used)
+        .bind(task.updated_at_ms)
+        .bind(task.started_at_ms)
+        .bind(task.finished_at_ms)
+        .bind(expected_status)
+        .bind(expected_attempts)
+}
+
+/// Binds an attempt's parameters (see [`PUT_ATTEMPT_SQL`]) after those already bound.
+fn bind_attempt<'q>(query: AnyQuery<'q>, attempt: &'q AttemptRow) -> AnyQuery<'q> {
+    query
+        .bind(&attempt.task_id)
+        .bind(attempt.attempt)
+        .bind(&attempt.node_id)
+        .bind(&attempt.status)
+        .bind(&attempt.output)
+        .bind(&attempt.error_kind)
+        .bind(&attempt.error_message)
+        .bind(attempt.started_at_ms)
+        .bind(attempt.finished_at_ms)
+}
+
 fn update_task_query<'q>(
     task: &'q TaskRow,
     expected_status: &'q str,
     expected_attempts: i64,
 ) -> AnyQuery<'q> {
-    sqlx::query(
-        "UPDATE tasks SET status = $2, node_id = $3, reason = $4, attempts = $5, devices = $6, \
-         output = $7, error_kind = $8, error_message = $9, duration_us = $10, fuel_used = $11, \
-         updated_at_ms = $12, started_at_ms = $13, finished_at_ms = $14 \
-         WHERE id = $1 AND status = $15 AND attempts = $16",
+    bind_task_update(
+        sqlx::query(UPDATE_TASK_SQL),
+        task,
+        expected_status,
+        expected_attempts,
     )
-    .bind(&task.id)
-    .bind(&task.status)
-    .bind(&task.node_id)
-    .bind(&task.reason)
-    .bind(task.attempts)
-    .bind(&task.devices)
-    .bind(&task.output)
-    .bind(&task.error_kind)
-    .bind(&task.error_message)
-    .bind(task.duration_us)
-    .bind(task.fuel_used)
-    .bind(task.updated_at_ms)
-    .bind(task.started_at_ms)
-    .bind(task.finished_at_ms)
-    .bind(expected_status)
-    .bind(expected_attempts)
 }
 
-/// The upsert of an attempt (see [`Store::put_attempt`]).
 fn put_attempt_query(attempt: &AttemptRow) -> AnyQuery<'_> {
-    sqlx::query(
-        "INSERT INTO task_attempts (task_id, attempt, node_id, status, output, error_kind, error_message, \
-         started_at_ms, finished_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-         ON CONFLICT (task_id, attempt) DO UPDATE SET node_id = excluded.node_id, status = excluded.status, \
-         output = excluded.output, error_kind = excluded.error_kind, error_message = excluded.error_message, \
-         finished_at_ms = excluded.finished_at_ms",
-    )
-    .bind(&attempt.task_id)
-    .bind(attempt.attempt)
-    .bind(&attempt.node_id)
-    .bind(&attempt.status)
-    .bind(&attempt.output)
-    .bind(&attempt.error_kind)
-    .bind(&attempt.error_message)
-    .bind(attempt.started_at_ms)
-    .bind(attempt.finished_at_ms)
+    bind_attempt(sqlx::query(PUT_ATTEMPT_SQL), attempt)
 }
 
 /// `status IN ($2, $3, …)` for `statuses` (placeholders from `first`), or `TRUE` when empty.
@@ -199,6 +239,9 @@ fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
     // microseconds instead of an fsync.
     AnyPoolOptions::new()
         .max_connections(max_connections)
+        // A pooled connection to a local file cannot go stale; a liveness ping before every
+        // use would be one more round trip to the connection's worker thread per query.
+        .test_before_acquire(false)
         .after_connect(|connection, _| {
             Box::pin(async move {
                 sqlx::query("PRAGMA synchronous = NORMAL")
@@ -315,6 +358,45 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;
+    }
+
+    /// [`Store::advance_task`] on SQLite in one round trip (see [`ADVANCE_TASK_SQLITE`]). If a
+    /// statement fails, the transaction it left open is rolled back before the connection goes
+    /// back to the pool.
+    async fn advance_task_sqlite(
+        &self,
+        task: &TaskRow,
+        expected_status: &str,
+        expected_attempts: i64,
+        attempt: &AttemptRow,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.writer.acquire().await?;
+        let query = bind_attempt(
+            bind_task_update(
+                sqlx::query(ADVANCE_TASK_SQLITE),
+                task,
+                expected_status,
+                expected_attempts,
+            ),
+            attempt,
+        );
+        // `fetch_all` runs every statement (a row limit would stop before the COMMIT).
+        match query.fetch_all(&mut *connection).await {
+            Ok(rows) => {
+                let advanced: i64 = match rows.first() {
+                    Some(row) => row.try_get("advanced")?,
+                    None => 0,
+                };
+                Ok(advanced == 1)
+            }
+            Err(e) => {
+                // "No transaction is active" when BEGIN itself failed: nothing to undo.
+                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *connection).await {
+                    tracing::debug!(error = %rollback, "rollback after a failed task write");
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// The SQLite journal mode (for checks), `None` on PostgreSQL.
@@ -738,6 +820,11 @@ impl Store for SqlStore {
         expected_attempts: i64,
         attempt: &AttemptRow,
     ) -> Result<bool, StoreError> {
+        if self.backend == Backend::Sqlite {
+            return self
+                .advance_task_sqlite(task, expected_status, expected_attempts, attempt)
+                .await;
+        }
         let mut tx = self.write_transaction().await?;
         let done = update_task_query(task, expected_status, expected_attempts)
             .execute(&mut *tx)

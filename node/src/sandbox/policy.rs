@@ -47,8 +47,9 @@ pub const MAX_MEMORY: u64 = 4 << 30;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Largest output limit a policy may ask for.
 pub const MAX_OUTPUT: u64 = 256 << 20;
-/// Most table elements a tool may have (a table-growth bomb stops here).
-pub const MAX_TABLE_ELEMENTS: usize = 10_000;
+/// Most table elements a tool may have (a table-growth bomb stops here). Large programs have one
+/// element per function whose address is taken: tens of thousands are normal.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// How a granted directory may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

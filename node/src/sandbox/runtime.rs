@@ -307,7 +307,52 @@ impl Sandbox {
     /// Compiles (or loads from the cache) a component, checks its imports against what the node
     /// provides and its exports against the `tool` world, and binds it to `policy`.
     pub fn load(&self, wasm: &[u8], policy: ResolvedPolicy) -> Result<LoadedTool, SandboxError> {
-        let (component, outcome, digest) = self.compile(wasm)?;
+        check_component_header(wasm)?;
+        let digest = crate::auth::sha256_hex(wasm);
+        let (component, outcome) = self.compile(wasm, &digest)?;
+        self.link(component, outcome, digest, policy)
+    }
+
+    /// Loads a component the caller keeps in a file named by its sha256 `digest`, checked when
+    /// the file was stored (the node's tool store). When the compiled code is cached the file is
+    /// neither read nor hashed again: for a large tool, reading and hashing cost more than loading
+    /// the compiled code. On a miss the file is read, checked against `digest`, compiled and
+    /// cached.
+    pub fn load_stored(
+        &self,
+        path: &std::path::Path,
+        digest: &str,
+        policy: ResolvedPolicy,
+    ) -> Result<LoadedTool, SandboxError> {
+        if let Some(cache) = &self.inner.cache
+            && let Some(component) = cache.load(&self.inner.engine, digest)
+        {
+            return self.link(component, CacheOutcome::Hit, digest.to_string(), policy);
+        }
+        let wasm = read_component(path)?;
+        check_component_header(&wasm)?;
+        let actual = crate::auth::sha256_hex(&wasm);
+        if actual != digest {
+            return Err(SandboxError::new(
+                ErrorKind::InvalidComponent,
+                format!(
+                    "{} has sha256 {actual}, not the {digest} it was stored under",
+                    path.display()
+                ),
+            ));
+        }
+        let (component, outcome) = self.compile(&wasm, digest)?;
+        self.link(component, outcome, actual, policy)
+    }
+
+    /// Links a compiled component against the node's imports and checks its exports.
+    fn link(
+        &self,
+        component: Component,
+        outcome: CacheOutcome,
+        digest: String,
+        policy: ResolvedPolicy,
+    ) -> Result<LoadedTool, SandboxError> {
         let pre = self
             .inner
             .linker
@@ -345,22 +390,19 @@ impl Sandbox {
         path: &std::path::Path,
         policy: ResolvedPolicy,
     ) -> Result<LoadedTool, SandboxError> {
-        let wasm = std::fs::read(path).map_err(|err| {
-            SandboxError::new(
-                ErrorKind::InvalidComponent,
-                format!("cannot read {}: {err}", path.display()),
-            )
-        })?;
-        self.load(&wasm, policy)
+        self.load(&read_component(path)?, policy)
     }
 
-    fn compile(&self, wasm: &[u8]) -> Result<(Component, CacheOutcome, String), SandboxError> {
-        check_component_header(wasm)?;
-        let digest = crate::auth::sha256_hex(wasm);
+    /// The compiled form of `wasm` (whose sha256 is `digest`), from the cache when it is there.
+    fn compile(
+        &self,
+        wasm: &[u8],
+        digest: &str,
+    ) -> Result<(Component, CacheOutcome), SandboxError> {
         if let Some(cache) = &self.inner.cache
-            && let Some(component) = cache.load(&self.inner.engine, &digest)
+            && let Some(component) = cache.load(&self.inner.engine, digest)
         {
-            return Ok((component, CacheOutcome::Hit, digest));
+            return Ok((component, CacheOutcome::Hit));
         }
         let component = Component::new(&self.inner.engine, wasm).map_err(|err| {
             SandboxError::new(
@@ -369,10 +411,19 @@ impl Sandbox {
             )
         })?;
         if let Some(cache) = &self.inner.cache {
-            cache.store(&self.inner.engine, &digest, &component);
+            cache.store(&self.inner.engine, digest, &component);
         }
-        Ok((component, CacheOutcome::Compiled, digest))
+        Ok((component, CacheOutcome::Compiled))
     }
+}
+
+fn read_component(path: &std::path::Path) -> Result<Vec<u8>, SandboxError> {
+    std::fs::read(path).map_err(|err| {
+        SandboxError::new(
+            ErrorKind::InvalidComponent,
+            format!("cannot read {}: {err}", path.display()),
+        )
+    })
 }
 
 /// Rejects what is plainly not a component before handing bytes to the compiler, with a message
