@@ -229,7 +229,8 @@ pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted
     if spec.timeout_ms > MAX_TIMEOUT_MS {
         return Err(invalid("timeout_ms: at most 24 hours".into()));
     }
-    spec.requirements
+    let requirements = spec
+        .requirements
         .to_requirements()
         .map_err(|e| invalid(format!("requirements: {e}")))?;
     if tool_meta(state, &spec.tool).await?.is_none() {
@@ -239,7 +240,7 @@ pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted
         )));
     }
     let now = state.now_ms();
-    let row = TaskRow {
+    let mut row = TaskRow {
         id: new_task_id()?,
         tool: spec.tool.clone(),
         command: String::new(),
@@ -259,36 +260,62 @@ pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted
         updated_at_ms: now,
         ..TaskRow::default()
     };
-    let stored = state.store.insert_task(&row).await?;
+    // Placed as it is submitted, in the same write, when nothing older waits and no dispatcher
+    // pass runs (the dispatcher keeps submit order); otherwise the dispatcher places it.
+    let placing = if state
+        .queue_backlog
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        None
+    } else {
+        state.placing.try_lock().ok()
+    };
+    let planned = placing
+        .as_ref()
+        .map(|_| state.scheduler.lock().place(&row.id, &requirements, now));
+    let (stored, placement) = match planned {
+        Some(Ok(Ok(placement))) => {
+            let (placed, attempt) = placed_rows(&row, &placement, now);
+            match state.store.insert_placed_task(&placed, &attempt).await {
+                Ok(stored) if stored.id == placed.id => (stored, Some(placement)),
+                Ok(taken) => {
+                    state.scheduler.lock().release(&row.id);
+                    (taken, None)
+                }
+                Err(e) => {
+                    state.scheduler.lock().release(&row.id);
+                    return Err(e.into());
+                }
+            }
+        }
+        Some(Ok(Err(no_fit))) => {
+            state
+                .queue_backlog
+                .store(true, std::sync::atomic::Ordering::Release);
+            row.reason = no_fit.reason;
+            (state.store.insert_task(&row).await?, None)
+        }
+        Some(Err(PlaceError::Invalid(e))) => {
+            return Err(invalid(format!("requirements: {e}")));
+        }
+        Some(Err(PlaceError::AlreadyPlaced(_))) | None => {
+            (state.store.insert_task(&row).await?, None)
+        }
+    };
+    drop(placing);
     let created = stored.id == row.id;
     if created {
         tracing::info!(task_id = %row.id, tool = %row.tool, "task submitted");
         state.task_changed();
-        place_at_submit(state, &stored).await;
+        match placement {
+            Some(placement) => hand_over(state, stored.clone(), placement),
+            None => state.dispatch.notify_one(),
+        }
     }
     Ok(Submitted {
         task: stored,
         created,
     })
-}
-
-/// Places a new task at once when nothing older waits and no dispatcher pass runs; otherwise
-/// (or when it does not fit) leaves it to the dispatcher, which keeps submit order.
-async fn place_at_submit(state: &Arc<HubState>, task: &TaskRow) {
-    if !state
-        .queue_backlog
-        .load(std::sync::atomic::Ordering::Acquire)
-        && let Ok(_placing) = state.placing.try_lock()
-    {
-        match place_queued(state, task).await {
-            Ok(true) => return,
-            Ok(false) => state
-                .queue_backlog
-                .store(true, std::sync::atomic::Ordering::Release),
-            Err(e) => tracing::warn!(task_id = %task.id, error = %e, "placing at submit failed"),
-        }
-    }
-    state.dispatch.notify_one();
 }
 
 /// A tool's metadata, from the cache when read less than [`TOOL_META_TTL`] ago.
@@ -713,7 +740,21 @@ async fn place(
     task: &TaskRow,
     placement: Placement,
 ) -> Result<(), StoreError> {
-    let now = state.now_ms();
+    let (next, attempt) = placed_rows(task, &placement, state.now_ms());
+    if !state
+        .store
+        .advance_task(&next, status::QUEUED, task.attempts, &attempt)
+        .await?
+    {
+        state.scheduler.lock().release(&task.id);
+        return Ok(());
+    }
+    hand_over(state, next, placement);
+    Ok(())
+}
+
+/// What placing `task` writes: the task as placed (one attempt more) and that attempt.
+fn placed_rows(task: &TaskRow, placement: &Placement, now: i64) -> (TaskRow, AttemptRow) {
     let mut next = task.clone();
     next.status = status::PLACED.into();
     next.node_id = placement.node_id.clone();
@@ -743,24 +784,23 @@ async fn place(
         started_at_ms: now,
         ..AttemptRow::default()
     };
-    if !state
-        .store
-        .advance_task(&next, status::QUEUED, task.attempts, &attempt)
-        .await?
-    {
-        state.scheduler.lock().release(&task.id);
-        return Ok(());
-    }
-    state.in_flight.lock().insert(next.id.clone(), next.clone());
-    tracing::info!(task_id = %next.id, node_id = %next.node_id, devices = %next.devices, attempt = next.attempts, "task placed");
+    (next, attempt)
+}
+
+/// A placement is stored: remember the row and send the attempt to its node.
+fn hand_over(state: &Arc<HubState>, placed: TaskRow, placement: Placement) {
+    state
+        .in_flight
+        .lock()
+        .insert(placed.id.clone(), placed.clone());
+    tracing::info!(task_id = %placed.id, node_id = %placed.node_id, devices = %placed.devices, attempt = placed.attempts, "task placed");
     state.task_changed();
     let state = state.clone();
     tokio::spawn(async move {
-        if let Err(e) = send_to_node(&state, &next, &placement).await {
-            tracing::warn!(task_id = %next.id, error = %e, "task could not be handed to its node");
+        if let Err(e) = send_to_node(&state, &placed, &placement).await {
+            tracing::warn!(task_id = %placed.id, error = %e, "task could not be handed to its node");
         }
     });
-    Ok(())
 }
 
 /// Sends a placed attempt to its node (with the component when the node lacks it).

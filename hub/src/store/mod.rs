@@ -276,6 +276,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores a new task. When its idempotency key is taken, stores nothing and returns the
     /// task that holds the key; otherwise returns `task` as stored.
     async fn insert_task(&self, task: &TaskRow) -> Result<TaskRow, StoreError>;
+    /// Stores a new task that was placed as it was submitted, with its first attempt, as one
+    /// transaction where the backend has them. Idempotency as in [`Store::insert_task`]: when the
+    /// key is taken nothing is stored (no attempt either) and the task holding it is returned.
+    async fn insert_placed_task(
+        &self,
+        task: &TaskRow,
+        attempt: &AttemptRow,
+    ) -> Result<TaskRow, StoreError> {
+        let stored = self.insert_task(task).await?;
+        if stored.id == task.id {
+            self.put_attempt(attempt).await?;
+        }
+        Ok(stored)
+    }
     /// One task.
     async fn get_task(&self, id: &str) -> Result<Option<TaskRow>, StoreError>;
     /// Tasks in any of `statuses` (all when empty), newest first, at most `limit`.
@@ -670,6 +684,165 @@ mod conformance {
         assert_eq!(attempts[0].status, "lost");
         assert_eq!(attempts[1].output.as_deref(), Some("late"));
         assert!(store.list_attempts("t3").await.unwrap().is_empty());
+
+        // Advance: the update and its attempt together, or neither.
+        let queued = store.get_task("t3").await.unwrap().unwrap();
+        let mut placed = queued.clone();
+        placed.status = "placed".into();
+        placed.attempts = 1;
+        placed.node_id = "a".into();
+        let first = AttemptRow {
+            task_id: "t3".into(),
+            attempt: 1,
+            node_id: "a".into(),
+            status: "placed".into(),
+            started_at_ms: 50,
+            ..AttemptRow::default()
+        };
+        assert!(
+            store
+                .advance_task(&placed, "queued", 0, &first)
+                .await
+                .unwrap()
+        );
+        let stale = AttemptRow {
+            attempt: 9,
+            ..first.clone()
+        };
+        assert!(
+            !store
+                .advance_task(&placed, "queued", 0, &stale)
+                .await
+                .unwrap(),
+            "a stale advance loses and writes no attempt"
+        );
+        assert_eq!(store.get_task("t3").await.unwrap().unwrap(), placed);
+        assert_eq!(store.list_attempts("t3").await.unwrap(), [first.clone()]);
+        let mut finished = placed.clone();
+        finished.status = "succeeded".into();
+        finished.output = Some("ok".into());
+        finished.finished_at_ms = Some(60);
+        let done = AttemptRow {
+            status: "succeeded".into(),
+            output: Some("ok".into()),
+            finished_at_ms: Some(60),
+            ..first.clone()
+        };
+        assert!(
+            store
+                .advance_task(&finished, "placed", 1, &done)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.get_task("t3").await.unwrap().unwrap(), finished);
+        assert_eq!(store.list_attempts("t3").await.unwrap(), [done]);
+
+        // A task placed as it is submitted: task and first attempt in one write; a taken
+        // idempotency key stores neither and returns the holder.
+        let mut at_submit = task("t5", Some("k5"), 15);
+        at_submit.status = "placed".into();
+        at_submit.attempts = 1;
+        at_submit.node_id = "b".into();
+        let attempt_one = AttemptRow {
+            task_id: "t5".into(),
+            attempt: 1,
+            node_id: "b".into(),
+            status: "placed".into(),
+            started_at_ms: 15,
+            ..AttemptRow::default()
+        };
+        let stored = store
+            .insert_placed_task(&at_submit, &attempt_one)
+            .await
+            .unwrap();
+        assert_eq!(stored, at_submit);
+        assert_eq!(store.get_task("t5").await.unwrap().unwrap(), at_submit);
+        assert_eq!(
+            store.list_attempts("t5").await.unwrap(),
+            [attempt_one.clone()]
+        );
+        let mut twin = at_submit.clone();
+        twin.id = "t6".into();
+        let twin_attempt = AttemptRow {
+            task_id: "t6".into(),
+            ..attempt_one.clone()
+        };
+        let holder = store
+            .insert_placed_task(&twin, &twin_attempt)
+            .await
+            .unwrap();
+        assert_eq!(holder.id, "t5", "same key returns the first task");
+        assert!(store.get_task("t6").await.unwrap().is_none());
+        assert!(store.list_attempts("t6").await.unwrap().is_empty());
+        assert!(matches!(
+            store
+                .insert_placed_task(
+                    &TaskRow {
+                        idempotency_key: None,
+                        ..at_submit.clone()
+                    },
+                    &attempt_one
+                )
+                .await,
+            Err(StoreError::Duplicate { .. })
+        ));
+    }
+
+    /// SQL stores write a task and its attempt in one transaction: when the attempt cannot be
+    /// written (here: it names a task that does not exist), the task is left as it was and the
+    /// store goes on serving writes.
+    async fn exercise_transactions(store: &SqlStore) {
+        store.insert_task(&task("tx1", None, 1)).await.unwrap();
+        let queued = store.get_task("tx1").await.unwrap().unwrap();
+        let mut placed = queued.clone();
+        placed.status = "placed".into();
+        placed.attempts = 1;
+        let orphan = AttemptRow {
+            task_id: "no-such-task".into(),
+            attempt: 1,
+            node_id: "a".into(),
+            status: "placed".into(),
+            started_at_ms: 2,
+            ..AttemptRow::default()
+        };
+        let err = store
+            .advance_task(&placed, "queued", 0, &orphan)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("FOREIGN KEY") || err.to_string().contains("foreign key"),
+            "{err}"
+        );
+        assert_eq!(
+            store.get_task("tx1").await.unwrap().unwrap(),
+            queued,
+            "the update rolled back with the attempt"
+        );
+        let err = store
+            .insert_placed_task(&task("tx2", None, 3), &orphan)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("FOREIGN KEY") || err.to_string().contains("foreign key"),
+            "{err}"
+        );
+        assert!(
+            store.get_task("tx2").await.unwrap().is_none(),
+            "the insert rolled back"
+        );
+        // The writer is free again: the next writes go through.
+        let attempt = AttemptRow {
+            task_id: "tx1".into(),
+            ..orphan.clone()
+        };
+        assert!(
+            store
+                .advance_task(&placed, "queued", 0, &attempt)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.list_attempts("tx1").await.unwrap(), [attempt]);
+        store.insert_task(&task("tx3", None, 4)).await.unwrap();
     }
 
     #[tokio::test]
@@ -687,6 +860,7 @@ mod conformance {
             Some("wal")
         );
         exercise(&store).await;
+        exercise_transactions(&store).await;
         store.close().await;
         let reopened = SqlStore::connect(&url).await.unwrap();
         assert_eq!(
@@ -719,6 +893,7 @@ mod conformance {
         let store = SqlStore::connect(&url).await.unwrap();
         assert_eq!(store.backend(), sql::Backend::Postgres);
         exercise(&store).await;
+        exercise_transactions(&store).await;
         store.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&admin)

@@ -160,6 +160,63 @@ const ADVANCE_TASK_SQLITE: &str = "BEGIN IMMEDIATE; \
      SELECT changes() AS advanced; \
      COMMIT";
 
+/// A new task: parameters `$1` to `$23`.
+const INSERT_TASK_SQL: &str = "INSERT INTO tasks (id, tool, command, input, requirements, \
+     idempotency_key, status, node_id, reason, attempts, max_attempts, timeout_ms, devices, output, \
+     error_kind, error_message, duration_us, fuel_used, late_results, created_at_ms, updated_at_ms, \
+     started_at_ms, finished_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)";
+
+/// [`Store::insert_placed_task`] on SQLite as one statement list (one round trip to the worker):
+/// the task's `$1` to `$23`, then its first attempt's `$24` to `$32`. A failed statement leaves
+/// the transaction open; the caller rolls it back.
+const INSERT_PLACED_TASK_SQLITE: &str = "BEGIN IMMEDIATE; \
+     INSERT INTO tasks (id, tool, command, input, requirements, \
+     idempotency_key, status, node_id, reason, attempts, max_attempts, timeout_ms, devices, output, \
+     error_kind, error_message, duration_us, fuel_used, late_results, created_at_ms, updated_at_ms, \
+     started_at_ms, finished_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23); \
+     INSERT INTO task_attempts (task_id, attempt, node_id, status, output, \
+     error_kind, error_message, started_at_ms, finished_at_ms) \
+     VALUES ($24, $25, $26, $27, $28, $29, $30, $31, $32); \
+     COMMIT";
+
+/// Binds a new task's parameters (see [`INSERT_TASK_SQL`]) after those already bound.
+fn bind_task_insert<'q>(query: AnyQuery<'q>, task: &'q TaskRow) -> AnyQuery<'q> {
+    query
+        .bind(&task.id)
+        .bind(&task.tool)
+        .bind(&task.command)
+        .bind(&task.input)
+        .bind(&task.requirements)
+        .bind(&task.idempotency_key)
+        .bind(&task.status)
+        .bind(&task.node_id)
+        .bind(&task.reason)
+        .bind(task.attempts)
+        .bind(task.max_attempts)
+        .bind(task.timeout_ms)
+        .bind(&task.devices)
+        .bind(&task.output)
+        .bind(&task.error_kind)
+        .bind(&task.error_message)
+        .bind(task.duration_us)
+        .bind(task.fuel_used)
+        .bind(task.late_results)
+        .bind(task.created_at_ms)
+        .bind(task.updated_at_ms)
+        .bind(task.started_at_ms)
+        .bind(task.finished_at_ms)
+}
+
+/// Ends a transaction a failed statement list left open on `connection` ("no transaction is
+/// active" when BEGIN itself failed: then there is nothing to undo).
+async fn rollback_quietly(connection: &mut sqlx::pool::PoolConnection<sqlx::Any>) {
+    if let Err(e) = sqlx::query("ROLLBACK").execute(&mut **connection).await {
+        tracing::debug!(error = %e, "rollback after a failed task write");
+    }
+}
+
 /// Binds a task update's parameters (see [`UPDATE_TASK_SQL`]) after those already bound.
 fn bind_task_update<'q>(
     query: AnyQuery<'q>,
@@ -360,6 +417,25 @@ impl SqlStore {
         self.writer.close().await;
     }
 
+    /// What an insert that hit a unique constraint found: the task holding `task`'s idempotency
+    /// key, or a duplicate-id error.
+    async fn taken_task(&self, task: &TaskRow) -> Result<TaskRow, StoreError> {
+        if let Some(key) = &task.idempotency_key {
+            let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = $1");
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = row {
+                return Ok(task_from_row(&row)?);
+            }
+        }
+        Err(StoreError::Duplicate {
+            what: "task",
+            id: task.id.clone(),
+        })
+    }
+
     /// [`Store::advance_task`] on SQLite in one round trip (see [`ADVANCE_TASK_SQLITE`]). If a
     /// statement fails, the transaction it left open is rolled back before the connection goes
     /// back to the pool.
@@ -390,10 +466,7 @@ impl SqlStore {
                 Ok(advanced == 1)
             }
             Err(e) => {
-                // "No transaction is active" when BEGIN itself failed: nothing to undo.
-                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *connection).await {
-                    tracing::debug!(error = %rollback, "rollback after a failed task write");
-                }
+                rollback_quietly(&mut connection).await;
                 Err(e.into())
             }
         }
@@ -727,58 +800,58 @@ impl Store for SqlStore {
     }
 
     async fn insert_task(&self, task: &TaskRow) -> Result<TaskRow, StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO tasks (id, tool, command, input, requirements, idempotency_key, status, node_id, \
-             reason, attempts, max_attempts, timeout_ms, devices, output, error_kind, error_message, \
-             duration_us, fuel_used, late_results, created_at_ms, updated_at_ms, started_at_ms, finished_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22, $23)",
-        )
-        .bind(&task.id)
-        .bind(&task.tool)
-        .bind(&task.command)
-        .bind(&task.input)
-        .bind(&task.requirements)
-        .bind(&task.idempotency_key)
-        .bind(&task.status)
-        .bind(&task.node_id)
-        .bind(&task.reason)
-        .bind(task.attempts)
-        .bind(task.max_attempts)
-        .bind(task.timeout_ms)
-        .bind(&task.devices)
-        .bind(&task.output)
-        .bind(&task.error_kind)
-        .bind(&task.error_message)
-        .bind(task.duration_us)
-        .bind(task.fuel_used)
-        .bind(task.late_results)
-        .bind(task.created_at_ms)
-        .bind(task.updated_at_ms)
-        .bind(task.started_at_ms)
-        .bind(task.finished_at_ms)
-        .execute(&self.writer)
-        .await;
-        match result {
+        match bind_task_insert(sqlx::query(INSERT_TASK_SQL), task)
+            .execute(&self.writer)
+            .await
+        {
             Ok(_) => Ok(task.clone()),
-            Err(e) if is_unique_violation(&e) => {
-                if let Some(key) = &task.idempotency_key {
-                    let sql =
-                        format!("SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = $1");
-                    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(key)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                    if let Some(row) = row {
-                        return Ok(task_from_row(&row)?);
-                    }
-                }
-                Err(StoreError::Duplicate {
-                    what: "task",
-                    id: task.id.clone(),
-                })
-            }
+            Err(e) if is_unique_violation(&e) => self.taken_task(task).await,
             Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn insert_placed_task(
+        &self,
+        task: &TaskRow,
+        attempt: &AttemptRow,
+    ) -> Result<TaskRow, StoreError> {
+        let mut connection = self.writer.acquire().await?;
+        let written = match self.backend {
+            // One round trip: see INSERT_PLACED_TASK_SQLITE.
+            Backend::Sqlite => bind_attempt(
+                bind_task_insert(sqlx::query(INSERT_PLACED_TASK_SQLITE), task),
+                attempt,
+            )
+            .execute(&mut *connection)
+            .await
+            .map(|_| ()),
+            Backend::Postgres => {
+                let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+                let inserted = bind_task_insert(sqlx::query(INSERT_TASK_SQL), task)
+                    .execute(&mut *tx)
+                    .await;
+                match inserted {
+                    Ok(_) => {
+                        put_attempt_query(attempt).execute(&mut *tx).await?;
+                        tx.commit().await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match written {
+            Ok(_) => Ok(task.clone()),
+            Err(e) => {
+                if self.backend == Backend::Sqlite {
+                    rollback_quietly(&mut connection).await;
+                }
+                drop(connection);
+                if is_unique_violation(&e) {
+                    self.taken_task(task).await
+                } else {
+                    Err(e.into())
+                }
+            }
         }
     }
 
