@@ -434,14 +434,19 @@ pub async fn wait(state: &HubState, id: &str, max_wait: Duration) -> Result<Task
     let mut changes: watch::Receiver<u64> = state.task_changes.subscribe();
     let mut finished = state.last_finished.subscribe();
     let deadline = tokio::time::Instant::now() + max_wait;
+    let mut periodic = false;
     loop {
         changes.mark_unchanged();
         finished.mark_unchanged();
-        let task = get(state, id).await?;
-        if is_terminal(&task.status) {
-            return Ok(task);
+        // An attempt this hub placed and has no result for yet is not final: no read needed,
+        // except the periodic one (another hub sharing the database may have finished it).
+        if periodic || !state.in_flight.lock().contains_key(id) {
+            let task = get(state, id).await?;
+            if is_terminal(&task.status) {
+                return Ok(task);
+            }
         }
-        // Also re-read now and then, in case another hub sharing the database finished it.
+        periodic = false;
         let tick = tokio::time::sleep(Duration::from_millis(500));
         tokio::select! {
             biased;
@@ -453,7 +458,7 @@ pub async fn wait(state: &HubState, id: &str, max_wait: Duration) -> Result<Task
                 }
             }
             _ = changes.changed() => {}
-            _ = tick => {}
+            _ = tick => periodic = true,
             _ = tokio::time::sleep_until(deadline) => return get(state, id).await,
         }
     }

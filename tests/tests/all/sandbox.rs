@@ -639,6 +639,61 @@ async fn compiled_components_are_cached_on_disk() {
     );
 }
 
+#[tokio::test]
+async fn stored_tools_load_by_digest_and_a_wrong_digest_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        max_concurrent_calls: 2,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let wasm = std::fs::read(outpost_guests::echo()).unwrap();
+    let digest = outpost_node::auth::sha256_hex(&wasm);
+    let stored = store.path().join(format!("{digest}.wasm"));
+    std::fs::write(&stored, &wasm).unwrap();
+
+    // A file whose bytes are not what its name says is refused, naming both digests, and
+    // nothing is cached under the wrong name.
+    let wrong = "0".repeat(64);
+    let err = sandbox
+        .load_stored(&stored, &wrong, Default::default())
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidComponent, "{err}");
+    assert!(
+        err.message.contains(&digest) && err.message.contains(&wrong),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0);
+
+    // First load compiles (and checks the bytes); the next comes from the cache by digest
+    // alone, without the file.
+    let tool = sandbox
+        .load_stored(&stored, &digest, Default::default())
+        .unwrap();
+    assert!(!tool.from_cache());
+    assert_eq!(tool.digest(), digest);
+    std::fs::remove_file(&stored).unwrap();
+    let again = sandbox
+        .load_stored(&stored, &digest, Default::default())
+        .unwrap();
+    assert!(again.from_cache());
+    assert_eq!(again.invoke("stored").await.result.as_deref(), Ok("stored"));
+
+    // Without a cache entry and without the file, the error names the file.
+    let other = Sandbox::new(SandboxConfig {
+        max_concurrent_calls: 1,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let err = other
+        .load_stored(&stored, &digest, Default::default())
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidComponent);
+    assert!(err.message.contains(&stored.display().to_string()), "{err}");
+}
+
 /// A component of the `tool` world written by hand, whose `invoke` runs `invoke_body` (which
 /// must leave an i32 on the stack). It has a table `$t` and a recursive function `$recurse`.
 fn wat_tool(invoke_body: &str) -> String {
