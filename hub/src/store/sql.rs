@@ -127,59 +127,85 @@ fn attempt_from_row(row: &AnyRow) -> Result<AttemptRow, sqlx::Error> {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// The compare-and-set update of a task (see [`Store::update_task`]): parameters `$1` to `$16`.
-const UPDATE_TASK_SQL: &str = "UPDATE tasks SET status = $2, node_id = $3, reason = $4, attempts = $5, \
-     devices = $6, output = $7, error_kind = $8, error_message = $9, duration_us = $10, \
-     fuel_used = $11, updated_at_ms = $12, started_at_ms = $13, finished_at_ms = $14 \
-     WHERE id = $1 AND status = $15 AND attempts = $16";
+// The task statements are written once, as macros, so the single statements and the SQLite
+// statement lists below are built from the same text (`concat!` takes only literals).
 
-/// The upsert of an attempt (see [`Store::put_attempt`]).
-const PUT_ATTEMPT_SQL: &str = "INSERT INTO task_attempts (task_id, attempt, node_id, status, output, \
-     error_kind, error_message, started_at_ms, finished_at_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-     ON CONFLICT (task_id, attempt) DO UPDATE SET node_id = excluded.node_id, \
-     status = excluded.status, output = excluded.output, error_kind = excluded.error_kind, \
-     error_message = excluded.error_message, finished_at_ms = excluded.finished_at_ms";
+/// The compare-and-set update of a task: parameters `$1` to `$16`.
+macro_rules! update_task_sql {
+    () => {
+        "UPDATE tasks SET status = $2, node_id = $3, reason = $4, attempts = $5, \
+         devices = $6, output = $7, error_kind = $8, error_message = $9, duration_us = $10, \
+         fuel_used = $11, updated_at_ms = $12, started_at_ms = $13, finished_at_ms = $14 \
+         WHERE id = $1 AND status = $15 AND attempts = $16"
+    };
+}
+
+/// A new task: parameters `$1` to `$23`.
+macro_rules! insert_task_sql {
+    () => {
+        "INSERT INTO tasks (id, tool, command, input, requirements, \
+         idempotency_key, status, node_id, reason, attempts, max_attempts, timeout_ms, devices, \
+         output, error_kind, error_message, duration_us, fuel_used, late_results, created_at_ms, \
+         updated_at_ms, started_at_ms, finished_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+         $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+    };
+}
+
+/// The head of an attempt insert; the values (or a `SELECT`) follow.
+macro_rules! insert_attempt_head {
+    () => {
+        "INSERT INTO task_attempts (task_id, attempt, node_id, status, output, \
+         error_kind, error_message, started_at_ms, finished_at_ms) "
+    };
+}
+
+/// What makes an attempt insert an upsert by (task, attempt).
+macro_rules! upsert_attempt_tail {
+    () => {
+        " ON CONFLICT (task_id, attempt) DO UPDATE SET node_id = excluded.node_id, \
+         status = excluded.status, output = excluded.output, error_kind = excluded.error_kind, \
+         error_message = excluded.error_message, finished_at_ms = excluded.finished_at_ms"
+    };
+}
+
+/// The compare-and-set update of a task (see [`Store::update_task`]).
+const UPDATE_TASK_SQL: &str = update_task_sql!();
+
+/// The upsert of an attempt (see [`Store::put_attempt`]): parameters `$1` to `$9`.
+const PUT_ATTEMPT_SQL: &str = concat!(
+    insert_attempt_head!(),
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    upsert_attempt_tail!()
+);
 
 /// [`Store::advance_task`] on SQLite as one statement list, so the whole transaction is one
 /// round trip to the connection's worker thread instead of four (begin, update, upsert, commit).
 /// The attempt is written only when the update changed the row (`changes() = 1`), and the
 /// `SELECT` reports whether it did. Parameters: the update's `$1` to `$16`, the attempt's `$17`
-/// to `$25`.
-const ADVANCE_TASK_SQLITE: &str = "BEGIN IMMEDIATE; \
-     UPDATE tasks SET status = $2, node_id = $3, reason = $4, attempts = $5, \
-     devices = $6, output = $7, error_kind = $8, error_message = $9, duration_us = $10, \
-     fuel_used = $11, updated_at_ms = $12, started_at_ms = $13, finished_at_ms = $14 \
-     WHERE id = $1 AND status = $15 AND attempts = $16; \
-     INSERT INTO task_attempts (task_id, attempt, node_id, status, output, \
-     error_kind, error_message, started_at_ms, finished_at_ms) \
-     SELECT $17, $18, $19, $20, $21, $22, $23, $24, $25 WHERE changes() = 1 \
-     ON CONFLICT (task_id, attempt) DO UPDATE SET node_id = excluded.node_id, \
-     status = excluded.status, output = excluded.output, error_kind = excluded.error_kind, \
-     error_message = excluded.error_message, finished_at_ms = excluded.finished_at_ms; \
-     SELECT changes() AS advanced; \
-     COMMIT";
+/// to `$25`. A failed statement leaves the transaction open; the caller rolls it back.
+const ADVANCE_TASK_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE; ",
+    update_task_sql!(),
+    "; ",
+    insert_attempt_head!(),
+    "SELECT $17, $18, $19, $20, $21, $22, $23, $24, $25 WHERE changes() = 1",
+    upsert_attempt_tail!(),
+    "; SELECT changes() AS advanced; COMMIT"
+);
 
-/// A new task: parameters `$1` to `$23`.
-const INSERT_TASK_SQL: &str = "INSERT INTO tasks (id, tool, command, input, requirements, \
-     idempotency_key, status, node_id, reason, attempts, max_attempts, timeout_ms, devices, output, \
-     error_kind, error_message, duration_us, fuel_used, late_results, created_at_ms, updated_at_ms, \
-     started_at_ms, finished_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)";
+/// A new task (see [`Store::insert_task`]).
+const INSERT_TASK_SQL: &str = insert_task_sql!();
 
 /// [`Store::insert_placed_task`] on SQLite as one statement list (one round trip to the worker):
 /// the task's `$1` to `$23`, then its first attempt's `$24` to `$32`. A failed statement leaves
 /// the transaction open; the caller rolls it back.
-const INSERT_PLACED_TASK_SQLITE: &str = "BEGIN IMMEDIATE; \
-     INSERT INTO tasks (id, tool, command, input, requirements, \
-     idempotency_key, status, node_id, reason, attempts, max_attempts, timeout_ms, devices, output, \
-     error_kind, error_message, duration_us, fuel_used, late_results, created_at_ms, updated_at_ms, \
-     started_at_ms, finished_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23); \
-     INSERT INTO task_attempts (task_id, attempt, node_id, status, output, \
-     error_kind, error_message, started_at_ms, finished_at_ms) \
-     VALUES ($24, $25, $26, $27, $28, $29, $30, $31, $32); \
-     COMMIT";
+const INSERT_PLACED_TASK_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE; ",
+    insert_task_sql!(),
+    "; ",
+    insert_attempt_head!(),
+    "VALUES ($24, $25, $26, $27, $28, $29, $30, $31, $32); COMMIT"
+);
 
 /// Binds a new task's parameters (see [`INSERT_TASK_SQL`]) after those already bound.
 fn bind_task_insert<'q>(query: AnyQuery<'q>, task: &'q TaskRow) -> AnyQuery<'q> {

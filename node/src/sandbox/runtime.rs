@@ -309,8 +309,11 @@ impl Sandbox {
     pub fn load(&self, wasm: &[u8], policy: ResolvedPolicy) -> Result<LoadedTool, SandboxError> {
         check_component_header(wasm)?;
         let digest = crate::auth::sha256_hex(wasm);
-        let (component, outcome) = self.compile(wasm, &digest)?;
-        self.link(component, outcome, digest, policy)
+        if let Some(component) = self.cached(&digest) {
+            return self.link(component, CacheOutcome::Hit, digest, policy);
+        }
+        let component = self.compile(wasm, &digest)?;
+        self.link(component, CacheOutcome::Compiled, digest, policy)
     }
 
     /// Loads a component the caller keeps in a file named by its sha256 `digest`, checked when
@@ -324,9 +327,7 @@ impl Sandbox {
         digest: &str,
         policy: ResolvedPolicy,
     ) -> Result<LoadedTool, SandboxError> {
-        if let Some(cache) = &self.inner.cache
-            && let Some(component) = cache.load(&self.inner.engine, digest)
-        {
+        if let Some(component) = self.cached(digest) {
             return self.link(component, CacheOutcome::Hit, digest.to_string(), policy);
         }
         let wasm = read_component(path)?;
@@ -341,8 +342,8 @@ impl Sandbox {
                 ),
             ));
         }
-        let (component, outcome) = self.compile(&wasm, digest)?;
-        self.link(component, outcome, actual, policy)
+        let component = self.compile(&wasm, digest)?;
+        self.link(component, CacheOutcome::Compiled, actual, policy)
     }
 
     /// Links a compiled component against the node's imports and checks its exports.
@@ -393,17 +394,17 @@ impl Sandbox {
         self.load(&read_component(path)?, policy)
     }
 
-    /// The compiled form of `wasm` (whose sha256 is `digest`), from the cache when it is there.
-    fn compile(
-        &self,
-        wasm: &[u8],
-        digest: &str,
-    ) -> Result<(Component, CacheOutcome), SandboxError> {
-        if let Some(cache) = &self.inner.cache
-            && let Some(component) = cache.load(&self.inner.engine, digest)
-        {
-            return Ok((component, CacheOutcome::Hit));
-        }
+    /// The cached compiled code of the component with `digest`, when there is a cache and it
+    /// holds a valid entry.
+    fn cached(&self, digest: &str) -> Option<Component> {
+        self.inner
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.load(&self.inner.engine, digest))
+    }
+
+    /// Compiles `wasm` (whose sha256 is `digest`) and caches the result when there is a cache.
+    fn compile(&self, wasm: &[u8], digest: &str) -> Result<Component, SandboxError> {
         let component = Component::new(&self.inner.engine, wasm).map_err(|err| {
             SandboxError::new(
                 ErrorKind::InvalidComponent,
@@ -413,7 +414,7 @@ impl Sandbox {
         if let Some(cache) = &self.inner.cache {
             cache.store(&self.inner.engine, digest, &component);
         }
-        Ok((component, CacheOutcome::Compiled))
+        Ok(component)
     }
 }
 
