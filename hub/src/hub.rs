@@ -245,6 +245,7 @@ pub async fn start_with_clock(
         dispatch: tokio::sync::Notify::new(),
         lost_nodes: Mutex::new(Vec::new()),
         default_max_attempts: config.scheduler.default_max_attempts,
+        install_on_push: config.tools.install_on_push,
         task_changes: watch::channel(0).0,
         placing: tokio::sync::Mutex::new(()),
         queue_backlog: std::sync::atomic::AtomicBool::new(false),

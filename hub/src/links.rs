@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use outpost_proto::framing;
 use outpost_proto::v1::{
-    CancelTask, HubCommand, NodeReply, Ping, RunTask, hub_command, node_reply,
+    CancelTask, HubCommand, InstallTool, NodeReply, Ping, RunTask, hub_command, node_reply,
 };
 use parking_lot::RwLock;
 
@@ -31,10 +31,10 @@ pub enum LinkError {
     Refused(String),
 }
 
-/// How a node answered a `RunTask`.
+/// How a node answered a `RunTask` or an `InstallTool`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunAnswer {
-    /// The attempt runs; its result comes later as an event.
+    /// The attempt runs (its result comes later as an event), or the tool is being installed.
     Accepted,
     /// The node lacks the component with this digest: send it along.
     MissingComponent(String),
@@ -52,6 +52,8 @@ pub trait NodeLink: Send + Sync + std::fmt::Debug {
     async fn set_heartbeat_channel(&self, use_channel: bool) -> Result<(), LinkError>;
     /// Starts an attempt of a task on the node.
     async fn run_task(&self, command: RunTask) -> Result<RunAnswer, LinkError>;
+    /// Has the node store and compile a tool ahead of its first task.
+    async fn install_tool(&self, command: InstallTool) -> Result<RunAnswer, LinkError>;
     /// Stops an attempt if it still runs; true when it did.
     async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError>;
     /// The transport's own round-trip estimate.
@@ -164,6 +166,19 @@ impl NodeLink for QuicLink {
         }
     }
 
+    async fn install_tool(&self, command: InstallTool) -> Result<RunAnswer, LinkError> {
+        match self
+            .command(hub_command::Kind::InstallTool(command))
+            .await?
+        {
+            node_reply::Kind::Ok(_) => Ok(RunAnswer::Accepted),
+            node_reply::Kind::MissingComponent(digest) => Ok(RunAnswer::MissingComponent(digest)),
+            other => Err(LinkError::Transport(format!(
+                "unexpected answer to install_tool: {other:?}"
+            ))),
+        }
+    }
+
     async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError> {
         match self
             .command(hub_command::Kind::CancelTask(CancelTask {
@@ -243,6 +258,10 @@ impl NodeLink for LoopbackLink {
         Err(LinkError::Refused("an in-memory link runs no tasks".into()))
     }
 
+    async fn install_tool(&self, _command: InstallTool) -> Result<RunAnswer, LinkError> {
+        Err(LinkError::Refused("an in-memory link runs no tools".into()))
+    }
+
     async fn cancel_task(&self, _task_id: &str, _attempt: u32) -> Result<bool, LinkError> {
         Ok(false)
     }
@@ -301,6 +320,15 @@ impl LinkTable {
     /// The link for `node_id`.
     pub fn get(&self, node_id: &str) -> Option<Arc<dyn NodeLink>> {
         self.links.read().get(node_id).cloned()
+    }
+
+    /// Every node with a session, and its link.
+    pub fn all(&self) -> Vec<(String, Arc<dyn NodeLink>)> {
+        self.links
+            .read()
+            .iter()
+            .map(|(id, link)| (id.clone(), link.clone()))
+            .collect()
     }
 
     /// How many nodes have a session.

@@ -1038,6 +1038,7 @@ async fn apply_result(
     result: TaskResult,
 ) -> Result<(), StoreError> {
     let attempt = i64::from(result.attempt);
+    tracing::debug!(task_id = %result.task_id, node_id = %node_id, attempt, ok = result.ok, "task result received");
     // The attempt this hub placed is remembered as written; anything else is read. Either way
     // the compare-and-set below decides, and a lost race reads again.
     let remembered = {

@@ -3,14 +3,24 @@
 //! A push is refused unless the policy parses and validates, and the component compiles under the
 //! same sandbox the nodes use, implements the `outpost:agent/tool` world, and answers `describe`
 //! within its limits. The name, version and input schema it describes are kept beside the bytes;
-//! nodes fetch the bytes by digest the first time a task needs them.
+//! nodes fetch the bytes by digest the first time a task needs them, or at once: with `[tools]
+//! install_on_push` (the default) a push installs the tool on every node connected to this hub,
+//! a few nodes at a time, and each compiles it in the background, so the first task there does
+//! not wait seconds for the compiler.
+
+use std::sync::Arc;
 
 use outpost_node::sandbox::{Sandbox, SandboxConfig, ToolPolicy};
-use outpost_proto::v1::ToolView;
+use outpost_proto::v1::{InstallTool, ToolView};
+
+use crate::links::{NodeLink, RunAnswer};
 
 use crate::state::HubState;
 use crate::store::ToolRow;
 use crate::tasks::TaskError;
+
+/// Nodes sent an install at the same time.
+const INSTALL_CONCURRENCY: usize = 4;
 
 /// Largest component accepted.
 pub const MAX_COMPONENT_BYTES: usize = 32 * 1024 * 1024;
@@ -98,7 +108,78 @@ pub async fn push(
     state.store.put_tool(&row).await?;
     state.tool_meta.lock().remove(name);
     tracing::info!(tool = %row.name, digest = %row.digest, size = row.size_bytes, "tool pushed");
+    if state.install_on_push {
+        install_on_nodes(state.links.all(), &row);
+    }
     Ok(state.store.get_tool_meta(name).await?.unwrap_or(row))
+}
+
+/// Installs a tool on `nodes` in the background: each is asked by digest first and sent the bytes
+/// only if it lacks them.
+fn install_on_nodes(nodes: Vec<(String, Arc<dyn NodeLink>)>, tool: &ToolRow) {
+    if nodes.is_empty() {
+        return;
+    }
+    let announce = InstallTool {
+        tool: tool.name.clone(),
+        tool_digest: tool.digest.clone(),
+        component: Vec::new(),
+    };
+    let component = Arc::new(tool.component.clone());
+    tokio::spawn(async move {
+        let total = nodes.len();
+        let mut waiting = nodes.into_iter();
+        let mut sending = tokio::task::JoinSet::new();
+        let mut installed = 0usize;
+        loop {
+            while sending.len() < INSTALL_CONCURRENCY {
+                let Some((node_id, link)) = waiting.next() else {
+                    break;
+                };
+                sending.spawn(install_on_node(
+                    node_id,
+                    link,
+                    announce.clone(),
+                    component.clone(),
+                ));
+            }
+            match sending.join_next().await {
+                Some(Ok(true)) => installed += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        tracing::info!(tool = %announce.tool, digest = %announce.tool_digest, installed, nodes = total, "tool sent to the connected nodes");
+    });
+}
+
+/// Installs a tool on one node; true when the node took it.
+async fn install_on_node(
+    node_id: String,
+    link: Arc<dyn NodeLink>,
+    announce: InstallTool,
+    component: Arc<Vec<u8>>,
+) -> bool {
+    let mut answer = link.install_tool(announce.clone()).await;
+    if let Ok(RunAnswer::MissingComponent(_)) = answer {
+        answer = link
+            .install_tool(InstallTool {
+                component: component.to_vec(),
+                ..announce.clone()
+            })
+            .await;
+    }
+    match answer {
+        Ok(RunAnswer::Accepted) => true,
+        Ok(RunAnswer::MissingComponent(_)) => {
+            tracing::warn!(node_id = %node_id, tool = %announce.tool, "the node still lacks the tool after it was sent");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(node_id = %node_id, tool = %announce.tool, error = %e, "installing the tool failed; the node fetches it for its first task");
+            false
+        }
+    }
 }
 
 /// One tool (without its component's bytes).

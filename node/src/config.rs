@@ -398,6 +398,24 @@ impl Default for SchedulerSection {
     }
 }
 
+/// `[tools]`: the hub's tool registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsSection {
+    /// Install a pushed tool on the nodes connected to this hub at once (they store and compile
+    /// it in the background), so its first task does not wait for the compiler. Off: a node
+    /// fetches and compiles a tool when its first task there needs it.
+    pub install_on_push: bool,
+}
+
+impl Default for ToolsSection {
+    fn default() -> Self {
+        Self {
+            install_on_push: true,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -418,6 +436,8 @@ pub struct Config {
     pub fleet: FleetSection,
     /// `[scheduler]`
     pub scheduler: SchedulerSection,
+    /// `[tools]`
+    pub tools: ToolsSection,
 }
 
 /// Keys that `OUTPOST_<SECTION>_<KEY>` variables may set (dotted paths).
@@ -451,6 +471,7 @@ pub const ENV_KEYS: &[&str] = &[
     "fleet.max_heartbeats_per_second",
     "scheduler.strategy",
     "scheduler.default_max_attempts",
+    "tools.install_on_push",
 ];
 
 /// The environment variable that overrides a dotted key: `internal_grpc.auth.issuer` →
@@ -768,6 +789,10 @@ mod tests {
         assert_eq!(c.internal_grpc.listen, "127.0.0.1:50051");
         assert_eq!(c.internal_grpc.security.mode, TlsMode::Tls);
         assert_eq!(c.cert_dir(), PathBuf::from("outpost-data/certs"));
+        assert!(
+            c.tools.install_on_push,
+            "pushed tools are installed by default"
+        );
     }
 
     #[test]
@@ -902,6 +927,10 @@ mod tests {
                 "3s".to_string(),
             ),
             (
+                "OUTPOST_TOOLS_INSTALL_ON_PUSH".to_string(),
+                "false".to_string(),
+            ),
+            (
                 "OUTPOST_HUB".to_string(),
                 "ignored: not a config key".to_string(),
             ),
@@ -914,6 +943,7 @@ mod tests {
             vec![PathBuf::from("/a"), PathBuf::from("/b")]
         );
         assert_eq!(c.fleet.heartbeat_grace, Duration::from_secs(3));
+        assert!(!c.tools.install_on_push);
         let err = Config::load(
             None,
             vec![("OUTPOST_INTERNAL_GRPC_ENABLED".into(), "maybe".into())],

@@ -60,6 +60,7 @@ pub struct NodeHandle {
     pub stats: Arc<SessionStats>,
     /// True when this start performed a join (false when a stored identity was reused).
     pub joined_now: bool,
+    runner: Option<Arc<tasks::TaskRunner>>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -69,6 +70,12 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+
+    /// Whether the tool with this component digest is compiled and ready on this node (installed
+    /// by the hub, or run here before).
+    pub fn tool_ready(&self, digest: &str) -> bool {
+        self.runner.as_ref().is_some_and(|r| r.is_loaded(digest))
     }
 
     /// Waits until the node has a session to the hub, or `timeout` passes.
@@ -130,12 +137,14 @@ impl NodeAgent {
         tracing::info!(node_id = %node_id, joined_now, "node identity ready");
         let ctx = session_context(&config, &identity, gpu_probe)?;
         let stats = ctx.stats.clone();
+        let runner = ctx.runner.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(session::run(Arc::new(ctx), shutdown_rx));
         Ok(NodeHandle {
             node_id,
             stats,
             joined_now,
+            runner,
             shutdown,
             task,
         })

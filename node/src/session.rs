@@ -545,6 +545,13 @@ async fn handle_command(
                     .into(),
             ),
         },
+        Some(hub_command::Kind::InstallTool(install)) => match &runner {
+            Some(runner) => runner.install(install),
+            None => node_reply::Kind::Error(
+                "this node cannot run tools (its sandbox failed to start; see the node's log)"
+                    .into(),
+            ),
+        },
         Some(hub_command::Kind::CancelTask(cancel)) => node_reply::Kind::Ok(
             runner
                 .as_ref()

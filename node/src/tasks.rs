@@ -6,17 +6,24 @@
 //! the tool's policy against this node's `safe_paths`, adds the hub's extra environment (the GPU
 //! devices assigned), and runs in a fresh sandbox instance. Results survive a dropped session: the
 //! outbox is emptied only by a successful send.
+//!
+//! The hub may also install a tool ahead of its first task (`InstallTool`, sent when a tool is
+//! pushed): the component is stored the same way and compiled in the background, one install at
+//! a time, so the first attempt finds it compiled. An attempt that arrives while that compile runs
+//! waits for it rather than compiling the same component again.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_proto::v1::{RunTask, TaskResult, node_reply};
+use outpost_proto::v1::{InstallTool, RunTask, TaskResult, node_reply};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell, Semaphore};
 
-use crate::sandbox::{ErrorKind, LoadedTool, Sandbox, SandboxConfig, SandboxError, ToolPolicy};
+use crate::sandbox::{
+    ErrorKind, LoadedTool, ResolvedPolicy, Sandbox, SandboxConfig, SandboxError, ToolPolicy,
+};
 
 /// Largest number of loaded (compiled and linked) tools kept in memory.
 const LOADED_CAPACITY: usize = 64;
@@ -42,12 +49,18 @@ struct Running {
     abort: tokio::task::AbortHandle,
 }
 
+/// A tool compiled and linked once per digest: the first attempt (or install) to need it fills
+/// the slot, the others wait for that.
+type LoadSlot = Arc<OnceCell<LoadedTool>>;
+
 /// Runs the hub's tasks on this node.
 pub struct TaskRunner {
     sandbox: Sandbox,
     tools_dir: PathBuf,
     safe_paths: Vec<PathBuf>,
-    loaded: Mutex<HashMap<String, LoadedTool>>,
+    loaded: Mutex<HashMap<String, LoadSlot>>,
+    /// Background installs compile one at a time, beside whatever runs.
+    installs: Semaphore,
     running: Mutex<HashMap<String, Running>>,
     outbox: Mutex<VecDeque<TaskResult>>,
     results_ready: Notify,
@@ -91,6 +104,7 @@ impl TaskRunner {
             tools_dir,
             safe_paths,
             loaded: Mutex::new(HashMap::new()),
+            installs: Semaphore::new(1),
             running: Mutex::new(HashMap::new()),
             outbox: Mutex::new(VecDeque::new()),
             results_ready: Notify::new(),
@@ -115,25 +129,11 @@ impl TaskRunner {
             // A resend of what already runs.
             return node_reply::Kind::Ok(true);
         }
-        let path = self.tools_dir.join(format!("{}.wasm", command.tool_digest));
-        if !path.exists() {
-            if command.component.is_empty() {
-                return node_reply::Kind::MissingComponent(command.tool_digest);
-            }
-            let actual = crate::auth::sha256_hex(&command.component);
-            if actual != command.tool_digest {
-                return node_reply::Kind::Error(format!(
-                    "run_task: the component's sha256 is {actual}, not the announced {}",
-                    command.tool_digest
-                ));
-            }
-            if let Err(e) = write_atomically(&path, &command.component) {
-                return node_reply::Kind::Error(format!(
-                    "run_task: storing the component at {}: {e}",
-                    path.display()
-                ));
-            }
-        }
+        let path = match self.stored_component("run_task", &command.tool_digest, &command.component)
+        {
+            Ok(path) => path,
+            Err(reply) => return reply,
+        };
         let task_id = command.task_id.clone();
         let attempt = command.attempt;
         let runner = self.clone();
@@ -153,6 +153,87 @@ impl TaskRunner {
             previous.abort.abort();
         }
         node_reply::Kind::Ok(true)
+    }
+
+    /// Accepts an `InstallTool` command: stores the component (answering `missing_component` when
+    /// it is neither here nor sent) and compiles it in the background. Answers `ok` at once.
+    pub fn install(self: &Arc<Self>, command: InstallTool) -> node_reply::Kind {
+        if !is_digest(&command.tool_digest) {
+            return node_reply::Kind::Error(format!(
+                "install_tool: tool_digest {:?} is not a sha256 in lowercase hex",
+                command.tool_digest
+            ));
+        }
+        let path =
+            match self.stored_component("install_tool", &command.tool_digest, &command.component) {
+                Ok(path) => path,
+                Err(reply) => return reply,
+            };
+        if self.is_loaded(&command.tool_digest) {
+            return node_reply::Kind::Ok(true);
+        }
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let Ok(_turn) = runner.installs.acquire().await else {
+                return;
+            };
+            let started = std::time::Instant::now();
+            match runner.compiled(&command.tool_digest, path).await {
+                Ok(tool) => tracing::info!(
+                    tool = %command.tool,
+                    digest = %command.tool_digest,
+                    from_cache = tool.from_cache(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "tool installed"
+                ),
+                Err(e) => tracing::warn!(
+                    tool = %command.tool,
+                    digest = %command.tool_digest,
+                    kind = e.kind.as_str(),
+                    error = %e.message,
+                    "installing the tool failed; its tasks will report why"
+                ),
+            }
+        });
+        node_reply::Kind::Ok(true)
+    }
+
+    /// Whether the component with `digest` is compiled and linked in memory.
+    pub fn is_loaded(&self, digest: &str) -> bool {
+        self.loaded
+            .lock()
+            .get(digest)
+            .is_some_and(|slot| slot.initialized())
+    }
+
+    /// Where the component with `digest` is kept. When it is missing there, `component` is
+    /// checked against the digest and written; when none was sent either, the reply asks for it.
+    fn stored_component(
+        &self,
+        command: &str,
+        digest: &str,
+        component: &[u8],
+    ) -> Result<PathBuf, node_reply::Kind> {
+        let path = self.tools_dir.join(format!("{digest}.wasm"));
+        if path.exists() {
+            return Ok(path);
+        }
+        if component.is_empty() {
+            return Err(node_reply::Kind::MissingComponent(digest.into()));
+        }
+        let actual = crate::auth::sha256_hex(component);
+        if actual != digest {
+            return Err(node_reply::Kind::Error(format!(
+                "{command}: the component's sha256 is {actual}, not the announced {digest}"
+            )));
+        }
+        write_atomically(&path, component).map_err(|e| {
+            node_reply::Kind::Error(format!(
+                "{command}: storing the component at {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(path)
     }
 
     /// Stops an attempt that still runs; its result says `cancelled`.
@@ -279,24 +360,37 @@ impl TaskRunner {
             resolved.limits.timeout = Duration::from_millis(command.timeout_ms);
         }
         // Compiled and linked once per component; each attempt binds its own policy and env.
-        if let Some(tool) = self.loaded.lock().get(&command.tool_digest) {
-            return Ok(tool.with_policy(resolved));
-        }
-        let sandbox = self.sandbox.clone();
-        let digest = command.tool_digest.clone();
-        // Compiling can take seconds: keep it off the async workers.
-        let tool =
-            tokio::task::spawn_blocking(move || sandbox.load_stored(&path, &digest, resolved))
+        Ok(self
+            .compiled(&command.tool_digest, path)
+            .await?
+            .with_policy(resolved))
+    }
+
+    /// The component with `digest`, compiled (or taken from the compile cache) and linked once.
+    async fn compiled(&self, digest: &str, path: PathBuf) -> Result<LoadedTool, SandboxError> {
+        let slot = {
+            let mut loaded = self.loaded.lock();
+            if loaded.len() >= LOADED_CAPACITY && !loaded.contains_key(digest) {
+                loaded.clear();
+            }
+            loaded.entry(digest.to_string()).or_default().clone()
+        };
+        let tool = slot
+            .get_or_try_init(|| async move {
+                let sandbox = self.sandbox.clone();
+                let digest = digest.to_string();
+                // Compiling can take seconds: keep it off the async workers. The policy is bound
+                // per attempt; linking needs none.
+                tokio::task::spawn_blocking(move || {
+                    sandbox.load_stored(&path, &digest, ResolvedPolicy::default())
+                })
                 .await
                 .map_err(|e| {
                     SandboxError::new(ErrorKind::Trap, format!("loading the tool panicked: {e}"))
-                })??;
-        let mut loaded = self.loaded.lock();
-        if loaded.len() >= LOADED_CAPACITY {
-            loaded.clear();
-        }
-        loaded.insert(command.tool_digest.clone(), tool.clone());
-        Ok(tool)
+                })?
+            })
+            .await?;
+        Ok(tool.clone())
     }
 }
 

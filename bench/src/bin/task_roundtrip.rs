@@ -7,9 +7,20 @@
 //! - `command`: a ping command over the node's session (one bi stream each way), the transport's
 //!   share of the task path.
 //! - `echo`: a bare quinn echo (open a bi stream, write 64 bytes, read them back).
+//! - `hub → node → hub`: the part of `task` from the hub's `task placed` event (the placement is
+//!   stored; `RunTask` goes out next) to its `task result received` event, timed by a tracing
+//!   layer that listens to those two events only: the transport, the node and the sandbox call,
+//!   without the two durable writes.
 //!
 //! `cargo run --release -p outpost-bench --bin task-roundtrip -- --rounds 300 --runs 5`
+//!
+//! With `--first-task N` it measures something else: the first task of a tool just pushed (the
+//! 2 MB `bulky`, made new for each run by a custom section so no cache knows it), on a hub that
+//! installs pushed tools on its nodes and on one that does not (the node then fetches and
+//! compiles the tool when the task arrives).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -19,6 +30,78 @@ use outpost_node::config::{Config, GpuProbeKind, Role};
 
 const TOKEN: &str = "bench-roundtrip-static-token";
 
+/// Times each task from the hub's `task placed` event to its `task result received` event.
+#[derive(Default, Clone)]
+struct DispatchMarks {
+    placed: Arc<Mutex<HashMap<String, Instant>>>,
+    round_trips_us: Arc<Mutex<Vec<u64>>>,
+}
+
+impl DispatchMarks {
+    fn take(&self) -> Vec<u64> {
+        std::mem::take(
+            &mut *self
+                .round_trips_us
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+}
+
+#[derive(Default)]
+struct EventFields {
+    message: String,
+    task_id: String,
+}
+
+impl tracing::field::Visit for EventFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "task_id" => self.task_id = format!("{value:?}"),
+            _ => {}
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DispatchMarks {
+    fn register_callsite(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if meta.is_event() && meta.target() == "outpost_hub::tasks" {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let now = Instant::now();
+        let mut fields = EventFields::default();
+        event.record(&mut fields);
+        let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        match fields.message.as_str() {
+            "task placed" => {
+                placed.insert(fields.task_id, now);
+            }
+            "task result received" => {
+                if let Some(at) = placed.remove(&fields.task_id) {
+                    self.round_trips_us
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(now.duration_since(at).as_micros() as u64);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 struct Args {
     /// Round trips per run and kind.
@@ -27,6 +110,10 @@ struct Args {
     /// Runs (medians reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Instead of round trips: time the first task of a newly pushed 2 MB tool, this many times
+    /// with `[tools] install_on_push` on and as many with it off.
+    #[arg(long)]
+    first_task: Option<usize>,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -90,28 +177,18 @@ async fn echo_once(connection: &quinn::Connection) -> anyhow::Result<Duration> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = tempfile::tempdir()?;
-    let mut config = Config::default();
-    config.server.role = Role::Main;
-    config.server.data_dir = Some(dir.path().join("hub"));
-    config.server.listen = "127.0.0.1:0".into();
-    config.internal_grpc.listen = "127.0.0.1:0".into();
-    config.internal_grpc.bootstrap.token = Some(TOKEN.into());
-    let hub = outpost_hub::start(&config).await?;
-    let ca = config.cert_dir().join("ca.pem");
-    let mut node_config = Config::joining_node(
-        "rt-node",
-        &hub.grpc_url(),
-        &ca,
-        TOKEN,
-        &dir.path().join("node"),
-    );
-    node_config.gpu.probe = GpuProbeKind::None;
-    let node = outpost_node::NodeAgent::start(node_config).await?;
-    if !node.wait_connected(Duration::from_secs(15)).await {
-        bail!("node never connected");
+    if let Some(runs) = args.first_task {
+        return first_task(runs).await;
     }
-    tasks_ready(&hub.state).await?;
+    let marks = DispatchMarks::default();
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(marks.clone()),
+        )?;
+    }
+    let dir = tempfile::tempdir()?;
+    let (hub, node) = hub_and_node(dir.path(), true).await?;
     outpost_hub::tools::push(
         &hub.state,
         "echo",
@@ -170,7 +247,9 @@ async fn main() -> anyhow::Result<()> {
     );
     let (mut task_p50, mut cmd_p50, mut echo_p50, mut task_p99, mut ratio) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut dispatch_p50, mut dispatch_ratio) = (Vec::new(), Vec::new());
     for run in 0..=args.runs {
+        marks.take();
         let mut task_us = Vec::with_capacity(args.rounds);
         let mut cmd_us = Vec::with_capacity(args.rounds);
         let mut echo_us = Vec::with_capacity(args.rounds);
@@ -197,19 +276,31 @@ async fn main() -> anyhow::Result<()> {
         if run == 0 {
             continue; // warm-up
         }
-        for v in [&mut task_us, &mut cmd_us, &mut echo_us] {
+        let mut dispatch_us = marks.take();
+        if dispatch_us.len() != args.rounds {
+            bail!(
+                "timed {} hub -> node -> hub round trips of {} tasks",
+                dispatch_us.len(),
+                args.rounds
+            );
+        }
+        for v in [&mut task_us, &mut cmd_us, &mut echo_us, &mut dispatch_us] {
             v.sort_unstable();
         }
-        let (t, c, e) = (
+        let (t, c, e, d) = (
             percentile(&task_us, 0.5),
             percentile(&cmd_us, 0.5),
             percentile(&echo_us, 0.5),
+            percentile(&dispatch_us, 0.5),
         );
         println!(
-            "  run {run}: task p50 {t} p99 {}, command p50 {c}, bare echo p50 {e}; task / echo = {:.1}",
+            "  run {run}: task p50 {t} p99 {}, hub -> node -> hub p50 {d}, command p50 {c}, bare echo p50 {e}; task / echo = {:.1}, hub -> node -> hub / echo = {:.1}",
             percentile(&task_us, 0.99),
-            t as f64 / e.max(1) as f64
+            t as f64 / e.max(1) as f64,
+            d as f64 / e.max(1) as f64
         );
+        dispatch_p50.push(d as f64);
+        dispatch_ratio.push(d as f64 / e.max(1) as f64);
         task_p50.push(t as f64);
         task_p99.push(percentile(&task_us, 0.99) as f64);
         cmd_p50.push(c as f64);
@@ -217,16 +308,139 @@ async fn main() -> anyhow::Result<()> {
         ratio.push(t as f64 / e.max(1) as f64);
     }
     println!(
-        "median: task {:.0} µs (p99 {:.0}), command {:.0} µs, bare echo {:.0} µs; task / echo {:.1}, command / echo {:.1}",
+        "median: task {:.0} µs (p99 {:.0}), hub -> node -> hub {:.0} µs, command {:.0} µs, bare echo {:.0} µs; task / echo {:.1}, hub -> node -> hub / echo {:.1}, command / echo {:.1}",
         median(task_p50.clone()),
         median(task_p99),
+        median(dispatch_p50),
         median(cmd_p50.clone()),
         median(echo_p50.clone()),
         median(ratio),
+        median(dispatch_ratio),
         median(cmd_p50) / median(echo_p50).max(1.0)
     );
     node.shutdown().await;
     hub.shutdown().await;
+    Ok(())
+}
+
+/// A hub and one node joined to it, online in the scheduler's eyes.
+async fn hub_and_node(
+    dir: &std::path::Path,
+    install_on_push: bool,
+) -> anyhow::Result<(outpost_hub::HubHandle, outpost_node::NodeHandle)> {
+    let mut config = Config::default();
+    config.server.role = Role::Main;
+    config.server.data_dir = Some(dir.join("hub"));
+    config.server.listen = "127.0.0.1:0".into();
+    config.internal_grpc.listen = "127.0.0.1:0".into();
+    config.internal_grpc.bootstrap.token = Some(TOKEN.into());
+    config.tools.install_on_push = install_on_push;
+    let hub = outpost_hub::start(&config).await?;
+    let ca = config.cert_dir().join("ca.pem");
+    let mut node_config =
+        Config::joining_node("rt-node", &hub.grpc_url(), &ca, TOKEN, &dir.join("node"));
+    node_config.gpu.probe = GpuProbeKind::None;
+    let node = outpost_node::NodeAgent::start(node_config).await?;
+    if !node.wait_connected(Duration::from_secs(15)).await {
+        bail!("node never connected");
+    }
+    tasks_ready(&hub.state).await?;
+    Ok((hub, node))
+}
+
+/// `bytes` with a custom section named `outpost-bench` holding `tag` appended: the same
+/// component, with a new digest.
+fn retagged(bytes: &[u8], tag: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"outpost-bench";
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(tag.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    leb128(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The first task of a newly pushed `bulky`, with and without install on push.
+async fn first_task(runs: usize) -> anyhow::Result<()> {
+    let bulky = std::fs::read(outpost_guests::bulky())?;
+    println!(
+        "first task of a newly pushed {} KB tool: {runs} runs each (ms)",
+        bulky.len() / 1000
+    );
+    for install in [false, true] {
+        let dir = tempfile::tempdir()?;
+        let (hub, node) = hub_and_node(dir.path(), install).await?;
+        let (mut installs, mut firsts, mut seconds) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..runs {
+            let bytes = retagged(&bulky, &format!("{install}-{run}"));
+            let digest = outpost_node::auth::sha256_hex(&bytes);
+            let name = format!("bulky-{run}");
+            outpost_hub::tools::push(&hub.state, &name, bytes, "").await?;
+            let pushed = Instant::now();
+            if install {
+                let deadline = pushed + Duration::from_secs(120);
+                while !node.tool_ready(&digest) {
+                    if Instant::now() > deadline {
+                        bail!("the node never installed {name}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                installs.push(pushed.elapsed().as_secs_f64() * 1e3);
+            }
+            for times in [&mut firsts, &mut seconds] {
+                let start = Instant::now();
+                let submitted = tasks::submit(
+                    &hub.state,
+                    SubmitSpec {
+                        tool: name.clone(),
+                        input: "7".into(),
+                        ..SubmitSpec::default()
+                    },
+                )
+                .await?;
+                let done =
+                    tasks::wait(&hub.state, &submitted.task.id, Duration::from_secs(120)).await?;
+                if done.status != tasks::status::SUCCEEDED {
+                    bail!("task {} ended {}: {}", done.id, done.status, done.reason);
+                }
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        println!(
+            "  install_on_push = {install}: first task {:.1} ms (runs {}), second task {:.2} ms{}",
+            median(firsts.clone()),
+            firsts
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            median(seconds),
+            if install {
+                format!(
+                    "; ready on the node {:.0} ms after the push returned",
+                    median(installs)
+                )
+            } else {
+                String::new()
+            }
+        );
+        node.shutdown().await;
+        hub.shutdown().await;
+    }
     Ok(())
 }
 

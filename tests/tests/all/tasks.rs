@@ -635,3 +635,144 @@ async fn a_late_result_from_a_lost_attempt_is_recorded_not_reported() {
     assert_eq!(code, 0);
     assert_eq!(parse(&out).as_array().unwrap().len(), 1, "reported once");
 }
+
+/// Polls `ready` every 20 ms for up to `timeout`.
+async fn eventually(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ready()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_tool_is_installed_on_the_connected_nodes_before_its_first_task() {
+    use outpost_hub::links::{LinkError, RunAnswer};
+    use outpost_proto::v1::InstallTool;
+
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let configs = [
+        hub.node_config("inst-1", STATIC_TOKEN),
+        hub.node_config("inst-2", STATIC_TOKEN),
+    ];
+    let mut nodes = Vec::new();
+    for config in &configs {
+        nodes.push(start_node(config.clone()).await);
+    }
+    for id in ["inst-1", "inst-2"] {
+        hub.wait_status(id, "online", Duration::from_secs(10)).await;
+    }
+
+    // The push returns at once; both nodes receive the component and compile it in the
+    // background, before any task asks for it.
+    push(&hub, "echo", &outpost_guests::echo()).await;
+    let wasm = std::fs::read(outpost_guests::echo()).unwrap();
+    let digest = outpost_node::auth::sha256_hex(&wasm);
+    for (node, config) in nodes.iter().zip(&configs) {
+        assert!(
+            eventually(Duration::from_secs(60), || node.tool_ready(&digest)).await,
+            "{} never installed the tool",
+            node.node_id
+        );
+        let data = config.data_dir();
+        assert_eq!(
+            std::fs::read(data.join("tools").join(format!("{digest}.wasm"))).unwrap(),
+            wasm,
+            "the stored component is the pushed one"
+        );
+        let compiled: Vec<_> = std::fs::read_dir(data.join("compile-cache"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&digest))
+            .collect();
+        assert_eq!(compiled.len(), 1, "one compiled entry for the component");
+    }
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--tool",
+            "echo",
+            "--input",
+            "installed",
+            "--wait",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let task = parse(&out);
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["output"], "installed");
+
+    // What a node refuses to install, and says why; it keeps serving afterwards.
+    let link = hub.hub().state.links.get("inst-1").expect("link to inst-1");
+    let refused = |answer: Result<RunAnswer, LinkError>| match answer {
+        Err(LinkError::Refused(message)) => message,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let message = refused(
+        link.install_tool(InstallTool {
+            tool: "bad".into(),
+            tool_digest: "../../etc/passwd".into(),
+            component: Vec::new(),
+        })
+        .await,
+    );
+    assert!(message.contains("not a sha256"), "{message}");
+    let message = refused(
+        link.install_tool(InstallTool {
+            tool: "bad".into(),
+            tool_digest: "0".repeat(64),
+            component: b"some other bytes".to_vec(),
+        })
+        .await,
+    );
+    assert!(message.contains("sha256"), "{message}");
+    assert!(
+        !configs[0]
+            .data_dir()
+            .join("tools")
+            .join(format!("{}.wasm", "0".repeat(64)))
+            .exists(),
+        "bytes that do not match their digest are not stored"
+    );
+    let answer = link
+        .install_tool(InstallTool {
+            tool: "lost".into(),
+            tool_digest: "1".repeat(64),
+            component: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer, RunAnswer::MissingComponent("1".repeat(64)));
+    // Bytes that match their digest but are no component: stored, never ready, and the node
+    // goes on running tasks.
+    let junk = b"not a component".to_vec();
+    let junk_digest = outpost_node::auth::sha256_hex(&junk);
+    let answer = link
+        .install_tool(InstallTool {
+            tool: "junk".into(),
+            tool_digest: junk_digest.clone(),
+            component: junk,
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer, RunAnswer::Accepted);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!nodes[0].tool_ready(&junk_digest));
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks", "submit", "--tool", "echo", "--input", "after", "--node", "inst-1", "--wait",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(parse(&out)["output"], "after");
+
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
