@@ -69,6 +69,17 @@ pub trait NodeLink: Send + Sync + std::fmt::Debug {
 /// Time allowed for a command's answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Slowest link a command carrying a component is given time for (bytes per second): a 32 MB
+/// tool gets 5 s + 128 s on its way to a node behind a ~2 Mbit/s uplink instead of failing after 5 s.
+const SLOWEST_LINK_BYTES_PER_SEC: u64 = 256 * 1024;
+
+/// Time allowed for a command of `encoded_len` bytes: [`COMMAND_TIMEOUT`], plus the time its
+/// bytes take on the slowest link served.
+fn command_timeout(encoded_len: usize) -> Duration {
+    let bytes = u64::try_from(encoded_len).unwrap_or(u64::MAX);
+    COMMAND_TIMEOUT + Duration::from_millis(bytes.saturating_mul(1000) / SLOWEST_LINK_BYTES_PER_SEC)
+}
+
 /// A link over the node's QUIC session: one bi stream per command.
 #[derive(Debug)]
 pub struct QuicLink {
@@ -87,21 +98,20 @@ impl QuicLink {
 
     async fn command(&self, kind: hub_command::Kind) -> Result<node_reply::Kind, LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let command = HubCommand {
+            id,
+            kind: Some(kind),
+        };
+        let timeout = command_timeout(prost::Message::encoded_len(&command));
         let exchange = async {
             let (mut send, mut recv) = self
                 .connection
                 .open_bi()
                 .await
                 .map_err(|e| LinkError::Transport(e.to_string()))?;
-            framing::write_frame(
-                &mut send,
-                &HubCommand {
-                    id,
-                    kind: Some(kind),
-                },
-            )
-            .await
-            .map_err(|e| LinkError::Transport(e.to_string()))?;
+            framing::write_frame(&mut send, &command)
+                .await
+                .map_err(|e| LinkError::Transport(e.to_string()))?;
             let _ = send.finish();
             let reply: NodeReply = framing::read_frame(&mut recv, 1024 * 1024)
                 .await
@@ -116,10 +126,10 @@ impl QuicLink {
                 .kind
                 .ok_or_else(|| LinkError::Transport("empty reply".into()))
         };
-        match tokio::time::timeout(COMMAND_TIMEOUT, exchange).await {
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(node_reply::Kind::Error(message))) => Err(LinkError::Refused(message)),
             Ok(result) => result,
-            Err(_) => Err(LinkError::Timeout(COMMAND_TIMEOUT)),
+            Err(_) => Err(LinkError::Timeout(timeout)),
         }
     }
 }
@@ -345,6 +355,20 @@ impl LinkTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_carrying_components_get_time_for_their_bytes() {
+        assert_eq!(command_timeout(0), COMMAND_TIMEOUT);
+        assert_eq!(command_timeout(200), COMMAND_TIMEOUT);
+        assert_eq!(
+            command_timeout(32 * 1024 * 1024),
+            COMMAND_TIMEOUT + Duration::from_secs(128)
+        );
+        assert_eq!(
+            command_timeout(usize::MAX),
+            COMMAND_TIMEOUT + Duration::from_millis(u64::MAX / SLOWEST_LINK_BYTES_PER_SEC)
+        );
+    }
 
     #[tokio::test]
     async fn table_keeps_the_newest_link() {
