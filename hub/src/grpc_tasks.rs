@@ -95,7 +95,7 @@ impl ToolService for HubGrpc {
     ) -> Result<Response<ToolView>, Status> {
         authorize(self.state(), &request, Access::Write, "push tools")?;
         let r = request.into_inner();
-        let tool = tools::push(self.state(), &r.name, r.component, &r.policy_toml).await?;
+        let tool = tools::push(self.state_arc(), &r.name, r.component, &r.policy_toml).await?;
         Ok(Response::new(tools::view(&tool)))
     }
 

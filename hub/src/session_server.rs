@@ -200,6 +200,13 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
     }
     let _ = send.finish();
     tracing::info!(node_id = %node_id, remote = %connection.remote_address(), interval_ms, "node session up");
+    if state.preinstall_tools {
+        tokio::spawn(crate::tools::install_all_on(
+            state.clone(),
+            node_id.clone(),
+            link.clone(),
+        ));
+    }
 
     // Events on uni streams in their own task, so the datagram path below is a single await.
     let events = {

@@ -93,9 +93,11 @@ pub struct HubState {
     pub lost_nodes: Mutex<Vec<(String, String)>>,
     /// Placements a task may take unless it says (`[scheduler] default_max_attempts`).
     pub default_max_attempts: u32,
-    /// Whether a pushed tool is installed on the connected nodes at once (`[tools]
-    /// install_on_push`).
-    pub install_on_push: bool,
+    /// Whether tools are installed on the connected nodes at push and when a node connects
+    /// (`[tools] preinstall`).
+    pub preinstall_tools: bool,
+    /// Tool transfers to nodes running at once (installs that carry a component's bytes).
+    pub tool_transfers: tokio::sync::Semaphore,
     /// Bumped on every task status change (waiters watch it).
     pub task_changes: tokio::sync::watch::Sender<u64>,
     /// Held while queued tasks are being placed (a dispatcher pass, or a submit placing its own

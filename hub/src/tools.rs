@@ -3,10 +3,11 @@
 //! A push is refused unless the policy parses and validates, and the component compiles under the
 //! same sandbox the nodes use, implements the `outpost:agent/tool` world, and answers `describe`
 //! within its limits. The name, version and input schema it describes are kept beside the bytes;
-//! nodes fetch the bytes by digest the first time a task needs them, or at once: with `[tools]
-//! install_on_push` (the default) a push installs the tool on every node connected to this hub,
-//! a few nodes at a time, and each compiles it in the background, so the first task there does
-//! not wait seconds for the compiler.
+//! nodes fetch the bytes by digest the first time a task needs them, or ahead of it: with
+//! `[tools] preinstall` (the default) a push installs the tool on every node connected to this
+//! hub, and a node that connects is sent every tool, so the node compiles each in the background
+//! and a tool's first task there does not wait seconds for the compiler. Each install names the
+//! digest first; the bytes go only to a node that lacks them, a few transfers at a time.
 
 use std::sync::Arc;
 
@@ -19,8 +20,11 @@ use crate::state::HubState;
 use crate::store::ToolRow;
 use crate::tasks::TaskError;
 
-/// Nodes sent an install at the same time.
+/// Nodes a push installs on at the same time.
 const INSTALL_CONCURRENCY: usize = 4;
+
+/// Installs carrying a component's bytes at the same time, over all nodes (hub-wide).
+pub const TRANSFER_CONCURRENCY: usize = 4;
 
 /// Largest component accepted.
 pub const MAX_COMPONENT_BYTES: usize = 32 * 1024 * 1024;
@@ -46,7 +50,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 
 /// Validates and stores a tool (replacing one of the same name).
 pub async fn push(
-    state: &HubState,
+    state: &Arc<HubState>,
     name: &str,
     component: Vec<u8>,
     policy_toml: &str,
@@ -108,15 +112,18 @@ pub async fn push(
     state.store.put_tool(&row).await?;
     state.tool_meta.lock().remove(name);
     tracing::info!(tool = %row.name, digest = %row.digest, size = row.size_bytes, "tool pushed");
-    if state.install_on_push {
-        install_on_nodes(state.links.all(), &row);
+    if state.preinstall_tools {
+        install_on_nodes(state, state.links.all(), &row);
     }
     Ok(state.store.get_tool_meta(name).await?.unwrap_or(row))
 }
 
-/// Installs a tool on `nodes` in the background: each is asked by digest first and sent the bytes
-/// only if it lacks them.
-fn install_on_nodes(nodes: Vec<(String, Arc<dyn NodeLink>)>, tool: &ToolRow) {
+/// Installs a tool on `nodes` in the background, a few at a time.
+fn install_on_nodes(
+    state: &Arc<HubState>,
+    nodes: Vec<(String, Arc<dyn NodeLink>)>,
+    tool: &ToolRow,
+) {
     if nodes.is_empty() {
         return;
     }
@@ -126,6 +133,7 @@ fn install_on_nodes(nodes: Vec<(String, Arc<dyn NodeLink>)>, tool: &ToolRow) {
         component: Vec::new(),
     };
     let component = Arc::new(tool.component.clone());
+    let state = state.clone();
     tokio::spawn(async move {
         let total = nodes.len();
         let mut waiting = nodes.into_iter();
@@ -136,12 +144,14 @@ fn install_on_nodes(nodes: Vec<(String, Arc<dyn NodeLink>)>, tool: &ToolRow) {
                 let Some((node_id, link)) = waiting.next() else {
                     break;
                 };
-                sending.spawn(install_on_node(
-                    node_id,
-                    link,
-                    announce.clone(),
-                    component.clone(),
-                ));
+                let (state, announce, component) =
+                    (state.clone(), announce.clone(), component.clone());
+                sending.spawn(async move {
+                    install_on_node(&state, &node_id, link.as_ref(), announce, async || {
+                        Some(component.to_vec())
+                    })
+                    .await
+                });
             }
             match sending.join_next().await {
                 Some(Ok(true)) => installed += 1,
@@ -153,18 +163,63 @@ fn install_on_nodes(nodes: Vec<(String, Arc<dyn NodeLink>)>, tool: &ToolRow) {
     });
 }
 
-/// Installs a tool on one node; true when the node took it.
+/// Installs every tool of this hub on a node that just connected, one after the other (by digest;
+/// the bytes, read from the store, only for what the node lacks).
+pub async fn install_all_on(state: Arc<HubState>, node_id: String, link: Arc<dyn NodeLink>) {
+    let tools = match state.store.list_tools().await {
+        Ok(tools) => tools,
+        Err(e) => {
+            tracing::warn!(node_id = %node_id, error = %e, "listing the tools to install failed");
+            return;
+        }
+    };
+    if tools.is_empty() {
+        return;
+    }
+    let total = tools.len();
+    let mut installed = 0usize;
+    for tool in tools {
+        let announce = InstallTool {
+            tool: tool.name.clone(),
+            tool_digest: tool.digest.clone(),
+            component: Vec::new(),
+        };
+        let from_store = async || match state.store.get_tool(&tool.name).await {
+            // Pushed again meanwhile: the push installs the new one.
+            Ok(Some(full)) if full.digest == tool.digest => Some(full.component),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(tool = %tool.name, error = %e, "reading the tool to install failed");
+                None
+            }
+        };
+        if install_on_node(&state, &node_id, link.as_ref(), announce, from_store).await {
+            installed += 1;
+        }
+    }
+    tracing::info!(node_id = %node_id, installed, tools = total, "tools sent to the node");
+}
+
+/// Installs a tool on one node: by digest, then with the bytes from `component` (within the
+/// hub-wide transfer limit) if the node lacks them. True when the node took it.
 async fn install_on_node(
-    node_id: String,
-    link: Arc<dyn NodeLink>,
+    state: &HubState,
+    node_id: &str,
+    link: &dyn NodeLink,
     announce: InstallTool,
-    component: Arc<Vec<u8>>,
+    component: impl AsyncFnOnce() -> Option<Vec<u8>>,
 ) -> bool {
     let mut answer = link.install_tool(announce.clone()).await;
     if let Ok(RunAnswer::MissingComponent(_)) = answer {
+        let Ok(_transfer) = state.tool_transfers.acquire().await else {
+            return false;
+        };
+        let Some(component) = component().await else {
+            return false;
+        };
         answer = link
             .install_tool(InstallTool {
-                component: component.to_vec(),
+                component,
                 ..announce.clone()
             })
             .await;

@@ -402,17 +402,16 @@ impl Default for SchedulerSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToolsSection {
-    /// Install a pushed tool on the nodes connected to this hub at once (they store and compile
-    /// it in the background), so its first task does not wait for the compiler. Off: a node
-    /// fetches and compiles a tool when its first task there needs it.
-    pub install_on_push: bool,
+    /// Keep every tool installed on the nodes connected to this hub: sent when it is pushed and
+    /// when a node connects (by digest; the bytes only where missing), and compiled there in the
+    /// background, so a tool's first task does not wait for the compiler. Off: a node fetches and
+    /// compiles a tool when its first task there needs it.
+    pub preinstall: bool,
 }
 
 impl Default for ToolsSection {
     fn default() -> Self {
-        Self {
-            install_on_push: true,
-        }
+        Self { preinstall: true }
     }
 }
 
@@ -471,7 +470,7 @@ pub const ENV_KEYS: &[&str] = &[
     "fleet.max_heartbeats_per_second",
     "scheduler.strategy",
     "scheduler.default_max_attempts",
-    "tools.install_on_push",
+    "tools.preinstall",
 ];
 
 /// The environment variable that overrides a dotted key: `internal_grpc.auth.issuer` →
@@ -789,10 +788,7 @@ mod tests {
         assert_eq!(c.internal_grpc.listen, "127.0.0.1:50051");
         assert_eq!(c.internal_grpc.security.mode, TlsMode::Tls);
         assert_eq!(c.cert_dir(), PathBuf::from("outpost-data/certs"));
-        assert!(
-            c.tools.install_on_push,
-            "pushed tools are installed by default"
-        );
+        assert!(c.tools.preinstall, "pushed tools are installed by default");
     }
 
     #[test]
@@ -943,7 +939,7 @@ mod tests {
             vec![PathBuf::from("/a"), PathBuf::from("/b")]
         );
         assert_eq!(c.fleet.heartbeat_grace, Duration::from_secs(3));
-        assert!(!c.tools.install_on_push);
+        assert!(!c.tools.preinstall);
         let err = Config::load(
             None,
             vec![("OUTPOST_INTERNAL_GRPC_ENABLED".into(), "maybe".into())],

@@ -111,7 +111,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Instead of round trips: time the first task of a newly pushed 2 MB tool, this many times
-    /// with `[tools] install_on_push` on and as many with it off.
+    /// with `[tools] preinstall` on and as many with it off.
     #[arg(long)]
     first_task: Option<usize>,
 }
@@ -326,7 +326,7 @@ async fn main() -> anyhow::Result<()> {
 /// A hub and one node joined to it, online in the scheduler's eyes.
 async fn hub_and_node(
     dir: &std::path::Path,
-    install_on_push: bool,
+    preinstall: bool,
 ) -> anyhow::Result<(outpost_hub::HubHandle, outpost_node::NodeHandle)> {
     let mut config = Config::default();
     config.server.role = Role::Main;
@@ -334,7 +334,7 @@ async fn hub_and_node(
     config.server.listen = "127.0.0.1:0".into();
     config.internal_grpc.listen = "127.0.0.1:0".into();
     config.internal_grpc.bootstrap.token = Some(TOKEN.into());
-    config.tools.install_on_push = install_on_push;
+    config.tools.preinstall = preinstall;
     let hub = outpost_hub::start(&config).await?;
     let ca = config.cert_dir().join("ca.pem");
     let mut node_config =
@@ -421,7 +421,7 @@ async fn first_task(runs: usize) -> anyhow::Result<()> {
             }
         }
         println!(
-            "  install_on_push = {install}: first task {:.1} ms (runs {}), second task {:.2} ms{}",
+            "  preinstall = {install}: first task {:.1} ms (runs {}), second task {:.2} ms{}",
             median(firsts.clone()),
             firsts
                 .iter()

@@ -649,7 +649,7 @@ async fn eventually(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pushed_tool_is_installed_on_the_connected_nodes_before_its_first_task() {
+async fn tools_are_installed_on_the_nodes_before_their_first_task() {
     use outpost_hub::links::{LinkError, RunAnswer};
     use outpost_proto::v1::InstallTool;
 
@@ -690,6 +690,21 @@ async fn a_pushed_tool_is_installed_on_the_connected_nodes_before_its_first_task
             .collect();
         assert_eq!(compiled.len(), 1, "one compiled entry for the component");
     }
+    // A node that connects after the push is sent every tool as its session comes up.
+    let late_config = hub.node_config("inst-3", STATIC_TOKEN);
+    let late = start_node(late_config.clone()).await;
+    assert!(
+        eventually(Duration::from_secs(60), || late.tool_ready(&digest)).await,
+        "a node connecting after the push never installed the tool"
+    );
+    assert!(
+        late_config
+            .data_dir()
+            .join("tools")
+            .join(format!("{digest}.wasm"))
+            .is_file()
+    );
+    nodes.push(late);
     let (code, out, err) = hub
         .cli(&[
             "tasks",
