@@ -922,10 +922,7 @@ mod tests {
                 "OUTPOST_FLEET_HEARTBEAT_GRACE".to_string(),
                 "3s".to_string(),
             ),
-            (
-                "OUTPOST_TOOLS_INSTALL_ON_PUSH".to_string(),
-                "false".to_string(),
-            ),
+            ("OUTPOST_TOOLS_PREINSTALL".to_string(), "false".to_string()),
             (
                 "OUTPOST_HUB".to_string(),
                 "ignored: not a config key".to_string(),

@@ -374,7 +374,7 @@ fn retagged(bytes: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
-/// The first task of a newly pushed `bulky`, with and without install on push.
+/// The first task of a newly pushed `bulky`, with and without `[tools] preinstall`.
 async fn first_task(runs: usize) -> anyhow::Result<()> {
     let bulky = std::fs::read(outpost_guests::bulky())?;
     println!(
