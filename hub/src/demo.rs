@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use outpost_node::config::{Config, GpuProbeKind, Role, SimulatedGpu};
+use outpost_node::config::{Config, GpuProbeKind, SimulatedGpu};
 use outpost_proto::v1::ListNodesRequest;
 use outpost_proto::v1::node_registry_client::NodeRegistryClient;
 use serde_json::{Value, json};
@@ -22,12 +22,7 @@ use crate::views;
 const DEMO_STATIC_TOKEN: &str = "outpost-demo-static-token";
 
 fn hub_config(data_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.server.role = Role::Main;
-    config.server.data_dir = Some(data_dir.join("hub"));
-    config.server.listen = "127.0.0.1:0".into();
-    config.internal_grpc.listen = "127.0.0.1:0".into();
-    config.internal_grpc.bootstrap.token = Some(DEMO_STATIC_TOKEN.into());
+    let mut config = Config::loopback_hub(&data_dir.join("hub"), DEMO_STATIC_TOKEN);
     config.fleet.min_heartbeat_ttl = Duration::from_secs(2);
     config.fleet.heartbeat_grace = Duration::from_secs(2);
     config

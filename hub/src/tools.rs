@@ -127,11 +127,7 @@ fn install_on_nodes(
     if nodes.is_empty() {
         return;
     }
-    let announce = InstallTool {
-        tool: tool.name.clone(),
-        tool_digest: tool.digest.clone(),
-        component: Vec::new(),
-    };
+    let announce = announcement(tool);
     let component = Arc::new(tool.component.clone());
     let state = state.clone();
     tokio::spawn(async move {
@@ -179,11 +175,7 @@ pub async fn install_all_on(state: Arc<HubState>, node_id: String, link: Arc<dyn
     let total = tools.len();
     let mut installed = 0usize;
     for tool in tools {
-        let announce = InstallTool {
-            tool: tool.name.clone(),
-            tool_digest: tool.digest.clone(),
-            component: Vec::new(),
-        };
+        let announce = announcement(&tool);
         let from_store = async || match state.store.get_tool(&tool.name).await {
             // Pushed again meanwhile: the push installs the new one.
             Ok(Some(full)) if full.digest == tool.digest => Some(full.component),
@@ -198,6 +190,15 @@ pub async fn install_all_on(state: Arc<HubState>, node_id: String, link: Arc<dyn
         }
     }
     tracing::info!(node_id = %node_id, installed, tools = total, "tools sent to the node");
+}
+
+/// The install of `tool` by digest alone (the bytes follow only if the node asks).
+fn announcement(tool: &ToolRow) -> InstallTool {
+    InstallTool {
+        tool: tool.name.clone(),
+        tool_digest: tool.digest.clone(),
+        component: Vec::new(),
+    }
 }
 
 /// Installs a tool on one node: by digest, then with the bytes from `component` (within the

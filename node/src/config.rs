@@ -661,6 +661,18 @@ impl Config {
         Ok(())
     }
 
+    /// A hub on loopback with every listener on a free port (`127.0.0.1:0`), its state in
+    /// `data_dir`, accepting joins with the static `token`; everything else at its default.
+    pub fn loopback_hub(data_dir: &Path, token: &str) -> Self {
+        let mut config = Self::default();
+        config.server.role = Role::Main;
+        config.server.data_dir = Some(data_dir.to_path_buf());
+        config.server.listen = "127.0.0.1:0".into();
+        config.internal_grpc.listen = "127.0.0.1:0".into();
+        config.internal_grpc.bootstrap.token = Some(token.into());
+        config
+    }
+
     /// A node that joins `hub_url` as `node_id` with `token`, trusting `ca_file` for the first
     /// join and keeping its state in `data_dir`; everything else at its default.
     pub fn joining_node(

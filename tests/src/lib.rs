@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use outpost_hub::HubHandle;
-use outpost_node::config::{Config, GpuProbeKind, Role, SimulatedGpu, TlsMode};
+use outpost_node::config::{Config, GpuProbeKind, SimulatedGpu, TlsMode};
 use outpost_node::{NodeAgent, NodeHandle};
 use serde_json::Value;
 
@@ -40,13 +40,8 @@ impl TestHub {
     pub async fn start(mode: TlsMode) -> Self {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config::default();
-        config.server.role = Role::Main;
-        config.server.data_dir = Some(dir.path().join("hub"));
-        config.server.listen = "127.0.0.1:0".into();
-        config.internal_grpc.listen = "127.0.0.1:0".into();
+        let mut config = Config::loopback_hub(&dir.path().join("hub"), STATIC_TOKEN);
         config.internal_grpc.security.mode = mode;
-        config.internal_grpc.bootstrap.token = Some(STATIC_TOKEN.into());
         config.fleet.min_heartbeat_ttl = Duration::from_millis(500);
         config.fleet.heartbeat_grace = Duration::from_millis(500);
         if let Some(url) = postgres_schema_url().await {

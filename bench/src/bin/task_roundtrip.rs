@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use outpost_hub::tasks::{self, SubmitSpec};
-use outpost_node::config::{Config, GpuProbeKind, Role};
+use outpost_node::config::{Config, GpuProbeKind};
 
 const TOKEN: &str = "bench-roundtrip-static-token";
 
@@ -328,12 +328,7 @@ async fn hub_and_node(
     dir: &std::path::Path,
     preinstall: bool,
 ) -> anyhow::Result<(outpost_hub::HubHandle, outpost_node::NodeHandle)> {
-    let mut config = Config::default();
-    config.server.role = Role::Main;
-    config.server.data_dir = Some(dir.join("hub"));
-    config.server.listen = "127.0.0.1:0".into();
-    config.internal_grpc.listen = "127.0.0.1:0".into();
-    config.internal_grpc.bootstrap.token = Some(TOKEN.into());
+    let mut config = Config::loopback_hub(&dir.join("hub"), TOKEN);
     config.tools.preinstall = preinstall;
     let hub = outpost_hub::start(&config).await?;
     let ca = config.cert_dir().join("ca.pem");

@@ -745,7 +745,10 @@ async fn tools_are_installed_on_the_nodes_before_their_first_task() {
         })
         .await,
     );
-    assert!(message.contains("sha256"), "{message}");
+    assert!(
+        message.contains("sha256") && message.contains("not the announced"),
+        "{message}"
+    );
     assert!(
         !configs[0]
             .data_dir()
