@@ -295,13 +295,9 @@ async fn cpu_and_wall_time_limits_stop_runaway_guests() {
         ("host-call-loop", "busy host-call loop"),
         ("log-loop", "busy log loop"),
     ] {
+        // The kind says fuel ended the call, not the 10 s wall clock.
         let report = metered.invoke(input).await;
         expect_error(&report, ErrorKind::OutOfFuel, "50000000", case);
-        assert!(
-            report.duration < Duration::from_secs(5),
-            "{case}: took {:?}",
-            report.duration
-        );
         still_serves(&metered, case).await;
     }
     let report = metered.invoke("log-loop").await;
@@ -317,13 +313,12 @@ async fn cpu_and_wall_time_limits_stop_runaway_guests() {
         ("host-call-loop", "host-call loop without fuel"),
         ("sleep 3600", "blocked in a host call"),
     ] {
-        let report = tool.invoke(input).await;
+        // Uninterrupted, each of these would run for an hour or forever; the
+        // guard only turns such a hang into a failure, it measures nothing.
+        let report = tokio::time::timeout(Duration::from_secs(120), tool.invoke(input))
+            .await
+            .unwrap_or_else(|_| panic!("{case}: the 300 ms wall-time limit never fired"));
         expect_error(&report, ErrorKind::Timeout, "300ms", case);
-        assert!(
-            report.duration < Duration::from_secs(3),
-            "{case}: took {:?}",
-            report.duration
-        );
         still_serves(&tool, case).await;
     }
 }
