@@ -721,10 +721,15 @@ pub fn print_node_table(nodes: &[NodeView], out: &mut dyn Write) -> anyhow::Resu
             gpus.devices
                 .iter()
                 .map(|g| {
-                    format!(
-                        "{} ({}/{} MiB free)",
-                        g.name, g.memory_free_mb, g.memory_total_mb
-                    )
+                    if g.mig_enabled {
+                        // Its memory belongs to its instances, listed after it.
+                        format!("{} (MIG mode)", g.name)
+                    } else {
+                        format!(
+                            "{} ({}/{} MiB free)",
+                            g.name, g.memory_free_mb, g.memory_total_mb
+                        )
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join(", ")

@@ -82,6 +82,7 @@ pub async fn run(
         memory_used_mb: 2048,
         compute_capability: "8.0".into(),
         utilization_percent: 3,
+        mig: Vec::new(),
     }];
     let mut nodes = Vec::new();
     for config in [cpu, gpu] {

@@ -197,6 +197,8 @@ pub struct DeviceReport {
     pub compute_capability: ComputeCapability,
     /// Physical GPU this MIG instance lives on (empty for a whole GPU).
     pub parent_uuid: String,
+    /// A physical GPU in MIG mode: only its instances take work, even while it has none.
+    pub mig_enabled: bool,
 }
 
 /// Everything the scheduler needs to know about one node.
@@ -225,6 +227,10 @@ pub struct Placement {
     pub devices: Vec<u32>,
     /// Their uuids, in the same order.
     pub device_uuids: Vec<String>,
+    /// How CUDA names each of them, in the same order: a GPU by its NVML index (with
+    /// `CUDA_DEVICE_ORDER=PCI_BUS_ID`, CUDA numbers GPUs as NVML does), a MIG instance by its
+    /// `MIG-` uuid (CUDA has no index for one).
+    pub cuda_devices: Vec<String>,
     /// Share of each device, milli-GPUs (1000 when exclusive).
     pub share_milli: u32,
     /// Memory held on each device, MiB.
@@ -232,13 +238,19 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// The value for `CUDA_VISIBLE_DEVICES` / `NVIDIA_VISIBLE_DEVICES` (empty without GPUs).
-    pub fn visible_devices(&self) -> String {
+    /// The NVML indexes of the devices assigned, comma-separated (empty without GPUs): what a
+    /// task shows as its devices.
+    pub fn device_indexes(&self) -> String {
         self.devices
             .iter()
             .map(u32::to_string)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The value for `CUDA_VISIBLE_DEVICES` (empty without GPUs).
+    pub fn cuda_visible_devices(&self) -> String {
+        self.cuda_devices.join(",")
     }
 }
 
@@ -415,7 +427,7 @@ impl Scheduler {
             .devices
             .into_iter()
             .map(|d| Device {
-                partitioned: parents.contains(&d.uuid),
+                partitioned: d.mig_enabled || parents.contains(&d.uuid),
                 report: d,
                 shares_milli: 0,
                 exclusive: false,
@@ -627,6 +639,16 @@ impl Scheduler {
             node_id: node.id.clone(),
             devices: devices.iter().map(|d| d.report.index).collect(),
             device_uuids: devices.iter().map(|d| d.report.uuid.clone()).collect(),
+            cuda_devices: devices
+                .iter()
+                .map(|d| {
+                    if d.report.parent_uuid.is_empty() {
+                        d.report.index.to_string()
+                    } else {
+                        d.report.uuid.clone()
+                    }
+                })
+                .collect(),
             share_milli: if req.gpu_milli >= WHOLE_GPU_MILLI {
                 WHOLE_GPU_MILLI
             } else {

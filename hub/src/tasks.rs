@@ -567,6 +567,7 @@ pub fn node_report(node_id: &str, caps: &Capabilities, state: &HubState) -> Node
                     compute_capability: ComputeCapability::parse(&d.compute_capability)
                         .unwrap_or_default(),
                     parent_uuid: d.parent_uuid.clone(),
+                    mig_enabled: d.mig_enabled,
                 })
                 .collect()
         })
@@ -763,7 +764,7 @@ fn placed_rows(task: &TaskRow, placement: &Placement, now: i64) -> (TaskRow, Att
     let mut next = task.clone();
     next.status = status::PLACED.into();
     next.node_id = placement.node_id.clone();
-    next.devices = placement.visible_devices();
+    next.devices = placement.device_indexes();
     next.attempts = task.attempts + 1;
     next.reason = if placement.devices.is_empty() {
         format!("placed on {}", placement.node_id)
@@ -831,8 +832,10 @@ async fn send_to_node(
     if !placement.devices.is_empty() {
         env.insert(
             "CUDA_VISIBLE_DEVICES".to_string(),
-            placement.visible_devices(),
+            placement.cuda_visible_devices(),
         );
+        // CUDA's own default order is fastest first; the indexes above are NVML's (PCI bus).
+        env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
         env.insert(
             "NVIDIA_VISIBLE_DEVICES".to_string(),
             placement.device_uuids.join(","),

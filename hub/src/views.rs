@@ -43,6 +43,7 @@ pub fn gpu_json(gpu: &GpuDevice) -> Value {
         "power_mw": gpu.power_mw,
         "compute_capability": gpu.compute_capability,
         "mig_parent_uuid": if gpu.parent_uuid.is_empty() { Value::Null } else { Value::String(gpu.parent_uuid.clone()) },
+        "mig_enabled": gpu.mig_enabled,
     })
 }
 

@@ -223,6 +223,9 @@ pub struct GpuSection {
     /// How often the probe is refreshed.
     #[serde(with = "duration_text")]
     pub refresh_interval: Duration,
+    /// The NVML library to load; by default the driver's `libnvidia-ml.so.1` found by the
+    /// dynamic loader (set this where the driver lives elsewhere, as on WSL or NixOS).
+    pub nvml_library: Option<PathBuf>,
     /// Simulated devices (`probe = "simulated"`).
     pub simulated: Vec<SimulatedGpu>,
     /// How the simulated devices change over time (`[[gpu.script]]`, in order of `at`).
@@ -234,6 +237,7 @@ impl Default for GpuSection {
         Self {
             probe: GpuProbeKind::Auto,
             refresh_interval: Duration::from_secs(5),
+            nvml_library: None,
             simulated: Vec::new(),
             script: Vec::new(),
         }
@@ -257,6 +261,23 @@ pub struct SimulatedGpu {
     /// GPU utilisation in percent.
     #[serde(default)]
     pub utilization_percent: u32,
+    /// MIG instances (`[[gpu.simulated.mig]]`); with any, the GPU is in MIG mode and work is
+    /// placed on its instances only.
+    #[serde(default)]
+    pub mig: Vec<SimulatedMig>,
+}
+
+/// One MIG instance of a simulated GPU.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedMig {
+    /// MIG profile, e.g. "3g.40gb" (shown in the instance's name).
+    pub profile: String,
+    /// The instance's memory in MiB.
+    pub memory_total_mb: u64,
+    /// Used memory in MiB.
+    #[serde(default)]
+    pub memory_used_mb: u64,
 }
 
 /// One `[[gpu.script]]` step: `at` after the node starts, the simulated probe changes. A step
@@ -464,6 +485,7 @@ pub const ENV_KEYS: &[&str] = &[
     "node.grpc_target",
     "gpu.probe",
     "gpu.refresh_interval",
+    "gpu.nvml_library",
     "storage.url",
     "fleet.min_heartbeat_ttl",
     "fleet.heartbeat_grace",
@@ -625,6 +647,47 @@ impl Config {
             }
             crate::gpu::parse_compute_capability(&gpu.compute_capability)
                 .map_err(|e| invalid(&format!("gpu.simulated[{i}].compute_capability"), e))?;
+            let mut instances_mb = 0u64;
+            for (k, instance) in gpu.mig.iter().enumerate() {
+                let field = |name: &str| format!("gpu.simulated[{i}].mig[{k}].{name}");
+                if instance.profile.trim().is_empty() {
+                    return Err(invalid(&field("profile"), "must not be empty".into()));
+                }
+                if instance.memory_total_mb == 0 {
+                    return Err(invalid(
+                        &field("memory_total_mb"),
+                        "must be greater than zero".into(),
+                    ));
+                }
+                if instance.memory_used_mb > instance.memory_total_mb {
+                    return Err(invalid(
+                        &field("memory_used_mb"),
+                        format!(
+                            "{} exceeds memory_total_mb {}",
+                            instance.memory_used_mb, instance.memory_total_mb
+                        ),
+                    ));
+                }
+                instances_mb = instances_mb.saturating_add(instance.memory_total_mb);
+                if instances_mb > gpu.memory_total_mb {
+                    return Err(invalid(
+                        &field("memory_total_mb"),
+                        format!(
+                            "the instances hold {instances_mb} MiB, more than the GPU's {} MiB",
+                            gpu.memory_total_mb
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.gpu.nvml_library.is_some()
+            && matches!(self.gpu.probe, GpuProbeKind::Simulated | GpuProbeKind::None)
+        {
+            return Err(invalid(
+                "gpu.nvml_library",
+                "only the NVML probe loads a library: set [gpu] probe = \"nvml\" or \"auto\""
+                    .into(),
+            ));
         }
         if !self.gpu.script.is_empty() && self.gpu.probe != GpuProbeKind::Simulated {
             return Err(invalid(
@@ -911,8 +974,57 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("gpu.script[1].at"), "{err}");
+        let err = Config::from_toml("[gpu]\nprobe = \"simulated\"\nnvml_library = \"/x.so\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("gpu.nvml_library"), "{err}");
+        let err =
+            Config::from_toml("[gpu]\nprobe = \"none\"\nnvml_library = \"/x.so\"\n").unwrap_err();
+        assert!(err.to_string().contains("gpu.nvml_library"), "{err}");
+        let c = Config::from_toml(
+            "[gpu]\nprobe = \"nvml\"\nnvml_library = \"/usr/lib/wsl/lib/libnvidia-ml.so.1\"\n",
+        )
+        .unwrap();
+        assert!(c.gpu.nvml_library.is_some());
         let err = Config::from_toml("[[gpu.script]]\nat = \"1s\"\nrecover = true\n").unwrap_err();
         assert!(err.to_string().contains("simulated"), "{err}");
+    }
+
+    #[test]
+    fn simulated_mig_instances_parse_and_bad_ones_are_named() {
+        let base = "[gpu]\nprobe = \"simulated\"\n[[gpu.simulated]]\nname = \"A100\"\nmemory_total_mb = 81920\n";
+        let c = Config::from_toml(&format!(
+            "{base}[[gpu.simulated.mig]]\nprofile = \"3g.40gb\"\nmemory_total_mb = 40960\n\
+             [[gpu.simulated.mig]]\nprofile = \"1g.10gb\"\nmemory_total_mb = 10240\nmemory_used_mb = 100\n"
+        ))
+        .unwrap();
+        assert_eq!(c.gpu.simulated[0].mig.len(), 2);
+        assert_eq!(c.gpu.simulated[0].mig[1].memory_used_mb, 100);
+        for (mig, named) in [
+            (
+                "profile = \" \"\nmemory_total_mb = 1",
+                "gpu.simulated[0].mig[0].profile",
+            ),
+            (
+                "profile = \"1g\"\nmemory_total_mb = 0",
+                "gpu.simulated[0].mig[0].memory_total_mb",
+            ),
+            (
+                "profile = \"1g\"\nmemory_total_mb = 10\nmemory_used_mb = 11",
+                "gpu.simulated[0].mig[0].memory_used_mb",
+            ),
+            (
+                "profile = \"7g\"\nmemory_total_mb = 90000",
+                "more than the GPU's 81920 MiB",
+            ),
+            (
+                "profile = \"1g\"\nmemory_total_mb = 10\nslices = 1",
+                "slices",
+            ),
+        ] {
+            let err =
+                Config::from_toml(&format!("{base}[[gpu.simulated.mig]]\n{mig}\n")).unwrap_err();
+            assert!(err.to_string().contains(named), "{mig}: {err}");
+        }
     }
 
     #[test]

@@ -47,7 +47,9 @@ pub fn probe_from_config(section: &GpuSection) -> Box<dyn GpuProbe> {
             section.script.clone(),
             Arc::new(SystemClock),
         )),
-        GpuProbeKind::Nvml | GpuProbeKind::Auto => Box::new(NvmlProbe::new()),
+        GpuProbeKind::Nvml | GpuProbeKind::Auto => {
+            Box::new(NvmlProbe::load(section.nvml_library.as_deref()))
+        }
     }
 }
 
@@ -107,15 +109,16 @@ impl SimulatedProbe {
         script: Vec<GpuScriptStep>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let devices = gpus
-            .iter()
-            .enumerate()
-            .map(|(i, g)| GpuDevice {
-                index: i as u32,
-                uuid: format!(
-                    "GPU-sim-{i:04}-{}",
-                    g.name.to_ascii_lowercase().replace(' ', "-")
-                ),
+        let mut devices = Vec::new();
+        for (i, g) in gpus.iter().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let uuid = format!(
+                "GPU-sim-{i:04}-{}",
+                g.name.to_ascii_lowercase().replace(' ', "-")
+            );
+            devices.push(GpuDevice {
+                index,
+                uuid: uuid.clone(),
                 name: g.name.clone(),
                 memory_total_mb: g.memory_total_mb,
                 memory_used_mb: g.memory_used_mb,
@@ -125,8 +128,24 @@ impl SimulatedProbe {
                 power_mw: 60_000,
                 compute_capability: g.compute_capability.clone(),
                 parent_uuid: String::new(),
-            })
-            .collect();
+                mig_enabled: !g.mig.is_empty(),
+            });
+            for (k, instance) in g.mig.iter().enumerate() {
+                devices.push(GpuDevice {
+                    index,
+                    uuid: format!("MIG-sim-{i:04}-{k}"),
+                    name: format!("{} MIG {}", g.name, instance.profile),
+                    memory_total_mb: instance.memory_total_mb,
+                    memory_used_mb: instance.memory_used_mb,
+                    memory_free_mb: instance
+                        .memory_total_mb
+                        .saturating_sub(instance.memory_used_mb),
+                    compute_capability: g.compute_capability.clone(),
+                    parent_uuid: uuid.clone(),
+                    ..GpuDevice::default()
+                });
+            }
+        }
         let started_ms = clock.now_ms();
         Self {
             state: Mutex::new(SimulatedState {
@@ -161,7 +180,11 @@ impl SimulatedProbe {
                 if let Some(used) = step.memory_used_mb {
                     state.set_memory_used_mb(index, used);
                 }
-                if let Some(d) = state.devices.iter_mut().find(|d| d.index == index) {
+                if let Some(d) = state
+                    .devices
+                    .iter_mut()
+                    .find(|d| d.index == index && d.parent_uuid.is_empty())
+                {
                     if let Some(utilization) = step.utilization_percent {
                         d.utilization_percent = utilization.min(100);
                     }
@@ -176,7 +199,11 @@ impl SimulatedProbe {
 
 impl SimulatedState {
     fn set_memory_used_mb(&mut self, index: u32, used_mb: u64) {
-        if let Some(d) = self.devices.iter_mut().find(|d| d.index == index) {
+        if let Some(d) = self
+            .devices
+            .iter_mut()
+            .find(|d| d.index == index && d.parent_uuid.is_empty())
+        {
             d.memory_used_mb = used_mb.min(d.memory_total_mb);
             d.memory_free_mb = d.memory_total_mb - d.memory_used_mb;
         }
@@ -212,6 +239,190 @@ impl GpuProbe for SimulatedProbe {
     }
 }
 
+/// What the NVML probe asks of the GPU management library. This is the seam between NVML's C
+/// API ([`NvmlLibrary`]) and the rules for turning its answers into a snapshot ([`read_devices`]):
+/// MIG instances listed after their GPU, empty MIG slots skipped, compute capability inherited.
+/// Those rules are unit-tested against a scripted library, without a GPU.
+pub trait GpuLibrary {
+    /// The driver's version ("550.54.15"); empty when it cannot be read.
+    fn driver_version(&self) -> String;
+    /// How many physical GPUs there are.
+    fn device_count(&self) -> Result<u32, String>;
+    /// The physical GPU at `index` (NVML's index), and its MIG state.
+    fn gpu(&self, index: u32) -> Result<(GpuDevice, MigState), String>;
+    /// The MIG instance in `slot` of the GPU at `index`; `Ok(None)` when the slot is empty.
+    fn mig_instance(&self, index: u32, slot: u32) -> Result<Option<GpuDevice>, String>;
+}
+
+/// Whether a GPU is partitioned into MIG instances, and how many slots it has for them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MigState {
+    /// MIG mode is on: the GPU's memory belongs to its instances, the GPU itself takes no work.
+    pub enabled: bool,
+    /// Most instances the GPU can hold (NVML's maximum MIG device count).
+    pub slots: u32,
+}
+
+/// Most MIG slots looked at per GPU, whatever the library claims (an H100 has 7).
+const MAX_MIG_SLOTS: u32 = 16;
+
+/// Every GPU the library reports, each followed by its MIG instances.
+///
+/// A GPU in MIG mode is listed with `mig_enabled` (the hub never places work on it as a whole,
+/// even before any instance exists). Its instances carry the GPU's index and uuid as
+/// `parent_uuid`; CUDA names them by their own `MIG-` uuid. Empty slots (instances may be
+/// created and destroyed in any slot) are skipped; an instance whose compute capability cannot
+/// be read has its GPU's. Any other failure fails the whole reading, so a GPU that stops
+/// answering is never reported with stale or partial devices.
+pub fn read_devices(library: &dyn GpuLibrary) -> Result<Vec<GpuDevice>, String> {
+    let count = library.device_count()?;
+    let mut devices = Vec::new();
+    for index in 0..count {
+        let (mut gpu, mig) = library.gpu(index)?;
+        gpu.index = index;
+        gpu.parent_uuid.clear();
+        gpu.mig_enabled = mig.enabled;
+        let parent_uuid = gpu.uuid.clone();
+        let parent_capability = gpu.compute_capability.clone();
+        devices.push(gpu);
+        if !mig.enabled {
+            continue;
+        }
+        for slot in 0..mig.slots.min(MAX_MIG_SLOTS) {
+            let Some(mut instance) = library.mig_instance(index, slot)? else {
+                continue;
+            };
+            instance.index = index;
+            instance.parent_uuid = parent_uuid.clone();
+            instance.mig_enabled = false;
+            if instance.compute_capability.is_empty() {
+                instance.compute_capability = parent_capability.clone();
+            }
+            devices.push(instance);
+        }
+    }
+    Ok(devices)
+}
+
+/// NVML's value for "MIG mode on" (`NVML_DEVICE_MIG_ENABLE`).
+const NVML_DEVICE_MIG_ENABLE: u32 = 1;
+
+/// NVML itself, loaded at run time.
+struct NvmlLibrary<'a>(&'a nvml_wrapper::Nvml);
+
+impl GpuLibrary for NvmlLibrary<'_> {
+    fn driver_version(&self) -> String {
+        self.0.sys_driver_version().unwrap_or_default()
+    }
+
+    fn device_count(&self) -> Result<u32, String> {
+        self.0
+            .device_count()
+            .map_err(|e| format!("counting GPUs: {e}"))
+    }
+
+    fn gpu(&self, index: u32) -> Result<(GpuDevice, MigState), String> {
+        let device = self
+            .0
+            .device_by_index(index)
+            .map_err(|e| format!("GPU {index}: {e}"))?;
+        let reading = read_device(&device).map_err(|e| format!("GPU {index}: {e}"))?;
+        // `NotSupported` (a GPU without MIG) and any other failure here mean: no MIG.
+        let enabled = device
+            .mig_mode()
+            .is_ok_and(|mode| mode.current == NVML_DEVICE_MIG_ENABLE);
+        let slots = if enabled {
+            device.mig_device_count().unwrap_or(0)
+        } else {
+            0
+        };
+        Ok((reading, MigState { enabled, slots }))
+    }
+
+    fn mig_instance(&self, index: u32, slot: u32) -> Result<Option<GpuDevice>, String> {
+        let device = self
+            .0
+            .device_by_index(index)
+            .map_err(|e| format!("GPU {index}: {e}"))?;
+        match device.mig_device_by_index(slot) {
+            Ok(instance) => read_device(&instance)
+                .map(Some)
+                .map_err(|e| format!("GPU {index} MIG slot {slot}: {e}")),
+            Err(nvml_wrapper::error::NvmlError::NotFound) => Ok(None),
+            Err(e) => Err(format!("GPU {index} MIG slot {slot}: {e}")),
+        }
+    }
+}
+
+/// One device's own reading. Fields a device does not support (utilisation and temperature on a
+/// MIG instance, power on some boards) read as 0; memory and uuid must read.
+fn read_device(
+    device: &nvml_wrapper::Device<'_>,
+) -> Result<GpuDevice, nvml_wrapper::error::NvmlError> {
+    use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+    let memory = memory_info(device)?;
+    const MIB: u64 = 1024 * 1024;
+    Ok(GpuDevice {
+        uuid: device.uuid()?,
+        name: device.name().unwrap_or_default(),
+        memory_total_mb: memory.total / MIB,
+        memory_used_mb: memory.used / MIB,
+        memory_free_mb: memory.free / MIB,
+        utilization_percent: device.utilization_rates().map(|u| u.gpu).unwrap_or(0),
+        temperature_c: device.temperature(TemperatureSensor::Gpu).unwrap_or(0),
+        power_mw: device.power_usage().unwrap_or(0),
+        compute_capability: device
+            .cuda_compute_capability()
+            .map(|cc| format!("{}.{}", cc.major, cc.minor))
+            .unwrap_or_default(),
+        ..GpuDevice::default()
+    })
+}
+
+/// A device's memory in bytes.
+struct MemoryReading {
+    total: u64,
+    used: u64,
+    free: u64,
+}
+
+/// The device's memory through `nvmlDeviceGetMemoryInfo_v2`, or, on drivers older than R510 that
+/// lack it, through the original `nvmlDeviceGetMemoryInfo` (whose `used` counts the driver's
+/// reserved memory too, so such a GPU reads slightly fuller than it is: the safe side).
+fn memory_info(
+    device: &nvml_wrapper::Device<'_>,
+) -> Result<MemoryReading, nvml_wrapper::error::NvmlError> {
+    use nvml_wrapper::error::{NvmlError, nvml_sym, nvml_try};
+    match device.memory_info() {
+        Ok(memory) => Ok(MemoryReading {
+            total: memory.total,
+            used: memory.used,
+            free: memory.free,
+        }),
+        Err(NvmlError::FailedToLoadSymbol(_)) => {
+            let lib = device.nvml().lib();
+            let read = nvml_sym(lib.nvmlDeviceGetMemoryInfo.as_ref())?;
+            let mut memory = nvml_wrapper_sys::bindings::nvmlMemory_t {
+                total: 0,
+                free: 0,
+                used: 0,
+            };
+            // SAFETY: `read` is the loaded library's `nvmlDeviceGetMemoryInfo`, whose C signature
+            // the binding declares; the handle comes from the same library and is live for the
+            // borrow of `device`; `memory` is a valid, writable `nvmlMemory_t` for the call.
+            #[allow(unsafe_code)]
+            let code = unsafe { read(device.handle(), &mut memory) };
+            nvml_try(code)?;
+            Ok(MemoryReading {
+                total: memory.total,
+                used: memory.used,
+                free: memory.free,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// NVML, loaded at run time.
 pub struct NvmlProbe {
     nvml: Option<nvml_wrapper::Nvml>,
@@ -235,9 +446,18 @@ impl Default for NvmlProbe {
 }
 
 impl NvmlProbe {
-    /// Tries to load NVML; failure is remembered and reported in every snapshot.
+    /// Tries to load the driver's NVML; failure is remembered and reported in every snapshot.
     pub fn new() -> Self {
-        match nvml_wrapper::Nvml::init() {
+        Self::load(None)
+    }
+
+    /// Tries to load NVML from `library` (the driver's `libnvidia-ml.so.1` when `None`).
+    pub fn load(library: Option<&std::path::Path>) -> Self {
+        let mut builder = nvml_wrapper::Nvml::builder();
+        if let Some(path) = library {
+            builder.lib_path(path.as_os_str());
+        }
+        match builder.init() {
             Ok(nvml) => Self {
                 nvml: Some(nvml),
                 init_error: String::new(),
@@ -245,66 +465,51 @@ impl NvmlProbe {
             },
             Err(e) => Self {
                 nvml: None,
-                init_error: format!("NVML unavailable: {e} (no NVIDIA driver on this machine?)"),
+                init_error: match library {
+                    Some(path) => format!("NVML unavailable from {}: {e}", path.display()),
+                    None => format!("NVML unavailable: {e} (no NVIDIA driver on this machine?)"),
+                },
                 worked_before: AtomicBool::new(false),
             },
         }
     }
-
-    fn read(
-        nvml: &nvml_wrapper::Nvml,
-    ) -> Result<(Vec<GpuDevice>, String), nvml_wrapper::error::NvmlError> {
-        let driver_version = nvml.sys_driver_version().unwrap_or_default();
-        let count = nvml.device_count()?;
-        let mut devices = Vec::new();
-        for index in 0..count {
-            let device = nvml.device_by_index(index)?;
-            let parent = read_device(&device, index, String::new())?;
-            let mig_enabled = device.mig_mode().map(|m| m.current == 1).unwrap_or(false);
-            let parent_uuid = parent.uuid.clone();
-            let parent_cc = parent.compute_capability.clone();
-            devices.push(parent);
-            if mig_enabled {
-                for mig_index in 0..8u32 {
-                    let Ok(mig) = device.mig_device_by_index(mig_index) else {
-                        break;
-                    };
-                    let mut instance = read_device(&mig, index, parent_uuid.clone())?;
-                    if instance.compute_capability.is_empty() {
-                        instance.compute_capability = parent_cc.clone();
-                    }
-                    devices.push(instance);
-                }
-            }
-        }
-        Ok((devices, driver_version))
-    }
 }
 
-fn read_device(
-    device: &nvml_wrapper::Device<'_>,
-    index: u32,
-    parent_uuid: String,
-) -> Result<GpuDevice, nvml_wrapper::error::NvmlError> {
-    use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
-    let memory = device.memory_info()?;
-    const MIB: u64 = 1024 * 1024;
-    Ok(GpuDevice {
-        index,
-        uuid: device.uuid()?,
-        name: device.name().unwrap_or_default(),
-        memory_total_mb: memory.total / MIB,
-        memory_used_mb: memory.used / MIB,
-        memory_free_mb: memory.free / MIB,
-        utilization_percent: device.utilization_rates().map(|u| u.gpu).unwrap_or(0),
-        temperature_c: device.temperature(TemperatureSensor::Gpu).unwrap_or(0),
-        power_mw: device.power_usage().unwrap_or(0),
-        compute_capability: device
-            .cuda_compute_capability()
-            .map(|cc| format!("{}.{}", cc.major, cc.minor))
-            .unwrap_or_default(),
-        parent_uuid,
-    })
+/// A snapshot from one reading of `library`. `worked_before` remembers whether any reading
+/// succeeded: a failure after that fences the node for GPU work, a failure before it only says
+/// why there are no GPUs.
+fn library_snapshot(library: &dyn GpuLibrary, worked_before: &AtomicBool) -> GpuSnapshot {
+    match read_devices(library) {
+        Ok(devices) => {
+            worked_before.store(true, Ordering::Relaxed);
+            let unavailable_reason = if devices.is_empty() {
+                "NVML reports no devices".into()
+            } else {
+                String::new()
+            };
+            GpuSnapshot {
+                probe: "nvml".into(),
+                devices,
+                driver_version: library.driver_version(),
+                unavailable_reason,
+                fenced: false,
+            }
+        }
+        Err(e) => {
+            let fenced = worked_before.load(Ordering::Relaxed);
+            let unavailable_reason = if fenced {
+                format!("NVML failed after working: {e}; GPU work fenced off this node")
+            } else {
+                format!("NVML query failed: {e}")
+            };
+            GpuSnapshot {
+                probe: "nvml".into(),
+                unavailable_reason,
+                fenced,
+                ..Default::default()
+            }
+        }
+    }
 }
 
 impl GpuProbe for NvmlProbe {
@@ -316,38 +521,7 @@ impl GpuProbe for NvmlProbe {
                 ..Default::default()
             };
         };
-        match Self::read(nvml) {
-            Ok((devices, driver_version)) => {
-                self.worked_before.store(true, Ordering::Relaxed);
-                let unavailable_reason = if devices.is_empty() {
-                    "NVML reports no devices".into()
-                } else {
-                    String::new()
-                };
-                GpuSnapshot {
-                    probe: "nvml".into(),
-                    devices,
-                    driver_version,
-                    unavailable_reason,
-                    fenced: false,
-                }
-            }
-            Err(e) => {
-                let fenced = self.worked_before.load(Ordering::Relaxed);
-                let reason = if fenced {
-                    format!("NVML failed after working: {e}; GPU work fenced off this node")
-                } else {
-                    format!("NVML query failed: {e}")
-                };
-                GpuSnapshot {
-                    probe: "nvml".into(),
-                    devices: Vec::new(),
-                    driver_version: String::new(),
-                    unavailable_reason: reason,
-                    fenced,
-                }
-            }
-        }
+        library_snapshot(&NvmlLibrary(nvml), &self.worked_before)
     }
 }
 
@@ -369,6 +543,222 @@ mod tests {
         }
     }
 
+    /// What a MIG slot answers: an instance, empty, or an error.
+    type SlotReading = Result<Option<GpuDevice>, String>;
+
+    /// A GPU library that answers from a table: per GPU its reading, MIG state and slots.
+    #[derive(Default)]
+    struct ScriptedLibrary {
+        gpus: Vec<(GpuDevice, MigState, Vec<SlotReading>)>,
+        failure: Mutex<Option<String>>,
+        slot_reads: std::sync::atomic::AtomicU32,
+    }
+
+    impl GpuLibrary for ScriptedLibrary {
+        fn driver_version(&self) -> String {
+            "550.54.15".into()
+        }
+        fn device_count(&self) -> Result<u32, String> {
+            match &*self.failure.lock() {
+                Some(reason) => Err(reason.clone()),
+                None => Ok(self.gpus.len() as u32),
+            }
+        }
+        fn gpu(&self, index: u32) -> Result<(GpuDevice, MigState), String> {
+            let (gpu, mig, _) = &self.gpus[index as usize];
+            Ok((gpu.clone(), *mig))
+        }
+        fn mig_instance(&self, index: u32, slot: u32) -> Result<Option<GpuDevice>, String> {
+            self.slot_reads.fetch_add(1, Ordering::Relaxed);
+            let slots = &self.gpus[index as usize].2;
+            slots.get(slot as usize).cloned().unwrap_or(Ok(None))
+        }
+    }
+
+    fn reading(uuid: &str, total_mb: u64, capability: &str) -> GpuDevice {
+        GpuDevice {
+            // What the library says of these is overwritten by the enumeration.
+            index: 99,
+            parent_uuid: "stale".into(),
+            mig_enabled: true,
+            uuid: uuid.into(),
+            name: "NVIDIA H100 80GB HBM3".into(),
+            memory_total_mb: total_mb,
+            memory_free_mb: total_mb,
+            compute_capability: capability.into(),
+            ..GpuDevice::default()
+        }
+    }
+
+    #[test]
+    fn mig_instances_follow_their_gpu_and_empty_slots_are_skipped() {
+        let library = ScriptedLibrary {
+            gpus: vec![
+                (
+                    reading("GPU-a", 81_559, "9.0"),
+                    MigState::default(),
+                    Vec::new(),
+                ),
+                (
+                    reading("GPU-b", 81_559, "9.0"),
+                    MigState {
+                        enabled: true,
+                        slots: 7,
+                    },
+                    // Instances live in slots 0 and 2; slot 1 was destroyed.
+                    vec![
+                        Ok(Some(reading("MIG-b0", 40_192, ""))),
+                        Ok(None),
+                        Ok(Some(reading("MIG-b2", 19_968, "9.0"))),
+                    ],
+                ),
+                // MIG mode on, no instance created yet: listed, never placed on as a whole.
+                (
+                    reading("GPU-c", 81_559, "9.0"),
+                    MigState {
+                        enabled: true,
+                        slots: 7,
+                    },
+                    Vec::new(),
+                ),
+            ],
+            ..ScriptedLibrary::default()
+        };
+        let devices = read_devices(&library).unwrap();
+        let summary: Vec<(u32, &str, &str, bool)> = devices
+            .iter()
+            .map(|d| {
+                (
+                    d.index,
+                    d.uuid.as_str(),
+                    d.parent_uuid.as_str(),
+                    d.mig_enabled,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (0, "GPU-a", "", false),
+                (1, "GPU-b", "", true),
+                (1, "MIG-b0", "GPU-b", false),
+                (1, "MIG-b2", "GPU-b", false),
+                (2, "GPU-c", "", true),
+            ]
+        );
+        assert_eq!(
+            devices[2].compute_capability, "9.0",
+            "an instance without its own capability has its GPU's"
+        );
+        assert_eq!(devices[2].memory_total_mb, 40_192);
+    }
+
+    #[test]
+    fn a_library_claiming_countless_mig_slots_is_read_within_bounds() {
+        let library = ScriptedLibrary {
+            gpus: vec![(
+                reading("GPU-a", 81_559, "9.0"),
+                MigState {
+                    enabled: true,
+                    slots: u32::MAX,
+                },
+                vec![Ok(Some(reading("MIG-a0", 9_984, "9.0")))],
+            )],
+            ..ScriptedLibrary::default()
+        };
+        assert_eq!(read_devices(&library).unwrap().len(), 2);
+        assert_eq!(
+            library.slot_reads.load(Ordering::Relaxed),
+            MAX_MIG_SLOTS,
+            "slots read"
+        );
+    }
+
+    #[test]
+    fn a_failing_instance_fails_the_reading_and_fences_a_probe_that_worked() {
+        let mut library = ScriptedLibrary {
+            gpus: vec![(
+                reading("GPU-a", 81_559, "9.0"),
+                MigState {
+                    enabled: true,
+                    slots: 2,
+                },
+                vec![Ok(Some(reading("MIG-a0", 9_984, "9.0")))],
+            )],
+            ..ScriptedLibrary::default()
+        };
+        let worked_before = AtomicBool::new(false);
+        let snap = library_snapshot(&library, &worked_before);
+        assert_eq!(snap.devices.len(), 2);
+        assert_eq!(snap.driver_version, "550.54.15");
+        assert!(!snap.fenced && snap.unavailable_reason.is_empty());
+
+        // An instance that cannot be read (the GPU fell off the bus): no partial snapshot.
+        library.gpus[0]
+            .2
+            .push(Err("GPU 0 MIG slot 1: GPU is lost".into()));
+        let snap = library_snapshot(&library, &worked_before);
+        assert!(snap.fenced, "{snap:?}");
+        assert!(snap.devices.is_empty(), "no stale devices");
+        assert!(
+            snap.unavailable_reason
+                .contains("GPU 0 MIG slot 1: GPU is lost")
+                && snap.unavailable_reason.contains("fenced"),
+            "{}",
+            snap.unavailable_reason
+        );
+
+        // The library failing before it ever worked says why, without fencing.
+        let fresh = ScriptedLibrary::default();
+        *fresh.failure.lock() = Some("counting GPUs: driver not loaded".into());
+        let snap = library_snapshot(&fresh, &AtomicBool::new(false));
+        assert!(!snap.fenced);
+        assert!(
+            snap.unavailable_reason.contains("driver not loaded"),
+            "{}",
+            snap.unavailable_reason
+        );
+        // A working library with no GPUs says so.
+        let empty = ScriptedLibrary::default();
+        let snap = library_snapshot(&empty, &AtomicBool::new(false));
+        assert_eq!(snap.unavailable_reason, "NVML reports no devices");
+    }
+
+    #[test]
+    fn simulated_mig_gpu_lists_its_instances() {
+        let probe = SimulatedProbe::new(&[SimulatedGpu {
+            name: "NVIDIA A100".into(),
+            memory_total_mb: 81920,
+            memory_used_mb: 0,
+            compute_capability: "8.0".into(),
+            utilization_percent: 0,
+            mig: vec![
+                crate::config::SimulatedMig {
+                    profile: "3g.40gb".into(),
+                    memory_total_mb: 40_960,
+                    memory_used_mb: 1_000,
+                },
+                crate::config::SimulatedMig {
+                    profile: "1g.10gb".into(),
+                    memory_total_mb: 10_240,
+                    memory_used_mb: 0,
+                },
+            ],
+        }]);
+        let snap = probe.snapshot();
+        assert_eq!(snap.devices.len(), 3);
+        assert!(snap.devices[0].mig_enabled);
+        assert_eq!(snap.devices[1].uuid, "MIG-sim-0000-0");
+        assert_eq!(snap.devices[1].name, "NVIDIA A100 MIG 3g.40gb");
+        assert_eq!(snap.devices[1].memory_free_mb, 39_960);
+        assert_eq!(snap.devices[2].parent_uuid, snap.devices[0].uuid);
+        // A script step names the GPU: it changes the GPU, not an instance.
+        probe.set_memory_used_mb(0, 5_000);
+        let snap = probe.snapshot();
+        assert_eq!(snap.devices[0].memory_used_mb, 5_000);
+        assert_eq!(snap.devices[1].memory_used_mb, 1_000);
+    }
+
     #[test]
     fn simulated_devices_and_changes() {
         let probe = SimulatedProbe::new(&[SimulatedGpu {
@@ -377,6 +767,7 @@ mod tests {
             memory_used_mb: 1024,
             compute_capability: "8.0".into(),
             utilization_percent: 5,
+            mig: Vec::new(),
         }]);
         let snap = probe.snapshot();
         assert_eq!(snap.devices.len(), 1);
@@ -396,6 +787,7 @@ mod tests {
             memory_used_mb: 0,
             compute_capability: "8.0".into(),
             utilization_percent: 0,
+            mig: Vec::new(),
         };
         let step = |at_ms: u64| GpuScriptStep {
             at: std::time::Duration::from_millis(at_ms),
@@ -455,6 +847,7 @@ mod tests {
                 memory_used_mb: 0,
                 compute_capability: "8.9".into(),
                 utilization_percent: 0,
+                mig: Vec::new(),
             }],
             vec![
                 GpuScriptStep {

@@ -236,6 +236,7 @@ pub fn with_simulated_gpu(mut config: Config) -> Config {
         memory_used_mb: 1024,
         compute_capability: "8.0".into(),
         utilization_percent: 0,
+        mig: Vec::new(),
     }];
     config
 }

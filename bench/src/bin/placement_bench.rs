@@ -80,6 +80,7 @@ fn fleet(nodes: usize) -> Vec<NodeReport> {
                         memory_free_mb: memory,
                         compute_capability: ComputeCapability { major, minor },
                         parent_uuid: String::new(),
+                        mig_enabled: false,
                     })
                     .collect(),
             }

@@ -15,6 +15,7 @@ fn gpu(node: &str, index: u32, total_mb: u64, free_mb: u64, cap: &str) -> Device
         memory_free_mb: free_mb,
         compute_capability: cc(cap),
         parent_uuid: String::new(),
+        mig_enabled: false,
     }
 }
 
@@ -91,11 +92,13 @@ fn gpu_work_goes_to_the_gpu_node_and_cpu_work_avoids_it() {
     assert_eq!(p.node_id, "gpu");
     assert_eq!(p.devices.len(), 1);
     assert_eq!(p.share_milli, 1000);
-    assert_eq!(p.visible_devices(), p.devices[0].to_string());
+    assert_eq!(p.device_indexes(), p.devices[0].to_string());
+    assert_eq!(p.cuda_visible_devices(), p.devices[0].to_string());
     let c = place(&mut s, "c", &Requirements::default()).unwrap();
     assert_eq!(c.node_id, "cpu", "work without GPUs keeps GPU nodes free");
     assert!(c.devices.is_empty());
-    assert_eq!(c.visible_devices(), "");
+    assert_eq!(c.device_indexes(), "");
+    assert_eq!(c.cuda_visible_devices(), "");
     assert_eq!(
         s.place("g", &gpus(1.0), 0),
         Err(PlaceError::AlreadyPlaced("g".into()))
@@ -107,7 +110,8 @@ fn whole_gpus_are_exclusive_and_counted() {
     let mut s = two_node_fleet(Strategy::BinPack);
     let both = place(&mut s, "both", &gpus(2.0)).unwrap();
     assert_eq!(both.devices, vec![0, 1]);
-    assert_eq!(both.visible_devices(), "0,1");
+    assert_eq!(both.device_indexes(), "0,1");
+    assert_eq!(both.cuda_visible_devices(), "0,1");
     let no = place(&mut s, "more", &gpus(1.0)).unwrap_err();
     assert_eq!(no.by_cause.get("GPUs taken by other tasks"), Some(&1));
     assert_eq!(no.by_cause.get("no GPUs"), Some(&1));
@@ -339,11 +343,15 @@ fn mig_instances_are_placed_never_their_parent() {
         memory_free_mb: 20_000,
         compute_capability: cc("9.0"),
         parent_uuid: parent.uuid.clone(),
+        mig_enabled: false,
     };
     let (a, b) = (mig(1), mig(2));
     s.upsert_node(node("m", vec![parent.clone(), a, b]));
     let first = place(&mut s, "1", &gpus(1.0)).unwrap();
     assert!(first.device_uuids[0].starts_with("MIG-"), "{first:?}");
+    // CUDA names a MIG instance by its uuid; its index is its GPU's.
+    assert_eq!(first.cuda_visible_devices(), first.device_uuids[0]);
+    assert_eq!(first.device_indexes(), "0");
     let second = place(&mut s, "2", &gpus(1.0)).unwrap();
     assert!(second.device_uuids[0].starts_with("MIG-"));
     assert!(
@@ -351,6 +359,21 @@ fn mig_instances_are_placed_never_their_parent() {
         "the parent is not a third device"
     );
     assert!(place(&mut s, "big", &with_memory(gpus(0.5), 30_000)).is_err());
+}
+
+#[test]
+fn a_gpu_in_mig_mode_without_instances_takes_no_work() {
+    let mut s = Scheduler::default();
+    let mut partitioned = gpu("m", 0, 80_000, 80_000, "9.0");
+    partitioned.mig_enabled = true;
+    s.upsert_node(node(
+        "m",
+        vec![partitioned, gpu("m", 1, 24_000, 24_000, "8.6")],
+    ));
+    let p = place(&mut s, "1", &gpus(1.0)).unwrap();
+    assert_eq!(p.devices, vec![1], "only the GPU outside MIG mode");
+    let no = place(&mut s, "2", &gpus(0.5)).unwrap_err();
+    assert!(no.reason.contains("no node fits"), "{}", no.reason);
 }
 
 #[test]

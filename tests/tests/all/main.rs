@@ -6,6 +6,7 @@ mod auth;
 mod fleet;
 mod grpc_surface;
 mod heartbeat_channel;
+mod nvml;
 mod rest;
 mod sandbox;
 mod tasks;

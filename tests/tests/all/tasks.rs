@@ -9,11 +9,11 @@ use outpost_node::config::TlsMode;
 use outpost_tests::{STATIC_TOKEN, TestHub, http_json, start_node, with_simulated_gpu};
 use serde_json::Value;
 
-fn parse(out: &str) -> Value {
+pub(super) fn parse(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
-async fn push(hub: &TestHub, name: &str, path: &std::path::Path) {
+pub(super) async fn push(hub: &TestHub, name: &str, path: &std::path::Path) {
     let (code, out, err) = hub
         .cli(&[
             "tool",
@@ -30,7 +30,7 @@ async fn push(hub: &TestHub, name: &str, path: &std::path::Path) {
     assert_eq!(tool["digest"].as_str().unwrap().len(), 64);
 }
 
-async fn task_json(hub: &TestHub, id: &str) -> Value {
+pub(super) async fn task_json(hub: &TestHub, id: &str) -> Value {
     let (code, out, err) = hub.cli(&["tasks", "get", id, "--json"]).await;
     assert_eq!(code, 0, "{err}");
     parse(&out)
@@ -96,7 +96,12 @@ async fn wait_reason(hub: &TestHub, id: &str, needle: &str) -> Value {
     }
 }
 
-async fn wait_task_status(hub: &TestHub, id: &str, status: &str, timeout: Duration) -> Value {
+pub(super) async fn wait_task_status(
+    hub: &TestHub,
+    id: &str,
+    status: &str,
+    timeout: Duration,
+) -> Value {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let task = task_json(hub, id).await;
@@ -793,4 +798,120 @@ async fn tools_are_installed_on_the_nodes_before_their_first_task() {
     for node in nodes {
         node.shutdown().await;
     }
+}
+
+/// `outpost tasks submit ARGS --json`, which must succeed; returns the task.
+pub(super) async fn submit(hub: &TestHub, args: &[&str]) -> Value {
+    let mut all = vec!["tasks", "submit"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let (code, out, err) = hub.cli(&all).await;
+    assert_eq!(code, 0, "tasks submit {args:?}: {out} {err}");
+    parse(&out)
+}
+
+/// Runs `hostile` reading env var `name` with `requirements`, waiting for it; returns the task.
+pub(super) async fn submit_env_probe(hub: &TestHub, name: &str, requirements: &[&str]) -> Value {
+    let input = format!("env {name}");
+    let mut args = vec!["--tool", "hostile", "--input", &input, "--wait"];
+    args.extend_from_slice(requirements);
+    submit(hub, &args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mig_instances_take_gpu_work_and_cuda_names_them_by_uuid() {
+    use outpost_node::config::SimulatedMig;
+    let hub = TestHub::start(TlsMode::Tls).await;
+    push(&hub, "hostile", &outpost_guests::hostile()).await;
+    let mut config = with_simulated_gpu(hub.node_config("mig-1", STATIC_TOKEN));
+    config.gpu.simulated[0].mig = vec![
+        SimulatedMig {
+            profile: "3g.40gb".into(),
+            memory_total_mb: 40_960,
+            memory_used_mb: 0,
+        },
+        SimulatedMig {
+            profile: "1g.10gb".into(),
+            memory_total_mb: 10_240,
+            memory_used_mb: 0,
+        },
+    ];
+    let _node = start_node(config).await;
+    let node = hub
+        .wait_node("mig-1", "three devices", Duration::from_secs(5), |n| {
+            n["gpus"].as_array().is_some_and(|g| g.len() == 3)
+        })
+        .await;
+    assert_eq!(node["gpus"][0]["mig_enabled"], true, "{node}");
+    assert_eq!(node["gpus"][1]["mig_parent_uuid"], node["gpus"][0]["uuid"]);
+    assert_eq!(node["gpus"][2]["name"], "NVIDIA A100-SXM4-80GB MIG 1g.10gb");
+
+    // 20 GiB fits only the 3g.40gb instance; a task holds it.
+    push_slow_tool(&hub).await;
+    let holder = submit(
+        &hub,
+        &[
+            "--tool",
+            "slow",
+            "--input",
+            "sleep 20",
+            "--gpus",
+            "1",
+            "--gpu-memory",
+            "20GiB",
+        ],
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let running = wait_task_status(&hub, &holder, "running", Duration::from_secs(5)).await;
+    assert_eq!(
+        running["devices"],
+        serde_json::json!([0]),
+        "its GPU's index"
+    );
+
+    // Exclusive by default: the next task gets the other instance, named by its MIG uuid.
+    let task = submit_env_probe(
+        &hub,
+        "CUDA_VISIBLE_DEVICES",
+        &["--gpus", "1", "--gpu-memory", "1GiB"],
+    )
+    .await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["output"], "MIG-sim-0000-1", "{task}");
+
+    // The GPU itself (80 GB, 78 GB free) is never handed out: 60 GiB fits no instance.
+    let big = submit(
+        &hub,
+        &["--tool", "hostile", "--gpus", "1", "--gpu-memory", "60GiB"],
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let waiting = wait_reason(&hub, &big, "no node fits").await;
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+    let (code, _, err) = hub.cli(&["tasks", "cancel", &big]).await;
+    assert_eq!(code, 0, "{err}");
+
+    // Once the holder is gone the larger instance takes work again; GPU indexes follow NVML's
+    // (PCI bus) order and the task is told so.
+    let (code, _, err) = hub.cli(&["tasks", "cancel", &holder]).await;
+    assert_eq!(code, 0, "{err}");
+    let task = submit_env_probe(
+        &hub,
+        "CUDA_VISIBLE_DEVICES",
+        &["--gpus", "1", "--gpu-memory", "20GiB"],
+    )
+    .await;
+    assert_eq!(task["output"], "MIG-sim-0000-0", "{task}");
+    let task = submit_env_probe(
+        &hub,
+        "CUDA_DEVICE_ORDER",
+        &["--gpus", "1", "--gpu-memory", "1GiB"],
+    )
+    .await;
+    assert_eq!(task["output"], "PCI_BUS_ID", "{task}");
 }
