@@ -95,7 +95,7 @@ async fn fleet_lifecycle_over_real_transports() {
     let (code, _, err) = hub.cli(&["nodes", "health", "cpu-1"]).await;
     assert_eq!(code, 1, "health of an offline node fails");
     assert!(err.contains("not reachable"), "{err}");
-    hub.wait_status("gpu-1", "online", Duration::from_secs(2))
+    hub.wait_status("gpu-1", "online", Duration::from_secs(10))
         .await;
 
     // Restart it: same identity (the one-shot token is spent, so a new join would fail), no duplicate.
@@ -135,11 +135,11 @@ async fn fleet_lifecycle_over_real_transports() {
     // Draining shows in the status and survives in the store.
     let (code, _, err) = hub.cli(&["nodes", "drain", "gpu-1"]).await;
     assert_eq!(code, 0, "{err}");
-    hub.wait_status("gpu-1", "draining", Duration::from_secs(2))
+    hub.wait_status("gpu-1", "draining", Duration::from_secs(10))
         .await;
     let (code, _, _) = hub.cli(&["nodes", "drain", "gpu-1", "--undo"]).await;
     assert_eq!(code, 0);
-    hub.wait_status("gpu-1", "online", Duration::from_secs(2))
+    hub.wait_status("gpu-1", "online", Duration::from_secs(10))
         .await;
 
     cpu.shutdown().await;

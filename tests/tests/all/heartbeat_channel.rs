@@ -70,11 +70,22 @@ async fn heartbeats_use_the_channel_and_fall_back_to_datagrams_when_it_goes_dark
         after["session_reconnects"], before["session_reconnects"],
         "same session throughout"
     );
+    // Datagram heartbeats keep arriving on the same session.
     let received = after["heartbeats_received"].as_u64().unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let later = health(&hub, "beat-1").await;
-    assert!(later["heartbeats_received"].as_u64().unwrap() > received);
-    hub.wait_status("beat-1", "online", Duration::from_secs(1))
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let later = health(&hub, "beat-1").await;
+        if later["heartbeats_received"].as_u64().unwrap() > received {
+            assert_eq!(later["heartbeat_transport"], "datagram", "{later}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no datagram heartbeat after {received}: {later}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hub.wait_status("beat-1", "online", Duration::from_secs(10))
         .await;
 
     node.shutdown().await;
