@@ -379,26 +379,14 @@ fn read_device(
     })
 }
 
-/// A device's memory in bytes.
-struct MemoryReading {
-    total: u64,
-    used: u64,
-    free: u64,
-}
-
 /// The device's memory through `nvmlDeviceGetMemoryInfo_v2`, or, on drivers older than R510 that
 /// lack it, through the original `nvmlDeviceGetMemoryInfo` (whose `used` counts the driver's
 /// reserved memory too, so such a GPU reads slightly fuller than it is: the safe side).
 fn memory_info(
     device: &nvml_wrapper::Device<'_>,
-) -> Result<MemoryReading, nvml_wrapper::error::NvmlError> {
+) -> Result<nvml_wrapper::struct_wrappers::device::MemoryInfo, nvml_wrapper::error::NvmlError> {
     use nvml_wrapper::error::{NvmlError, nvml_sym, nvml_try};
     match device.memory_info() {
-        Ok(memory) => Ok(MemoryReading {
-            total: memory.total,
-            used: memory.used,
-            free: memory.free,
-        }),
         Err(NvmlError::FailedToLoadSymbol(_)) => {
             let lib = device.nvml().lib();
             let read = nvml_sym(lib.nvmlDeviceGetMemoryInfo.as_ref())?;
@@ -413,13 +401,15 @@ fn memory_info(
             #[allow(unsafe_code)]
             let code = unsafe { read(device.handle(), &mut memory) };
             nvml_try(code)?;
-            Ok(MemoryReading {
+            Ok(nvml_wrapper::struct_wrappers::device::MemoryInfo {
+                free: memory.free,
+                reserved: 0,
                 total: memory.total,
                 used: memory.used,
-                free: memory.free,
+                version: 1,
             })
         }
-        Err(e) => Err(e),
+        other => other,
     }
 }
 

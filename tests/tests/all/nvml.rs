@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use outpost_node::NodeHandle;
 use outpost_node::config::{GpuProbeKind, TlsMode};
 use outpost_tests::{STATIC_TOKEN, TestHub, start_node};
 use serde_json::Value;
@@ -37,6 +38,14 @@ fn build_fake_nvml(dir: &Path, defines: &[&str]) -> PathBuf {
     library
 }
 
+/// Starts node `name` with the NVML probe reading `library`.
+async fn start_nvml_node(hub: &TestHub, name: &str, library: PathBuf) -> NodeHandle {
+    let mut config = hub.node_config(name, STATIC_TOKEN);
+    config.gpu.probe = GpuProbeKind::Nvml;
+    config.gpu.nvml_library = Some(library);
+    start_node(config).await
+}
+
 const H100_MIG: &str = "driver 550.54.15\n\
 gpu GPU-1111 81559 0 9 0 0 7 NVIDIA H100 80GB HBM3\n\
 gpu GPU-2222 81559 512 9 0 1 7 NVIDIA H100 80GB HBM3\n\
@@ -51,10 +60,7 @@ async fn the_nvml_probe_reads_gpus_and_mig_instances_through_the_driver_library(
     std::fs::write(&state, H100_MIG).unwrap();
     push(&hub, "hostile", &outpost_guests::hostile()).await;
 
-    let mut config = hub.node_config("nvml-1", STATIC_TOKEN);
-    config.gpu.probe = GpuProbeKind::Nvml;
-    config.gpu.nvml_library = Some(library);
-    let _node = start_node(config).await;
+    let _node = start_nvml_node(&hub, "nvml-1", library).await;
 
     // Every field NVML gave, in the fleet view: the MIG-mode GPU, then its instances (slot 3
     // after slot 0; the empty slots in between skipped), which inherit its compute capability.
@@ -168,11 +174,8 @@ async fn the_nvml_probe_reads_gpus_and_mig_instances_through_the_driver_library(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_nvml_library_is_reported_not_fenced() {
     let hub = TestHub::start(TlsMode::Tls).await;
-    let mut config = hub.node_config("nvml-none", STATIC_TOKEN);
-    config.gpu.probe = GpuProbeKind::Nvml;
     let missing = hub.dir.path().join("no-such-libnvidia-ml.so");
-    config.gpu.nvml_library = Some(missing);
-    let _node = start_node(config).await;
+    let _node = start_nvml_node(&hub, "nvml-none", missing).await;
     let node = hub
         .wait_node(
             "nvml-none",
@@ -211,10 +214,7 @@ async fn a_driver_before_r510_reads_memory_through_the_original_call() {
         "driver 470.256.02\ngpu GPU-7777 15109 4096 7 5 0 0 Tesla T4\n",
     )
     .unwrap();
-    let mut config = hub.node_config("nvml-470", STATIC_TOKEN);
-    config.gpu.probe = GpuProbeKind::Nvml;
-    config.gpu.nvml_library = Some(library);
-    let _node = start_node(config).await;
+    let _node = start_nvml_node(&hub, "nvml-470", library).await;
 
     let node = hub
         .wait_node("nvml-470", "the T4", Duration::from_secs(10), |n| {
