@@ -329,7 +329,7 @@ async fn node_certificate_cannot_claim_another_node() {
             .await
             .unwrap();
         let _ = send.finish();
-        let reason = tokio::time::timeout(Duration::from_secs(5), connection.closed())
+        let reason = tokio::time::timeout(Duration::from_secs(15), connection.closed())
             .await
             .expect("hub closes the session");
         let text = reason.to_string();
@@ -352,7 +352,7 @@ async fn node_certificate_cannot_claim_another_node() {
     let attempt = endpoint
         .connect_with(anonymous, hub.hub().addrs.quic, "127.0.0.1")
         .unwrap();
-    let outcome: Result<(), String> = tokio::time::timeout(Duration::from_secs(5), async {
+    let outcome: Result<(), String> = tokio::time::timeout(Duration::from_secs(15), async {
         match attempt.await {
             Err(e) => Err(e.to_string()),
             Ok(connection) => {

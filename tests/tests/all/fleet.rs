@@ -56,7 +56,7 @@ async fn fleet_lifecycle_over_real_transports() {
     );
 
     // Heartbeats carry load.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let nodes = hub.nodes_json().await;
         if nodes
@@ -117,7 +117,7 @@ async fn fleet_lifecycle_over_real_transports() {
         .await;
     // The hub shows the node online at its hello, a moment before the node reads the ack and
     // counts the session.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while gpu.stats.sessions.load(std::sync::atomic::Ordering::SeqCst) <= sessions_before
         && tokio::time::Instant::now() < deadline
     {

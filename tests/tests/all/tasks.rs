@@ -82,7 +82,7 @@ async fn submit_slow_gpu_task(hub: &TestHub, max_attempts: u32) -> String {
 
 /// Waits until task `id`'s reason contains `needle`; returns the task.
 async fn wait_reason(hub: &TestHub, id: &str, needle: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let task = task_json(hub, id).await;
         if task["reason"].as_str().unwrap().contains(needle) {
@@ -500,7 +500,7 @@ async fn placement_follows_a_scripted_gpu_that_fills_fails_and_recovers() {
     hub.wait_node(
         "gpu-s",
         "free memory 6920 MiB",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         |n| n["gpus"][0]["memory_free_mb"] == 6920,
     )
     .await;
@@ -838,7 +838,7 @@ async fn mig_instances_take_gpu_work_and_cuda_names_them_by_uuid() {
     ];
     let _node = start_node(config).await;
     let node = hub
-        .wait_node("mig-1", "three devices", Duration::from_secs(5), |n| {
+        .wait_node("mig-1", "three devices", Duration::from_secs(15), |n| {
             n["gpus"].as_array().is_some_and(|g| g.len() == 3)
         })
         .await;
@@ -865,7 +865,7 @@ async fn mig_instances_take_gpu_work_and_cuda_names_them_by_uuid() {
         .as_str()
         .unwrap()
         .to_string();
-    let running = wait_task_status(&hub, &holder, "running", Duration::from_secs(5)).await;
+    let running = wait_task_status(&hub, &holder, "running", Duration::from_secs(15)).await;
     assert_eq!(
         running["devices"],
         serde_json::json!([0]),
