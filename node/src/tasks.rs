@@ -8,9 +8,9 @@
 //! outbox is emptied only by a successful send.
 //!
 //! The hub may also install a tool ahead of its first task (`InstallTool`, sent when a tool is
-//! pushed and when the session comes up): the component is stored the same way and compiled in the background, one install at
-//! a time, so the first attempt finds it compiled. An attempt that arrives while that compile runs
-//! waits for it rather than compiling the same component again.
+//! pushed and when the session comes up): the component is stored the same way and compiled in
+//! the background, one install at a time, so the first attempt finds it compiled. An attempt that
+//! arrives while that compile runs waits for it rather than compiling the same component again.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;

@@ -791,6 +791,12 @@ mod conformance {
         ));
     }
 
+    /// Whether `err` names a foreign-key violation (SQLite says "FOREIGN KEY", PostgreSQL
+    /// "foreign key").
+    fn names_foreign_key(err: &StoreError) -> bool {
+        err.to_string().to_lowercase().contains("foreign key")
+    }
+
     /// SQL stores write a task and its attempt in one transaction: when the attempt cannot be
     /// written (here: it names a task that does not exist), the task is left as it was and the
     /// store goes on serving writes.
@@ -812,10 +818,7 @@ mod conformance {
             .advance_task(&placed, "queued", 0, &orphan)
             .await
             .unwrap_err();
-        assert!(
-            err.to_string().contains("FOREIGN KEY") || err.to_string().contains("foreign key"),
-            "{err}"
-        );
+        assert!(names_foreign_key(&err), "{err}");
         assert_eq!(
             store.get_task("tx1").await.unwrap().unwrap(),
             queued,
@@ -825,10 +828,7 @@ mod conformance {
             .insert_placed_task(&task("tx2", None, 3), &orphan)
             .await
             .unwrap_err();
-        assert!(
-            err.to_string().contains("FOREIGN KEY") || err.to_string().contains("foreign key"),
-            "{err}"
-        );
+        assert!(names_foreign_key(&err), "{err}");
         assert!(
             store.get_task("tx2").await.unwrap().is_none(),
             "the insert rolled back"

@@ -710,20 +710,7 @@ async fn tools_are_installed_on_the_nodes_before_their_first_task() {
             .is_file()
     );
     nodes.push(late);
-    let (code, out, err) = hub
-        .cli(&[
-            "tasks",
-            "submit",
-            "--tool",
-            "echo",
-            "--input",
-            "installed",
-            "--wait",
-            "--json",
-        ])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let task = parse(&out);
+    let task = submit(&hub, &["--tool", "echo", "--input", "installed", "--wait"]).await;
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(task["output"], "installed");
 
@@ -786,14 +773,14 @@ async fn tools_are_installed_on_the_nodes_before_their_first_task() {
     assert_eq!(answer, RunAnswer::Accepted);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!nodes[0].tool_ready(&junk_digest));
-    let (code, out, err) = hub
-        .cli(&[
-            "tasks", "submit", "--tool", "echo", "--input", "after", "--node", "inst-1", "--wait",
-            "--json",
-        ])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(parse(&out)["output"], "after");
+    let after = submit(
+        &hub,
+        &[
+            "--tool", "echo", "--input", "after", "--node", "inst-1", "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(after["output"], "after", "{after}");
 
     for node in nodes {
         node.shutdown().await;
