@@ -99,32 +99,32 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// client must trust.
 pub fn bare_quic_server_config() -> anyhow::Result<(quinn::ServerConfig, String)> {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
-    let key = outpost_node::tls::key_from_pem(&certified.signing_key.serialize_pem(), "bare key")?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(outpost_node::tls::provider())
+    let key = outpost_trust::tls::key_from_pem(&certified.signing_key.serialize_pem(), "bare key")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(outpost_trust::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(vec![certified.cert.der().clone()], key)?;
-    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
+    tls.alpn_protocols = vec![outpost_trust::tls::SESSION_ALPN.to_vec()];
     let mut config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
     ));
     config.transport_config(std::sync::Arc::new(
-        outpost_node::tls::hub_session_transport(),
+        outpost_trust::tls::hub_session_transport(),
     ));
     Ok((config, certified.cert.pem()))
 }
 
 /// The client side of [`bare_quic_server_config`]: trusts `cert_pem`, same ALPN and transport.
 pub fn bare_quic_client_config(cert_pem: &str) -> anyhow::Result<quinn::ClientConfig> {
-    let roots = outpost_node::tls::roots_from_pem(cert_pem)?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(outpost_node::tls::provider())
+    let roots = outpost_trust::tls::roots_from_pem(cert_pem)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(outpost_trust::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
+    tls.alpn_protocols = vec![outpost_trust::tls::SESSION_ALPN.to_vec()];
     let mut client = quinn::ClientConfig::new(std::sync::Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
     ));
-    client.transport_config(std::sync::Arc::new(outpost_node::tls::session_transport()));
+    client.transport_config(std::sync::Arc::new(outpost_trust::tls::session_transport()));
     Ok(client)
 }

@@ -5,18 +5,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_node::auth::{TokenAuthority, derive_proof_key};
-use outpost_node::clock::{Clock, SystemClock};
-use outpost_node::config::{Config, TlsMode};
+use outpost_clock::{Clock, SystemClock};
+use outpost_config::{Config, TlsMode};
+use outpost_trust::auth::{TokenAuthority, derive_proof_key};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::api::grpc::HubGrpc;
+use crate::credentials::pki::HubPki;
+use crate::fleet::links::LinkTable;
 use crate::fleet::{FleetPolicy, FleetState, StatusChange};
-use crate::grpc::HubGrpc;
-use crate::links::LinkTable;
-use crate::pki::HubPki;
 use crate::state::HubState;
 use crate::store::{SqlStore, Store};
 
@@ -25,7 +25,7 @@ use crate::store::{SqlStore, Store};
 pub enum HubError {
     /// Certificates or secrets.
     #[error(transparent)]
-    Pki(#[from] crate::pki::PkiError),
+    Pki(#[from] crate::credentials::pki::PkiError),
     /// The database.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -49,7 +49,7 @@ pub enum HubError {
     },
     /// TLS setup.
     #[error(transparent)]
-    Tls(#[from] outpost_node::tls::TlsError),
+    Tls(#[from] outpost_trust::tls::TlsError),
     /// gRPC server setup.
     #[error("gRPC server: {0}")]
     Grpc(String),
@@ -94,7 +94,7 @@ impl HubHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         self.endpoint.close(
-            crate::session_server::close_code::SHUTDOWN.into(),
+            crate::fleet::sessions::close_code::SHUTDOWN.into(),
             b"hub shutting down",
         );
         for task in self.tasks {
@@ -190,11 +190,11 @@ pub async fn start_with_clock(
             source,
         })?;
 
-    let hub_certs = outpost_node::tls::certs_from_pem(&pki.hub_cert_pem, "hub certificate")?;
-    let hub_key = outpost_node::tls::key_from_pem(&pki.hub_key_pem, "hub key")?;
-    let quic_config = outpost_node::tls::quic_server_config(hub_certs, hub_key, pki.ca.ca_pem())?;
-    let heartbeat_channels = Arc::new(crate::heartbeat_channel::ChannelTable::default());
-    let endpoint = crate::heartbeat_channel::server_endpoint(
+    let hub_certs = outpost_trust::tls::certs_from_pem(&pki.hub_cert_pem, "hub certificate")?;
+    let hub_key = outpost_trust::tls::key_from_pem(&pki.hub_key_pem, "hub key")?;
+    let quic_config = outpost_trust::tls::quic_server_config(hub_certs, hub_key, pki.ca.ca_pem())?;
+    let heartbeat_channels = Arc::new(crate::fleet::heartbeat_channel::ChannelTable::default());
+    let endpoint = crate::fleet::heartbeat_channel::server_endpoint(
         quic_config,
         quic_addr,
         secret.as_bytes(),
@@ -238,15 +238,15 @@ pub async fn start_with_clock(
         status_changes: status_tx,
         pending_heartbeats: Mutex::new(Default::default()),
         mtls: config.internal_grpc.security.mode == TlsMode::Mtls,
-        scheduler: Mutex::new(crate::scheduler::Scheduler::new(
-            crate::scheduler::Strategy::parse(&config.scheduler.strategy)
+        scheduler: Mutex::new(crate::work::scheduler::Scheduler::new(
+            crate::work::scheduler::Strategy::parse(&config.scheduler.strategy)
                 .map_err(HubError::Config)?,
         )),
         dispatch: tokio::sync::Notify::new(),
         lost_nodes: Mutex::new(Vec::new()),
         default_max_attempts: config.scheduler.default_max_attempts,
         preinstall_tools: config.tools.preinstall,
-        tool_transfers: tokio::sync::Semaphore::new(crate::tools::TRANSFER_CONCURRENCY),
+        tool_transfers: tokio::sync::Semaphore::new(crate::work::tools::TRANSFER_CONCURRENCY),
         task_changes: watch::channel(0).0,
         placing: tokio::sync::Mutex::new(()),
         queue_backlog: std::sync::atomic::AtomicBool::new(false),
@@ -264,7 +264,7 @@ pub async fn start_with_clock(
             .heartbeat_channels
             .set_sink(Box::new(move |node_id, heartbeat| {
                 if let Some(state) = weak.upgrade() {
-                    crate::session_server::on_heartbeat(
+                    crate::fleet::sessions::on_heartbeat(
                         &state,
                         node_id,
                         heartbeat,
@@ -287,7 +287,7 @@ pub async fn start_with_clock(
         }
     }
 
-    let orphans = crate::tasks::recover_after_restart(&state).await?;
+    let orphans = crate::work::tasks::recover_after_restart(&state).await?;
     if orphans > 0 {
         tracing::warn!(
             orphans,
@@ -344,7 +344,7 @@ pub async fn start_with_clock(
     }));
 
     // REST
-    let app = crate::rest::router(state.clone());
+    let app = crate::api::rest::router(state.clone());
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let signal = async move {
@@ -359,7 +359,7 @@ pub async fn start_with_clock(
     }));
 
     // QUIC sessions
-    tasks.push(tokio::spawn(crate::session_server::serve(
+    tasks.push(tokio::spawn(crate::fleet::sessions::serve(
         endpoint.clone(),
         state.clone(),
     )));
@@ -370,7 +370,7 @@ pub async fn start_with_clock(
         status_rx,
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(crate::tasks::run_dispatcher(
+    tasks.push(tokio::spawn(crate::work::tasks::run_dispatcher(
         state.clone(),
         shutdown_rx.clone(),
     )));

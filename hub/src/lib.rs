@@ -1,34 +1,21 @@
-//! The Outpost control plane.
+//! The Outpost control plane, as a library; the `outpost` binary (crate `outpost-cli`) runs it.
 //!
-//! - [`hub`]: start and stop a hub (PKI, store, listeners, background tasks).
-//! - [`fleet`]: node liveness as a pure state machine (heartbeat TTL, offline, draining, fenced).
-//! - [`join`]: the hub side of the token challenge-response and CSR signing; [`pki`]: the CA.
+//! Folders by layer:
+//! - [`api`]: the adapters callers reach: internal gRPC, REST, and the JSON views they share.
+//! - [`fleet`]: node liveness (pure, injected clock), the QUIC session endpoint, heartbeat
+//!   channel, links down to nodes, and the node registry's rules.
+//! - [`work`]: placement (pure), the task engine and the tool registry.
+//! - [`credentials`]: the hub's CA and the join handshake with bootstrap tokens.
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite, PostgreSQL, in-memory).
-//! - [`registry`]: the node registry rules shared by [`rest`] (axum) and [`grpc`] (tonic).
-//! - [`session_server`]: the QUIC endpoint for node sessions; [`links`]: commands down to nodes.
-//! - [`scheduler`]: task placement as pure logic; [`tasks`]: submit, dispatch, results, requeue.
-//! - [`cli`]: the `outpost` command line; [`demo`]: `outpost demo`.
+//! - [`hub`]: the composition root that starts and stops all of it; [`state`]: what the
+//!   subsystems share.
 
-pub mod cli;
-pub mod demo;
+pub mod api;
+pub mod credentials;
 pub mod fleet;
-pub mod grpc;
-pub mod grpc_tasks;
-pub mod heartbeat_channel;
 pub mod hub;
-pub mod join;
-pub mod links;
-pub mod pki;
-pub mod registry;
-pub mod rest;
-pub mod scheduler;
-pub mod session_server;
 pub mod state;
 pub mod store;
-pub mod task_cli;
-pub mod tasks;
-pub mod tool_cli;
-pub mod tools;
-pub mod views;
+pub mod work;
 
 pub use hub::{HubAddrs, HubHandle, start};

@@ -3,17 +3,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use outpost_node::auth::TokenAuthority;
-use outpost_node::clock::Clock;
+use outpost_clock::Clock;
 use outpost_proto::v1::{Capabilities, GpuSnapshot, Load};
+use outpost_trust::auth::TokenAuthority;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use crate::credentials::pki::CertAuthority;
+use crate::fleet::links::LinkTable;
 use crate::fleet::{FleetState, NodeStatus, StatusChange};
-use crate::links::LinkTable;
-use crate::pki::CertAuthority;
-use crate::scheduler::Scheduler;
 use crate::store::Store;
+use crate::work::scheduler::Scheduler;
 
 /// What the hub knows of a node that is not worth a database write per heartbeat.
 #[derive(Debug, Clone, Default)]
@@ -114,9 +114,9 @@ pub struct HubState {
     /// Tool metadata (no component bytes) by name, with when it was read.
     pub tool_meta: Mutex<HashMap<String, (crate::store::ToolRow, std::time::Instant)>>,
     /// The heartbeat channels of the live sessions.
-    pub heartbeat_channels: Arc<crate::heartbeat_channel::ChannelTable>,
+    pub heartbeat_channels: Arc<crate::fleet::heartbeat_channel::ChannelTable>,
     /// Moves of silent sessions from the channel to datagrams still allowed in this window.
-    pub channel_fallbacks: Mutex<crate::heartbeat_channel::FallbackBudget>,
+    pub channel_fallbacks: Mutex<crate::fleet::heartbeat_channel::FallbackBudget>,
 }
 
 impl HubState {
@@ -156,7 +156,7 @@ impl HubState {
     /// Only a few sessions move per window ([`FallbackBudget`]): a wave of nodes going silent
     /// together is the hub or the network, not one path, and datagrams would only cost more.
     ///
-    /// [`FallbackBudget`]: crate::heartbeat_channel::FallbackBudget
+    /// [`FallbackBudget`]: crate::fleet::heartbeat_channel::FallbackBudget
     fn heartbeats_lost_on_live_session(&self, node_id: &str) {
         let (Some(link), Ok(runtime)) = (
             self.links.get(node_id),

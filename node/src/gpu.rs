@@ -13,27 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use outpost_proto::v1::{GpuDevice, GpuSnapshot};
 use parking_lot::Mutex;
 
-use crate::clock::{Clock, SystemClock};
-use crate::config::{GpuProbeKind, GpuScriptStep, GpuSection, SimulatedGpu};
+use outpost_clock::{Clock, SystemClock};
+use outpost_config::{GpuProbeKind, GpuScriptStep, GpuSection, SimulatedGpu};
 
 /// Source of GPU snapshots.
 pub trait GpuProbe: Send + Sync {
     /// The current state of every GPU (and MIG instance) on this machine.
     fn snapshot(&self) -> GpuSnapshot;
-}
-
-/// Parses "8.0" / "9.0" into (major, minor).
-pub fn parse_compute_capability(text: &str) -> Result<(u32, u32), String> {
-    let (major, minor) = text
-        .split_once('.')
-        .ok_or_else(|| format!("compute capability {text:?} must look like \"8.0\""))?;
-    let major = major
-        .parse()
-        .map_err(|_| format!("compute capability {text:?}: bad major version"))?;
-    let minor = minor
-        .parse()
-        .map_err(|_| format!("compute capability {text:?}: bad minor version"))?;
-    Ok((major, minor))
 }
 
 /// Builds the probe the `[gpu]` section asks for.
@@ -240,7 +226,7 @@ impl GpuProbe for SimulatedProbe {
 }
 
 /// What the NVML probe asks of the GPU management library. This is the seam between NVML's C
-/// API ([`NvmlLibrary`]) and the rules for turning its answers into a snapshot ([`read_devices`]):
+/// API (`NvmlLibrary`) and the rules for turning its answers into a snapshot ([`read_devices`]):
 /// MIG instances listed after their GPU, empty MIG slots skipped, compute capability inherited.
 /// Those rules are unit-tested against a scripted library, without a GPU.
 pub trait GpuLibrary {
@@ -723,12 +709,12 @@ mod tests {
             compute_capability: "8.0".into(),
             utilization_percent: 0,
             mig: vec![
-                crate::config::SimulatedMig {
+                outpost_config::SimulatedMig {
                     profile: "3g.40gb".into(),
                     memory_total_mb: 40_960,
                     memory_used_mb: 1_000,
                 },
-                crate::config::SimulatedMig {
+                outpost_config::SimulatedMig {
                     profile: "1g.10gb".into(),
                     memory_total_mb: 10_240,
                     memory_used_mb: 0,
@@ -770,7 +756,7 @@ mod tests {
 
     #[test]
     fn scripted_probe_follows_its_steps_in_time() {
-        let clock = Arc::new(crate::clock::ManualClock::new(1_000_000));
+        let clock = Arc::new(outpost_clock::ManualClock::new(1_000_000));
         let a100 = SimulatedGpu {
             name: "NVIDIA A100".into(),
             memory_total_mb: 81920,
@@ -855,12 +841,5 @@ mod tests {
         );
         clock.advance_ms(60_000);
         assert_eq!(probe.snapshot().devices[0].memory_used_mb, 2000);
-    }
-
-    #[test]
-    fn compute_capability_parsing() {
-        assert_eq!(parse_compute_capability("8.6"), Ok((8, 6)));
-        assert!(parse_compute_capability("8").is_err());
-        assert!(parse_compute_capability("x.1").is_err());
     }
 }

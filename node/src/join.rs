@@ -4,9 +4,9 @@
 use outpost_proto::v1::join_service_client::JoinServiceClient;
 use outpost_proto::v1::{BeginJoinRequest, CompleteJoinRequest};
 
-use crate::auth::{BootstrapToken, join_proof};
-use crate::grpc_client::{self, ChannelError};
-use crate::identity::{self, IdentityError, JoinedIdentity};
+use outpost_trust::auth::{BootstrapToken, join_proof};
+use outpost_trust::grpc_channel::{self, ChannelError};
+use outpost_trust::identity::{self, IdentityError, JoinedIdentity};
 
 /// Why joining failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ pub struct JoinRequest<'a> {
 
 /// Runs the join handshake and returns the identity to store.
 pub async fn join(request: JoinRequest<'_>) -> Result<JoinedIdentity, JoinError> {
-    let channel = grpc_client::connect(request.hub_url, request.ca_pem, None, None).await?;
+    let channel = grpc_channel::connect(request.hub_url, request.ca_pem, None, None).await?;
     let mut client = JoinServiceClient::new(channel);
     let refused = |status: tonic::Status| {
         JoinError::Refused(format!("{:?}: {}", status.code(), status.message()))

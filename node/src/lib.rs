@@ -5,21 +5,14 @@
 //! heartbeats (load from [`system`], GPUs from [`gpu`]) and answers the hub's commands.
 //!
 //! [`NodeAgent::start`] runs all of it; the `outpost-node` binary and `outpost node` are thin
-//! wrappers around it. Shared by hub and node: [`config`], [`auth`], [`tls`], [`clock`],
-//! [`grpc_client`].
+//! wrappers around it. What hub and node share lives in `outpost-config`, `outpost-trust` and
+//! `outpost-clock`; tools run in `outpost-sandbox`.
 
-pub mod auth;
-pub mod clock;
-pub mod config;
 pub mod gpu;
-pub mod grpc_client;
-pub mod identity;
 pub mod join;
-pub mod sandbox;
 pub mod session;
 pub mod system;
 pub mod tasks;
-pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,11 +21,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::auth::BootstrapToken;
-use crate::config::Config;
 use crate::gpu::GpuProbe;
-use crate::identity::{IdentityStore, JoinedIdentity};
 use crate::session::{SessionContext, SessionStats};
+use outpost_config::Config;
+use outpost_trust::auth::BootstrapToken;
+use outpost_trust::identity::{self, IdentityStore, JoinedIdentity};
+use outpost_trust::{grpc_channel, tls};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +211,7 @@ fn session_context(
     let certs = tls::certs_from_pem(&identity.certificate_pem, "node certificate")?;
     let key = tls::key_from_pem(&identity.key_pem, "node key")?;
     let client_config = tls::quic_client_config(&identity.ca_pem, certs, key)?;
-    let hub_host = grpc_client::url_host(&identity.hub_url).ok_or_else(|| {
+    let hub_host = grpc_channel::url_host(&identity.hub_url).ok_or_else(|| {
         NodeError::Config(format!("stored hub URL {:?} has no host", identity.hub_url))
     })?;
     let server_name = if identity.hub_server_name.is_empty() {

@@ -323,7 +323,7 @@ async fn session_once(
     let mut gpus = gpu_cache.lock().clone();
     let mut shape = gpu_shape(&gpus);
     let capabilities = (ctx.capabilities)(gpus.clone());
-    let mut capabilities_digest = crate::auth::sha256_hex(&capabilities.encode_to_vec());
+    let mut capabilities_digest = outpost_trust::auth::sha256_hex(&capabilities.encode_to_vec());
 
     let (mut send, mut recv) = connection.open_bi().await?;
     let hello = NodeHello {
@@ -404,7 +404,7 @@ async fn session_once(
                 if new_shape != shape {
                     shape = new_shape;
                     let capabilities = (ctx.capabilities)(gpus.clone());
-                    capabilities_digest = crate::auth::sha256_hex(&capabilities.encode_to_vec());
+                    capabilities_digest = outpost_trust::auth::sha256_hex(&capabilities.encode_to_vec());
                     let event = NodeEvent { kind: Some(node_event::Kind::Capabilities(capabilities)) };
                     send_event(&connection, &event).await?;
                 }
@@ -413,7 +413,7 @@ async fn session_once(
                 let heartbeat = outpost_proto::v1::Heartbeat {
                     node_id: ctx.node_id.clone(),
                     seq,
-                    sent_at_ms: crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+                    sent_at_ms: outpost_clock::Clock::now_ms(&outpost_clock::SystemClock),
                     load: Some(load),
                     gpus: Some(gpus.clone()),
                     capabilities_digest: capabilities_digest.as_bytes().to_vec(),

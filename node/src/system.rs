@@ -170,7 +170,7 @@ pub fn capabilities(
             landlock,
             detail: format!(
                 "wasm sandbox: {}; landlock: {}",
-                crate::sandbox::RUNTIME_DESCRIPTION,
+                outpost_sandbox::RUNTIME_DESCRIPTION,
                 if landlock {
                     "available in kernel"
                 } else {

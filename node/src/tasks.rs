@@ -21,7 +21,7 @@ use outpost_proto::v1::{InstallTool, RunTask, TaskResult, node_reply};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 
-use crate::sandbox::{
+use outpost_sandbox::{
     ErrorKind, LoadedTool, ResolvedPolicy, Sandbox, SandboxConfig, SandboxError, ToolPolicy,
 };
 
@@ -221,7 +221,7 @@ impl TaskRunner {
         if component.is_empty() {
             return Err(node_reply::Kind::MissingComponent(digest.into()));
         }
-        let actual = crate::auth::sha256_hex(component);
+        let actual = outpost_trust::auth::sha256_hex(component);
         if actual != digest {
             return Err(node_reply::Kind::Error(format!(
                 "{command}: the component's sha256 is {actual}, not the announced {digest}"

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use outpost_config::{Config, GpuProbeKind, SimulatedGpu, TlsMode};
 use outpost_hub::HubHandle;
-use outpost_node::config::{Config, GpuProbeKind, SimulatedGpu, TlsMode};
 use outpost_node::{NodeAgent, NodeHandle};
 use serde_json::Value;
 
@@ -125,7 +125,7 @@ impl TestHub {
 
     /// A fresh one-shot token.
     pub async fn one_shot_token(&self) -> String {
-        outpost_hub::join::create_token(&self.hub().state, 600, 1)
+        outpost_hub::credentials::join::create_token(&self.hub().state, 600, 1)
             .await
             .expect("token")
             .token
@@ -144,7 +144,7 @@ impl TestHub {
         ]);
         let mut out = Vec::new();
         let mut err = Vec::new();
-        let code = outpost_hub::cli::main_with_io(full, &mut out, &mut err).await;
+        let code = outpost_cli::main_with_io(full, &mut out, &mut err).await;
         (
             code,
             String::from_utf8_lossy(&out).into_owned(),

@@ -19,8 +19,6 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use futures::StreamExt as _;
 use outpost_bench::{HubProcess, cpu_seconds, rss_kib};
-use outpost_node::auth::BootstrapToken;
-use outpost_node::identity::JoinedIdentity;
 use outpost_node::join::{JoinRequest, join};
 use outpost_proto::framing;
 use outpost_proto::heartbeat_channel::{ChannelKey, channel_key};
@@ -28,6 +26,8 @@ use outpost_proto::v1::{
     Capabilities, GpuSnapshot, Hardware, Heartbeat, HelloAck, HubCommand, Load, NodeHello,
     NodeReply, node_reply,
 };
+use outpost_trust::auth::BootstrapToken;
+use outpost_trust::identity::JoinedIdentity;
 use prost::Message as _;
 
 const TOKEN: &str = "bench-static-token-0123456789";
@@ -474,9 +474,9 @@ async fn connect(
     hub: std::net::SocketAddr,
     identity: &JoinedIdentity,
 ) -> anyhow::Result<SimNode> {
-    let certs = outpost_node::tls::certs_from_pem(&identity.certificate_pem, "cert")?;
-    let key = outpost_node::tls::key_from_pem(&identity.key_pem, "key")?;
-    let config = outpost_node::tls::quic_client_config(&identity.ca_pem, certs, key)?;
+    let certs = outpost_trust::tls::certs_from_pem(&identity.certificate_pem, "cert")?;
+    let key = outpost_trust::tls::key_from_pem(&identity.key_pem, "key")?;
+    let config = outpost_trust::tls::quic_client_config(&identity.ca_pem, certs, key)?;
     let connection = endpoint.connect_with(config, hub, "127.0.0.1")?.await?;
     let (mut send, mut recv) = connection.open_bi().await?;
     let hello = NodeHello {

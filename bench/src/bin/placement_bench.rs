@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser;
-use outpost_hub::scheduler::{
+use outpost_hub::work::scheduler::{
     ComputeCapability, DeviceReport, NodeReport, Requirements, Scheduler, Strategy,
 };
 

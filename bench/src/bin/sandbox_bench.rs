@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use outpost_node::sandbox::{Fuel, ResolvedPolicy, Sandbox, SandboxConfig};
+use outpost_sandbox::{Fuel, ResolvedPolicy, Sandbox, SandboxConfig};
 use serde_json::json;
 
 #[derive(Debug, Parser)]

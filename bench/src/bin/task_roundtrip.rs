@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use outpost_hub::tasks::{self, SubmitSpec};
-use outpost_node::config::{Config, GpuProbeKind};
+use outpost_config::{Config, GpuProbeKind};
+use outpost_hub::work::tasks::{self, SubmitSpec};
 
 const TOKEN: &str = "bench-roundtrip-static-token";
 
@@ -69,7 +69,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DispatchMarks {
         &self,
         meta: &'static tracing::Metadata<'static>,
     ) -> tracing::subscriber::Interest {
-        if meta.is_event() && meta.target() == "outpost_hub::tasks" {
+        if meta.is_event() && meta.target() == "outpost_hub::work::tasks" {
             tracing::subscriber::Interest::always()
         } else {
             tracing::subscriber::Interest::never()
@@ -189,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let (hub, node) = hub_and_node(dir.path(), true).await?;
-    outpost_hub::tools::push(
+    outpost_hub::work::tools::push(
         &hub.state,
         "echo",
         std::fs::read(outpost_guests::echo())?,
@@ -382,9 +382,9 @@ async fn first_task(runs: usize) -> anyhow::Result<()> {
         let (mut installs, mut firsts, mut seconds) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             let bytes = retagged(&bulky, &format!("{install}-{run}"));
-            let digest = outpost_node::auth::sha256_hex(&bytes);
+            let digest = outpost_trust::auth::sha256_hex(&bytes);
             let name = format!("bulky-{run}");
-            outpost_hub::tools::push(&hub.state, &name, bytes, "").await?;
+            outpost_hub::work::tools::push(&hub.state, &name, bytes, "").await?;
             let pushed = Instant::now();
             if install {
                 let deadline = pushed + Duration::from_secs(120);

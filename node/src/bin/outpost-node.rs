@@ -26,15 +26,15 @@ async fn main() -> std::process::ExitCode {
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = outpost_node::config::Config::load(args.config.as_deref(), std::env::vars())?;
-    config.server.role = outpost_node::config::Role::Node;
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = outpost_config::Config::load(args.config.as_deref(), std::env::vars())?;
+    config.server.role = outpost_config::Role::Node;
     if let Some(dir) = args.data_dir {
         config.server.data_dir = Some(dir);
     }

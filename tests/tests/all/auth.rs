@@ -6,16 +6,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_config::TlsMode;
 use outpost_hub::store::TokenRow;
-use outpost_node::auth::{BootstrapToken, Role, TokenAuthority, join_proof};
-use outpost_node::config::TlsMode;
-use outpost_node::grpc_client::{self, ClientIdentity, with_bearer};
-use outpost_node::identity::{IdentityStore, new_key_and_csr};
 use outpost_node::join::{JoinError, JoinRequest, join};
 use outpost_proto::v1::join_service_client::JoinServiceClient;
 use outpost_proto::v1::node_registry_client::NodeRegistryClient;
 use outpost_proto::v1::{BeginJoinRequest, CompleteJoinRequest, ListNodesRequest};
 use outpost_tests::{STATIC_TOKEN, TestHub, start_node};
+use outpost_trust::auth::{BootstrapToken, Role, TokenAuthority, join_proof};
+use outpost_trust::grpc_channel::{self, ClientIdentity, with_bearer};
+use outpost_trust::identity::{IdentityStore, new_key_and_csr};
 
 fn now_s() -> i64 {
     std::time::SystemTime::now()
@@ -107,7 +107,7 @@ async fn join_refusals_name_their_cause() {
 async fn replayed_join_answer_is_refused() {
     let hub = TestHub::start(TlsMode::Tls).await;
     let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
-    let channel = grpc_client::connect(&hub.grpc_url(), &ca, None, None)
+    let channel = grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
         .await
         .unwrap();
     let mut client = JoinServiceClient::new(channel);
@@ -168,7 +168,7 @@ async fn bad_jwts_are_refused_with_the_reason() {
     let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
     let secret = std::fs::read_to_string(hub.config.cert_dir().join("auth_secret.txt")).unwrap();
     let secret = secret.trim().as_bytes();
-    let channel = grpc_client::connect(&hub.grpc_url(), &ca, None, None)
+    let channel = grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
         .await
         .unwrap();
     let mut client = NodeRegistryClient::new(channel);
@@ -252,7 +252,7 @@ async fn mtls_mode_requires_a_client_certificate() {
         .issue("a", Role::Admin, now_s(), 60)
         .unwrap();
 
-    let bare = grpc_client::connect(&hub.grpc_url(), &ca, None, None)
+    let bare = grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
         .await
         .unwrap();
     let err = NodeRegistryClient::new(bare)
@@ -271,7 +271,7 @@ async fn mtls_mode_requires_a_client_certificate() {
         cert_pem: std::fs::read_to_string(cert_dir.join("client.pem")).unwrap(),
         key_pem: std::fs::read_to_string(cert_dir.join("client-key.pem")).unwrap(),
     };
-    let with_cert = grpc_client::connect(&hub.grpc_url(), &ca, Some(&identity), None)
+    let with_cert = grpc_channel::connect(&hub.grpc_url(), &ca, Some(&identity), None)
         .await
         .unwrap();
     assert!(
@@ -304,9 +304,9 @@ async fn node_certificate_cannot_claim_another_node() {
         .load()
         .unwrap()
         .unwrap();
-    let certs = outpost_node::tls::certs_from_pem(&a.certificate_pem, "cert").unwrap();
-    let key = outpost_node::tls::key_from_pem(&a.key_pem, "key").unwrap();
-    let client_config = outpost_node::tls::quic_client_config(&a.ca_pem, certs, key).unwrap();
+    let certs = outpost_trust::tls::certs_from_pem(&a.certificate_pem, "cert").unwrap();
+    let key = outpost_trust::tls::key_from_pem(&a.key_pem, "key").unwrap();
+    let client_config = outpost_trust::tls::quic_client_config(&a.ca_pem, certs, key).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
 
     for (claimed, jwt) in [
@@ -340,13 +340,13 @@ async fn node_certificate_cannot_claim_another_node() {
     }
 
     // A connection without any client certificate does not get through the handshake.
-    let roots = outpost_node::tls::roots_from_pem(&a.ca_pem).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(outpost_node::tls::provider())
+    let roots = outpost_trust::tls::roots_from_pem(&a.ca_pem).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(outpost_trust::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![outpost_node::tls::SESSION_ALPN.to_vec()];
+    tls.alpn_protocols = vec![outpost_trust::tls::SESSION_ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let anonymous = quinn::ClientConfig::new(Arc::new(crypto));
     let attempt = endpoint

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use outpost_node::config::TlsMode;
+use outpost_config::TlsMode;
 use outpost_tests::{STATIC_TOKEN, TestHub, start_node, with_simulated_gpu};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,9 @@
 //! What `grpcurl -insecure host:port list` and health probes rely on: reflection lists Outpost's
 //! services and the standard health service answers SERVING, both over the hub's TLS listener.
 
-use outpost_node::config::TlsMode;
-use outpost_node::grpc_client;
+use outpost_config::TlsMode;
 use outpost_tests::TestHub;
+use outpost_trust::grpc_channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -15,7 +15,7 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 async fn reflection_and_health_answer_without_credentials() {
     let hub = TestHub::start(TlsMode::Tls).await;
     let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
-    let channel = grpc_client::connect(&hub.grpc_url(), &ca, None, None)
+    let channel = grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
         .await
         .unwrap();
 

@@ -5,11 +5,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use outpost_node::config::TlsMode;
-use outpost_node::identity::IdentityStore;
+use outpost_config::TlsMode;
 use outpost_proto::heartbeat_channel::{ChannelKey, channel_key};
 use outpost_proto::v1::{Heartbeat, HelloAck, NodeHello};
 use outpost_tests::{STATIC_TOKEN, TestHub, start_node};
+use outpost_trust::identity::IdentityStore;
 use prost::Message;
 
 async fn health(hub: &TestHub, id: &str) -> serde_json::Value {
@@ -105,9 +105,9 @@ async fn forged_replayed_and_garbage_channel_packets_change_nothing() {
         .load()
         .unwrap()
         .unwrap();
-    let certs = outpost_node::tls::certs_from_pem(&identity.certificate_pem, "cert").unwrap();
-    let key = outpost_node::tls::key_from_pem(&identity.key_pem, "key").unwrap();
-    let client = outpost_node::tls::quic_client_config(&identity.ca_pem, certs, key).unwrap();
+    let certs = outpost_trust::tls::certs_from_pem(&identity.certificate_pem, "cert").unwrap();
+    let key = outpost_trust::tls::key_from_pem(&identity.key_pem, "key").unwrap();
+    let client = outpost_trust::tls::quic_client_config(&identity.ca_pem, certs, key).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let quic = hub.hub().addrs.quic;
     let connection = endpoint

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use outpost_config::{GpuProbeKind, TlsMode};
 use outpost_node::NodeHandle;
-use outpost_node::config::{GpuProbeKind, TlsMode};
 use outpost_tests::{STATIC_TOKEN, TestHub, start_node};
 use serde_json::Value;
 

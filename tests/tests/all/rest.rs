@@ -1,9 +1,9 @@
 //! The REST registry at `/api/admin/agent-nodes`: CRUD round trip, every 400/404/409 case,
 //! 401 without a token, 403 for a viewer writing.
 
-use outpost_node::auth::{Role, TokenAuthority};
-use outpost_node::config::TlsMode;
+use outpost_config::TlsMode;
 use outpost_tests::{TestHub, http_json};
+use outpost_trust::auth::{Role, TokenAuthority};
 use serde_json::json;
 
 fn tokens(hub: &TestHub) -> (String, String, String) {

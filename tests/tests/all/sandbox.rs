@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use outpost_node::sandbox::{
+use outpost_sandbox::{
     Access, CallReport, ErrorKind, FsGrant, Fuel, LoadedTool, Sandbox, SandboxConfig, ToolPolicy,
 };
 
@@ -645,7 +645,7 @@ async fn stored_tools_load_by_digest_and_a_wrong_digest_is_refused() {
     })
     .unwrap();
     let wasm = std::fs::read(outpost_guests::echo()).unwrap();
-    let digest = outpost_node::auth::sha256_hex(&wasm);
+    let digest = outpost_trust::auth::sha256_hex(&wasm);
     let stored = store.path().join(format!("{digest}.wasm"));
     std::fs::write(&stored, &wasm).unwrap();
 

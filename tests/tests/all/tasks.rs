@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use outpost_node::config::TlsMode;
+use outpost_config::TlsMode;
 use outpost_tests::{STATIC_TOKEN, TestHub, http_json, start_node, with_simulated_gpu};
 use serde_json::Value;
 
@@ -469,7 +469,7 @@ async fn a_gpu_node_lost_mid_task_hands_the_task_to_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_follows_a_scripted_gpu_that_fills_fails_and_recovers() {
-    use outpost_node::config::GpuScriptStep;
+    use outpost_config::GpuScriptStep;
     let hub = TestHub::start(TlsMode::Tls).await;
     push(&hub, "echo", &outpost_guests::echo()).await;
     let mut config = with_simulated_gpu(hub.node_config("gpu-s", STATIC_TOKEN));
@@ -655,7 +655,7 @@ async fn eventually(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_are_installed_on_the_nodes_before_their_first_task() {
-    use outpost_hub::links::{LinkError, RunAnswer};
+    use outpost_hub::fleet::links::{LinkError, RunAnswer};
     use outpost_proto::v1::InstallTool;
 
     let hub = TestHub::start(TlsMode::Tls).await;
@@ -675,7 +675,7 @@ async fn tools_are_installed_on_the_nodes_before_their_first_task() {
     // background, before any task asks for it.
     push(&hub, "echo", &outpost_guests::echo()).await;
     let wasm = std::fs::read(outpost_guests::echo()).unwrap();
-    let digest = outpost_node::auth::sha256_hex(&wasm);
+    let digest = outpost_trust::auth::sha256_hex(&wasm);
     for (node, config) in nodes.iter().zip(&configs) {
         assert!(
             eventually(Duration::from_secs(60), || node.tool_ready(&digest)).await,
@@ -761,7 +761,7 @@ async fn tools_are_installed_on_the_nodes_before_their_first_task() {
     // Bytes that match their digest but are no component: stored, never ready, and the node
     // goes on running tasks.
     let junk = b"not a component".to_vec();
-    let junk_digest = outpost_node::auth::sha256_hex(&junk);
+    let junk_digest = outpost_trust::auth::sha256_hex(&junk);
     let answer = link
         .install_tool(InstallTool {
             tool: "junk".into(),
@@ -807,7 +807,7 @@ pub(super) async fn submit_env_probe(hub: &TestHub, name: &str, requirements: &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mig_instances_take_gpu_work_and_cuda_names_them_by_uuid() {
-    use outpost_node::config::SimulatedMig;
+    use outpost_config::SimulatedMig;
     let hub = TestHub::start(TlsMode::Tls).await;
     push(&hub, "hostile", &outpost_guests::hostile()).await;
     let mut config = with_simulated_gpu(hub.node_config("mig-1", STATIC_TOKEN));

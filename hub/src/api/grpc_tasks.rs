@@ -1,0 +1,118 @@
+//! The gRPC task and tool services over [`crate::work::tasks`] and [`crate::work::tools`].
+
+use std::time::Duration;
+
+use outpost_proto::v1::task_service_server::{TaskService, TaskServiceServer};
+use outpost_proto::v1::tool_service_server::{ToolService, ToolServiceServer};
+use outpost_proto::v1::{
+    ListTasksRequest, ListTasksResponse, ListToolsRequest, ListToolsResponse, PushToolRequest,
+    SubmitTaskRequest, TaskRef, TaskView, ToolRef, ToolView, WaitTaskRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::api::grpc::{Access, HubGrpc, authorize};
+use crate::work::tasks::{self, RequirementsSpec, SubmitSpec};
+use crate::work::tools;
+
+/// Longest a `WaitTask` call holds on.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+impl HubGrpc {
+    /// The task service.
+    pub fn task_service(&self) -> TaskServiceServer<Self> {
+        TaskServiceServer::new(self.clone())
+    }
+
+    /// The tool service (pushes may carry components up to 32 MiB).
+    pub fn tool_service(&self) -> ToolServiceServer<Self> {
+        ToolServiceServer::new(self.clone())
+            .max_decoding_message_size(tools::MAX_COMPONENT_BYTES + 1024 * 1024)
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for HubGrpc {
+    async fn submit_task(
+        &self,
+        request: Request<SubmitTaskRequest>,
+    ) -> Result<Response<TaskView>, Status> {
+        authorize(self.state(), &request, Access::Write, "submit tasks")?;
+        let r = request.into_inner();
+        let spec = SubmitSpec {
+            tool: r.tool,
+            command: r.command,
+            input: r.input,
+            requirements: RequirementsSpec::from_proto(r.requirements.as_ref()),
+            idempotency_key: r.idempotency_key,
+            max_attempts: r.max_attempts,
+            timeout_ms: r.timeout_ms,
+        };
+        let submitted = tasks::submit(self.state_arc(), spec).await?;
+        Ok(Response::new(tasks::view(&submitted.task)))
+    }
+
+    async fn get_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
+        authorize(self.state(), &request, Access::Read, "read tasks")?;
+        let task = tasks::get(self.state(), &request.get_ref().id).await?;
+        Ok(Response::new(tasks::view(&task)))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        authorize(self.state(), &request, Access::Read, "list tasks")?;
+        let r = request.get_ref();
+        let rows = tasks::list(self.state(), Some(r.status.as_str()), r.limit).await?;
+        Ok(Response::new(ListTasksResponse {
+            tasks: rows.iter().map(tasks::view).collect(),
+        }))
+    }
+
+    async fn cancel_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
+        authorize(self.state(), &request, Access::Write, "cancel tasks")?;
+        let task = tasks::cancel(self.state_arc(), &request.get_ref().id).await?;
+        Ok(Response::new(tasks::view(&task)))
+    }
+
+    async fn wait_task(
+        &self,
+        request: Request<WaitTaskRequest>,
+    ) -> Result<Response<TaskView>, Status> {
+        authorize(self.state(), &request, Access::Read, "read tasks")?;
+        let r = request.get_ref();
+        let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
+        let task = tasks::wait(self.state(), &r.id, wait).await?;
+        Ok(Response::new(tasks::view(&task)))
+    }
+}
+
+#[tonic::async_trait]
+impl ToolService for HubGrpc {
+    async fn push_tool(
+        &self,
+        request: Request<PushToolRequest>,
+    ) -> Result<Response<ToolView>, Status> {
+        authorize(self.state(), &request, Access::Write, "push tools")?;
+        let r = request.into_inner();
+        let tool = tools::push(self.state_arc(), &r.name, r.component, &r.policy_toml).await?;
+        Ok(Response::new(tools::view(&tool)))
+    }
+
+    async fn list_tools(
+        &self,
+        request: Request<ListToolsRequest>,
+    ) -> Result<Response<ListToolsResponse>, Status> {
+        authorize(self.state(), &request, Access::Read, "list tools")?;
+        let rows = tools::list(self.state()).await?;
+        Ok(Response::new(ListToolsResponse {
+            tools: rows.iter().map(tools::view).collect(),
+        }))
+    }
+
+    async fn inspect_tool(&self, request: Request<ToolRef>) -> Result<Response<ToolView>, Status> {
+        authorize(self.state(), &request, Access::Read, "read tools")?;
+        let tool = tools::inspect(self.state(), &request.get_ref().name).await?;
+        Ok(Response::new(tools::view(&tool)))
+    }
+}

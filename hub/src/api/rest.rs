@@ -1,0 +1,376 @@
+//! The REST API (axum): AgentHub's node registry at `/api/admin/agent-nodes`, tasks at
+//! `/api/admin/tasks` and the tool registry at `/api/admin/tools`.
+//!
+//! Bearer JWT on every call: admin may write, viewer may read. Errors are JSON
+//! `{"error": "...", "field": "..."}`: 400 names the offending field, 401/403 say what credential
+//! is missing, 404 and 409 name the node.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use outpost_proto::v1::NodeRecord;
+use outpost_trust::auth::Role;
+use serde_json::{Map, Value, json};
+
+use crate::api::views;
+use crate::fleet::registry::{self, NodePatch, RegistryError};
+use crate::state::HubState;
+use crate::work::tasks::{self, SubmitSpec, TaskError};
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn field(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("{field}: {}", message.into()),
+            field: Some(field.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let (Some(field), Value::Object(map)) = (self.field, &mut body) {
+            map.insert("field".into(), Value::String(field));
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid { field, message } => ApiError::field(&field, message),
+            RegistryError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            RegistryError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            RegistryError::Store(_) => {
+                tracing::error!(error = %e, "registry store failure");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+fn authorize(state: &HubState, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing bearer token (Authorization: Bearer <token>)",
+            )
+        })?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Authorization header must be `Bearer <token>`",
+            )
+        })?;
+    let claims = state
+        .auth
+        .verify(token.trim())
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    match (claims.role, write) {
+        (Role::Admin, _) | (Role::Viewer, false) => Ok(()),
+        (role, _) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "role {role} may not {} through the admin API",
+                if write { "change anything" } else { "read" }
+            ),
+        )),
+    }
+}
+
+/// The router for the REST API.
+pub fn router(state: Arc<HubState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/admin/agent-nodes", get(list_nodes).post(create_node))
+        .route(
+            "/api/admin/agent-nodes/{id}",
+            get(get_node).put(update_node).delete(delete_node),
+        )
+        .route("/api/admin/agent-nodes/{id}/health", get(node_health))
+        .route("/api/admin/tasks", get(list_tasks).post(submit_task))
+        .route("/api/admin/tasks/{id}", get(get_task))
+        .route("/api/admin/tasks/{id}/cancel", post(cancel_task))
+        .route("/api/admin/tools", get(list_tools))
+        .route("/api/admin/tools/{name}", get(get_tool))
+        .with_state(state)
+}
+
+const RECORD_FIELDS: [&str; 5] = [
+    "id",
+    "name",
+    "grpc_target",
+    "tls_server_name",
+    "default_worktree_root",
+];
+
+fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = map.keys().find(|k| !RECORD_FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::field(
+            unknown,
+            format!(
+                "unknown field; expected one of {}",
+                RECORD_FIELDS.join(", ")
+            ),
+        ));
+    }
+    Ok(map)
+}
+
+fn string_field(map: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::field(
+            field,
+            format!("must be a string, got {other}"),
+        )),
+    }
+}
+
+async fn list_nodes(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    let nodes = registry::list(&state).await?;
+    Ok(axum::Json(Value::Array(
+        nodes.iter().map(views::node_json).collect(),
+    )))
+}
+
+async fn create_node(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    authorize(&state, &headers, true)?;
+    let map = parse_object(&body)?;
+    let required = |field: &str| -> Result<String, ApiError> {
+        string_field(&map, field)?.ok_or_else(|| ApiError::field(field, "is required"))
+    };
+    let record = NodeRecord {
+        id: required("id")?,
+        name: required("name")?,
+        grpc_target: required("grpc_target")?,
+        tls_server_name: string_field(&map, "tls_server_name")?.unwrap_or_default(),
+        default_worktree_root: string_field(&map, "default_worktree_root")?.unwrap_or_default(),
+    };
+    let view = registry::register(&state, record).await?;
+    Ok((StatusCode::CREATED, axum::Json(views::node_json(&view))))
+}
+
+async fn get_node(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    Ok(axum::Json(views::node_json(
+        &registry::get(&state, &id).await?,
+    )))
+}
+
+async fn update_node(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, true)?;
+    let map = parse_object(&body)?;
+    if let Some(body_id) = string_field(&map, "id")?
+        && body_id != id
+    {
+        return Err(ApiError::field(
+            "id",
+            format!("{body_id:?} does not match the path's {id:?}; ids cannot change"),
+        ));
+    }
+    let patch = NodePatch {
+        name: string_field(&map, "name")?,
+        grpc_target: string_field(&map, "grpc_target")?,
+        tls_server_name: string_field(&map, "tls_server_name")?,
+        default_worktree_root: string_field(&map, "default_worktree_root")?,
+    };
+    Ok(axum::Json(views::node_json(
+        &registry::update(&state, &id, patch).await?,
+    )))
+}
+
+async fn delete_node(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers, true)?;
+    registry::delete(&state, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn node_health(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    Ok(axum::Json(views::health_json(
+        &registry::health(&state, &id).await?,
+    )))
+}
+
+impl From<TaskError> for ApiError {
+    fn from(e: TaskError) -> Self {
+        match &e {
+            TaskError::Invalid(message) => {
+                // Messages start with the field they are about ("requirements: …").
+                let field = message
+                    .split_once(':')
+                    .map(|(f, _)| f)
+                    .filter(|f| !f.contains(' '))
+                    .map(String::from);
+                ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    message: message.clone(),
+                    field,
+                }
+            }
+            TaskError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            TaskError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            TaskError::Store(_) | TaskError::Internal(_) => {
+                tracing::error!(error = %e, "task failure inside the hub");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+fn task_json(task: &crate::store::TaskRow) -> Value {
+    tasks::view_json(&tasks::view(task))
+}
+
+async fn submit_task(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    authorize(&state, &headers, true)?;
+    let spec: SubmitSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let submitted = tasks::submit(&state, spec).await?;
+    let status = if submitted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(task_json(&submitted.task))))
+}
+
+/// `?status=…&limit=…`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListTasksQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_tasks(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    query: Result<Query<ListTasksQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
+    let rows = tasks::list(&state, query.status.as_deref(), query.limit.unwrap_or(100)).await?;
+    Ok(axum::Json(Value::Array(
+        rows.iter().map(task_json).collect(),
+    )))
+}
+
+async fn get_task(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    Ok(axum::Json(task_json(&tasks::get(&state, &id).await?)))
+}
+
+async fn cancel_task(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, true)?;
+    Ok(axum::Json(task_json(&tasks::cancel(&state, &id).await?)))
+}
+
+async fn list_tools(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    let rows = crate::work::tools::list(&state).await?;
+    Ok(axum::Json(Value::Array(
+        rows.iter()
+            .map(|t| crate::work::tools::view_json(&crate::work::tools::view(t)))
+            .collect(),
+    )))
+}
+
+async fn get_tool(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    let tool = crate::work::tools::inspect(&state, &name).await?;
+    Ok(axum::Json(crate::work::tools::view_json(
+        &crate::work::tools::view(&tool),
+    )))
+}

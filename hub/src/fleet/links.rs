@@ -1,0 +1,385 @@
+//! How the hub reaches a node: the [`NodeLink`] trait, its QUIC implementation over the node's
+//! session ([`QuicLink`]), an in-memory one for tests ([`LoopbackLink`]), and the table of links
+//! by node id ([`LinkTable`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use outpost_proto::framing;
+use outpost_proto::v1::{
+    CancelTask, HubCommand, InstallTool, NodeReply, Ping, RunTask, hub_command, node_reply,
+};
+use parking_lot::RwLock;
+
+/// Why a command did not get an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    /// No session to that node on this hub.
+    #[error("node {0:?} has no session to this hub")]
+    NotConnected(String),
+    /// The node did not answer in time.
+    #[error("node did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The session failed while sending or receiving.
+    #[error("session: {0}")]
+    Transport(String),
+    /// The node answered with an error.
+    #[error("node refused: {0}")]
+    Refused(String),
+}
+
+/// How a node answered a `RunTask` or an `InstallTool`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAnswer {
+    /// The attempt runs (its result comes later as an event), or the tool is being installed.
+    Accepted,
+    /// The node lacks the component with this digest: send it along.
+    MissingComponent(String),
+}
+
+/// A way to send commands to one node.
+#[async_trait]
+pub trait NodeLink: Send + Sync + std::fmt::Debug {
+    /// Round trip of a ping command.
+    async fn ping(&self) -> Result<Duration, LinkError>;
+    /// Tells the node a new heartbeat interval.
+    async fn set_heartbeat_interval(&self, interval_ms: u32) -> Result<(), LinkError>;
+    /// Tells the node where to send heartbeats: only on the heartbeat channel (true) or as QUIC
+    /// datagrams (false).
+    async fn set_heartbeat_channel(&self, use_channel: bool) -> Result<(), LinkError>;
+    /// Starts an attempt of a task on the node.
+    async fn run_task(&self, command: RunTask) -> Result<RunAnswer, LinkError>;
+    /// Has the node store and compile a tool ahead of its first task.
+    async fn install_tool(&self, command: InstallTool) -> Result<RunAnswer, LinkError>;
+    /// Stops an attempt if it still runs; true when it did.
+    async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError>;
+    /// The transport's own round-trip estimate.
+    fn rtt(&self) -> Option<Duration>;
+    /// Where the node's session comes from.
+    fn remote(&self) -> String;
+    /// Identifies the underlying connection (to tell a stale link from its successor).
+    fn connection_id(&self) -> u64;
+    /// Closes the link with a reason.
+    fn close(&self, reason: &str);
+}
+
+/// Time allowed for a command's answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Slowest link a command carrying a component is given time for (bytes per second): a 32 MB
+/// tool gets 5 s + 128 s on its way to a node behind a ~2 Mbit/s uplink instead of failing after 5 s.
+const SLOWEST_LINK_BYTES_PER_SEC: u64 = 256 * 1024;
+
+/// Time allowed for a command of `encoded_len` bytes: [`COMMAND_TIMEOUT`], plus the time its
+/// bytes take on the slowest link served.
+fn command_timeout(encoded_len: usize) -> Duration {
+    let bytes = u64::try_from(encoded_len).unwrap_or(u64::MAX);
+    COMMAND_TIMEOUT + Duration::from_millis(bytes.saturating_mul(1000) / SLOWEST_LINK_BYTES_PER_SEC)
+}
+
+/// A link over the node's QUIC session: one bi stream per command.
+#[derive(Debug)]
+pub struct QuicLink {
+    connection: quinn::Connection,
+    next_id: AtomicU64,
+}
+
+impl QuicLink {
+    /// Wraps an established session.
+    pub fn new(connection: quinn::Connection) -> Self {
+        Self {
+            connection,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    async fn command(&self, kind: hub_command::Kind) -> Result<node_reply::Kind, LinkError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let command = HubCommand {
+            id,
+            kind: Some(kind),
+        };
+        let timeout = command_timeout(prost::Message::encoded_len(&command));
+        let exchange = async {
+            let (mut send, mut recv) = self
+                .connection
+                .open_bi()
+                .await
+                .map_err(|e| LinkError::Transport(e.to_string()))?;
+            framing::write_frame(&mut send, &command)
+                .await
+                .map_err(|e| LinkError::Transport(e.to_string()))?;
+            let _ = send.finish();
+            let reply: NodeReply = framing::read_frame(&mut recv, 1024 * 1024)
+                .await
+                .map_err(|e| LinkError::Transport(e.to_string()))?;
+            if reply.id != id {
+                return Err(LinkError::Transport(format!(
+                    "reply for command {} to command {id}",
+                    reply.id
+                )));
+            }
+            reply
+                .kind
+                .ok_or_else(|| LinkError::Transport("empty reply".into()))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(node_reply::Kind::Error(message))) => Err(LinkError::Refused(message)),
+            Ok(result) => result,
+            Err(_) => Err(LinkError::Timeout(timeout)),
+        }
+    }
+}
+
+#[async_trait]
+impl NodeLink for QuicLink {
+    async fn ping(&self) -> Result<Duration, LinkError> {
+        let start = Instant::now();
+        let sent_at_us = u64::try_from(outpost_clock::Clock::now_ms(&outpost_clock::SystemClock))
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        match self
+            .command(hub_command::Kind::Ping(Ping { sent_at_us }))
+            .await?
+        {
+            node_reply::Kind::Pong(_) => Ok(start.elapsed()),
+            other => Err(LinkError::Transport(format!(
+                "expected pong, got {other:?}"
+            ))),
+        }
+    }
+
+    async fn set_heartbeat_interval(&self, interval_ms: u32) -> Result<(), LinkError> {
+        self.command(hub_command::Kind::SetHeartbeatIntervalMs(interval_ms))
+            .await
+            .map(|_| ())
+    }
+
+    async fn set_heartbeat_channel(&self, use_channel: bool) -> Result<(), LinkError> {
+        self.command(hub_command::Kind::HeartbeatChannel(use_channel))
+            .await
+            .map(|_| ())
+    }
+
+    async fn run_task(&self, command: RunTask) -> Result<RunAnswer, LinkError> {
+        match self.command(hub_command::Kind::RunTask(command)).await? {
+            node_reply::Kind::Ok(_) => Ok(RunAnswer::Accepted),
+            node_reply::Kind::MissingComponent(digest) => Ok(RunAnswer::MissingComponent(digest)),
+            other => Err(LinkError::Transport(format!(
+                "unexpected answer to run_task: {other:?}"
+            ))),
+        }
+    }
+
+    async fn install_tool(&self, command: InstallTool) -> Result<RunAnswer, LinkError> {
+        match self
+            .command(hub_command::Kind::InstallTool(command))
+            .await?
+        {
+            node_reply::Kind::Ok(_) => Ok(RunAnswer::Accepted),
+            node_reply::Kind::MissingComponent(digest) => Ok(RunAnswer::MissingComponent(digest)),
+            other => Err(LinkError::Transport(format!(
+                "unexpected answer to install_tool: {other:?}"
+            ))),
+        }
+    }
+
+    async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError> {
+        match self
+            .command(hub_command::Kind::CancelTask(CancelTask {
+                task_id: task_id.into(),
+                attempt,
+            }))
+            .await?
+        {
+            node_reply::Kind::Ok(stopped) => Ok(stopped),
+            other => Err(LinkError::Transport(format!(
+                "unexpected answer to cancel_task: {other:?}"
+            ))),
+        }
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        Some(self.connection.rtt())
+    }
+
+    fn remote(&self) -> String {
+        self.connection.remote_address().to_string()
+    }
+
+    fn connection_id(&self) -> u64 {
+        self.connection.stable_id() as u64
+    }
+
+    fn close(&self, reason: &str) {
+        self.connection.close(3u32.into(), reason.as_bytes());
+    }
+}
+
+/// An in-process link that answers at once (or after `delay`), for tests of code that uses links.
+#[derive(Debug)]
+pub struct LoopbackLink {
+    /// Simulated one-way delay.
+    pub delay: Duration,
+    id: u64,
+    interval_ms: AtomicU64,
+}
+
+impl LoopbackLink {
+    /// A link answering after `delay`.
+    pub fn new(id: u64, delay: Duration) -> Self {
+        Self {
+            delay,
+            id,
+            interval_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The last interval set through this link.
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ms.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl NodeLink for LoopbackLink {
+    async fn ping(&self) -> Result<Duration, LinkError> {
+        let start = Instant::now();
+        tokio::time::sleep(self.delay * 2).await;
+        Ok(start.elapsed())
+    }
+
+    async fn set_heartbeat_interval(&self, interval_ms: u32) -> Result<(), LinkError> {
+        self.interval_ms
+            .store(u64::from(interval_ms), Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn set_heartbeat_channel(&self, _use_channel: bool) -> Result<(), LinkError> {
+        Ok(())
+    }
+
+    async fn run_task(&self, _command: RunTask) -> Result<RunAnswer, LinkError> {
+        Err(LinkError::Refused("an in-memory link runs no tasks".into()))
+    }
+
+    async fn install_tool(&self, _command: InstallTool) -> Result<RunAnswer, LinkError> {
+        Err(LinkError::Refused("an in-memory link runs no tools".into()))
+    }
+
+    async fn cancel_task(&self, _task_id: &str, _attempt: u32) -> Result<bool, LinkError> {
+        Ok(false)
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        Some(self.delay * 2)
+    }
+
+    fn remote(&self) -> String {
+        "in-memory".into()
+    }
+
+    fn connection_id(&self) -> u64 {
+        self.id
+    }
+
+    fn close(&self, _reason: &str) {}
+}
+
+/// Links by node id.
+#[derive(Debug, Default)]
+pub struct LinkTable {
+    links: RwLock<HashMap<String, Arc<dyn NodeLink>>>,
+}
+
+impl LinkTable {
+    /// Installs `link` for `node_id`, closing and returning the link it replaces.
+    pub fn insert(&self, node_id: &str, link: Arc<dyn NodeLink>) -> Option<Arc<dyn NodeLink>> {
+        let old = self.links.write().insert(node_id.into(), link);
+        if let Some(old) = &old {
+            old.close("superseded by a newer session from the same node");
+        }
+        old
+    }
+
+    /// Removes the link for `node_id` only if it is still the one on `connection_id`.
+    pub fn remove_if_current(&self, node_id: &str, connection_id: u64) -> bool {
+        let mut links = self.links.write();
+        if links
+            .get(node_id)
+            .is_some_and(|l| l.connection_id() == connection_id)
+        {
+            links.remove(node_id);
+            return true;
+        }
+        false
+    }
+
+    /// Removes and closes the link for `node_id`.
+    pub fn remove(&self, node_id: &str, reason: &str) {
+        if let Some(link) = self.links.write().remove(node_id) {
+            link.close(reason);
+        }
+    }
+
+    /// The link for `node_id`.
+    pub fn get(&self, node_id: &str) -> Option<Arc<dyn NodeLink>> {
+        self.links.read().get(node_id).cloned()
+    }
+
+    /// Every node with a session, and its link.
+    pub fn all(&self) -> Vec<(String, Arc<dyn NodeLink>)> {
+        self.links
+            .read()
+            .iter()
+            .map(|(id, link)| (id.clone(), link.clone()))
+            .collect()
+    }
+
+    /// How many nodes have a session.
+    pub fn len(&self) -> usize {
+        self.links.read().len()
+    }
+
+    /// True when no node has a session.
+    pub fn is_empty(&self) -> bool {
+        self.links.read().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_carrying_components_get_time_for_their_bytes() {
+        assert_eq!(command_timeout(0), COMMAND_TIMEOUT);
+        assert_eq!(command_timeout(200), COMMAND_TIMEOUT);
+        assert_eq!(
+            command_timeout(32 * 1024 * 1024),
+            COMMAND_TIMEOUT + Duration::from_secs(128)
+        );
+        assert_eq!(
+            command_timeout(usize::MAX),
+            COMMAND_TIMEOUT + Duration::from_millis(u64::MAX / SLOWEST_LINK_BYTES_PER_SEC)
+        );
+    }
+
+    #[tokio::test]
+    async fn table_keeps_the_newest_link() {
+        let table = LinkTable::default();
+        let first: Arc<dyn NodeLink> = Arc::new(LoopbackLink::new(1, Duration::ZERO));
+        let second: Arc<dyn NodeLink> = Arc::new(LoopbackLink::new(2, Duration::ZERO));
+        assert!(table.insert("n", first).is_none());
+        assert!(table.insert("n", second).is_some());
+        // The old connection closing must not remove the new link.
+        assert!(!table.remove_if_current("n", 1));
+        assert_eq!(table.get("n").unwrap().connection_id(), 2);
+        assert!(table.get("n").unwrap().ping().await.is_ok());
+        assert!(table.remove_if_current("n", 2));
+        assert!(table.is_empty());
+    }
+}

@@ -1,0 +1,343 @@
+//! The hub's QUIC endpoint for node sessions.
+//!
+//! Each connection must present a node certificate signed by the hub CA (rustls checks the chain).
+//! The first bi stream carries the node's hello: its JWT must verify, be a node credential for the
+//! same id the certificate names, and the certificate's key must be the one bound to that id at
+//! join; otherwise the connection is closed with the reason. The hub then opens the session's
+//! heartbeat channel ([`crate::fleet::heartbeat_channel`]) and names it in the `HelloAck`. Heartbeats
+//! (on the channel, or as datagrams where the channel does not get through) and events (uni
+//! streams) feed the fleet state, and the hub's commands go down through a [`QuicLink`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_proto::framing;
+use outpost_proto::v1::{Heartbeat, HelloAck, NodeEvent, NodeHello, node_event};
+use outpost_trust::auth::Role;
+use prost::Message;
+
+use crate::fleet::FleetState;
+use crate::fleet::links::{NodeLink, QuicLink};
+use crate::state::{HeartbeatTransport, HubState};
+
+/// Application close codes.
+pub mod close_code {
+    /// The hub is shutting down.
+    pub const SHUTDOWN: u32 = 0;
+    /// Credentials refused.
+    pub const UNAUTHORIZED: u32 = 1;
+    /// The node is not (or no longer) in the registry.
+    pub const UNKNOWN_NODE: u32 = 2;
+    /// A newer session from the same node replaced this one.
+    pub const SUPERSEDED: u32 = 3;
+    /// The node broke the protocol.
+    pub const PROTOCOL: u32 = 4;
+}
+
+/// Largest hello accepted (capabilities included).
+const MAX_HELLO: usize = 1024 * 1024;
+/// Largest event frame accepted.
+const MAX_EVENT: usize = 1024 * 1024;
+
+/// Accepts sessions until the endpoint is closed.
+pub async fn serve(endpoint: quinn::Endpoint, state: Arc<HubState>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(connection) => handle(connection, state).await,
+                Err(e) => tracing::debug!(%remote, error = %e, "session handshake failed"),
+            }
+        });
+    }
+}
+
+fn refuse(connection: &quinn::Connection, code: u32, reason: &str) {
+    tracing::warn!(remote = %connection.remote_address(), code, reason, "session refused");
+    connection.close(code.into(), reason.as_bytes());
+}
+
+/// Checks the peer certificate and hello; returns the node id on success.
+async fn authenticate(
+    connection: &quinn::Connection,
+    state: &HubState,
+) -> Result<(String, NodeHello, quinn::SendStream), (u32, String)> {
+    let certs = connection
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or((
+            close_code::UNAUTHORIZED,
+            "no client certificate".to_string(),
+        ))?;
+    let leaf = certs.first().ok_or((
+        close_code::UNAUTHORIZED,
+        "empty client certificate chain".to_string(),
+    ))?;
+    let cert_node_id = outpost_trust::tls::node_id_from_cert(leaf)
+        .map_err(|e| (close_code::UNAUTHORIZED, format!("node certificate: {e}")))?;
+    let spki = outpost_trust::tls::spki_sha256(leaf)
+        .map_err(|e| (close_code::UNAUTHORIZED, format!("node certificate: {e}")))?;
+
+    let (send, mut recv) = tokio::time::timeout(Duration::from_secs(10), connection.accept_bi())
+        .await
+        .map_err(|_| (close_code::PROTOCOL, "no hello within 10 s".to_string()))?
+        .map_err(|e| (close_code::PROTOCOL, format!("hello stream: {e}")))?;
+    let hello: NodeHello = tokio::time::timeout(
+        Duration::from_secs(10),
+        framing::read_frame(&mut recv, MAX_HELLO),
+    )
+    .await
+    .map_err(|_| {
+        (
+            close_code::PROTOCOL,
+            "hello not received within 10 s".to_string(),
+        )
+    })?
+    .map_err(|e| (close_code::PROTOCOL, format!("hello: {e}")))?;
+
+    let claims = state
+        .auth
+        .verify(&hello.jwt)
+        .map_err(|e| (close_code::UNAUTHORIZED, format!("node JWT: {e}")))?;
+    if claims.role != Role::Node {
+        return Err((
+            close_code::UNAUTHORIZED,
+            format!("JWT role {} is not a node credential", claims.role),
+        ));
+    }
+    if hello.node_id != cert_node_id || claims.sub != cert_node_id {
+        return Err((
+            close_code::UNAUTHORIZED,
+            format!(
+                "certificate is for node {cert_node_id:?} but the session claims {:?} (JWT subject {:?})",
+                hello.node_id, claims.sub
+            ),
+        ));
+    }
+    let row = state
+        .store
+        .get_node(&cert_node_id)
+        .await
+        .map_err(|e| (close_code::SHUTDOWN, format!("hub store unavailable: {e}")))?
+        .ok_or((
+            close_code::UNKNOWN_NODE,
+            format!("node {cert_node_id:?} is not in the registry (deleted?); join again"),
+        ))?;
+    if row.public_key_sha256.as_deref() != Some(spki.as_str()) {
+        return Err((
+            close_code::UNAUTHORIZED,
+            format!("node {cert_node_id:?} joined with another key"),
+        ));
+    }
+    Ok((cert_node_id, hello, send))
+}
+
+async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
+    let (node_id, hello, mut send) = match authenticate(&connection, &state).await {
+        Ok(ok) => ok,
+        Err((code, reason)) => {
+            refuse(&connection, code, &reason);
+            return;
+        }
+    };
+    let link: Arc<dyn NodeLink> = Arc::new(QuicLink::new(connection.clone()));
+    let connection_id = link.connection_id();
+    let now = state.now_ms();
+    let (interval_ms, change) = {
+        let mut fleet = state.fleet.lock();
+        let change = fleet.observe_heartbeat(&node_id, now);
+        let ttl = fleet.assign_ttl_ms(&node_id);
+        (FleetState::heartbeat_interval_ms(ttl), change)
+    };
+    state.publish(change);
+    if let Some(caps) = &hello.capabilities
+        && let Err(e) = state
+            .store
+            .set_capabilities(&node_id, &caps.encode_to_vec())
+            .await
+    {
+        tracing::warn!(node_id = %node_id, error = %e, "storing capabilities failed");
+    }
+    {
+        let mut live = state.live.lock();
+        let entry = live.entry(node_id.clone()).or_default();
+        entry.capabilities = hello.capabilities.clone();
+        entry.gpus = hello.capabilities.as_ref().and_then(|c| c.gpus.clone());
+        entry.session_addr = connection.remote_address().to_string();
+        entry.sessions += 1;
+        entry.last_seq = 0;
+    }
+    apply_fence(
+        &state,
+        &node_id,
+        hello.capabilities.as_ref().and_then(|c| c.gpus.as_ref()),
+    );
+    state.links.insert(&node_id, link.clone());
+    if let Some(caps) = &hello.capabilities {
+        crate::work::tasks::observe_capabilities(&state, &node_id, caps);
+    }
+    let channel = match state.heartbeat_channels.open(&node_id, |id| {
+        outpost_proto::heartbeat_channel::channel_key(&connection, id)
+    }) {
+        Ok(channel) => Some(channel),
+        Err(e) => {
+            tracing::warn!(node_id = %node_id, error = %e, "no heartbeat channel for this session; heartbeats come as datagrams");
+            None
+        }
+    };
+    let ack = HelloAck {
+        heartbeat_interval_ms: interval_ms,
+        hub_id: "outpost-hub".into(),
+        heartbeat_channel_id: channel.as_ref().map_or(0, |c| c.id()),
+    };
+    if framing::write_frame(&mut send, &ack).await.is_err() {
+        state.links.remove_if_current(&node_id, connection_id);
+        return;
+    }
+    let _ = send.finish();
+    tracing::info!(node_id = %node_id, remote = %connection.remote_address(), interval_ms, "node session up");
+    if state.preinstall_tools {
+        tokio::spawn(crate::work::tools::install_all_on(
+            state.clone(),
+            node_id.clone(),
+            link.clone(),
+        ));
+    }
+
+    // Events on uni streams in their own task, so the datagram path below is a single await.
+    let events = {
+        let (state, node_id, connection) = (state.clone(), node_id.clone(), connection.clone());
+        tokio::spawn(async move {
+            while let Ok(mut recv) = connection.accept_uni().await {
+                let (state, node_id) = (state.clone(), node_id.clone());
+                tokio::spawn(async move {
+                    match framing::read_frame::<NodeEvent>(&mut recv, MAX_EVENT).await {
+                        Ok(event) => on_event(&state, &node_id, event).await,
+                        Err(e) => {
+                            tracing::debug!(node_id = %node_id, error = %e, "malformed event dropped")
+                        }
+                    }
+                });
+            }
+        })
+    };
+    // Until the first channel heartbeat arrives the node sends each heartbeat both ways; then it
+    // is told to use the channel alone.
+    let confirm = channel.as_ref().map(|channel| {
+        let (first, link, node_id) = (channel.first_heartbeat(), link.clone(), node_id.clone());
+        tokio::spawn(async move {
+            first.await;
+            if let Err(e) = link.set_heartbeat_channel(true).await {
+                tracing::debug!(node_id = %node_id, error = %e, "confirming the heartbeat channel failed");
+            }
+        })
+    });
+    while let Ok(bytes) = connection.read_datagram().await {
+        match Heartbeat::decode(bytes) {
+            Ok(heartbeat) => {
+                on_heartbeat(&state, &node_id, heartbeat, HeartbeatTransport::Datagram)
+            }
+            Err(e) => {
+                tracing::debug!(node_id = %node_id, error = %e, "malformed heartbeat datagram dropped")
+            }
+        }
+    }
+    events.abort();
+    if let Some(confirm) = confirm {
+        confirm.abort();
+    }
+    drop(channel);
+    state.links.remove_if_current(&node_id, connection_id);
+    tracing::info!(node_id = %node_id, reason = %connection.close_reason().map(|r| r.to_string()).unwrap_or_default(), "node session closed");
+}
+
+/// The fence a GPU snapshot asks for: its reason when the probe failed after working.
+fn fence_reason(gpus: Option<&outpost_proto::v1::GpuSnapshot>) -> Option<String> {
+    gpus.filter(|g| g.fenced)
+        .map(|g| g.unavailable_reason.clone())
+}
+
+fn apply_fence(state: &HubState, node_id: &str, gpus: Option<&outpost_proto::v1::GpuSnapshot>) {
+    let fence = fence_reason(gpus);
+    let change = state.fleet.lock().set_fenced(node_id, fence);
+    state.publish(change);
+}
+
+/// A heartbeat from the session of `node_id`, come by `transport`.
+pub fn on_heartbeat(
+    state: &HubState,
+    node_id: &str,
+    heartbeat: Heartbeat,
+    transport: HeartbeatTransport,
+) {
+    if heartbeat.node_id != node_id {
+        tracing::warn!(session = %node_id, claimed = %heartbeat.node_id, "heartbeat for another node dropped");
+        return;
+    }
+    let now = state.now_ms();
+    {
+        let mut live = state.live.lock();
+        let entry = live.entry(node_id.to_string()).or_default();
+        // Datagrams may arrive out of order: keep the newest.
+        if heartbeat.seq != 0 && heartbeat.seq <= entry.last_seq {
+            return;
+        }
+        entry.last_seq = heartbeat.seq;
+        entry.heartbeats += 1;
+        entry.heartbeat_transport = Some(transport);
+        entry.load = heartbeat.load;
+        if heartbeat.gpus.is_some() {
+            entry.gpus.clone_from(&heartbeat.gpus);
+        }
+    }
+    crate::work::tasks::observe_heartbeat(state, node_id, &heartbeat);
+    let fence = fence_reason(heartbeat.gpus.as_ref());
+    let (came_back, fence_change) = {
+        let mut fleet = state.fleet.lock();
+        (
+            fleet.observe_heartbeat(node_id, now),
+            fleet.set_fenced(node_id, fence),
+        )
+    };
+    state.publish(came_back.into_iter().chain(fence_change));
+    let mut pending = state.pending_heartbeats.lock();
+    match pending.get_mut(node_id) {
+        Some(at) => *at = now,
+        None => {
+            pending.insert(node_id.to_string(), now);
+        }
+    }
+}
+
+async fn on_event(state: &HubState, node_id: &str, event: NodeEvent) {
+    match event.kind {
+        Some(node_event::Kind::Heartbeat(heartbeat)) => {
+            on_heartbeat(state, node_id, heartbeat, HeartbeatTransport::Stream)
+        }
+        Some(node_event::Kind::Capabilities(caps)) => {
+            if let Err(e) = state
+                .store
+                .set_capabilities(node_id, &caps.encode_to_vec())
+                .await
+            {
+                tracing::warn!(node_id = %node_id, error = %e, "storing capabilities failed");
+            }
+            apply_fence(state, node_id, caps.gpus.as_ref());
+            crate::work::tasks::observe_capabilities(state, node_id, &caps);
+            state
+                .live
+                .lock()
+                .entry(node_id.to_string())
+                .or_default()
+                .capabilities = Some(caps);
+        }
+        Some(node_event::Kind::TaskResult(result)) => {
+            crate::work::tasks::on_result(state, node_id, result).await;
+        }
+        None => tracing::debug!(node_id = %node_id, "empty event dropped"),
+    }
+}

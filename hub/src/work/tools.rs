@@ -1,0 +1,297 @@
+//! The hub's tool registry: components pushed by plugin authors, checked before they are stored.
+//!
+//! A push is refused unless the policy parses and validates, and the component compiles under the
+//! same sandbox the nodes use, implements the `outpost:agent/tool` world, and answers `describe`
+//! within its limits. The name, version and input schema it describes are kept beside the bytes;
+//! nodes fetch the bytes by digest the first time a task needs them, or ahead of it: with
+//! `[tools] preinstall` (the default) a push installs the tool on every node connected to this
+//! hub, and a node that connects is sent every tool, so the node compiles each in the background
+//! and a tool's first task there does not wait seconds for the compiler. Each install names the
+//! digest first; the bytes go only to a node that lacks them, a few transfers at a time.
+
+use std::sync::Arc;
+
+use outpost_proto::v1::{InstallTool, ToolView};
+use outpost_sandbox::{Sandbox, SandboxConfig, ToolPolicy};
+
+use crate::fleet::links::{NodeLink, RunAnswer};
+
+use crate::state::HubState;
+use crate::store::ToolRow;
+use crate::work::tasks::TaskError;
+
+/// Nodes a push installs on at the same time.
+const INSTALL_CONCURRENCY: usize = 4;
+
+/// Installs carrying a component's bytes at the same time, over all nodes (hub-wide).
+pub const TRANSFER_CONCURRENCY: usize = 4;
+
+/// Largest component accepted.
+pub const MAX_COMPONENT_BYTES: usize = 32 * 1024 * 1024;
+
+/// Checks a tool name: 1–64 of `[A-Za-z0-9._-]`, starting with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok_len = (1..=64).contains(&name.len());
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    let ok_start = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok_len && ok_chars && ok_start {
+        Ok(())
+    } else {
+        Err(format!(
+            "name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        ))
+    }
+}
+
+/// Validates and stores a tool (replacing one of the same name).
+pub async fn push(
+    state: &Arc<HubState>,
+    name: &str,
+    component: Vec<u8>,
+    policy_toml: &str,
+) -> Result<ToolRow, TaskError> {
+    validate_name(name).map_err(TaskError::Invalid)?;
+    if component.len() > MAX_COMPONENT_BYTES {
+        return Err(TaskError::Invalid(format!(
+            "component: {} bytes is more than the {MAX_COMPONENT_BYTES} allowed",
+            component.len()
+        )));
+    }
+    let policy = ToolPolicy::from_toml(policy_toml, &format!("policy of tool {name:?}"))
+        .map_err(|e| TaskError::Invalid(format!("policy: {}", e.message)))?;
+    // The describe check runs with the policy's limits but no grants (none resolve on the hub).
+    let probe_policy = ToolPolicy {
+        fs: Vec::new(),
+        env: Vec::new(),
+        allow_hosts: Vec::new(),
+        limits: policy.limits,
+    };
+    let resolved = probe_policy
+        .resolve(&[])
+        .map_err(|e| TaskError::Invalid(format!("policy: {}", e.message)))?;
+    let bytes = component.clone();
+    let description = tokio::task::spawn_blocking(move || {
+        let sandbox = Sandbox::new(SandboxConfig {
+            pooling: false,
+            max_concurrent_calls: 1,
+            ..SandboxConfig::default()
+        })?;
+        let tool = sandbox.load(&bytes, resolved)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| {
+                outpost_sandbox::SandboxError::new(
+                    outpost_sandbox::ErrorKind::Trap,
+                    format!("starting the describe check: {e}"),
+                )
+            })?;
+        runtime.block_on(tool.describe())
+    })
+    .await
+    .map_err(|e| TaskError::Invalid(format!("component: the check panicked: {e}")))?
+    .map_err(|e| TaskError::Invalid(format!("component ({}): {}", e.kind.as_str(), e.message)))?;
+    let now = state.now_ms();
+    let row = ToolRow {
+        name: name.into(),
+        digest: outpost_trust::auth::sha256_hex(&component),
+        size_bytes: i64::try_from(component.len()).unwrap_or(i64::MAX),
+        component,
+        policy_toml: policy_toml.into(),
+        version: description.version,
+        description: description.description,
+        input_schema: description.input_schema,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    state.store.put_tool(&row).await?;
+    state.tool_meta.lock().remove(name);
+    tracing::info!(tool = %row.name, digest = %row.digest, size = row.size_bytes, "tool pushed");
+    if state.preinstall_tools {
+        install_on_nodes(state, state.links.all(), &row);
+    }
+    Ok(state.store.get_tool_meta(name).await?.unwrap_or(row))
+}
+
+/// Installs a tool on `nodes` in the background, a few at a time.
+fn install_on_nodes(
+    state: &Arc<HubState>,
+    nodes: Vec<(String, Arc<dyn NodeLink>)>,
+    tool: &ToolRow,
+) {
+    if nodes.is_empty() {
+        return;
+    }
+    let announce = announcement(tool);
+    let component = Arc::new(tool.component.clone());
+    let state = state.clone();
+    tokio::spawn(async move {
+        let total = nodes.len();
+        let mut waiting = nodes.into_iter();
+        let mut sending = tokio::task::JoinSet::new();
+        let mut installed = 0usize;
+        loop {
+            while sending.len() < INSTALL_CONCURRENCY {
+                let Some((node_id, link)) = waiting.next() else {
+                    break;
+                };
+                let (state, announce, component) =
+                    (state.clone(), announce.clone(), component.clone());
+                sending.spawn(async move {
+                    install_on_node(&state, &node_id, link.as_ref(), announce, async || {
+                        Some(component.to_vec())
+                    })
+                    .await
+                });
+            }
+            match sending.join_next().await {
+                Some(Ok(true)) => installed += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        tracing::info!(tool = %announce.tool, digest = %announce.tool_digest, installed, nodes = total, "tool sent to the connected nodes");
+    });
+}
+
+/// Installs every tool of this hub on a node that just connected, one after the other (by digest;
+/// the bytes, read from the store, only for what the node lacks).
+pub async fn install_all_on(state: Arc<HubState>, node_id: String, link: Arc<dyn NodeLink>) {
+    let tools = match state.store.list_tools().await {
+        Ok(tools) => tools,
+        Err(e) => {
+            tracing::warn!(node_id = %node_id, error = %e, "listing the tools to install failed");
+            return;
+        }
+    };
+    if tools.is_empty() {
+        return;
+    }
+    let total = tools.len();
+    let mut installed = 0usize;
+    for tool in tools {
+        let announce = announcement(&tool);
+        let from_store = async || match state.store.get_tool(&tool.name).await {
+            // Pushed again meanwhile: the push installs the new one.
+            Ok(Some(full)) if full.digest == tool.digest => Some(full.component),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(tool = %tool.name, error = %e, "reading the tool to install failed");
+                None
+            }
+        };
+        if install_on_node(&state, &node_id, link.as_ref(), announce, from_store).await {
+            installed += 1;
+        }
+    }
+    tracing::info!(node_id = %node_id, installed, tools = total, "tools sent to the node");
+}
+
+/// The install of `tool` by digest alone (the bytes follow only if the node asks).
+fn announcement(tool: &ToolRow) -> InstallTool {
+    InstallTool {
+        tool: tool.name.clone(),
+        tool_digest: tool.digest.clone(),
+        component: Vec::new(),
+    }
+}
+
+/// Installs a tool on one node: by digest, then with the bytes from `component` (within the
+/// hub-wide transfer limit) if the node lacks them. True when the node took it.
+async fn install_on_node(
+    state: &HubState,
+    node_id: &str,
+    link: &dyn NodeLink,
+    announce: InstallTool,
+    component: impl AsyncFnOnce() -> Option<Vec<u8>>,
+) -> bool {
+    let mut answer = link.install_tool(announce.clone()).await;
+    if let Ok(RunAnswer::MissingComponent(_)) = answer {
+        let Ok(_transfer) = state.tool_transfers.acquire().await else {
+            return false;
+        };
+        let Some(component) = component().await else {
+            return false;
+        };
+        answer = link
+            .install_tool(InstallTool {
+                component,
+                ..announce.clone()
+            })
+            .await;
+    }
+    match answer {
+        Ok(RunAnswer::Accepted) => true,
+        Ok(RunAnswer::MissingComponent(_)) => {
+            tracing::warn!(node_id = %node_id, tool = %announce.tool, "the node still lacks the tool after it was sent");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(node_id = %node_id, tool = %announce.tool, error = %e, "installing the tool failed; the node fetches it for its first task");
+            false
+        }
+    }
+}
+
+/// One tool (without its component's bytes).
+pub async fn inspect(state: &HubState, name: &str) -> Result<ToolRow, TaskError> {
+    state
+        .store
+        .get_tool_meta(name)
+        .await?
+        .ok_or_else(|| TaskError::NotFound(format!("tool {name:?} is not on this hub")))
+}
+
+/// Every tool (without components).
+pub async fn list(state: &HubState) -> Result<Vec<ToolRow>, TaskError> {
+    Ok(state.store.list_tools().await?)
+}
+
+/// The protobuf view (no bytes).
+pub fn view(tool: &ToolRow) -> ToolView {
+    ToolView {
+        name: tool.name.clone(),
+        digest: tool.digest.clone(),
+        size_bytes: u64::try_from(tool.size_bytes).unwrap_or(0),
+        policy_toml: tool.policy_toml.clone(),
+        version: tool.version.clone(),
+        description: tool.description.clone(),
+        input_schema: tool.input_schema.clone(),
+        created_at_ms: tool.created_at_ms,
+        updated_at_ms: tool.updated_at_ms,
+    }
+}
+
+/// The JSON shape of a tool.
+pub fn view_json(tool: &ToolView) -> serde_json::Value {
+    serde_json::json!({
+        "name": tool.name,
+        "digest": tool.digest,
+        "size_bytes": tool.size_bytes,
+        "version": tool.version,
+        "description": tool.description,
+        "input_schema": tool.input_schema,
+        "policy_toml": tool.policy_toml,
+        "created_at_ms": tool.created_at_ms,
+        "updated_at_ms": tool.updated_at_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("echo").is_ok());
+        assert!(validate_name("gpu-infer_v2.1").is_ok());
+        for bad in ["", "-x", "../x", "a b", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
