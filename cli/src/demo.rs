@@ -149,7 +149,7 @@ pub async fn run(
         let value = json!({
             "hub": {"grpc": hub_url, "http": format!("http://{}", hub.addrs.http), "quic": hub.addrs.quic.to_string()},
             "nodes": fleet.iter().map(views::node_json).collect::<Vec<Value>>(),
-            "tasks": tasks.iter().map(|t| tasks::view_json(&tasks::view(t))).collect::<Vec<Value>>(),
+            "tasks": tasks.iter().map(|t| views::task_json(&views::task_view(t))).collect::<Vec<Value>>(),
         });
         writeln!(out, "{value}")?;
     }
@@ -236,8 +236,8 @@ async fn run_sample_tasks(
     }
     if !json_out {
         for task in &finished {
-            let what = match task.status.as_str() {
-                tasks::status::SUCCEEDED => format!(
+            let what = match task.status {
+                tasks::TaskStatus::Succeeded => format!(
                     "{} on {}{} -> {:?}",
                     task.status,
                     task.node_id,

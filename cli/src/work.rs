@@ -23,7 +23,8 @@ use serde_json::Value;
 use tonic::transport::Channel;
 
 use crate::{ClientContext, GlobalArgs, load_config, print_table, print_value, status_error};
-use outpost_hub::work::tasks::{self, view_json};
+use outpost_hub::api::views::task_json as view_json;
+use outpost_hub::work::tasks::TaskStatus;
 
 /// Error kinds that mean "stopped by a sandbox or policy limit" (exit code 3).
 const STOP_KINDS: [&str; 8] = [
@@ -213,7 +214,7 @@ fn print_task(task: &TaskView, json_out: bool, out: &mut dyn Write) -> anyhow::R
     if !task.reason.is_empty() {
         writeln!(out, "reason   {}", task.reason)?;
     }
-    if tasks::is_terminal(&task.status) {
+    if is_terminal(task) {
         if task.error_kind.is_empty() {
             writeln!(out, "output   {}", task.output)?;
         } else {
@@ -223,27 +224,34 @@ fn print_task(task: &TaskView, json_out: bool, out: &mut dyn Write) -> anyhow::R
     Ok(())
 }
 
+/// Whether the task (as the hub's view shows it) has ended.
+fn is_terminal(task: &TaskView) -> bool {
+    task.status
+        .parse::<TaskStatus>()
+        .is_ok_and(TaskStatus::is_terminal)
+}
+
 /// Exit status for a finished task: ok, a stop (3), or a failure (1).
 fn outcome(task: &TaskView) -> anyhow::Result<()> {
-    let (exit_code, message) = match task.status.as_str() {
-        tasks::status::SUCCEEDED => return Ok(()),
-        tasks::status::FAILED if STOP_KINDS.contains(&task.error_kind.as_str()) => (
+    let (exit_code, message) = match task.status.parse::<TaskStatus>() {
+        Ok(TaskStatus::Succeeded) => return Ok(()),
+        Ok(TaskStatus::Failed) if STOP_KINDS.contains(&task.error_kind.as_str()) => (
             3,
             format!(
                 "task {} was stopped: {}: {}",
                 task.id, task.error_kind, task.error_message
             ),
         ),
-        tasks::status::FAILED | tasks::status::CANCELLED => (
+        Ok(TaskStatus::Failed | TaskStatus::Cancelled) => (
             1,
             format!(
                 "task {} {}: {}: {}",
                 task.id, task.status, task.error_kind, task.error_message
             ),
         ),
-        other => (
+        _ => (
             1,
-            format!("task {} is still {other}: {}", task.id, task.reason),
+            format!("task {} is still {}: {}", task.id, task.status, task.reason),
         ),
     };
     Err(TaskEnded { exit_code, message }.into())
@@ -271,7 +279,7 @@ async fn wait_for(
             .await
             .map_err(status_error)?
             .into_inner();
-        if tasks::is_terminal(&task.status) || left.is_zero() {
+        if is_terminal(&task) || left.is_zero() {
             return Ok(task);
         }
     }

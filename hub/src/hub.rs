@@ -248,6 +248,7 @@ pub async fn start_with_clock(
         preinstall_tools: config.tools.preinstall,
         tool_transfers: tokio::sync::Semaphore::new(crate::work::tools::TRANSFER_CONCURRENCY),
         task_changes: watch::channel(0).0,
+        dispatch_passes: watch::channel(0).0,
         placing: tokio::sync::Mutex::new(()),
         queue_backlog: std::sync::atomic::AtomicBool::new(false),
         in_flight: Mutex::new(Default::default()),

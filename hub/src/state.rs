@@ -98,6 +98,8 @@ pub struct HubState {
     pub preinstall_tools: bool,
     /// Tool transfers to nodes running at once (installs that carry a component's bytes).
     pub tool_transfers: tokio::sync::Semaphore,
+    /// Counts finished dispatcher passes (tests wait for one instead of sleeping).
+    pub dispatch_passes: tokio::sync::watch::Sender<u64>,
     /// Bumped on every task status change (waiters watch it).
     pub task_changes: tokio::sync::watch::Sender<u64>,
     /// Held while queued tasks are being placed (a dispatcher pass, or a submit placing its own
@@ -120,9 +122,15 @@ pub struct HubState {
 }
 
 impl HubState {
-    /// Now, from the injected clock.
+    /// Wall time from the injected clock (Unix ms): for what is stored or shown.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// Monotonic time from the injected clock (ms since its origin): for TTLs, grace and
+    /// deadlines, which no wall-clock step may move.
+    pub fn monotonic_ms(&self) -> i64 {
+        i64::try_from(self.clock.monotonic_ms()).unwrap_or(i64::MAX)
     }
 
     /// Queues status changes for the persister and tells placement about them.

@@ -229,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
             let start = Instant::now();
             hub.state
                 .store
-                .update_task(&row, &row.status, row.attempts)
+                .update_task(&row, outpost_hub::store::Guard::of(&row))
                 .await?;
             writes.push(start.elapsed().as_micros() as u64);
         }
@@ -268,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             let done = tasks::wait(&hub.state, &submitted.task.id, Duration::from_secs(10)).await?;
-            if done.status != tasks::status::SUCCEEDED {
+            if done.status != tasks::TaskStatus::Succeeded {
                 bail!("task {} ended {}: {}", done.id, done.status, done.reason);
             }
             task_us.push(start.elapsed().as_micros() as u64);
@@ -409,7 +409,7 @@ async fn first_task(runs: usize) -> anyhow::Result<()> {
                 .await?;
                 let done =
                     tasks::wait(&hub.state, &submitted.task.id, Duration::from_secs(120)).await?;
-                if done.status != tasks::status::SUCCEEDED {
+                if done.status != tasks::TaskStatus::Succeeded {
                     bail!("task {} ended {}: {}", done.id, done.status, done.reason);
                 }
                 times.push(start.elapsed().as_secs_f64() * 1e3);

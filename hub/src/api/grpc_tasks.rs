@@ -11,7 +11,8 @@ use outpost_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::api::grpc::{Access, HubGrpc, authorize};
-use crate::work::tasks::{self, RequirementsSpec, SubmitSpec};
+use crate::api::views;
+use crate::work::tasks::{self, RequirementsSpec, SubmitSpec, TaskError};
 use crate::work::tools;
 
 /// Longest a `WaitTask` call holds on.
@@ -48,13 +49,13 @@ impl TaskService for HubGrpc {
             timeout_ms: r.timeout_ms,
         };
         let submitted = tasks::submit(self.state_arc(), spec).await?;
-        Ok(Response::new(tasks::view(&submitted.task)))
+        Ok(Response::new(views::task_view(&submitted.task)))
     }
 
     async fn get_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
         authorize(self.state(), &request, Access::Read, "read tasks")?;
         let task = tasks::get(self.state(), &request.get_ref().id).await?;
-        Ok(Response::new(tasks::view(&task)))
+        Ok(Response::new(views::task_view(&task)))
     }
 
     async fn list_tasks(
@@ -65,14 +66,14 @@ impl TaskService for HubGrpc {
         let r = request.get_ref();
         let rows = tasks::list(self.state(), Some(r.status.as_str()), r.limit).await?;
         Ok(Response::new(ListTasksResponse {
-            tasks: rows.iter().map(tasks::view).collect(),
+            tasks: rows.iter().map(views::task_view).collect(),
         }))
     }
 
     async fn cancel_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
         authorize(self.state(), &request, Access::Write, "cancel tasks")?;
         let task = tasks::cancel(self.state_arc(), &request.get_ref().id).await?;
-        Ok(Response::new(tasks::view(&task)))
+        Ok(Response::new(views::task_view(&task)))
     }
 
     async fn wait_task(
@@ -83,7 +84,7 @@ impl TaskService for HubGrpc {
         let r = request.get_ref();
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         let task = tasks::wait(self.state(), &r.id, wait).await?;
-        Ok(Response::new(tasks::view(&task)))
+        Ok(Response::new(views::task_view(&task)))
     }
 }
 
@@ -114,5 +115,16 @@ impl ToolService for HubGrpc {
         authorize(self.state(), &request, Access::Read, "read tools")?;
         let tool = tools::inspect(self.state(), &request.get_ref().name).await?;
         Ok(Response::new(tools::view(&tool)))
+    }
+}
+
+impl From<TaskError> for tonic::Status {
+    fn from(e: TaskError) -> Self {
+        match &e {
+            TaskError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
+            TaskError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            TaskError::Conflict(_) => tonic::Status::failed_precondition(e.to_string()),
+            TaskError::Store(_) | TaskError::Internal(_) => tonic::Status::internal(e.to_string()),
+        }
     }
 }

@@ -290,7 +290,7 @@ impl From<TaskError> for ApiError {
 }
 
 fn task_json(task: &crate::store::TaskRow) -> Value {
-    tasks::view_json(&tasks::view(task))
+    views::task_json(&views::task_view(task))
 }
 
 async fn submit_task(

@@ -1,10 +1,14 @@
 //! JSON shapes of the contract's messages, shared by the REST API and the CLI's `--json` output,
-//! so both print the same field names (AgentHub's registry names, INTERFACE.md's GPU names).
+//! so both print the same field names (AgentHub's registry names, INTERFACE.md's GPU names),
+//! and the protobuf view of a stored task ([`task_view`]).
 
 use outpost_proto::v1::{
-    Capabilities, GpuDevice, GpuSnapshot, Load, NodeHealth, NodeRecord, NodeView,
+    Capabilities, GpuDevice, GpuSnapshot, Load, NodeHealth, NodeRecord, NodeView, TaskView,
 };
 use serde_json::{Value, json};
+
+use crate::store::TaskRow;
+use crate::work::tasks::RequirementsSpec;
 
 /// RFC 3339 text for a millisecond timestamp; `null` for 0.
 pub fn time_json(ms: i64) -> Value {
@@ -145,5 +149,72 @@ pub fn health_json(health: &NodeHealth) -> Value {
         "session_reconnects": health.session_reconnects,
         "load": health.load.as_ref().map_or(Value::Null, load_json),
         "error": if health.error.is_empty() { Value::Null } else { Value::String(health.error.clone()) },
+    })
+}
+
+/// The protobuf view of a task.
+pub fn task_view(task: &TaskRow) -> TaskView {
+    let requirements: RequirementsSpec =
+        serde_json::from_str(&task.requirements).unwrap_or_default();
+    TaskView {
+        id: task.id.clone(),
+        tool: task.tool.clone(),
+        command: task.command.clone(),
+        input: task.input.clone(),
+        requirements: Some(requirements.to_proto()),
+        status: task.status.as_str().into(),
+        node: task.node_id.clone(),
+        reason: task.reason.clone(),
+        attempts: u32::try_from(task.attempts).unwrap_or(0),
+        max_attempts: u32::try_from(task.max_attempts).unwrap_or(0),
+        timeout_ms: u64::try_from(task.timeout_ms).unwrap_or(0),
+        devices: task
+            .devices
+            .split(',')
+            .filter_map(|d| d.parse().ok())
+            .collect(),
+        output: task.output.clone().unwrap_or_default(),
+        error_kind: task.error_kind.clone(),
+        error_message: task.error_message.clone(),
+        idempotency_key: task.idempotency_key.clone().unwrap_or_default(),
+        created_at_ms: task.created_at_ms,
+        updated_at_ms: task.updated_at_ms,
+        started_at_ms: task.started_at_ms.unwrap_or(0),
+        finished_at_ms: task.finished_at_ms.unwrap_or(0),
+        duration_us: u64::try_from(task.duration_us).unwrap_or(0),
+        fuel_used: u64::try_from(task.fuel_used).unwrap_or(0),
+        late_results: u32::try_from(task.late_results).unwrap_or(0),
+    }
+}
+
+/// The JSON shape of a task (REST and `--json`).
+pub fn task_json(task: &TaskView) -> serde_json::Value {
+    let requirements = RequirementsSpec::from_proto(task.requirements.as_ref());
+    serde_json::json!({
+        "id": task.id,
+        "tool": task.tool,
+        "input": task.input,
+        "requirements": requirements,
+        "status": task.status,
+        "node": task.node,
+        "reason": task.reason,
+        "attempts": task.attempts,
+        "max_attempts": task.max_attempts,
+        "timeout_ms": task.timeout_ms,
+        "devices": task.devices,
+        "output": task.output,
+        "error": if task.error_kind.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!({"kind": task.error_kind, "message": task.error_message})
+        },
+        "idempotency_key": task.idempotency_key,
+        "created_at_ms": task.created_at_ms,
+        "updated_at_ms": task.updated_at_ms,
+        "started_at_ms": task.started_at_ms,
+        "finished_at_ms": task.finished_at_ms,
+        "duration_us": task.duration_us,
+        "fuel_used": task.fuel_used,
+        "late_results": task.late_results,
     })
 }

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    AttemptRow, BindOutcome, ChallengeRow, JoinedNode, NodeRow, Store, StoreError, TaskRow,
-    TokenRow, ToolRow,
+    AttemptRow, BindOutcome, ChallengeRow, Guard, JoinedNode, NodeRow, Store, StoreError, TaskRow,
+    TaskStatus, TokenRow, ToolRow,
 };
 
 #[derive(Debug, Default)]
@@ -266,19 +266,23 @@ impl Store for MemoryStore {
         Ok(self.tables.lock().tasks.get(id).cloned())
     }
 
-    async fn list_tasks(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
+    async fn list_tasks(
+        &self,
+        statuses: &[TaskStatus],
+        limit: u32,
+    ) -> Result<Vec<TaskRow>, StoreError> {
         let mut rows = self.queue(statuses, u32::MAX).await?;
         rows.reverse();
         rows.truncate(limit as usize);
         Ok(rows)
     }
 
-    async fn queue(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
+    async fn queue(&self, statuses: &[TaskStatus], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
         let t = self.tables.lock();
         let mut rows: Vec<TaskRow> = t
             .tasks
             .values()
-            .filter(|task| statuses.is_empty() || statuses.contains(&task.status.as_str()))
+            .filter(|task| statuses.is_empty() || statuses.contains(&task.status))
             .cloned()
             .collect();
         rows.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
@@ -286,21 +290,16 @@ impl Store for MemoryStore {
         Ok(rows)
     }
 
-    async fn update_task(
-        &self,
-        task: &TaskRow,
-        expected_status: &str,
-        expected_attempts: i64,
-    ) -> Result<bool, StoreError> {
+    async fn update_task(&self, task: &TaskRow, guard: Guard) -> Result<bool, StoreError> {
         let mut t = self.tables.lock();
         let Some(row) = t.tasks.get_mut(&task.id) else {
             return Ok(false);
         };
-        if row.status != expected_status || row.attempts != expected_attempts {
+        if !guard.admits(row) {
             return Ok(false);
         }
         // The columns an update may change (as the SQL store's UPDATE).
-        row.status.clone_from(&task.status);
+        row.status = task.status;
         row.node_id.clone_from(&task.node_id);
         row.reason.clone_from(&task.reason);
         row.attempts = task.attempts;

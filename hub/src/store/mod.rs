@@ -12,6 +12,8 @@ pub use sql::SqlStore;
 
 use async_trait::async_trait;
 
+pub use crate::work::tasks::lifecycle::{AttemptStatus, Guard, TaskStatus, UnknownStatus};
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -172,8 +174,8 @@ pub struct TaskRow {
     pub requirements: String,
     /// Retried submits with the same key return this task.
     pub idempotency_key: Option<String>,
-    /// queued | placed | running | succeeded | failed | cancelled.
-    pub status: String,
+    /// Where it is in its lifecycle.
+    pub status: TaskStatus,
     /// Node of the current (or last) attempt.
     pub node_id: String,
     /// Why queued, or how it ended.
@@ -217,8 +219,8 @@ pub struct AttemptRow {
     pub attempt: i64,
     /// Where it ran.
     pub node_id: String,
-    /// placed | running | succeeded | failed | lost | cancelled.
-    pub status: String,
+    /// What the attempt came to.
+    pub status: AttemptStatus,
     /// Result text.
     pub output: Option<String>,
     /// Error kind.
@@ -293,30 +295,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// One task.
     async fn get_task(&self, id: &str) -> Result<Option<TaskRow>, StoreError>;
     /// Tasks in any of `statuses` (all when empty), newest first, at most `limit`.
-    async fn list_tasks(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError>;
-    /// Tasks in any of `statuses`, oldest first (the queue order), at most `limit`.
-    async fn queue(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError>;
-    /// Writes `task` only if the stored row still has `expected_status` and `expected_attempts`;
-    /// false when another writer got there first.
-    async fn update_task(
+    async fn list_tasks(
         &self,
-        task: &TaskRow,
-        expected_status: &str,
-        expected_attempts: i64,
-    ) -> Result<bool, StoreError>;
+        statuses: &[TaskStatus],
+        limit: u32,
+    ) -> Result<Vec<TaskRow>, StoreError>;
+    /// Tasks in any of `statuses`, oldest first (the queue order), at most `limit`.
+    async fn queue(&self, statuses: &[TaskStatus], limit: u32) -> Result<Vec<TaskRow>, StoreError>;
+    /// Writes `task` only if the stored row still has the status and attempt count of `guard`;
+    /// false when another writer got there first.
+    async fn update_task(&self, task: &TaskRow, guard: Guard) -> Result<bool, StoreError>;
     /// [`Store::update_task`] and, only when it wrote, [`Store::put_attempt`], as one
     /// transaction where the backend has them.
     async fn advance_task(
         &self,
         task: &TaskRow,
-        expected_status: &str,
-        expected_attempts: i64,
+        guard: Guard,
         attempt: &AttemptRow,
     ) -> Result<bool, StoreError> {
-        if !self
-            .update_task(task, expected_status, expected_attempts)
-            .await?
-        {
+        if !self.update_task(task, guard).await? {
             return Ok(false);
         }
         self.put_attempt(attempt).await?;
@@ -347,6 +344,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 #[cfg(test)]
 mod conformance {
     use super::*;
+
+    fn guard(status: TaskStatus, attempts: i64) -> Guard {
+        Guard { status, attempts }
+    }
 
     fn node(id: &str) -> NodeRow {
         NodeRow {
@@ -534,7 +535,7 @@ mod conformance {
             input: "hi".into(),
             requirements: r#"{"gpus":0.5}"#.into(),
             idempotency_key: key.map(Into::into),
-            status: "queued".into(),
+            status: TaskStatus::Queued,
             reason: "waiting".into(),
             max_attempts: 3,
             created_at_ms: created,
@@ -608,22 +609,35 @@ mod conformance {
         // Compare-and-set updates.
         let mut placed = store.get_task("t1").await.unwrap().unwrap();
         assert_eq!(placed, task("t1", Some("k"), 10));
-        placed.status = "placed".into();
+        placed.status = TaskStatus::Placed;
         placed.attempts = 1;
         placed.node_id = "gpu".into();
         placed.devices = "0,1".into();
         placed.started_at_ms = Some(20);
-        assert!(store.update_task(&placed, "queued", 0).await.unwrap());
         assert!(
-            !store.update_task(&placed, "queued", 0).await.unwrap(),
+            store
+                .update_task(&placed, guard(TaskStatus::Queued, 0))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .update_task(&placed, guard(TaskStatus::Queued, 0))
+                .await
+                .unwrap(),
             "stale writer loses"
         );
         let mut done = placed.clone();
-        done.status = "succeeded".into();
+        done.status = TaskStatus::Succeeded;
         done.output = Some("out ✓".into());
         done.duration_us = 42;
         done.finished_at_ms = Some(30);
-        assert!(store.update_task(&done, "placed", 1).await.unwrap());
+        assert!(
+            store
+                .update_task(&done, guard(TaskStatus::Placed, 1))
+                .await
+                .unwrap()
+        );
         store.count_late_result("t1").await.unwrap();
         let got = store.get_task("t1").await.unwrap().unwrap();
         assert_eq!(got.late_results, 1);
@@ -643,11 +657,14 @@ mod conformance {
         );
         assert_eq!(ids(store.list_tasks(&[], 2).await.unwrap()), ["t4", "t3"]);
         assert_eq!(
-            ids(store.queue(&["queued"], 10).await.unwrap()),
+            ids(store.queue(&[TaskStatus::Queued], 10).await.unwrap()),
             ["t3", "t4"]
         );
         assert_eq!(
-            ids(store.queue(&["placed", "succeeded"], 10).await.unwrap()),
+            ids(store
+                .queue(&[TaskStatus::Placed, TaskStatus::Succeeded], 10)
+                .await
+                .unwrap()),
             ["t1"]
         );
 
@@ -656,7 +673,7 @@ mod conformance {
             task_id: "t1".into(),
             attempt: 2,
             node_id: "b".into(),
-            status: "running".into(),
+            status: AttemptStatus::Running,
             started_at_ms: 21,
             ..AttemptRow::default()
         };
@@ -665,14 +682,14 @@ mod conformance {
             .put_attempt(&AttemptRow {
                 attempt: 1,
                 node_id: "a".into(),
-                status: "lost".into(),
+                status: AttemptStatus::Lost,
                 ..attempt.clone()
             })
             .await
             .unwrap();
         store
             .put_attempt(&AttemptRow {
-                status: "succeeded".into(),
+                status: AttemptStatus::Succeeded,
                 output: Some("late".into()),
                 finished_at_ms: Some(40),
                 ..attempt.clone()
@@ -681,27 +698,27 @@ mod conformance {
             .unwrap();
         let attempts = store.list_attempts("t1").await.unwrap();
         assert_eq!(attempts.len(), 2);
-        assert_eq!(attempts[0].status, "lost");
+        assert_eq!(attempts[0].status, AttemptStatus::Lost);
         assert_eq!(attempts[1].output.as_deref(), Some("late"));
         assert!(store.list_attempts("t3").await.unwrap().is_empty());
 
         // Advance: the update and its attempt together, or neither.
         let queued = store.get_task("t3").await.unwrap().unwrap();
         let mut placed = queued.clone();
-        placed.status = "placed".into();
+        placed.status = TaskStatus::Placed;
         placed.attempts = 1;
         placed.node_id = "a".into();
         let first = AttemptRow {
             task_id: "t3".into(),
             attempt: 1,
             node_id: "a".into(),
-            status: "placed".into(),
+            status: AttemptStatus::Placed,
             started_at_ms: 50,
             ..AttemptRow::default()
         };
         assert!(
             store
-                .advance_task(&placed, "queued", 0, &first)
+                .advance_task(&placed, guard(TaskStatus::Queued, 0), &first)
                 .await
                 .unwrap()
         );
@@ -711,7 +728,7 @@ mod conformance {
         };
         assert!(
             !store
-                .advance_task(&placed, "queued", 0, &stale)
+                .advance_task(&placed, guard(TaskStatus::Queued, 0), &stale)
                 .await
                 .unwrap(),
             "a stale advance loses and writes no attempt"
@@ -722,18 +739,18 @@ mod conformance {
             std::slice::from_ref(&first)
         );
         let mut finished = placed.clone();
-        finished.status = "succeeded".into();
+        finished.status = TaskStatus::Succeeded;
         finished.output = Some("ok".into());
         finished.finished_at_ms = Some(60);
         let done = AttemptRow {
-            status: "succeeded".into(),
+            status: AttemptStatus::Succeeded,
             output: Some("ok".into()),
             finished_at_ms: Some(60),
             ..first.clone()
         };
         assert!(
             store
-                .advance_task(&finished, "placed", 1, &done)
+                .advance_task(&finished, guard(TaskStatus::Placed, 1), &done)
                 .await
                 .unwrap()
         );
@@ -743,14 +760,14 @@ mod conformance {
         // A task placed as it is submitted: task and first attempt in one write; a taken
         // idempotency key stores neither and returns the holder.
         let mut at_submit = task("t5", Some("k5"), 15);
-        at_submit.status = "placed".into();
+        at_submit.status = TaskStatus::Placed;
         at_submit.attempts = 1;
         at_submit.node_id = "b".into();
         let attempt_one = AttemptRow {
             task_id: "t5".into(),
             attempt: 1,
             node_id: "b".into(),
-            status: "placed".into(),
+            status: AttemptStatus::Placed,
             started_at_ms: 15,
             ..AttemptRow::default()
         };
@@ -804,18 +821,18 @@ mod conformance {
         store.insert_task(&task("tx1", None, 1)).await.unwrap();
         let queued = store.get_task("tx1").await.unwrap().unwrap();
         let mut placed = queued.clone();
-        placed.status = "placed".into();
+        placed.status = TaskStatus::Placed;
         placed.attempts = 1;
         let orphan = AttemptRow {
             task_id: "no-such-task".into(),
             attempt: 1,
             node_id: "a".into(),
-            status: "placed".into(),
+            status: AttemptStatus::Placed,
             started_at_ms: 2,
             ..AttemptRow::default()
         };
         let err = store
-            .advance_task(&placed, "queued", 0, &orphan)
+            .advance_task(&placed, guard(TaskStatus::Queued, 0), &orphan)
             .await
             .unwrap_err();
         assert!(names_foreign_key(&err), "{err}");
@@ -840,7 +857,7 @@ mod conformance {
         };
         assert!(
             store
-                .advance_task(&placed, "queued", 0, &attempt)
+                .advance_task(&placed, guard(TaskStatus::Queued, 0), &attempt)
                 .await
                 .unwrap()
         );

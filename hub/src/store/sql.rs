@@ -6,8 +6,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::{
-    AttemptRow, BindOutcome, ChallengeRow, JoinedNode, NodeRow, Store, StoreError, TaskRow,
-    TokenRow, ToolRow,
+    AttemptRow, BindOutcome, ChallengeRow, Guard, JoinedNode, NodeRow, Store, StoreError, TaskRow,
+    TaskStatus, TokenRow, ToolRow, UnknownStatus,
 };
 
 /// Which database the URL names.
@@ -83,6 +83,18 @@ const TASK_COLUMNS: &str = "id, tool, command, input, requirements, idempotency_
     reason, attempts, max_attempts, timeout_ms, devices, output, error_kind, error_message, duration_us, \
     fuel_used, late_results, created_at_ms, updated_at_ms, started_at_ms, finished_at_ms";
 
+/// A stored status name as its enum; a name no version of Outpost writes is a decode error.
+fn status_column<S: std::str::FromStr<Err = UnknownStatus>>(
+    row: &AnyRow,
+) -> Result<S, sqlx::Error> {
+    let text: String = row.try_get("status")?;
+    text.parse()
+        .map_err(|e: UnknownStatus| sqlx::Error::ColumnDecode {
+            index: "status".into(),
+            source: Box::new(e),
+        })
+}
+
 fn task_from_row(row: &AnyRow) -> Result<TaskRow, sqlx::Error> {
     Ok(TaskRow {
         id: row.try_get("id")?,
@@ -91,7 +103,7 @@ fn task_from_row(row: &AnyRow) -> Result<TaskRow, sqlx::Error> {
         input: row.try_get("input")?,
         requirements: row.try_get("requirements")?,
         idempotency_key: row.try_get("idempotency_key")?,
-        status: row.try_get("status")?,
+        status: status_column(row)?,
         node_id: row.try_get("node_id")?,
         reason: row.try_get("reason")?,
         attempts: row.try_get("attempts")?,
@@ -116,7 +128,7 @@ fn attempt_from_row(row: &AnyRow) -> Result<AttemptRow, sqlx::Error> {
         task_id: row.try_get("task_id")?,
         attempt: row.try_get("attempt")?,
         node_id: row.try_get("node_id")?,
-        status: row.try_get("status")?,
+        status: status_column(row)?,
         output: row.try_get("output")?,
         error_kind: row.try_get("error_kind")?,
         error_message: row.try_get("error_message")?,
@@ -216,7 +228,7 @@ fn bind_task_insert<'q>(query: AnyQuery<'q>, task: &'q TaskRow) -> AnyQuery<'q> 
         .bind(&task.input)
         .bind(&task.requirements)
         .bind(&task.idempotency_key)
-        .bind(&task.status)
+        .bind(task.status.as_str())
         .bind(&task.node_id)
         .bind(&task.reason)
         .bind(task.attempts)
@@ -244,15 +256,10 @@ async fn rollback_quietly(connection: &mut sqlx::pool::PoolConnection<sqlx::Any>
 }
 
 /// Binds a task update's parameters (see [`UPDATE_TASK_SQL`]) after those already bound.
-fn bind_task_update<'q>(
-    query: AnyQuery<'q>,
-    task: &'q TaskRow,
-    expected_status: &'q str,
-    expected_attempts: i64,
-) -> AnyQuery<'q> {
+fn bind_task_update<'q>(query: AnyQuery<'q>, task: &'q TaskRow, guard: Guard) -> AnyQuery<'q> {
     query
         .bind(&task.id)
-        .bind(&task.status)
+        .bind(task.status.as_str())
         .bind(&task.node_id)
         .bind(&task.reason)
         .bind(task.attempts)
@@ -265,8 +272,8 @@ fn bind_task_update<'q>(
         .bind(task.updated_at_ms)
         .bind(task.started_at_ms)
         .bind(task.finished_at_ms)
-        .bind(expected_status)
-        .bind(expected_attempts)
+        .bind(guard.status.as_str())
+        .bind(guard.attempts)
 }
 
 /// Binds an attempt's parameters (see [`PUT_ATTEMPT_SQL`]) after those already bound.
@@ -275,7 +282,7 @@ fn bind_attempt<'q>(query: AnyQuery<'q>, attempt: &'q AttemptRow) -> AnyQuery<'q
         .bind(&attempt.task_id)
         .bind(attempt.attempt)
         .bind(&attempt.node_id)
-        .bind(&attempt.status)
+        .bind(attempt.status.as_str())
         .bind(&attempt.output)
         .bind(&attempt.error_kind)
         .bind(&attempt.error_message)
@@ -283,17 +290,8 @@ fn bind_attempt<'q>(query: AnyQuery<'q>, attempt: &'q AttemptRow) -> AnyQuery<'q
         .bind(attempt.finished_at_ms)
 }
 
-fn update_task_query<'q>(
-    task: &'q TaskRow,
-    expected_status: &'q str,
-    expected_attempts: i64,
-) -> AnyQuery<'q> {
-    bind_task_update(
-        sqlx::query(UPDATE_TASK_SQL),
-        task,
-        expected_status,
-        expected_attempts,
-    )
+fn update_task_query<'q>(task: &'q TaskRow, guard: Guard) -> AnyQuery<'q> {
+    bind_task_update(sqlx::query(UPDATE_TASK_SQL), task, guard)
 }
 
 fn put_attempt_query(attempt: &AttemptRow) -> AnyQuery<'_> {
@@ -301,7 +299,7 @@ fn put_attempt_query(attempt: &AttemptRow) -> AnyQuery<'_> {
 }
 
 /// `status IN ($2, $3, …)` for `statuses` (placeholders from `first`), or `TRUE` when empty.
-fn status_filter(statuses: &[&str], first: usize) -> String {
+fn status_filter(statuses: &[TaskStatus], first: usize) -> String {
     if statuses.is_empty() {
         return "1 = 1".into();
     }
@@ -416,7 +414,7 @@ impl SqlStore {
     /// Tasks in any of `statuses` (all when empty), in `order`, at most `limit`.
     async fn select_tasks(
         &self,
-        statuses: &[&str],
+        statuses: &[TaskStatus],
         limit: u32,
         order: &str,
     ) -> Result<Vec<TaskRow>, StoreError> {
@@ -426,7 +424,7 @@ impl SqlStore {
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for status in statuses {
-            query = query.bind(*status);
+            query = query.bind(status.as_str());
         }
         let rows = query.fetch_all(&self.pool).await?;
         Ok(rows.iter().map(task_from_row).collect::<Result<_, _>>()?)
@@ -468,18 +466,12 @@ impl SqlStore {
     async fn advance_task_sqlite(
         &self,
         task: &TaskRow,
-        expected_status: &str,
-        expected_attempts: i64,
+        guard: Guard,
         attempt: &AttemptRow,
     ) -> Result<bool, StoreError> {
         let mut connection = self.writer.acquire().await?;
         let query = bind_attempt(
-            bind_task_update(
-                sqlx::query(ADVANCE_TASK_SQLITE),
-                task,
-                expected_status,
-                expected_attempts,
-            ),
+            bind_task_update(sqlx::query(ADVANCE_TASK_SQLITE), task, guard),
             attempt,
         );
         // `fetch_all` runs every statement (a row limit would stop before the COMMIT).
@@ -890,44 +882,36 @@ impl Store for SqlStore {
         Ok(row.as_ref().map(task_from_row).transpose()?)
     }
 
-    async fn list_tasks(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
+    async fn list_tasks(
+        &self,
+        statuses: &[TaskStatus],
+        limit: u32,
+    ) -> Result<Vec<TaskRow>, StoreError> {
         self.select_tasks(statuses, limit, "created_at_ms DESC, id DESC")
             .await
     }
 
-    async fn queue(&self, statuses: &[&str], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
+    async fn queue(&self, statuses: &[TaskStatus], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
         self.select_tasks(statuses, limit, "created_at_ms, id")
             .await
     }
 
-    async fn update_task(
-        &self,
-        task: &TaskRow,
-        expected_status: &str,
-        expected_attempts: i64,
-    ) -> Result<bool, StoreError> {
-        let done = update_task_query(task, expected_status, expected_attempts)
-            .execute(&self.writer)
-            .await?;
+    async fn update_task(&self, task: &TaskRow, guard: Guard) -> Result<bool, StoreError> {
+        let done = update_task_query(task, guard).execute(&self.writer).await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn advance_task(
         &self,
         task: &TaskRow,
-        expected_status: &str,
-        expected_attempts: i64,
+        guard: Guard,
         attempt: &AttemptRow,
     ) -> Result<bool, StoreError> {
         if self.backend == Backend::Sqlite {
-            return self
-                .advance_task_sqlite(task, expected_status, expected_attempts, attempt)
-                .await;
+            return self.advance_task_sqlite(task, guard, attempt).await;
         }
         let mut tx = self.write_transaction().await?;
-        let done = update_task_query(task, expected_status, expected_attempts)
-            .execute(&mut *tx)
-            .await?;
+        let done = update_task_query(task, guard).execute(&mut *tx).await?;
         if done.rows_affected() != 1 {
             tx.rollback().await?;
             return Ok(false);

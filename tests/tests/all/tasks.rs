@@ -630,12 +630,16 @@ async fn a_late_result_from_a_lost_attempt_is_recorded_not_reported() {
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert_eq!(attempts[0].node_id, first);
     assert_eq!(
-        attempts[0].status, "succeeded",
+        attempts[0].status,
+        outpost_hub::store::AttemptStatus::Succeeded,
         "the late result is kept: {attempts:?}"
     );
     assert_eq!(attempts[0].output.as_deref(), Some("slept 2s"));
     assert_eq!(attempts[1].node_id, other);
-    assert_eq!(attempts[1].status, "succeeded");
+    assert_eq!(
+        attempts[1].status,
+        outpost_hub::store::AttemptStatus::Succeeded
+    );
     let (code, out, _) = hub.cli(&["tasks", "list", "--json"]).await;
     assert_eq!(code, 0);
     assert_eq!(parse(&out).as_array().unwrap().len(), 1, "reported once");

@@ -1,0 +1,330 @@
+//! The dispatcher: places queued tasks in submit order, hands each attempt to its node, and puts
+//! back the attempts of lost nodes.
+//!
+//! It wakes on every submit, result, node change and freed capacity (and every half second);
+//! each pass first ends the attempts of nodes that went offline or forgot their tasks
+//! ([`lifecycle::lose_attempt`]: queued again, or failed once out of attempts), then places the
+//! queue. Every pass is counted ([`crate::state::HubState::dispatch_passes`]), so a test can wait
+//! for a pass to have happened instead of sleeping.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_proto::v1::RunTask;
+use tokio::sync::watch;
+
+use super::lifecycle::{self, TaskStatus};
+use super::{RequirementsSpec, commit, tool_meta};
+use crate::fleet::links::{LinkError, RunAnswer};
+use crate::state::HubState;
+use crate::store::{StoreError, TaskRow};
+use crate::work::scheduler::{PlaceError, Placement};
+
+/// How long a placed task may go unlisted by its node's heartbeats before it counts as lost.
+const UNCONFIRMED_GRACE_MS: i64 = 60_000;
+/// Queued tasks looked at per dispatcher pass.
+const QUEUE_BATCH: u32 = 1000;
+/// How long after the node accepts an attempt it is marked `running`. Attempts that finish
+/// sooner go from `placed` to their result in one write.
+const RUNNING_MARK_DELAY: Duration = Duration::from_millis(50);
+/// The statuses of a task whose attempt is out on a node.
+const ACTIVE: [TaskStatus; 2] = [TaskStatus::Placed, TaskStatus::Running];
+
+/// Places queued tasks and handles lost nodes until `shutdown` turns true.
+pub async fn run_dispatcher(state: Arc<HubState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = state.dispatch.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = dispatch_once(&state).await {
+            tracing::warn!(error = %e, "task dispatch pass failed");
+        }
+        state
+            .dispatch_passes
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Tasks that were placed or running when the hub stopped: their attempts are lost (the
+/// sessions that carried them are gone), so they go back to the queue (or fail when out of
+/// attempts). A result that still arrives from such an attempt is recorded as late.
+pub async fn recover_after_restart(state: &HubState) -> Result<usize, StoreError> {
+    let orphans = state.store.queue(&ACTIVE, u32::MAX).await?;
+    for task in &orphans {
+        lose_attempt(
+            state,
+            task,
+            &format!("the hub restarted during attempt {}", task.attempts),
+        )
+        .await?;
+    }
+    Ok(orphans.len())
+}
+
+/// One pass: lost nodes first, then the queue in submit order.
+pub async fn dispatch_once(state: &Arc<HubState>) -> Result<(), StoreError> {
+    let lost: Vec<(String, String)> = std::mem::take(&mut *state.lost_nodes.lock());
+    if !lost.is_empty() {
+        let active = state.store.queue(&ACTIVE, u32::MAX).await?;
+        let lost: HashMap<String, String> = lost.into_iter().collect();
+        for task in active {
+            if let Some(reason) = lost.get(&task.node_id) {
+                let why = format!("node {} went offline ({reason})", task.node_id);
+                lose_attempt(state, &task, &why).await?;
+            }
+        }
+    }
+    // Tasks their node no longer runs (it restarted inside the TTL and lost them) go back too.
+    let now = state.monotonic_ms();
+    let grace = 2 * state.fleet.lock().base_ttl_ms();
+    let vanished = state
+        .scheduler
+        .lock()
+        .vanished(now, grace, UNCONFIRMED_GRACE_MS.max(grace));
+    for id in vanished {
+        match state.store.get_task(&id).await? {
+            Some(task) if task.status.is_active() => {
+                let why = format!(
+                    "node {} stopped reporting the task without a result (restarted?)",
+                    task.node_id
+                );
+                lose_attempt(state, &task, &why).await?;
+            }
+            // Finished or cancelled meanwhile: only the reservation was left.
+            _ => {
+                state.scheduler.lock().release(&id);
+            }
+        }
+    }
+    let _placing = state.placing.lock().await;
+    let queued = state
+        .store
+        .queue(&[TaskStatus::Queued], QUEUE_BATCH)
+        .await?;
+    let full = queued.len() >= QUEUE_BATCH as usize;
+    let mut waiting = false;
+    for task in queued {
+        waiting |= !place_queued(state, &task).await?;
+    }
+    state
+        .queue_backlog
+        .store(waiting || full, std::sync::atomic::Ordering::Release);
+    Ok(())
+}
+
+/// Tries to place one queued task; false when it stays queued (no node fits). Callers hold
+/// `state.placing`.
+async fn place_queued(state: &Arc<HubState>, task: &TaskRow) -> Result<bool, StoreError> {
+    let spec: RequirementsSpec = match serde_json::from_str(&task.requirements) {
+        Ok(spec) => spec,
+        Err(e) => {
+            fail(
+                state,
+                task,
+                "invalid_requirements",
+                &format!("stored requirements unreadable: {e}"),
+            )
+            .await?;
+            return Ok(true);
+        }
+    };
+    let req = match spec.to_requirements() {
+        Ok(req) => req,
+        Err(e) => {
+            fail(state, task, "invalid_requirements", &e).await?;
+            return Ok(true);
+        }
+    };
+    let placed = state
+        .scheduler
+        .lock()
+        .place(&task.id, &req, state.monotonic_ms());
+    match placed {
+        Ok(Ok(placement)) => place(state, task, placement).await?,
+        Ok(Err(no_fit)) => {
+            if let Some(transition) = lifecycle::still_queued(task, &no_fit.reason, state.now_ms())
+                && commit(state, &transition).await?
+            {
+                state.task_changed();
+            }
+            return Ok(false);
+        }
+        Err(PlaceError::AlreadyPlaced(_)) => {
+            // A leftover reservation (a race with a cancel): free it; next pass places it.
+            state.scheduler.lock().release(&task.id);
+            return Ok(false);
+        }
+        Err(PlaceError::Invalid(e)) => fail(state, task, "invalid_requirements", &e).await?,
+    }
+    Ok(true)
+}
+
+async fn place(
+    state: &Arc<HubState>,
+    task: &TaskRow,
+    placement: Placement,
+) -> Result<(), StoreError> {
+    let transition = lifecycle::place(task, &placement, state.now_ms());
+    if !commit(state, &transition).await? {
+        state.scheduler.lock().release(&task.id);
+        return Ok(());
+    }
+    hand_over(state, transition.task, placement);
+    Ok(())
+}
+
+/// A placement is stored: remember the row and send the attempt to its node.
+pub(super) fn hand_over(state: &Arc<HubState>, placed: TaskRow, placement: Placement) {
+    state
+        .in_flight
+        .lock()
+        .insert(placed.id.clone(), placed.clone());
+    tracing::info!(task_id = %placed.id, node_id = %placed.node_id, devices = %placed.devices, attempt = placed.attempts, "task placed");
+    state.task_changed();
+    let state = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = send_to_node(&state, &placed, &placement).await {
+            tracing::warn!(task_id = %placed.id, error = %e, "task could not be handed to its node");
+        }
+    });
+}
+
+/// Sends a placed attempt to its node (with the component when the node lacks it).
+async fn send_to_node(
+    state: &Arc<HubState>,
+    task: &TaskRow,
+    placement: &Placement,
+) -> Result<(), StoreError> {
+    let tool_removed = || format!("tool {:?} was removed from the hub", task.tool);
+    // The component's bytes are read only if the node turns out to lack them.
+    let Some(tool) = tool_meta(state, &task.tool).await? else {
+        return fail(state, task, "tool_missing", &tool_removed()).await;
+    };
+    let Some(link) = state.links.get(&placement.node_id) else {
+        return lose_attempt(
+            state,
+            task,
+            &format!("node {} has no session to this hub", placement.node_id),
+        )
+        .await;
+    };
+    let mut env = HashMap::new();
+    if !placement.devices.is_empty() {
+        env.insert(
+            "CUDA_VISIBLE_DEVICES".to_string(),
+            placement.cuda_visible_devices(),
+        );
+        // CUDA's own default order is fastest first; the indexes above are NVML's (PCI bus).
+        env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
+        env.insert(
+            "NVIDIA_VISIBLE_DEVICES".to_string(),
+            placement.device_uuids.join(","),
+        );
+    }
+    env.insert("OUTPOST_TASK_ID".to_string(), task.id.clone());
+    let mut command = RunTask {
+        task_id: task.id.clone(),
+        attempt: u32::try_from(task.attempts).unwrap_or(u32::MAX),
+        tool: tool.name.clone(),
+        tool_digest: tool.digest.clone(),
+        component: Vec::new(),
+        policy_toml: tool.policy_toml.clone(),
+        input: task.input.clone(),
+        env,
+        timeout_ms: u64::try_from(task.timeout_ms).unwrap_or(0),
+    };
+    let mut answer = link.run_task(command.clone()).await;
+    if let Ok(RunAnswer::MissingComponent(_)) = &answer {
+        let Some(full) = state.store.get_tool(&task.tool).await? else {
+            return fail(state, task, "tool_missing", &tool_removed()).await;
+        };
+        // Cached metadata may predate a push through another hub: the bytes read now decide.
+        command.tool_digest = full.digest;
+        command.policy_toml = full.policy_toml;
+        command.component = full.component;
+        answer = link.run_task(command).await;
+    }
+    let why = match answer {
+        Ok(RunAnswer::Accepted) => {
+            mark_running_soon(state, task);
+            return Ok(());
+        }
+        Ok(RunAnswer::MissingComponent(digest)) => format!(
+            "node {} still lacks component {digest} after it was sent",
+            task.node_id
+        ),
+        Err(LinkError::Refused(message)) => {
+            format!("node {} refused the task: {message}", task.node_id)
+        }
+        Err(e) => format!("sending the task to node {} failed: {e}", task.node_id),
+    };
+    lose_attempt(state, task, &why).await
+}
+
+/// The node accepted the attempt: it is marked running a little later, and only if no result
+/// came first, so a quick attempt goes from placed to its result in one write.
+fn mark_running_soon(state: &Arc<HubState>, placed: &TaskRow) {
+    let state = state.clone();
+    let placed = placed.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(RUNNING_MARK_DELAY).await;
+        let Some(transition) = lifecycle::mark_running(&placed, state.now_ms()) else {
+            return;
+        };
+        match commit(&state, &transition).await {
+            Ok(true) => {
+                if let Some(row) = state.in_flight.lock().get_mut(&placed.id)
+                    && row.attempts == transition.task.attempts
+                {
+                    *row = transition.task;
+                }
+                state.task_changed();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(task_id = %placed.id, error = %e, "marking the task running failed")
+            }
+        }
+    });
+}
+
+/// Ends a placed or running attempt as lost: the task is queued again, or fails when out of
+/// attempts; the attempt row is written in the same transaction.
+pub(super) async fn lose_attempt(
+    state: &HubState,
+    task: &TaskRow,
+    why: &str,
+) -> Result<(), StoreError> {
+    state.scheduler.lock().release(&task.id);
+    state.in_flight.lock().remove(&task.id);
+    let Some(transition) = lifecycle::lose_attempt(task, why, state.now_ms()) else {
+        return Ok(());
+    };
+    if commit(state, &transition).await? {
+        tracing::warn!(task_id = %task.id, node_id = %task.node_id, status = %transition.task.status, "{why}");
+        state.task_changed();
+        state.dispatch.notify_one();
+    }
+    Ok(())
+}
+
+/// Fails a task that cannot run (with the attempt that was out, if any).
+async fn fail(
+    state: &HubState,
+    task: &TaskRow,
+    kind: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    state.scheduler.lock().release(&task.id);
+    state.in_flight.lock().remove(&task.id);
+    let Some(transition) = lifecycle::fail(task, kind, message, state.now_ms()) else {
+        return Ok(());
+    };
+    if commit(state, &transition).await? {
+        state.task_changed();
+    }
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The task engine: tasks submitted through gRPC, REST or the CLI, placed by the
+//! [`crate::work::scheduler`], run on a node over its QUIC session, finished by the node's result
+//! event.
+//!
+//! - [`lifecycle`]: statuses and every transition as pure functions, with the guard each is
+//!   written under; the races (result, node loss, cancel, late result) are unit-tested there.
+//! - [`spec`]: what callers submit, and its checks.
+//! - `dispatch`: the dispatcher loop, placement, handing attempts to nodes, lost attempts.
+//! - `results`: a node's result, judged by the lifecycle and written.
+//! - `capacity`: keeping the scheduler's view of each node current.
+//!
+//! The store holds every task durably; every transition is one compare-and-set on (status,
+//! attempts) with its attempt row in the same transaction ([`commit`]), so a result, a node loss
+//! and a cancel racing for the same task never overwrite one another. This module only performs
+//! those writes and their side effects: scheduler reservations, waking waiters and the
+//! dispatcher, telling nodes.
+
+pub mod lifecycle;
+pub mod spec;
+
+mod capacity;
+mod dispatch;
+mod results;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use capacity::{node_report, observe_capabilities, observe_heartbeat};
+pub use dispatch::{dispatch_once, recover_after_restart, run_dispatcher};
+pub use lifecycle::{AttemptStatus, TaskStatus};
+pub use results::on_result;
+pub use spec::{MAX_INPUT_BYTES, RequirementsSpec, SubmitSpec, TaskError};
+
+use crate::state::HubState;
+use crate::store::{StoreError, TaskRow, ToolRow};
+use crate::work::scheduler::PlaceError;
+use lifecycle::Transition;
+
+/// How long tool metadata read from the store is reused. A push through this hub replaces it at
+/// once; a push through another hub sharing the database is seen within this time.
+const TOOL_META_TTL: Duration = Duration::from_secs(2);
+
+/// What a submit returns.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The task (the first one when the idempotency key was used before).
+    pub task: TaskRow,
+    /// False when an earlier task with the same idempotency key was returned.
+    pub created: bool,
+}
+
+fn new_task_id() -> Result<String, TaskError> {
+    let bytes = crate::credentials::join::random_bytes::<10>().map_err(|_| {
+        TaskError::Internal("the system random generator failed to make a task id".into())
+    })?;
+    Ok(format!("task-{}", hex::encode(bytes)))
+}
+
+/// Writes a transition: the task under its guard, with its attempt row in the same transaction.
+/// False when the guard no longer holds (another writer got there first).
+pub(crate) async fn commit(state: &HubState, transition: &Transition) -> Result<bool, StoreError> {
+    match &transition.attempt {
+        Some(attempt) => {
+            state
+                .store
+                .advance_task(&transition.task, transition.guard, attempt)
+                .await
+        }
+        None => {
+            state
+                .store
+                .update_task(&transition.task, transition.guard)
+                .await
+        }
+    }
+}
+
+/// Validates and stores a task, then wakes the dispatcher.
+pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted, TaskError> {
+    let requirements = spec.validate()?;
+    if tool_meta(state, &spec.tool).await?.is_none() {
+        return Err(TaskError::NotFound(format!(
+            "tool {:?} is not on this hub: push it first (`outpost tool push FILE.wasm --name {}`)",
+            spec.tool, spec.tool
+        )));
+    }
+    let now = state.now_ms();
+    let mut row = TaskRow {
+        id: new_task_id()?,
+        tool: spec.tool.clone(),
+        command: String::new(),
+        input: spec.input,
+        requirements: serde_json::to_string(&spec.requirements)
+            .map_err(|e| TaskError::Invalid(format!("requirements: {e}")))?,
+        idempotency_key: (!spec.idempotency_key.is_empty()).then_some(spec.idempotency_key),
+        status: TaskStatus::Queued,
+        reason: "waiting for the scheduler".into(),
+        max_attempts: i64::from(if spec.max_attempts == 0 {
+            state.default_max_attempts
+        } else {
+            spec.max_attempts
+        }),
+        timeout_ms: i64::try_from(spec.timeout_ms).unwrap_or(i64::MAX),
+        created_at_ms: now,
+        updated_at_ms: now,
+        ..TaskRow::default()
+    };
+    // Placed as it is submitted, in the same write, when nothing older waits and no dispatcher
+    // pass runs (the dispatcher keeps submit order); otherwise the dispatcher places it.
+    let placing = if state
+        .queue_backlog
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        None
+    } else {
+        state.placing.try_lock().ok()
+    };
+    let planned = placing.as_ref().map(|_| {
+        state
+            .scheduler
+            .lock()
+            .place(&row.id, &requirements, state.monotonic_ms())
+    });
+    let (stored, placement) = match planned {
+        Some(Ok(Ok(placement))) => {
+            let placed = lifecycle::place(&row, &placement, now);
+            let attempt = placed.attempt.unwrap_or_default();
+            match state.store.insert_placed_task(&placed.task, &attempt).await {
+                Ok(stored) if stored.id == placed.task.id => (stored, Some(placement)),
+                Ok(taken) => {
+                    state.scheduler.lock().release(&row.id);
+                    (taken, None)
+                }
+                Err(e) => {
+                    state.scheduler.lock().release(&row.id);
+                    return Err(e.into());
+                }
+            }
+        }
+        Some(Ok(Err(no_fit))) => {
+            state
+                .queue_backlog
+                .store(true, std::sync::atomic::Ordering::Release);
+            row.reason = no_fit.reason;
+            (state.store.insert_task(&row).await?, None)
+        }
+        Some(Err(PlaceError::Invalid(e))) => {
+            return Err(TaskError::Invalid(format!("requirements: {e}")));
+        }
+        Some(Err(PlaceError::AlreadyPlaced(_))) | None => {
+            (state.store.insert_task(&row).await?, None)
+        }
+    };
+    drop(placing);
+    let created = stored.id == row.id;
+    if created {
+        tracing::info!(task_id = %row.id, tool = %row.tool, "task submitted");
+        state.task_changed();
+        match placement {
+            Some(placement) => dispatch::hand_over(state, stored.clone(), placement),
+            None => state.dispatch.notify_one(),
+        }
+    }
+    Ok(Submitted {
+        task: stored,
+        created,
+    })
+}
+
+/// A tool's metadata, from the cache when read less than [`TOOL_META_TTL`] ago.
+async fn tool_meta(state: &HubState, name: &str) -> Result<Option<ToolRow>, StoreError> {
+    if let Some((tool, read_at)) = state.tool_meta.lock().get(name)
+        && read_at.elapsed() < TOOL_META_TTL
+    {
+        return Ok(Some(tool.clone()));
+    }
+    let tool = state.store.get_tool_meta(name).await?;
+    let mut cache = state.tool_meta.lock();
+    match &tool {
+        Some(tool) => {
+            if cache.len() >= 1024 {
+                cache.clear();
+            }
+            cache.insert(name.to_string(), (tool.clone(), std::time::Instant::now()));
+        }
+        None => {
+            cache.remove(name);
+        }
+    }
+    Ok(tool)
+}
+
+/// One task.
+pub async fn get(state: &HubState, id: &str) -> Result<TaskRow, TaskError> {
+    state
+        .store
+        .get_task(id)
+        .await?
+        .ok_or_else(|| TaskError::NotFound(format!("task {id:?} not found")))
+}
+
+/// Tasks, newest first, optionally of one status (named as stored: `queued`, `running`, …).
+pub async fn list(
+    state: &HubState,
+    status_filter: Option<&str>,
+    limit: u32,
+) -> Result<Vec<TaskRow>, TaskError> {
+    let statuses: Vec<TaskStatus> = match status_filter.filter(|s| !s.is_empty()) {
+        Some(s) => vec![s.parse().map_err(|_| {
+            let all: Vec<&str> = TaskStatus::ALL.iter().map(|s| s.as_str()).collect();
+            TaskError::Invalid(format!("status: {s:?} is not one of {}", all.join(", ")))
+        })?],
+        None => vec![],
+    };
+    let limit = if limit == 0 { 100 } else { limit.min(10_000) };
+    Ok(state.store.list_tasks(&statuses, limit).await?)
+}
+
+/// Cancels a task that has not finished; a running attempt is stopped on its node.
+pub async fn cancel(state: &Arc<HubState>, id: &str) -> Result<TaskRow, TaskError> {
+    for _ in 0..8 {
+        let task = get(state, id).await?;
+        let transition = lifecycle::cancel(&task, state.now_ms()).map_err(TaskError::Conflict)?;
+        if !commit(state, &transition).await? {
+            continue; // raced with the dispatcher or a result: look again
+        }
+        state.scheduler.lock().release(id);
+        state.in_flight.lock().remove(id);
+        if task.status.is_active()
+            && let Some(link) = state.links.get(&task.node_id)
+        {
+            let attempt = u32::try_from(task.attempts).unwrap_or(0);
+            let id = id.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = link.cancel_task(&id, attempt).await {
+                    tracing::debug!(task_id = %id, error = %e, "cancel not delivered");
+                }
+            });
+        }
+        state.task_changed();
+        state.dispatch.notify_one();
+        return Ok(transition.task);
+    }
+    Err(TaskError::Conflict(format!(
+        "task {id:?} kept changing; try again"
+    )))
+}
+
+/// Waits until the task is final or `max_wait` passes; returns it either way.
+pub async fn wait(state: &HubState, id: &str, max_wait: Duration) -> Result<TaskRow, TaskError> {
+    let mut changes: watch::Receiver<u64> = state.task_changes.subscribe();
+    let mut finished = state.last_finished.subscribe();
+    let deadline = tokio::time::Instant::now() + max_wait;
+    let mut periodic = false;
+    loop {
+        changes.mark_unchanged();
+        finished.mark_unchanged();
+        // An attempt this hub placed and has no result for yet is not final: no read needed,
+        // except the periodic one (another hub sharing the database may have finished it).
+        if periodic || !state.in_flight.lock().contains_key(id) {
+            let task = get(state, id).await?;
+            if task.status.is_terminal() {
+                return Ok(task);
+            }
+        }
+        periodic = false;
+        let tick = tokio::time::sleep(Duration::from_millis(500));
+        tokio::select! {
+            biased;
+            // The finished row itself, when it is this task (no read needed).
+            _ = finished.changed() => {
+                let row = finished.borrow_and_update().clone();
+                if let Some(row) = row.filter(|row| row.id == id) {
+                    return Ok((*row).clone());
+                }
+            }
+            _ = changes.changed() => {}
+            _ = tick => periodic = true,
+            _ = tokio::time::sleep_until(deadline) => return get(state, id).await,
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! What callers hand the task engine: a [`SubmitSpec`] with its [`RequirementsSpec`] (the same
+//! fields on REST, gRPC and the CLI), checked by [`SubmitSpec::validate`] before anything is
+//! stored, and the [`TaskError`] every task call returns.
+
+use std::collections::BTreeMap;
+
+use outpost_proto::v1::TaskRequirements;
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreError;
+use crate::work::scheduler::{ComputeCapability, Requirements};
+
+/// Largest task input accepted.
+pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
+/// Longest idempotency key.
+const MAX_KEY_BYTES: usize = 200;
+/// Longest per-attempt timeout a task may ask for.
+const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// Most placements a task may ask for.
+const MAX_ATTEMPTS: u32 = 100;
+
+/// Requirements as JSON (REST bodies, the store) — the same fields as the protobuf message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequirementsSpec {
+    /// GPUs: 0, a share below 1 (0.5), or whole devices.
+    pub gpus: f64,
+    /// Free memory per assigned GPU, MiB.
+    pub gpu_memory_mb: u64,
+    /// Lowest compute capability, "8.0".
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub compute_capability: String,
+    /// Labels the node must have.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Capabilities the node must have.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// Pinned node.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
+}
+
+impl RequirementsSpec {
+    /// Checks the fields and converts them for the scheduler.
+    pub fn to_requirements(&self) -> Result<Requirements, String> {
+        let gpu_milli = Requirements::gpu_milli_from_count(self.gpus)?;
+        let min_compute_capability = if self.compute_capability.trim().is_empty() {
+            None
+        } else {
+            Some(
+                ComputeCapability::parse(&self.compute_capability)
+                    .map_err(|e| format!("compute_capability: {e}"))?,
+            )
+        };
+        let req = Requirements {
+            gpu_milli,
+            gpu_memory_mb: self.gpu_memory_mb,
+            min_compute_capability,
+            labels: self.labels.clone(),
+            capabilities: self.capabilities.clone(),
+            node: (!self.node.is_empty()).then(|| self.node.clone()),
+        };
+        req.validate()?;
+        Ok(req)
+    }
+
+    /// From the protobuf message.
+    pub fn from_proto(req: Option<&TaskRequirements>) -> Self {
+        let Some(req) = req else {
+            return Self::default();
+        };
+        Self {
+            gpus: req.gpus,
+            gpu_memory_mb: req.gpu_memory_mb,
+            compute_capability: req.compute_capability.clone(),
+            labels: req.labels.clone().into_iter().collect(),
+            capabilities: req.capabilities.clone(),
+            node: req.node.clone(),
+        }
+    }
+
+    /// To the protobuf message.
+    pub fn to_proto(&self) -> TaskRequirements {
+        TaskRequirements {
+            gpus: self.gpus,
+            gpu_memory_mb: self.gpu_memory_mb,
+            compute_capability: self.compute_capability.clone(),
+            labels: self.labels.clone().into_iter().collect(),
+            capabilities: self.capabilities.clone(),
+            node: self.node.clone(),
+        }
+    }
+}
+
+/// A submit, from any surface.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmitSpec {
+    /// Tool name.
+    pub tool: String,
+    /// Native command (refused until native execution exists).
+    pub command: String,
+    /// Input text.
+    pub input: String,
+    /// Requirements.
+    pub requirements: RequirementsSpec,
+    /// Retries with the same key return the first task.
+    pub idempotency_key: String,
+    /// Placements allowed (0: the hub default).
+    pub max_attempts: u32,
+    /// Wall-time limit per attempt (0: the tool policy's).
+    pub timeout_ms: u64,
+}
+
+/// Why a task call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The request is malformed; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such task (or tool).
+    #[error("{0}")]
+    NotFound(String),
+    /// The task is in a state that does not allow this.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something inside the hub failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl SubmitSpec {
+    /// Checks everything that needs no store: one tool (native commands are not run by this hub
+    /// yet), input and key sizes, attempts, timeout and requirements. The requirements come back
+    /// in the scheduler's terms.
+    pub fn validate(&self) -> Result<Requirements, TaskError> {
+        let invalid = |m: String| TaskError::Invalid(m);
+        match (self.tool.trim().is_empty(), self.command.trim().is_empty()) {
+            (true, true) => return Err(invalid("a task needs a tool (or a command)".into())),
+            (false, false) => return Err(invalid("give a tool or a command, not both".into())),
+            (true, false) => {
+                return Err(invalid(
+                    "command: native commands are not supported by this hub yet; push the work as a \
+                     WASM tool (`outpost tool push`) and submit it with --tool"
+                        .into(),
+                ));
+            }
+            (false, true) => {}
+        }
+        if self.input.len() > MAX_INPUT_BYTES {
+            return Err(invalid(format!(
+                "input: {} bytes is more than the {MAX_INPUT_BYTES} allowed",
+                self.input.len()
+            )));
+        }
+        if self.idempotency_key.len() > MAX_KEY_BYTES {
+            return Err(invalid(format!(
+                "idempotency_key: longer than {MAX_KEY_BYTES} bytes"
+            )));
+        }
+        if self.max_attempts > MAX_ATTEMPTS {
+            return Err(invalid(format!("max_attempts: at most {MAX_ATTEMPTS}")));
+        }
+        if self.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(invalid("timeout_ms: at most 24 hours".into()));
+        }
+        self.requirements
+            .to_requirements()
+            .map_err(|e| invalid(format!("requirements: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submits_are_checked_field_by_field() {
+        let ok = SubmitSpec {
+            tool: "echo".into(),
+            ..SubmitSpec::default()
+        };
+        assert!(ok.validate().is_ok());
+        let cases: [(SubmitSpec, &str); 7] = [
+            (SubmitSpec::default(), "needs a tool"),
+            (
+                SubmitSpec {
+                    command: "ls".into(),
+                    ..ok.clone()
+                },
+                "not both",
+            ),
+            (
+                SubmitSpec {
+                    tool: String::new(),
+                    command: "ls".into(),
+                    ..ok.clone()
+                },
+                "native commands are not supported",
+            ),
+            (
+                SubmitSpec {
+                    input: "x".repeat(MAX_INPUT_BYTES + 1),
+                    ..ok.clone()
+                },
+                "input:",
+            ),
+            (
+                SubmitSpec {
+                    idempotency_key: "k".repeat(MAX_KEY_BYTES + 1),
+                    ..ok.clone()
+                },
+                "idempotency_key:",
+            ),
+            (
+                SubmitSpec {
+                    max_attempts: MAX_ATTEMPTS + 1,
+                    ..ok.clone()
+                },
+                "max_attempts: at most 100",
+            ),
+            (
+                SubmitSpec {
+                    requirements: RequirementsSpec {
+                        gpus: -1.0,
+                        ..RequirementsSpec::default()
+                    },
+                    ..ok.clone()
+                },
+                "requirements:",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let err = spec.validate().expect_err(expected).to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+        }
+    }
+}
