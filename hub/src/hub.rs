@@ -81,7 +81,6 @@ pub struct HubHandle {
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     endpoint: quinn::Endpoint,
-    store: SqlStore,
 }
 
 impl HubHandle {
@@ -102,7 +101,7 @@ impl HubHandle {
         }
         flush_heartbeats(&self.state).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        self.store.close().await;
+        self.state.store.close().await;
     }
 }
 
@@ -111,130 +110,276 @@ fn resolve_listen(text: &str, what: &'static str) -> Result<SocketAddr, HubError
         .map_err(|e| HubError::Config(format!("{what} {text:?}: {e}")))
 }
 
-/// Starts a hub from `config`.
+/// Starts a hub from `config`, on the system clock and the configured store.
 pub async fn start(config: &Config) -> Result<HubHandle, HubError> {
-    start_with_clock(config, Arc::new(SystemClock)).await
+    HubBuilder::new(config).start().await
 }
 
-/// Starts a hub with an injected clock.
-pub async fn start_with_clock(
-    config: &Config,
+/// Puts a hub together: the configuration, plus the two things tests replace — the clock (a
+/// [`outpost_clock::ManualClock`] drives TTL, grace and challenge expiry in milliseconds) and the
+/// store (any [`Store`]; by default the one `[storage] url` names, SQLite in the data dir).
+#[derive(Debug)]
+pub struct HubBuilder<'a> {
+    config: &'a Config,
     clock: Arc<dyn Clock>,
-) -> Result<HubHandle, HubError> {
-    let data_dir = config.data_dir();
-    std::fs::create_dir_all(&data_dir).map_err(|source| HubError::DataDir {
-        path: data_dir.display().to_string(),
-        source,
-    })?;
-    let pki = HubPki::load_or_init(
-        &config.cert_dir(),
-        &config.internal_grpc.security.server_names,
-    )?;
-    if !pki.created.is_empty() {
-        tracing::info!(cert_dir = %config.cert_dir().display(), created = ?pki.created, "generated hub credentials");
+    store: Option<Arc<dyn Store>>,
+}
+
+impl<'a> HubBuilder<'a> {
+    /// A hub from `config` on the system clock and its configured store.
+    pub fn new(config: &'a Config) -> Self {
+        Self {
+            config,
+            clock: Arc::new(SystemClock),
+            store: None,
+        }
     }
-    let secret = config
-        .internal_grpc
-        .auth
-        .shared_secret
-        .clone()
-        .unwrap_or_else(|| pki.auth_secret_file.clone());
-    let auth = TokenAuthority::new(
-        secret.as_bytes(),
-        &config.internal_grpc.auth.issuer,
-        &config.internal_grpc.auth.audience,
-        config.internal_grpc.auth.leeway_seconds,
-    );
-    let url = config
-        .storage
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("outpost.db").display()));
-    let store = SqlStore::connect(&url).await?;
 
-    // Listeners
-    let grpc_addr = resolve_listen(&config.internal_grpc.listen, "internal_grpc.listen")?;
-    let grpc_listener = tokio::net::TcpListener::bind(grpc_addr)
-        .await
-        .map_err(|source| HubError::Bind {
-            what: "internal gRPC",
-            addr: grpc_addr.to_string(),
+    /// Uses `clock` for wall and monotonic time.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Uses `store` instead of opening `[storage] url`.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Opens credentials and the store, binds the listeners, recovers what the store says, and
+    /// starts serving.
+    pub async fn start(self) -> Result<HubHandle, HubError> {
+        let config = self.config;
+        let data_dir = config.data_dir();
+        std::fs::create_dir_all(&data_dir).map_err(|source| HubError::DataDir {
+            path: data_dir.display().to_string(),
             source,
         })?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|source| HubError::Bind {
-            what: "internal gRPC",
-            addr: grpc_addr.to_string(),
+        let credentials = Credentials::load(config)?;
+        let store = match self.store {
+            Some(store) => store,
+            None => {
+                let url = config.storage.url.clone().unwrap_or_else(|| {
+                    format!("sqlite://{}", data_dir.join("outpost.db").display())
+                });
+                Arc::new(SqlStore::connect(&url).await?)
+            }
+        };
+        let listeners = Listeners::bind(config, &credentials).await?;
+        let (state, status_rx) =
+            build_state(config, credentials.shared, store, self.clock, &listeners).await?;
+        recover(&state).await?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(
+            serve_grpc(
+                &state,
+                &credentials.serving,
+                listeners.grpc,
+                shutdown_rx.clone(),
+            )
+            .await?,
+        );
+        tasks.push(serve_rest(&state, listeners.http, shutdown_rx.clone()));
+        tasks.push(tokio::spawn(crate::fleet::sessions::serve(
+            listeners.endpoint.clone(),
+            state.clone(),
+        )));
+        tasks.push(tokio::spawn(persist_status(
+            state.clone(),
+            status_rx,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::work::tasks::run_dispatcher(
+            state.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(liveness_ticker(
+            state.clone(),
+            config.fleet.min_heartbeat_ttl,
+            shutdown_rx,
+        )));
+
+        let addrs = listeners.addrs;
+        tracing::info!(grpc = %addrs.grpc, http = %addrs.http, quic = %addrs.quic, "hub listening");
+        Ok(HubHandle {
+            addrs,
+            ca_pem: credentials.serving.ca_pem,
+            state,
+            shutdown,
+            tasks,
+            endpoint: listeners.endpoint,
+        })
+    }
+}
+
+/// The hub's credentials: its CA and certificates (generated in `cert_dir` on first start) and
+/// the JWT secret, split into what the listeners serve and what the running state keeps.
+struct Credentials {
+    serving: ServingTls,
+    secret: String,
+    shared: SharedCredentials,
+}
+
+/// The TLS material the listeners present.
+struct ServingTls {
+    hub_cert_pem: String,
+    hub_key_pem: String,
+    ca_pem: String,
+}
+
+/// What of the credentials the running state keeps.
+struct SharedCredentials {
+    auth: TokenAuthority,
+    ca: crate::credentials::pki::CertAuthority,
+    static_token_key: Option<[u8; 32]>,
+}
+
+impl Credentials {
+    fn load(config: &Config) -> Result<Self, HubError> {
+        let pki = HubPki::load_or_init(
+            &config.cert_dir(),
+            &config.internal_grpc.security.server_names,
+        )?;
+        if !pki.created.is_empty() {
+            tracing::info!(cert_dir = %config.cert_dir().display(), created = ?pki.created, "generated hub credentials");
+        }
+        let auth = &config.internal_grpc.auth;
+        let secret = auth
+            .shared_secret
+            .clone()
+            .unwrap_or_else(|| pki.auth_secret_file.clone());
+        Ok(Self {
+            serving: ServingTls {
+                ca_pem: pki.ca.ca_pem().to_string(),
+                hub_cert_pem: pki.hub_cert_pem,
+                hub_key_pem: pki.hub_key_pem,
+            },
+            shared: SharedCredentials {
+                auth: TokenAuthority::new(
+                    secret.as_bytes(),
+                    &auth.issuer,
+                    &auth.audience,
+                    auth.leeway_seconds,
+                ),
+                ca: pki.ca,
+                static_token_key: config
+                    .internal_grpc
+                    .bootstrap
+                    .token
+                    .as_deref()
+                    .map(|t| derive_proof_key(t.trim())),
+            },
+            secret,
+        })
+    }
+}
+
+/// The hub's bound listeners: internal gRPC (TCP), REST (TCP) and the QUIC session endpoint
+/// (UDP, with the heartbeat channel on the same socket).
+struct Listeners {
+    grpc: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    endpoint: quinn::Endpoint,
+    heartbeat_channels: Arc<crate::fleet::heartbeat_channel::ChannelTable>,
+    addrs: HubAddrs,
+}
+
+impl Listeners {
+    async fn bind(config: &Config, credentials: &Credentials) -> Result<Self, HubError> {
+        let (grpc, grpc_addr) = bind_tcp(
+            &config.internal_grpc.listen,
+            "internal_grpc.listen",
+            "internal gRPC",
+        )
+        .await?;
+        let quic_addr = match &config.server.quic_listen {
+            Some(text) => resolve_listen(text, "server.quic_listen")?,
+            // Same host and port number as gRPC (UDP beside TCP); a fresh port when gRPC asked
+            // for 0.
+            None if config.internal_grpc.listen.ends_with(":0") => {
+                SocketAddr::new(grpc_addr.ip(), 0)
+            }
+            None => grpc_addr,
+        };
+        let (http, http_addr) = bind_tcp(&config.server.listen, "server.listen", "HTTP").await?;
+        let tls = &credentials.serving;
+        let hub_certs = outpost_trust::tls::certs_from_pem(&tls.hub_cert_pem, "hub certificate")?;
+        let hub_key = outpost_trust::tls::key_from_pem(&tls.hub_key_pem, "hub key")?;
+        let quic_config = outpost_trust::tls::quic_server_config(hub_certs, hub_key, &tls.ca_pem)?;
+        let heartbeat_channels = Arc::new(crate::fleet::heartbeat_channel::ChannelTable::default());
+        let quic_bind_error = |source| HubError::Bind {
+            what: "QUIC",
+            addr: quic_addr.to_string(),
             source,
-        })?;
-    let quic_addr = match &config.server.quic_listen {
-        Some(text) => resolve_listen(text, "server.quic_listen")?,
-        // Same host and port number as gRPC (UDP beside TCP); a fresh port when gRPC asked for 0.
-        None if config.internal_grpc.listen.ends_with(":0") => SocketAddr::new(grpc_addr.ip(), 0),
-        None => grpc_addr,
+        };
+        let endpoint = crate::fleet::heartbeat_channel::server_endpoint(
+            quic_config,
+            quic_addr,
+            credentials.secret.as_bytes(),
+            heartbeat_channels.clone(),
+        )
+        .map_err(quic_bind_error)?;
+        let quic_addr = endpoint.local_addr().map_err(quic_bind_error)?;
+        Ok(Self {
+            grpc,
+            http,
+            endpoint,
+            heartbeat_channels,
+            addrs: HubAddrs {
+                grpc: grpc_addr,
+                http: http_addr,
+                quic: quic_addr,
+            },
+        })
+    }
+}
+
+/// Binds a TCP listener for `text` (the config key `key`), returning it with its bound address.
+async fn bind_tcp(
+    text: &str,
+    key: &'static str,
+    what: &'static str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), HubError> {
+    let addr = resolve_listen(text, key)?;
+    let bind_error = |source| HubError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
     };
-    let http_addr = resolve_listen(&config.server.listen, "server.listen")?;
-    let http_listener = tokio::net::TcpListener::bind(http_addr)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| HubError::Bind {
-            what: "HTTP",
-            addr: http_addr.to_string(),
-            source,
-        })?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|source| HubError::Bind {
-            what: "HTTP",
-            addr: http_addr.to_string(),
-            source,
-        })?;
+        .map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
+}
 
-    let hub_certs = outpost_trust::tls::certs_from_pem(&pki.hub_cert_pem, "hub certificate")?;
-    let hub_key = outpost_trust::tls::key_from_pem(&pki.hub_key_pem, "hub key")?;
-    let quic_config = outpost_trust::tls::quic_server_config(hub_certs, hub_key, pki.ca.ca_pem())?;
-    let heartbeat_channels = Arc::new(crate::fleet::heartbeat_channel::ChannelTable::default());
-    let endpoint = crate::fleet::heartbeat_channel::server_endpoint(
-        quic_config,
-        quic_addr,
-        secret.as_bytes(),
-        heartbeat_channels.clone(),
-    )
-    .map_err(|source| HubError::Bind {
-        what: "QUIC",
-        addr: quic_addr.to_string(),
-        source,
-    })?;
-    let quic_addr = endpoint.local_addr().map_err(|source| HubError::Bind {
-        what: "QUIC",
-        addr: quic_addr.to_string(),
-        source,
-    })?;
-
-    // State
+/// The state the subsystems share, with the fleet loaded from the store.
+async fn build_state(
+    config: &Config,
+    credentials: SharedCredentials,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    listeners: &Listeners,
+) -> Result<(Arc<HubState>, mpsc::UnboundedReceiver<StatusChange>), HubError> {
     let (status_tx, status_rx) = mpsc::unbounded_channel();
-    let seed = clock.now_ms().unsigned_abs() ^ u64::from(quic_addr.port());
+    let seed = clock.now_ms().unsigned_abs() ^ u64::from(listeners.addrs.quic.port());
     let mut fleet = FleetState::new(FleetPolicy::from_config(&config.fleet), seed);
-    let known_nodes = store.list_nodes().await?;
-    for node in &known_nodes {
+    for node in store.list_nodes().await? {
         fleet.add_known(&node.id, node.draining);
     }
-    let ca_pem = pki.ca.ca_pem().to_string();
     let state = Arc::new(HubState {
-        store: Arc::new(store.clone()),
+        store,
         fleet: Mutex::new(fleet),
         live: Mutex::new(Default::default()),
         links: LinkTable::default(),
-        auth,
-        ca: pki.ca,
+        auth: credentials.auth,
+        ca: credentials.ca,
         clock,
-        static_token_key: config
-            .internal_grpc
-            .bootstrap
-            .token
-            .as_deref()
-            .map(|t| derive_proof_key(t.trim())),
-        quic_port: quic_addr.port(),
+        static_token_key: credentials.static_token_key,
+        quic_port: listeners.addrs.quic.port(),
         status_changes: status_tx,
         pending_heartbeats: Mutex::new(Default::default()),
         mtls: config.internal_grpc.security.mode == TlsMode::Mtls,
@@ -249,33 +394,38 @@ pub async fn start_with_clock(
         tool_transfers: tokio::sync::Semaphore::new(crate::work::tools::TRANSFER_CONCURRENCY),
         task_changes: watch::channel(0).0,
         dispatch_passes: watch::channel(0).0,
+        liveness_passes: watch::channel(0).0,
         placing: tokio::sync::Mutex::new(()),
         queue_backlog: std::sync::atomic::AtomicBool::new(false),
         in_flight: Mutex::new(Default::default()),
         last_finished: watch::channel(None).0,
         tool_meta: Mutex::new(Default::default()),
-        heartbeat_channels,
+        heartbeat_channels: listeners.heartbeat_channels.clone(),
         channel_fallbacks: Mutex::new(Default::default()),
     });
-    {
-        // Channel heartbeats are handled on the endpoint's receive path; the sink holds the state
-        // weakly so the endpoint does not keep it alive.
-        let weak = Arc::downgrade(&state);
-        state
-            .heartbeat_channels
-            .set_sink(Box::new(move |node_id, heartbeat| {
-                if let Some(state) = weak.upgrade() {
-                    crate::fleet::sessions::on_heartbeat(
-                        &state,
-                        node_id,
-                        heartbeat,
-                        crate::state::HeartbeatTransport::Channel,
-                    );
-                }
-            }));
-    }
-    // Everything the store said before this start is stale until nodes reconnect.
-    for node in known_nodes {
+    // Channel heartbeats are handled on the endpoint's receive path; the sink holds the state
+    // weakly so the endpoint does not keep it alive.
+    let weak = Arc::downgrade(&state);
+    state
+        .heartbeat_channels
+        .set_sink(Box::new(move |node_id, heartbeat| {
+            if let Some(state) = weak.upgrade() {
+                crate::fleet::sessions::on_heartbeat(
+                    &state,
+                    node_id,
+                    heartbeat,
+                    crate::state::HeartbeatTransport::Channel,
+                );
+            }
+        }));
+    Ok((state, status_rx))
+}
+
+/// Everything the store said before this start is stale: nodes are offline until their session
+/// comes back, and the attempts that were out are lost (queued again, or failed when out of
+/// attempts).
+async fn recover(state: &HubState) -> Result<(), HubError> {
+    for node in state.store.list_nodes().await? {
         if node.status != "offline" {
             state
                 .store
@@ -287,19 +437,23 @@ pub async fn start_with_clock(
                 .await?;
         }
     }
-
-    let orphans = crate::work::tasks::recover_after_restart(&state).await?;
+    let orphans = crate::work::tasks::recover_after_restart(state).await?;
     if orphans > 0 {
         tracing::warn!(
             orphans,
             "tasks that ran when the hub stopped were queued again"
         );
     }
+    Ok(())
+}
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-
-    // gRPC
+/// Serves internal gRPC (join, tokens, registry, tasks, tools, health, reflection) over TLS.
+async fn serve_grpc(
+    state: &Arc<HubState>,
+    serving: &ServingTls,
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, HubError> {
     let grpc = HubGrpc::new(state.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -320,8 +474,11 @@ pub async fn start_with_clock(
         .build_v1()
         .map_err(|e| HubError::Grpc(e.to_string()))?;
     let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&pki.hub_cert_pem, &pki.hub_key_pem))
-        .client_ca_root(Certificate::from_pem(&ca_pem))
+        .identity(Identity::from_pem(
+            &serving.hub_cert_pem,
+            &serving.hub_key_pem,
+        ))
+        .client_ca_root(Certificate::from_pem(&serving.ca_pem))
         .client_auth_optional(true);
     let router = Server::builder()
         .tls_config(tls)
@@ -333,67 +490,34 @@ pub async fn start_with_clock(
         .add_service(grpc.registry_service())
         .add_service(grpc.task_service())
         .add_service(grpc.tool_service());
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Ok(tokio::spawn(async move {
         let signal = async move {
-            let _ = rx.wait_for(|s| *s).await;
+            let _ = shutdown.wait_for(|s| *s).await;
         };
         if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
             tracing::error!(error = %e, "gRPC server stopped");
         }
-    }));
+    }))
+}
 
-    // REST
+/// Serves the REST API.
+fn serve_rest(
+    state: &Arc<HubState>,
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let app = crate::api::rest::router(state.clone());
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
+    tokio::spawn(async move {
         let signal = async move {
-            let _ = rx.wait_for(|s| *s).await;
+            let _ = shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(http_listener, app)
+        if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(signal)
             .await
         {
             tracing::error!(error = %e, "HTTP server stopped");
         }
-    }));
-
-    // QUIC sessions
-    tasks.push(tokio::spawn(crate::fleet::sessions::serve(
-        endpoint.clone(),
-        state.clone(),
-    )));
-
-    // Background
-    tasks.push(tokio::spawn(persist_status(
-        state.clone(),
-        status_rx,
-        shutdown_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(crate::work::tasks::run_dispatcher(
-        state.clone(),
-        shutdown_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(liveness_ticker(
-        state.clone(),
-        config.fleet.min_heartbeat_ttl,
-        shutdown_rx.clone(),
-    )));
-
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, quic = %quic_addr, "hub listening");
-    Ok(HubHandle {
-        addrs: HubAddrs {
-            grpc: grpc_addr,
-            http: http_addr,
-            quic: quic_addr,
-        },
-        state,
-        ca_pem,
-        shutdown,
-        tasks,
-        endpoint,
-        store,
     })
 }
 
@@ -444,13 +568,15 @@ async fn liveness_ticker(
             _ = interval.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let now = state.now_ms();
-        let changes = state.fleet.lock().expire(now);
+        let changes = state.fleet.lock().expire(state.monotonic_ms());
         state.publish(changes);
+        state
+            .liveness_passes
+            .send_modify(|n| *n = n.wrapping_add(1));
         if last_flush.elapsed() >= Duration::from_secs(5) {
             last_flush = tokio::time::Instant::now();
             flush_heartbeats(&state).await;
-            if let Err(e) = state.store.purge_challenges(now).await {
+            if let Err(e) = state.store.purge_challenges(state.now_ms()).await {
                 tracing::warn!(error = %e, "purging join challenges failed");
             }
         }

@@ -34,6 +34,8 @@ pub struct LiveNode {
     pub last_seq: u64,
     /// How the latest heartbeat came.
     pub heartbeat_transport: Option<HeartbeatTransport>,
+    /// Wall time (Unix ms) of the latest heartbeat or session hello, as shown and stored.
+    pub last_heartbeat_ms: Option<i64>,
 }
 
 /// The ways a heartbeat reaches the hub.
@@ -98,6 +100,9 @@ pub struct HubState {
     pub preinstall_tools: bool,
     /// Tool transfers to nodes running at once (installs that carry a component's bytes).
     pub tool_transfers: tokio::sync::Semaphore,
+    /// Counts finished liveness passes (expiry of silent nodes; tests wait for one instead of
+    /// sleeping).
+    pub liveness_passes: tokio::sync::watch::Sender<u64>,
     /// Counts finished dispatcher passes (tests wait for one instead of sleeping).
     pub dispatch_passes: tokio::sync::watch::Sender<u64>,
     /// Bumped on every task status change (waiters watch it).
@@ -172,7 +177,7 @@ impl HubState {
         ) else {
             return;
         };
-        if !self.channel_fallbacks.lock().allow(self.now_ms()) {
+        if !self.channel_fallbacks.lock().allow(self.monotonic_ms()) {
             tracing::debug!(node_id = %node_id, "many sessions went silent at once; this one stays on the heartbeat channel");
             return;
         }

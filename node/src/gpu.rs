@@ -73,7 +73,7 @@ pub struct SimulatedProbe {
     state: Mutex<SimulatedState>,
     script: Vec<GpuScriptStep>,
     clock: Arc<dyn Clock>,
-    started_ms: i64,
+    started_ms: u64,
 }
 
 #[derive(Debug)]
@@ -132,7 +132,7 @@ impl SimulatedProbe {
                 });
             }
         }
-        let started_ms = clock.now_ms();
+        let started_ms = clock.monotonic_ms();
         Self {
             state: Mutex::new(SimulatedState {
                 devices,
@@ -152,9 +152,9 @@ impl SimulatedProbe {
 
     /// Applies the script steps whose time has come.
     fn advance(&self, state: &mut SimulatedState) {
-        let elapsed_ms = self.clock.now_ms().saturating_sub(self.started_ms);
+        let elapsed_ms = self.clock.monotonic_ms().saturating_sub(self.started_ms);
         while let Some(step) = self.script.get(state.next_step) {
-            if i64::try_from(step.at.as_millis()).unwrap_or(i64::MAX) > elapsed_ms {
+            if u64::try_from(step.at.as_millis()).unwrap_or(u64::MAX) > elapsed_ms {
                 break;
             }
             state.next_step += 1;

@@ -72,6 +72,12 @@ impl NodeHandle {
         self.runner.as_ref().is_some_and(|r| r.is_loaded(digest))
     }
 
+    /// Background tool installs that have ended on this node so far (compiled or failed); `None`
+    /// when the node runs no tasks.
+    pub fn installs_ended(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.runner.as_ref().map(|r| r.installs_ended())
+    }
+
     /// Waits until the node has a session to the hub, or `timeout` passes.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;

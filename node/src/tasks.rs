@@ -61,6 +61,8 @@ pub struct TaskRunner {
     loaded: Mutex<HashMap<String, LoadSlot>>,
     /// Background installs compile one at a time, beside whatever runs.
     installs: Semaphore,
+    /// Counts background installs that have ended, compiled or not.
+    installs_ended: tokio::sync::watch::Sender<u64>,
     running: Mutex<HashMap<String, Running>>,
     outbox: Mutex<VecDeque<TaskResult>>,
     results_ready: Notify,
@@ -105,6 +107,7 @@ impl TaskRunner {
             safe_paths,
             loaded: Mutex::new(HashMap::new()),
             installs: Semaphore::new(1),
+            installs_ended: tokio::sync::watch::channel(0).0,
             running: Mutex::new(HashMap::new()),
             outbox: Mutex::new(VecDeque::new()),
             results_ready: Notify::new(),
@@ -194,8 +197,17 @@ impl TaskRunner {
                     "installing the tool failed; its tasks will report why"
                 ),
             }
+            runner
+                .installs_ended
+                .send_modify(|n| *n = n.wrapping_add(1));
         });
         node_reply::Kind::Ok(true)
+    }
+
+    /// Background installs that have ended so far, compiled or not (watch it to know an install
+    /// is over).
+    pub fn installs_ended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installs_ended.subscribe()
     }
 
     /// Whether the component with `digest` is compiled and linked in memory.

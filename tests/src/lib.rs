@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_config::{Config, GpuProbeKind, SimulatedGpu, TlsMode};
@@ -38,6 +39,11 @@ pub struct TestHub {
 impl TestHub {
     /// Starts a hub with TLS (or mTLS), 500 ms heartbeat TTL and 500 ms grace.
     pub async fn start(mode: TlsMode) -> Self {
+        Self::start_on_clock(mode, Arc::new(outpost_clock::SystemClock)).await
+    }
+
+    /// [`TestHub::start`] with the hub's clock injected (a `ManualClock` lets a test move time).
+    pub async fn start_on_clock(mode: TlsMode, clock: Arc<dyn outpost_clock::Clock>) -> Self {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::loopback_hub(&dir.path().join("hub"), STATIC_TOKEN);
@@ -47,7 +53,11 @@ impl TestHub {
         if let Some(url) = postgres_schema_url().await {
             config.storage.url = Some(url);
         }
-        let handle = outpost_hub::start(&config).await.expect("hub starts");
+        let handle = outpost_hub::hub::HubBuilder::new(&config)
+            .clock(clock)
+            .start()
+            .await
+            .expect("hub starts");
         // Pin the ports so a restart comes back where the nodes look for it.
         config.server.listen = handle.addrs.http.to_string();
         config.internal_grpc.listen = handle.addrs.grpc.to_string();
@@ -57,6 +67,32 @@ impl TestHub {
             config,
             dir,
         }
+    }
+
+    /// Waits until `passes` more passes of `counter` have finished after this call: the way to
+    /// show that something did *not* happen (a pass ran and left it alone) without sleeping.
+    async fn wait_passes(counter: &tokio::sync::watch::Sender<u64>, passes: u64, what: &str) {
+        let mut rx = counter.subscribe();
+        let start = *rx.borrow_and_update();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(15),
+            rx.wait_for(|n| n.wrapping_sub(start) >= passes),
+        )
+        .await;
+        assert!(
+            matches!(waited, Ok(Ok(_))),
+            "{passes} {what} passes did not finish within 15 s"
+        );
+    }
+
+    /// Waits for `passes` liveness passes (expiry of silent nodes) to finish.
+    pub async fn liveness_passes(&self, passes: u64) {
+        Self::wait_passes(&self.hub().state.liveness_passes, passes, "liveness").await;
+    }
+
+    /// Waits for `passes` task dispatcher passes to finish.
+    pub async fn dispatch_passes(&self, passes: u64) {
+        Self::wait_passes(&self.hub().state.dispatch_passes, passes, "dispatcher").await;
     }
 
     /// The running hub.

@@ -1,5 +1,7 @@
-//! Fleet liveness as a pure state machine: no I/O, no clock of its own (every call takes `now_ms`),
-//! a seeded generator for jitter. The hub's QUIC server feeds it heartbeats and a ticker calls
+//! Fleet liveness as a pure state machine: no I/O, no clock of its own, a seeded generator for
+//! jitter. Every `now_ms` it takes is **monotonic** time ([`outpost_clock::Clock::monotonic_ms`]):
+//! a wall-clock step (NTP, an operator fixing the date) neither marks the fleet offline nor keeps
+//! a dead node online. The hub's QUIC server feeds it heartbeats and a ticker calls
 //! [`FleetState::expire`]; both persist the [`StatusChange`]s it returns.
 //!
 //! Heartbeat TTLs follow Nomad: the base TTL grows with the fleet so the whole fleet sends at most
@@ -268,7 +270,8 @@ impl FleetState {
         self.nodes.get(node_id).map(|e| (e.status(), e.reason()))
     }
 
-    /// Last heartbeat seen, if any.
+    /// Monotonic time of the last heartbeat seen, if any (not a time to show: the wall time of
+    /// a node's last heartbeat is kept beside the session, [`crate::state::LiveNode`]).
     pub fn last_seen_ms(&self, node_id: &str) -> Option<i64> {
         self.nodes.get(node_id).and_then(|e| e.last_seen_ms)
     }

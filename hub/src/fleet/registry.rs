@@ -327,18 +327,12 @@ pub async fn health(state: &HubState, id: &str) -> Result<NodeHealth, RegistryEr
 }
 
 fn view(state: &HubState, row: NodeRow) -> NodeView {
-    let (status, reason, last_seen) = {
-        let fleet = state.fleet.lock();
-        match fleet.status_with_reason(&row.id) {
-            Some((status, reason)) => (
-                status.as_str().to_string(),
-                reason,
-                fleet.last_seen_ms(&row.id),
-            ),
-            None => (row.status.clone(), row.status_reason.clone(), None),
-        }
+    let (status, reason) = match state.fleet.lock().status_with_reason(&row.id) {
+        Some((status, reason)) => (status.as_str().to_string(), reason),
+        None => (row.status.clone(), row.status_reason.clone()),
     };
     let live = state.live.lock().get(&row.id).cloned();
+    let last_seen = live.as_ref().and_then(|l| l.last_heartbeat_ms);
     let stored_caps = row
         .capabilities
         .as_deref()

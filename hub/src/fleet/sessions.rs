@@ -146,10 +146,9 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
     };
     let link: Arc<dyn NodeLink> = Arc::new(QuicLink::new(connection.clone()));
     let connection_id = link.connection_id();
-    let now = state.now_ms();
     let (interval_ms, change) = {
         let mut fleet = state.fleet.lock();
-        let change = fleet.observe_heartbeat(&node_id, now);
+        let change = fleet.observe_heartbeat(&node_id, state.monotonic_ms());
         let ttl = fleet.assign_ttl_ms(&node_id);
         (FleetState::heartbeat_interval_ms(ttl), change)
     };
@@ -170,6 +169,7 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
         entry.session_addr = connection.remote_address().to_string();
         entry.sessions += 1;
         entry.last_seq = 0;
+        entry.last_heartbeat_ms = Some(state.now_ms());
     }
     apply_fence(
         &state,
@@ -289,6 +289,7 @@ pub fn on_heartbeat(
         entry.last_seq = heartbeat.seq;
         entry.heartbeats += 1;
         entry.heartbeat_transport = Some(transport);
+        entry.last_heartbeat_ms = Some(now);
         entry.load = heartbeat.load;
         if heartbeat.gpus.is_some() {
             entry.gpus.clone_from(&heartbeat.gpus);
@@ -299,7 +300,7 @@ pub fn on_heartbeat(
     let (came_back, fence_change) = {
         let mut fleet = state.fleet.lock();
         (
-            fleet.observe_heartbeat(node_id, now),
+            fleet.observe_heartbeat(node_id, state.monotonic_ms()),
             fleet.set_fenced(node_id, fence),
         )
     };

@@ -337,6 +337,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn take_challenge(&self, id: &str) -> Result<Option<ChallengeRow>, StoreError>;
     /// Drops expired challenges; returns how many.
     async fn purge_challenges(&self, now_ms: i64) -> Result<u64, StoreError>;
+    /// Releases connections (waits for those in use); nothing for stores that hold none.
+    async fn close(&self) {}
 }
 
 /// One behaviour suite run against every [`Store`]: in memory, SQLite, and PostgreSQL when

@@ -1035,4 +1035,8 @@ impl Store for SqlStore {
             .await?;
         Ok(done.rows_affected())
     }
+
+    async fn close(&self) {
+        SqlStore::close(self).await;
+    }
 }

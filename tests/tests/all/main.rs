@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod auth;
+mod clocks;
 mod fleet;
 mod grpc_surface;
 mod heartbeat_channel;

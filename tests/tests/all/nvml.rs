@@ -156,7 +156,7 @@ async fn the_nvml_probe_reads_gpus_and_mig_instances_through_the_driver_library(
     )
     .await;
     let id = waiting["id"].as_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    hub.dispatch_passes(2).await;
     let task = task_json(&hub, &id).await;
     assert_eq!(task["status"], "queued", "no GPU work while fenced: {task}");
 

@@ -554,7 +554,7 @@ async fn placement_follows_a_scripted_gpu_that_fills_fails_and_recovers() {
         .await;
     assert_eq!(code, 0, "{err}");
     let small = parse(&out)["id"].as_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    hub.dispatch_passes(2).await;
     let task = task_json(&hub, &small).await;
     assert_eq!(
         task["status"], "queued",
@@ -766,6 +766,8 @@ async fn tools_are_installed_on_the_nodes_before_their_first_task() {
     // goes on running tasks.
     let junk = b"not a component".to_vec();
     let junk_digest = outpost_trust::auth::sha256_hex(&junk);
+    let mut installs_ended = nodes[0].installs_ended().unwrap();
+    let ended_before = *installs_ended.borrow_and_update();
     let answer = link
         .install_tool(InstallTool {
             tool: "junk".into(),
@@ -775,7 +777,13 @@ async fn tools_are_installed_on_the_nodes_before_their_first_task() {
         .await
         .unwrap();
     assert_eq!(answer, RunAnswer::Accepted);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        installs_ended.wait_for(|n| *n > ended_before),
+    )
+    .await
+    .expect("the junk install ends")
+    .unwrap();
     assert!(!nodes[0].tool_ready(&junk_digest));
     let after = submit(
         &hub,

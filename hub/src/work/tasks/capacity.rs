@@ -72,7 +72,7 @@ pub fn observe_heartbeat(state: &HubState, node_id: &str, heartbeat: &Heartbeat)
         .iter()
         .flat_map(|g| &g.devices)
         .map(|d| (d.uuid.as_str(), d.memory_free_mb));
-    let now = state.now_ms();
+    let now = state.monotonic_ms();
     state
         .scheduler
         .lock()

@@ -10,7 +10,7 @@
 //! - `capacity`: keeping the scheduler's view of each node current.
 //!
 //! The store holds every task durably; every transition is one compare-and-set on (status,
-//! attempts) with its attempt row in the same transaction ([`commit`]), so a result, a node loss
+//! attempts) with its attempt row in the same transaction (`commit`), so a result, a node loss
 //! and a cancel racing for the same task never overwrite one another. This module only performs
 //! those writes and their side effects: scheduler reservations, waking waiters and the
 //! dispatcher, telling nodes.
