@@ -15,26 +15,20 @@ use outpost_proto::v1::{
     DrainNodeRequest, ListNodesRequest, ListNodesResponse, NodeHealth, NodeRecord, NodeRef,
     NodeView, UpdateNodeRequest,
 };
-use outpost_trust::auth::{AuthError, Claims, Role};
+use outpost_trust::auth::Claims;
 use tonic::{Request, Response, Status};
 
+use crate::api::access;
+pub use crate::api::access::{Access, Subject};
 use crate::fleet::registry::{self, NodePatch};
 use crate::state::HubState;
 
-/// What a call needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Read the registry (admin, viewer, or a node reading itself).
-    Read,
-    /// Change anything (admin).
-    Write,
-}
-
-/// Checks transport (mTLS) and JWT; returns the caller's claims.
+/// Checks transport (mTLS) and JWT, then applies [`access::permit`]; returns the caller's claims.
 pub fn authorize<T>(
     state: &HubState,
     request: &Request<T>,
     access: Access,
+    subject: Subject<'_>,
     action: &str,
 ) -> Result<Claims, Status> {
     if state.mtls && request.peer_certs().is_none_or(|certs| certs.is_empty()) {
@@ -45,43 +39,12 @@ pub fn authorize<T>(
     let header = request
         .metadata()
         .get("authorization")
-        .ok_or_else(|| Status::unauthenticated(AuthError::Missing.to_string()))?;
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <token>`"))?;
-    let claims = state
-        .auth
-        .verify(token.trim())
-        .map_err(|e| Status::unauthenticated(e.to_string()))?;
-    let allowed = match (access, claims.role) {
-        (_, Role::Admin) | (Access::Read, Role::Viewer | Role::Node) => true,
-        (Access::Write, _) => false,
-    };
-    if !allowed {
-        return Err(Status::permission_denied(
-            AuthError::Forbidden {
-                role: claims.role,
-                action: action.into(),
-            }
-            .to_string(),
-        ));
-    }
+        .map(|value| value.to_str().unwrap_or_default());
+    let claims =
+        access::authenticate(state, header).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    access::permit(&claims, access, subject, action)
+        .map_err(|e| Status::permission_denied(e.to_string()))?;
     Ok(claims)
-}
-
-fn node_may_only_see_itself(claims: &Claims, id: &str) -> Result<(), Status> {
-    if claims.role == Role::Node && claims.sub != id {
-        return Err(Status::permission_denied(format!(
-            "node {:?} may only read its own record",
-            claims.sub
-        )));
-    }
-    Ok(())
 }
 
 /// Implements the gRPC services over [`HubState`].
@@ -153,6 +116,7 @@ impl TokenService for HubGrpc {
             &self.state,
             &request,
             Access::Write,
+            Subject::Fleet,
             "create bootstrap tokens",
         )?;
         let r = request.get_ref();
@@ -168,25 +132,40 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        let claims = authorize(&self.state, &request, Access::Read, "list nodes")?;
-        let mut nodes = registry::list(&self.state).await?;
-        if claims.role == Role::Node {
-            nodes.retain(|n| n.record.as_ref().is_some_and(|r| r.id == claims.sub));
-        }
+        authorize(
+            &self.state,
+            &request,
+            Access::Read,
+            Subject::Fleet,
+            "list nodes",
+        )?;
+        let nodes = registry::list(&self.state).await?;
         Ok(Response::new(ListNodesResponse { nodes }))
     }
 
     async fn get_node(&self, request: Request<NodeRef>) -> Result<Response<NodeView>, Status> {
-        let claims = authorize(&self.state, &request, Access::Read, "read nodes")?;
-        node_may_only_see_itself(&claims, &request.get_ref().id)?;
+        let id = &request.get_ref().id;
+        authorize(
+            &self.state,
+            &request,
+            Access::Read,
+            Subject::Node(id),
+            "read nodes",
+        )?;
         Ok(Response::new(
             registry::get(&self.state, &request.get_ref().id).await?,
         ))
     }
 
     async fn node_health(&self, request: Request<NodeRef>) -> Result<Response<NodeHealth>, Status> {
-        let claims = authorize(&self.state, &request, Access::Read, "read node health")?;
-        node_may_only_see_itself(&claims, &request.get_ref().id)?;
+        let id = &request.get_ref().id;
+        authorize(
+            &self.state,
+            &request,
+            Access::Read,
+            Subject::Node(id),
+            "read node health",
+        )?;
         Ok(Response::new(
             registry::health(&self.state, &request.get_ref().id).await?,
         ))
@@ -196,13 +175,14 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<NodeRef>,
     ) -> Result<Response<Capabilities>, Status> {
-        let claims = authorize(
+        let id = &request.get_ref().id;
+        authorize(
             &self.state,
             &request,
             Access::Read,
+            Subject::Node(id),
             "read node capabilities",
         )?;
-        node_may_only_see_itself(&claims, &request.get_ref().id)?;
         Ok(Response::new(
             registry::capabilities(&self.state, &request.get_ref().id).await?,
         ))
@@ -212,7 +192,13 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<NodeRecord>,
     ) -> Result<Response<NodeView>, Status> {
-        authorize(&self.state, &request, Access::Write, "register nodes")?;
+        authorize(
+            &self.state,
+            &request,
+            Access::Write,
+            Subject::Fleet,
+            "register nodes",
+        )?;
         Ok(Response::new(
             registry::register(&self.state, request.into_inner()).await?,
         ))
@@ -222,7 +208,13 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<UpdateNodeRequest>,
     ) -> Result<Response<NodeView>, Status> {
-        authorize(&self.state, &request, Access::Write, "update nodes")?;
+        authorize(
+            &self.state,
+            &request,
+            Access::Write,
+            Subject::Node(&request.get_ref().id),
+            "update nodes",
+        )?;
         let r = request.into_inner();
         let patch = NodePatch {
             name: r.name,
@@ -239,7 +231,13 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<NodeRef>,
     ) -> Result<Response<DeleteNodeResponse>, Status> {
-        authorize(&self.state, &request, Access::Write, "delete nodes")?;
+        authorize(
+            &self.state,
+            &request,
+            Access::Write,
+            Subject::Node(&request.get_ref().id),
+            "delete nodes",
+        )?;
         let id = request.into_inner().id;
         registry::delete(&self.state, &id).await?;
         Ok(Response::new(DeleteNodeResponse { id }))
@@ -249,7 +247,13 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<DrainNodeRequest>,
     ) -> Result<Response<NodeView>, Status> {
-        authorize(&self.state, &request, Access::Write, "drain nodes")?;
+        authorize(
+            &self.state,
+            &request,
+            Access::Write,
+            Subject::Node(&request.get_ref().id),
+            "drain nodes",
+        )?;
         let r = request.into_inner();
         Ok(Response::new(
             registry::drain(&self.state, &r.id, r.drain).await?,

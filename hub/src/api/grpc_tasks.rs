@@ -10,7 +10,7 @@ use outpost_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::api::grpc::{Access, HubGrpc, authorize};
+use crate::api::grpc::{Access, HubGrpc, Subject, authorize};
 use crate::api::views;
 use crate::work::tasks::{self, RequirementsSpec, SubmitSpec, TaskError};
 use crate::work::tools;
@@ -37,7 +37,13 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<SubmitTaskRequest>,
     ) -> Result<Response<TaskView>, Status> {
-        authorize(self.state(), &request, Access::Write, "submit tasks")?;
+        authorize(
+            self.state(),
+            &request,
+            Access::Write,
+            Subject::Fleet,
+            "submit tasks",
+        )?;
         let r = request.into_inner();
         let spec = SubmitSpec {
             tool: r.tool,
@@ -53,7 +59,13 @@ impl TaskService for HubGrpc {
     }
 
     async fn get_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
-        authorize(self.state(), &request, Access::Read, "read tasks")?;
+        authorize(
+            self.state(),
+            &request,
+            Access::Read,
+            Subject::Fleet,
+            "read tasks",
+        )?;
         let task = tasks::get(self.state(), &request.get_ref().id).await?;
         Ok(Response::new(views::task_view(&task)))
     }
@@ -62,7 +74,13 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        authorize(self.state(), &request, Access::Read, "list tasks")?;
+        authorize(
+            self.state(),
+            &request,
+            Access::Read,
+            Subject::Fleet,
+            "list tasks",
+        )?;
         let r = request.get_ref();
         let rows = tasks::list(self.state(), Some(r.status.as_str()), r.limit).await?;
         Ok(Response::new(ListTasksResponse {
@@ -71,7 +89,13 @@ impl TaskService for HubGrpc {
     }
 
     async fn cancel_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
-        authorize(self.state(), &request, Access::Write, "cancel tasks")?;
+        authorize(
+            self.state(),
+            &request,
+            Access::Write,
+            Subject::Fleet,
+            "cancel tasks",
+        )?;
         let task = tasks::cancel(self.state_arc(), &request.get_ref().id).await?;
         Ok(Response::new(views::task_view(&task)))
     }
@@ -80,7 +104,13 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<WaitTaskRequest>,
     ) -> Result<Response<TaskView>, Status> {
-        authorize(self.state(), &request, Access::Read, "read tasks")?;
+        authorize(
+            self.state(),
+            &request,
+            Access::Read,
+            Subject::Fleet,
+            "read tasks",
+        )?;
         let r = request.get_ref();
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         let task = tasks::wait(self.state(), &r.id, wait).await?;
@@ -94,7 +124,13 @@ impl ToolService for HubGrpc {
         &self,
         request: Request<PushToolRequest>,
     ) -> Result<Response<ToolView>, Status> {
-        authorize(self.state(), &request, Access::Write, "push tools")?;
+        authorize(
+            self.state(),
+            &request,
+            Access::Write,
+            Subject::Fleet,
+            "push tools",
+        )?;
         let r = request.into_inner();
         let tool = tools::push(self.state_arc(), &r.name, r.component, &r.policy_toml).await?;
         Ok(Response::new(tools::view(&tool)))
@@ -104,7 +140,13 @@ impl ToolService for HubGrpc {
         &self,
         request: Request<ListToolsRequest>,
     ) -> Result<Response<ListToolsResponse>, Status> {
-        authorize(self.state(), &request, Access::Read, "list tools")?;
+        authorize(
+            self.state(),
+            &request,
+            Access::Read,
+            Subject::Fleet,
+            "list tools",
+        )?;
         let rows = tools::list(self.state()).await?;
         Ok(Response::new(ListToolsResponse {
             tools: rows.iter().map(tools::view).collect(),
@@ -112,7 +154,13 @@ impl ToolService for HubGrpc {
     }
 
     async fn inspect_tool(&self, request: Request<ToolRef>) -> Result<Response<ToolView>, Status> {
-        authorize(self.state(), &request, Access::Read, "read tools")?;
+        authorize(
+            self.state(),
+            &request,
+            Access::Read,
+            Subject::Fleet,
+            "read tools",
+        )?;
         let tool = tools::inspect(self.state(), &request.get_ref().name).await?;
         Ok(Response::new(tools::view(&tool)))
     }

@@ -1,7 +1,8 @@
 //! The REST API (axum): AgentHub's node registry at `/api/admin/agent-nodes`, tasks at
 //! `/api/admin/tasks` and the tool registry at `/api/admin/tools`.
 //!
-//! Bearer JWT on every call: admin may write, viewer may read. Errors are JSON
+//! Bearer JWT on every call, judged by the one rule of [`crate::api::access`]: admin may write,
+//! viewer may read, a node may read only its own record. Errors are JSON
 //! `{"error": "...", "field": "..."}`: 400 names the offending field, 401/403 say what credential
 //! is missing, 404 and 409 name the node.
 
@@ -14,9 +15,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use outpost_proto::v1::NodeRecord;
-use outpost_trust::auth::Role;
+use outpost_trust::auth::AuthError;
 use serde_json::{Map, Value, json};
 
+use crate::api::access::{self, Access, Subject};
 use crate::api::views;
 use crate::fleet::registry::{self, NodePatch, RegistryError};
 use crate::state::HubState;
@@ -72,42 +74,28 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-fn authorize(state: &HubState, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+/// Authenticates the caller and applies [`access::permit`]: 401 when the credential is missing or
+/// does not verify, 403 when it may not do this.
+fn authorize(
+    state: &HubState,
+    headers: &HeaderMap,
+    access: Access,
+    subject: Subject<'_>,
+    action: &str,
+) -> Result<(), ApiError> {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing bearer token (Authorization: Bearer <token>)",
-            )
-        })?;
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Authorization header must be `Bearer <token>`",
-            )
-        })?;
-    let claims = state
-        .auth
-        .verify(token.trim())
-        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
-    match (claims.role, write) {
-        (Role::Admin, _) | (Role::Viewer, false) => Ok(()),
-        (role, _) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "role {role} may not {} through the admin API",
-                if write { "change anything" } else { "read" }
-            ),
-        )),
-    }
+        .map(|value| value.to_str().unwrap_or_default());
+    let claims = access::authenticate(state, header).map_err(|e| {
+        let hint = if e == AuthError::Missing {
+            " (Authorization: Bearer <token>)"
+        } else {
+            ""
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, format!("{e}{hint}"))
+    })?;
+    access::permit(&claims, access, subject, action)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
 }
 
 /// The router for the REST API.
@@ -176,7 +164,7 @@ async fn list_nodes(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, ApiError> {
-    authorize(&state, &headers, false)?;
+    authorize(&state, &headers, Access::Read, Subject::Fleet, "list nodes")?;
     let nodes = registry::list(&state).await?;
     Ok(axum::Json(Value::Array(
         nodes.iter().map(views::node_json).collect(),
@@ -188,7 +176,13 @@ async fn create_node(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    authorize(&state, &headers, true)?;
+    authorize(
+        &state,
+        &headers,
+        Access::Write,
+        Subject::Fleet,
+        "register nodes",
+    )?;
     let map = parse_object(&body)?;
     let required = |field: &str| -> Result<String, ApiError> {
         string_field(&map, field)?.ok_or_else(|| ApiError::field(field, "is required"))
@@ -209,7 +203,13 @@ async fn get_node(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    authorize(&state, &headers, false)?;
+    authorize(
+        &state,
+        &headers,
+        Access::Read,
+        Subject::Node(&id),
+        "read nodes",
+    )?;
     Ok(axum::Json(views::node_json(
         &registry::get(&state, &id).await?,
     )))
@@ -221,7 +221,13 @@ async fn update_node(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
-    authorize(&state, &headers, true)?;
+    authorize(
+        &state,
+        &headers,
+        Access::Write,
+        Subject::Node(&id),
+        "update nodes",
+    )?;
     let map = parse_object(&body)?;
     if let Some(body_id) = string_field(&map, "id")?
         && body_id != id
@@ -247,7 +253,13 @@ async fn delete_node(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&state, &headers, true)?;
+    authorize(
+        &state,
+        &headers,
+        Access::Write,
+        Subject::Node(&id),
+        "delete nodes",
+    )?;
     registry::delete(&state, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -257,7 +269,13 @@ async fn node_health(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    authorize(&state, &headers, false)?;
+    authorize(
+        &state,
+        &headers,
+        Access::Read,
+        Subject::Node(&id),
+        "read node health",
+    )?;
     Ok(axum::Json(views::health_json(
         &registry::health(&state, &id).await?,
     )))
@@ -298,7 +316,13 @@ async fn submit_task(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    authorize(&state, &headers, true)?;
+    authorize(
+        &state,
+        &headers,
+        Access::Write,
+        Subject::Fleet,
+        "submit tasks",
+    )?;
     let spec: SubmitSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
     let submitted = tasks::submit(&state, spec).await?;
@@ -323,7 +347,7 @@ async fn list_tasks(
     headers: HeaderMap,
     query: Result<Query<ListTasksQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    authorize(&state, &headers, false)?;
+    authorize(&state, &headers, Access::Read, Subject::Fleet, "list tasks")?;
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
     let rows = tasks::list(&state, query.status.as_deref(), query.limit.unwrap_or(100)).await?;
@@ -337,7 +361,7 @@ async fn get_task(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    authorize(&state, &headers, false)?;
+    authorize(&state, &headers, Access::Read, Subject::Fleet, "read tasks")?;
     Ok(axum::Json(task_json(&tasks::get(&state, &id).await?)))
 }
 
@@ -346,7 +370,13 @@ async fn cancel_task(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    authorize(&state, &headers, true)?;
+    authorize(
+        &state,
+        &headers,
+        Access::Write,
+        Subject::Fleet,
+        "cancel tasks",
+    )?;
     Ok(axum::Json(task_json(&tasks::cancel(&state, &id).await?)))
 }
 
@@ -354,7 +384,7 @@ async fn list_tools(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, ApiError> {
-    authorize(&state, &headers, false)?;
+    authorize(&state, &headers, Access::Read, Subject::Fleet, "list tools")?;
     let rows = crate::work::tools::list(&state).await?;
     Ok(axum::Json(Value::Array(
         rows.iter()
@@ -368,7 +398,7 @@ async fn get_tool(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    authorize(&state, &headers, false)?;
+    authorize(&state, &headers, Access::Read, Subject::Fleet, "read tools")?;
     let tool = crate::work::tools::inspect(&state, &name).await?;
     Ok(axum::Json(crate::work::tools::view_json(
         &crate::work::tools::view(&tool),

@@ -11,7 +11,10 @@ use outpost_hub::store::TokenRow;
 use outpost_node::join::{JoinError, JoinRequest, join};
 use outpost_proto::v1::join_service_client::JoinServiceClient;
 use outpost_proto::v1::node_registry_client::NodeRegistryClient;
-use outpost_proto::v1::{BeginJoinRequest, CompleteJoinRequest, ListNodesRequest};
+use outpost_proto::v1::task_service_client::TaskServiceClient;
+use outpost_proto::v1::{
+    BeginJoinRequest, CompleteJoinRequest, ListNodesRequest, ListTasksRequest, NodeRef,
+};
 use outpost_tests::{STATIC_TOKEN, TestHub, start_node};
 use outpost_trust::auth::{BootstrapToken, Role, TokenAuthority, join_proof};
 use outpost_trust::grpc_channel::{self, ClientIdentity, with_bearer};
@@ -171,7 +174,7 @@ async fn bad_jwts_are_refused_with_the_reason() {
     let channel = grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
         .await
         .unwrap();
-    let mut client = NodeRegistryClient::new(channel);
+    let mut client = NodeRegistryClient::new(channel.clone());
     let good = TokenAuthority::new(secret, "outpost", "outpost-internal", 30);
     let cases = [
         (
@@ -241,6 +244,50 @@ async fn bad_jwts_are_refused_with_the_reason() {
         "{}",
         err.message()
     );
+
+    // A node credential reads its own record only: not the fleet, not another node, no tasks.
+    let node = good.issue("n-self", Role::Node, now_s(), 60).unwrap();
+    let own = client
+        .get_node(with_bearer(
+            NodeRef {
+                id: "n-self".into(),
+            },
+            &node,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        own.code(),
+        tonic::Code::NotFound,
+        "permitted, then not found: {own:?}"
+    );
+    let refusals = [
+        client
+            .list_nodes(with_bearer(ListNodesRequest {}, &node))
+            .await
+            .unwrap_err(),
+        client
+            .get_node(with_bearer(
+                NodeRef {
+                    id: "n-other".into(),
+                },
+                &node,
+            ))
+            .await
+            .unwrap_err(),
+        TaskServiceClient::new(channel.clone())
+            .list_tasks(with_bearer(ListTasksRequest::default(), &node))
+            .await
+            .unwrap_err(),
+    ];
+    for err in refusals {
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        assert!(
+            err.message().starts_with("role node may not"),
+            "{}",
+            err.message()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,8 +180,16 @@ async fn registry_crud_and_every_error() {
     assert_eq!(status, 403, "{err}");
     let (status, _) = http_json("DELETE", &format!("{base}/node-01"), Some(&viewer), None).await;
     assert_eq!(status, 403);
+    // A node credential reads its own record only (node-x is not registered: 404 once let in).
     let (status, _) = http_json("GET", &base, Some(&node), None).await;
-    assert_eq!(status, 403, "node credentials do not read the admin API");
+    assert_eq!(status, 403, "node credentials do not list the fleet");
+    let (status, err) = http_json("GET", &format!("{base}/node-01"), Some(&node), None).await;
+    assert_eq!(status, 403, "nor read another node: {err}");
+    let (status, err) = http_json("GET", &format!("{base}/node-x"), Some(&node), None).await;
+    assert_eq!(status, 404, "its own record is let through: {err}");
+    let tasks = format!("{}/api/admin/tasks", hub.http_url());
+    let (status, _) = http_json("GET", &tasks, Some(&node), None).await;
+    assert_eq!(status, 403, "nor the fleet's tasks");
 
     // Delete once the agent is gone.
     let second =

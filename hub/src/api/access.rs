@@ -1,0 +1,145 @@
+//! Who may do what: one rule, role × access × subject, that every surface (gRPC and REST alike)
+//! asks through [`authenticate`] and [`permit`]. The adapters only translate the answer into
+//! their own status codes.
+//!
+//! | role     | read the fleet | read one node's own record | write |
+//! |----------|----------------|----------------------------|-------|
+//! | `admin`  | yes            | yes                        | yes   |
+//! | `viewer` | yes            | yes                        | no    |
+//! | `node`   | no             | its own only               | no    |
+//!
+//! "The fleet" is anything not one node's own record: the node list, other nodes, tasks, tools.
+//! A node credential is for the node's session; it reads nothing of other nodes' work.
+
+use outpost_trust::auth::{AuthError, Claims, Role};
+
+use crate::state::HubState;
+
+/// What a call does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads state.
+    Read,
+    /// Changes state (registry, tokens, tasks, tools).
+    Write,
+}
+
+/// What a call touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// The fleet as a whole, or anything that is not one node's own record.
+    Fleet,
+    /// The record (view, health, capabilities) of the node with this id.
+    Node(&'a str),
+}
+
+/// Whether `claims` may do `access` on `subject`; the refusal names the role and `action`.
+pub fn permit(
+    claims: &Claims,
+    access: Access,
+    subject: Subject<'_>,
+    action: &str,
+) -> Result<(), AuthError> {
+    let allowed = match (claims.role, access, subject) {
+        (Role::Admin, _, _) => true,
+        (Role::Viewer, Access::Read, _) => true,
+        (Role::Node, Access::Read, Subject::Node(id)) => id == claims.sub,
+        (Role::Viewer | Role::Node, _, _) => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(AuthError::Forbidden {
+            role: claims.role,
+            action: match (claims.role, subject) {
+                (Role::Node, Subject::Node(_)) => format!("{action} of another node"),
+                _ => action.to_string(),
+            },
+        })
+    }
+}
+
+/// The token in an `Authorization` header value (`Bearer <token>`, either case of `bearer`).
+pub fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
+    let header = header.ok_or(AuthError::Missing)?;
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            AuthError::Malformed("the Authorization header must be `Bearer <token>`".into())
+        })
+}
+
+/// Verifies the bearer JWT in an `Authorization` header value; the caller's claims.
+pub fn authenticate(state: &HubState, header: Option<&str>) -> Result<Claims, AuthError> {
+    state.auth.verify(bearer_token(header)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(role: Role, sub: &str) -> Claims {
+        Claims {
+            iss: "outpost".into(),
+            aud: "outpost-internal".into(),
+            sub: sub.into(),
+            role,
+            iat: 0,
+            exp: 0,
+        }
+    }
+
+    #[test]
+    fn the_rule_as_a_table() {
+        use Access::{Read, Write};
+        use Role::{Admin, Node, Viewer};
+        use Subject::{Fleet, Node as OneNode};
+        let table: [(Role, Access, Subject<'_>, bool); 15] = [
+            (Admin, Read, Fleet, true),
+            (Admin, Write, Fleet, true),
+            (Admin, Read, OneNode("n-1"), true),
+            (Admin, Write, OneNode("n-1"), true),
+            (Admin, Read, OneNode("other"), true),
+            (Viewer, Read, Fleet, true),
+            (Viewer, Write, Fleet, false),
+            (Viewer, Read, OneNode("n-1"), true),
+            (Viewer, Write, OneNode("n-1"), false),
+            (Viewer, Read, OneNode("other"), true),
+            (Node, Read, Fleet, false),
+            (Node, Write, Fleet, false),
+            (Node, Read, OneNode("n-1"), true),
+            (Node, Write, OneNode("n-1"), false),
+            (Node, Read, OneNode("other"), false),
+        ];
+        for (role, access, subject, allowed) in table {
+            let who = claims(role, "n-1");
+            let answer = permit(&who, access, subject, "do it");
+            assert_eq!(
+                answer.is_ok(),
+                allowed,
+                "{role} {access:?} {subject:?}: {answer:?}"
+            );
+            if let Err(e) = answer {
+                assert!(matches!(e, AuthError::Forbidden { role: r, .. } if r == role));
+            }
+        }
+        let err = permit(&claims(Node, "n-1"), Read, OneNode("n-2"), "read nodes").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "role node may not read nodes of another node"
+        );
+    }
+
+    #[test]
+    fn bearer_headers() {
+        assert_eq!(bearer_token(Some("Bearer abc ")), Ok("abc"));
+        assert_eq!(bearer_token(Some("bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(None), Err(AuthError::Missing));
+        assert!(matches!(
+            bearer_token(Some("Basic dXNlcg==")),
+            Err(AuthError::Malformed(m)) if m.contains("Bearer <token>")
+        ));
+    }
+}
