@@ -116,9 +116,8 @@ pub async fn run(
     while tokio::time::Instant::now() < deadline {
         let ready = nodes.iter().all(|n| {
             hub.state
-                .live
-                .lock()
-                .get(&n.node_id)
+                .fleet
+                .live(&n.node_id)
                 .is_some_and(|l| l.load.is_some())
         });
         if ready {

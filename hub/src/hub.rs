@@ -8,17 +8,18 @@ use std::time::Duration;
 use outpost_clock::{Clock, SystemClock};
 use outpost_config::{Config, TlsMode};
 use outpost_trust::auth::{TokenAuthority, derive_proof_key};
-use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::grpc::HubGrpc;
+use crate::credentials::HubCredentials;
 use crate::credentials::pki::HubPki;
-use crate::fleet::links::LinkTable;
-use crate::fleet::{FleetPolicy, FleetState, StatusChange};
+use crate::fleet::{Fleet, FleetPolicy, FleetState, StatusChange};
 use crate::state::HubState;
 use crate::store::{SqlStore, Store};
+use crate::work::tasks::TaskEngine;
+use crate::work::tools::ToolRegistry;
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +102,7 @@ impl HubHandle {
         }
         flush_heartbeats(&self.state).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        self.state.store.close().await;
+        self.state.store().close().await;
     }
 }
 
@@ -370,51 +371,45 @@ async fn build_state(
     for node in store.list_nodes().await? {
         fleet.add_known(&node.id, node.draining);
     }
-    let state = Arc::new(HubState {
+    let fleet = Fleet::new(
+        fleet,
+        status_tx,
+        listeners.heartbeat_channels.clone(),
+        listeners.addrs.quic.port(),
+    );
+    let scheduler = crate::work::scheduler::Scheduler::new(
+        crate::work::scheduler::Strategy::parse(&config.scheduler.strategy)
+            .map_err(HubError::Config)?,
+    );
+    let tasks = TaskEngine::new(scheduler, config.scheduler.default_max_attempts);
+    let tools = ToolRegistry::new(config.tools.preinstall);
+    let credentials = HubCredentials::new(
+        credentials.auth,
+        credentials.ca,
+        credentials.static_token_key,
+        config.internal_grpc.security.mode == TlsMode::Mtls,
+    );
+    let state = Arc::new(HubState::new(
         store,
-        fleet: Mutex::new(fleet),
-        live: Mutex::new(Default::default()),
-        links: LinkTable::default(),
-        auth: credentials.auth,
-        ca: credentials.ca,
         clock,
-        static_token_key: credentials.static_token_key,
-        quic_port: listeners.addrs.quic.port(),
-        status_changes: status_tx,
-        pending_heartbeats: Mutex::new(Default::default()),
-        mtls: config.internal_grpc.security.mode == TlsMode::Mtls,
-        scheduler: Mutex::new(crate::work::scheduler::Scheduler::new(
-            crate::work::scheduler::Strategy::parse(&config.scheduler.strategy)
-                .map_err(HubError::Config)?,
-        )),
-        dispatch: tokio::sync::Notify::new(),
-        lost_nodes: Mutex::new(Vec::new()),
-        default_max_attempts: config.scheduler.default_max_attempts,
-        preinstall_tools: config.tools.preinstall,
-        tool_transfers: tokio::sync::Semaphore::new(crate::work::tools::TRANSFER_CONCURRENCY),
-        task_changes: watch::channel(0).0,
-        dispatch_passes: watch::channel(0).0,
-        liveness_passes: watch::channel(0).0,
-        placing: tokio::sync::Mutex::new(()),
-        queue_backlog: std::sync::atomic::AtomicBool::new(false),
-        in_flight: Mutex::new(Default::default()),
-        last_finished: watch::channel(None).0,
-        tool_meta: Mutex::new(Default::default()),
-        heartbeat_channels: listeners.heartbeat_channels.clone(),
-        channel_fallbacks: Mutex::new(Default::default()),
-    });
+        fleet,
+        tasks,
+        tools,
+        credentials,
+    ));
     // Channel heartbeats are handled on the endpoint's receive path; the sink holds the state
     // weakly so the endpoint does not keep it alive.
     let weak = Arc::downgrade(&state);
     state
-        .heartbeat_channels
+        .fleet
+        .heartbeat_channels()
         .set_sink(Box::new(move |node_id, heartbeat| {
             if let Some(state) = weak.upgrade() {
                 crate::fleet::sessions::on_heartbeat(
                     &state,
                     node_id,
                     heartbeat,
-                    crate::state::HeartbeatTransport::Channel,
+                    crate::fleet::HeartbeatTransport::Channel,
                 );
             }
         }));
@@ -425,10 +420,10 @@ async fn build_state(
 /// comes back, and the attempts that were out are lost (queued again, or failed when out of
 /// attempts).
 async fn recover(state: &HubState) -> Result<(), HubError> {
-    for node in state.store.list_nodes().await? {
+    for node in state.store().list_nodes().await? {
         if node.status != "offline" {
             state
-                .store
+                .store()
                 .set_status(
                     &node.id,
                     "offline",
@@ -545,7 +540,7 @@ async fn persist_status(
 
 async fn persist_one(state: &HubState, change: &StatusChange) {
     if let Err(e) = state
-        .store
+        .store()
         .set_status(&change.node_id, change.to.as_str(), &change.reason)
         .await
     {
@@ -568,15 +563,13 @@ async fn liveness_ticker(
             _ = interval.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let changes = state.fleet.lock().expire(state.monotonic_ms());
+        let changes = state.fleet.liveness().expire(state.monotonic_ms());
         state.publish(changes);
-        state
-            .liveness_passes
-            .send_modify(|n| *n = n.wrapping_add(1));
+        state.fleet.liveness_pass_done();
         if last_flush.elapsed() >= Duration::from_secs(5) {
             last_flush = tokio::time::Instant::now();
             flush_heartbeats(&state).await;
-            if let Err(e) = state.store.purge_challenges(state.now_ms()).await {
+            if let Err(e) = state.store().purge_challenges(state.now_ms()).await {
                 tracing::warn!(error = %e, "purging join challenges failed");
             }
         }
@@ -584,10 +577,8 @@ async fn liveness_ticker(
 }
 
 async fn flush_heartbeats(state: &HubState) {
-    let beats: Vec<(String, i64)> = std::mem::take(&mut *state.pending_heartbeats.lock())
-        .into_iter()
-        .collect();
-    if let Err(e) = state.store.record_heartbeats(&beats).await {
+    let beats = state.fleet.take_heartbeat_times();
+    if let Err(e) = state.store().record_heartbeats(&beats).await {
         tracing::warn!(error = %e, count = beats.len(), "persisting heartbeat times failed");
     }
 }

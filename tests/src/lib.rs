@@ -71,8 +71,7 @@ impl TestHub {
 
     /// Waits until `passes` more passes of `counter` have finished after this call: the way to
     /// show that something did *not* happen (a pass ran and left it alone) without sleeping.
-    async fn wait_passes(counter: &tokio::sync::watch::Sender<u64>, passes: u64, what: &str) {
-        let mut rx = counter.subscribe();
+    async fn wait_passes(mut rx: tokio::sync::watch::Receiver<u64>, passes: u64, what: &str) {
         let start = *rx.borrow_and_update();
         let waited = tokio::time::timeout(
             Duration::from_secs(15),
@@ -87,12 +86,17 @@ impl TestHub {
 
     /// Waits for `passes` liveness passes (expiry of silent nodes) to finish.
     pub async fn liveness_passes(&self, passes: u64) {
-        Self::wait_passes(&self.hub().state.liveness_passes, passes, "liveness").await;
+        Self::wait_passes(self.hub().state.fleet.liveness_passes(), passes, "liveness").await;
     }
 
     /// Waits for `passes` task dispatcher passes to finish.
     pub async fn dispatch_passes(&self, passes: u64) {
-        Self::wait_passes(&self.hub().state.dispatch_passes, passes, "dispatcher").await;
+        Self::wait_passes(
+            self.hub().state.tasks.dispatch_passes(),
+            passes,
+            "dispatcher",
+        )
+        .await;
     }
 
     /// The running hub.

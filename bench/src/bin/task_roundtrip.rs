@@ -200,7 +200,8 @@ async fn main() -> anyhow::Result<()> {
     let echo = echo_client(addr, &cert).await?;
     let link = hub
         .state
-        .links
+        .fleet
+        .links()
         .get("rt-node")
         .context("no link to the node")?;
 
@@ -221,14 +222,14 @@ async fn main() -> anyhow::Result<()> {
             let start = Instant::now();
             let row = hub
                 .state
-                .store
+                .store()
                 .get_task(&probe.task.id)
                 .await?
                 .context("probe task")?;
             reads.push(start.elapsed().as_micros() as u64);
             let start = Instant::now();
             hub.state
-                .store
+                .store()
                 .update_task(&row, outpost_hub::store::Guard::of(&row))
                 .await?;
             writes.push(start.elapsed().as_micros() as u64);
@@ -443,7 +444,7 @@ async fn first_task(runs: usize) -> anyhow::Result<()> {
 async fn tasks_ready(state: &outpost_hub::state::HubState) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if state.scheduler.lock().node_count() > 0 {
+        if state.tasks.scheduler().node_count() > 0 {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

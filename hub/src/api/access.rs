@@ -73,7 +73,7 @@ pub fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
 
 /// Verifies the bearer JWT in an `Authorization` header value; the caller's claims.
 pub fn authenticate(state: &HubState, header: Option<&str>) -> Result<Claims, AuthError> {
-    state.auth.verify(bearer_token(header)?)
+    state.credentials.auth().verify(bearer_token(header)?)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub fn authorize<T>(
     subject: Subject<'_>,
     action: &str,
 ) -> Result<Claims, Status> {
-    if state.mtls && request.peer_certs().is_none_or(|certs| certs.is_empty()) {
+    if state.credentials.mtls() && request.peer_certs().is_none_or(|certs| certs.is_empty()) {
         return Err(Status::unauthenticated(
             "mTLS mode: this call needs a client certificate signed by the hub CA (cert_dir/client.pem)",
         ));

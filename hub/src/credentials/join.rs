@@ -101,7 +101,7 @@ pub async fn begin(state: &HubState, node_id: &str) -> Result<BeginJoinResponse,
     let nonce = join_random::<32>()?.to_vec();
     let expires_at_ms = now + CHALLENGE_TTL_MS;
     state
-        .store
+        .store()
         .insert_challenge(&ChallengeRow {
             id: id.clone(),
             node_id: node_id.into(),
@@ -124,7 +124,7 @@ pub async fn complete(
     let now = state.now_ms();
     // Taking the challenge first makes every answer single-use, right or wrong.
     let challenge = state
-        .store
+        .store()
         .take_challenge(&request.challenge_id)
         .await?
         .ok_or(JoinError::UnknownChallenge)?;
@@ -140,7 +140,7 @@ pub async fn complete(
     let one_shot = request.token_id != STATIC_TOKEN_ID;
     let proof_key: [u8; 32] = if one_shot {
         let token = state
-            .store
+            .store()
             .get_token(&request.token_id)
             .await?
             .ok_or(JoinError::UnknownToken)?;
@@ -156,7 +156,10 @@ pub async fn complete(
             .try_into()
             .map_err(|_| JoinError::UnknownToken)?
     } else {
-        state.static_token_key.ok_or(JoinError::UnknownToken)?
+        state
+            .credentials
+            .static_token_key
+            .ok_or(JoinError::UnknownToken)?
     };
     let csr_der = crate::credentials::pki::csr_der_from_pem(&request.csr_pem)
         .map_err(|e| JoinError::BadCsr(e.to_string()))?;
@@ -170,11 +173,12 @@ pub async fn complete(
         return Err(JoinError::BadProof);
     }
     let (certificate_pem, spki) = state
+        .credentials
         .ca
         .sign_node_csr(&request.csr_pem, &request.node_id)
         .map_err(|e| JoinError::BadCsr(e.to_string()))?;
     // Refuse before spending the token when the id is taken by another key.
-    if let Some(existing) = state.store.get_node(&request.node_id).await?
+    if let Some(existing) = state.store().get_node(&request.node_id).await?
         && existing
             .public_key_sha256
             .as_deref()
@@ -182,7 +186,7 @@ pub async fn complete(
     {
         return Err(JoinError::HeldByAnotherKey(request.node_id.clone()));
     }
-    if one_shot && !state.store.consume_token(&request.token_id, now).await? {
+    if one_shot && !state.store().consume_token(&request.token_id, now).await? {
         return Err(JoinError::TokenUsedUp);
     }
     let name = if request.name.trim().is_empty() {
@@ -191,7 +195,7 @@ pub async fn complete(
         request.name.trim()
     };
     let bound = state
-        .store
+        .store()
         .bind_joined_node(&JoinedNode {
             id: &request.node_id,
             name,
@@ -204,12 +208,13 @@ pub async fn complete(
         return Err(JoinError::HeldByAnotherKey(request.node_id.clone()));
     }
     let draining = state
-        .store
+        .store()
         .get_node(&request.node_id)
         .await?
         .is_some_and(|n| n.draining);
-    state.fleet.lock().add_known(&request.node_id, draining);
+    state.fleet.liveness().add_known(&request.node_id, draining);
     let node_jwt = state
+        .credentials
         .auth
         .issue(
             &request.node_id,
@@ -221,9 +226,9 @@ pub async fn complete(
     tracing::info!(node_id = %request.node_id, token = %request.token_id, "node joined");
     Ok(CompleteJoinResponse {
         certificate_pem,
-        ca_pem: state.ca.ca_pem().to_string(),
+        ca_pem: state.credentials.ca.ca_pem().to_string(),
         node_jwt,
-        quic_port: u32::from(state.quic_port),
+        quic_port: u32::from(state.fleet.quic_port()),
         hub_server_name: String::new(),
     })
 }
@@ -249,7 +254,7 @@ pub async fn create_token(
             .saturating_mul(1000),
     );
     state
-        .store
+        .store()
         .insert_token(&TokenRow {
             id: token.id.clone(),
             proof_key: token.proof_key().to_vec(),

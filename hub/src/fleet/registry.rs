@@ -190,8 +190,8 @@ pub async fn register(state: &HubState, record: NodeRecord) -> Result<NodeView, 
         updated_at_ms: now,
         ..NodeRow::default()
     };
-    state.store.insert_node(&row).await?;
-    state.fleet.lock().add_known(&row.id, false);
+    state.store().insert_node(&row).await?;
+    state.fleet.liveness().add_known(&row.id, false);
     get(state, &row.id).await
 }
 
@@ -202,7 +202,7 @@ pub async fn update(
     patch: NodePatch,
 ) -> Result<NodeView, RegistryError> {
     let mut row = state
-        .store
+        .store()
         .get_node(id)
         .await?
         .ok_or_else(|| RegistryError::NotFound(id.into()))?;
@@ -223,34 +223,29 @@ pub async fn update(
         row.default_worktree_root = root;
     }
     row.updated_at_ms = state.now_ms();
-    state.store.update_node_record(&row).await?;
+    state.store().update_node_record(&row).await?;
     get(state, id).await
 }
 
 /// Deletes a node (refused while it has active agents) and closes its session.
 pub async fn delete(state: &HubState, id: &str) -> Result<(), RegistryError> {
-    state.store.delete_node(id).await?;
-    state.fleet.lock().remove(id);
-    state.live.lock().remove(id);
-    state.links.remove(id, "node deleted from the registry");
+    state.store().delete_node(id).await?;
+    state.fleet.forget(id);
     // Its tasks go back to the queue on the dispatcher's next pass.
-    state.scheduler.lock().remove_node(id);
-    state
-        .lost_nodes
-        .lock()
-        .push((id.to_string(), "deleted from the registry".into()));
-    state.dispatch.notify_one();
+    state.tasks.scheduler().remove_node(id);
+    state.fleet.lose_node(id, "deleted from the registry");
+    state.tasks.wake_dispatcher();
     Ok(())
 }
 
 /// Sets or clears draining.
 pub async fn drain(state: &HubState, id: &str, draining: bool) -> Result<NodeView, RegistryError> {
     state
-        .store
+        .store()
         .set_draining(id, draining, state.now_ms())
         .await?;
     let change = {
-        let mut fleet = state.fleet.lock();
+        let mut fleet = state.fleet.liveness();
         fleet.add_known(id, draining);
         fleet.set_draining(id, draining)
     };
@@ -261,7 +256,7 @@ pub async fn drain(state: &HubState, id: &str, draining: bool) -> Result<NodeVie
 /// One node with live state.
 pub async fn get(state: &HubState, id: &str) -> Result<NodeView, RegistryError> {
     let row = state
-        .store
+        .store()
         .get_node(id)
         .await?
         .ok_or_else(|| RegistryError::NotFound(id.into()))?;
@@ -270,7 +265,7 @@ pub async fn get(state: &HubState, id: &str) -> Result<NodeView, RegistryError> 
 
 /// Every node with live state.
 pub async fn list(state: &HubState) -> Result<Vec<NodeView>, RegistryError> {
-    let rows = state.store.list_nodes().await?;
+    let rows = state.store().list_nodes().await?;
     Ok(rows.into_iter().map(|row| view(state, row)).collect())
 }
 
@@ -285,7 +280,7 @@ pub async fn capabilities(state: &HubState, id: &str) -> Result<Capabilities, Re
 /// Health: status, and a ping over the session right now.
 pub async fn health(state: &HubState, id: &str) -> Result<NodeHealth, RegistryError> {
     let view = get(state, id).await?;
-    let live = state.live.lock().get(id).cloned().unwrap_or_default();
+    let live = state.fleet.live.lock().get(id).cloned().unwrap_or_default();
     let mut health = NodeHealth {
         id: id.into(),
         status: view.status.clone(),
@@ -299,7 +294,7 @@ pub async fn health(state: &HubState, id: &str) -> Result<NodeHealth, RegistryEr
             .unwrap_or_default(),
         ..NodeHealth::default()
     };
-    match state.links.get(id) {
+    match state.fleet.links().get(id) {
         None => {
             health.error = format!(
                 "no session to this hub ({})",
@@ -327,11 +322,11 @@ pub async fn health(state: &HubState, id: &str) -> Result<NodeHealth, RegistryEr
 }
 
 fn view(state: &HubState, row: NodeRow) -> NodeView {
-    let (status, reason) = match state.fleet.lock().status_with_reason(&row.id) {
+    let (status, reason) = match state.fleet.liveness().status_with_reason(&row.id) {
         Some((status, reason)) => (status.as_str().to_string(), reason),
         None => (row.status.clone(), row.status_reason.clone()),
     };
-    let live = state.live.lock().get(&row.id).cloned();
+    let live = state.fleet.live.lock().get(&row.id).cloned();
     let last_seen = live.as_ref().and_then(|l| l.last_heartbeat_ms);
     let stored_caps = row
         .capabilities

@@ -17,8 +17,9 @@ use outpost_trust::auth::Role;
 use prost::Message;
 
 use crate::fleet::FleetState;
+use crate::fleet::HeartbeatTransport;
 use crate::fleet::links::{NodeLink, QuicLink};
-use crate::state::{HeartbeatTransport, HubState};
+use crate::state::HubState;
 
 /// Application close codes.
 pub mod close_code {
@@ -100,7 +101,8 @@ async fn authenticate(
     .map_err(|e| (close_code::PROTOCOL, format!("hello: {e}")))?;
 
     let claims = state
-        .auth
+        .credentials
+        .auth()
         .verify(&hello.jwt)
         .map_err(|e| (close_code::UNAUTHORIZED, format!("node JWT: {e}")))?;
     if claims.role != Role::Node {
@@ -119,7 +121,7 @@ async fn authenticate(
         ));
     }
     let row = state
-        .store
+        .store()
         .get_node(&cert_node_id)
         .await
         .map_err(|e| (close_code::SHUTDOWN, format!("hub store unavailable: {e}")))?
@@ -147,7 +149,7 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
     let link: Arc<dyn NodeLink> = Arc::new(QuicLink::new(connection.clone()));
     let connection_id = link.connection_id();
     let (interval_ms, change) = {
-        let mut fleet = state.fleet.lock();
+        let mut fleet = state.fleet.liveness();
         let change = fleet.observe_heartbeat(&node_id, state.monotonic_ms());
         let ttl = fleet.assign_ttl_ms(&node_id);
         (FleetState::heartbeat_interval_ms(ttl), change)
@@ -155,14 +157,14 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
     state.publish(change);
     if let Some(caps) = &hello.capabilities
         && let Err(e) = state
-            .store
+            .store()
             .set_capabilities(&node_id, &caps.encode_to_vec())
             .await
     {
         tracing::warn!(node_id = %node_id, error = %e, "storing capabilities failed");
     }
     {
-        let mut live = state.live.lock();
+        let mut live = state.fleet.live.lock();
         let entry = live.entry(node_id.clone()).or_default();
         entry.capabilities = hello.capabilities.clone();
         entry.gpus = hello.capabilities.as_ref().and_then(|c| c.gpus.clone());
@@ -176,11 +178,11 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
         &node_id,
         hello.capabilities.as_ref().and_then(|c| c.gpus.as_ref()),
     );
-    state.links.insert(&node_id, link.clone());
+    state.fleet.links().insert(&node_id, link.clone());
     if let Some(caps) = &hello.capabilities {
         crate::work::tasks::observe_capabilities(&state, &node_id, caps);
     }
-    let channel = match state.heartbeat_channels.open(&node_id, |id| {
+    let channel = match state.fleet.heartbeat_channels().open(&node_id, |id| {
         outpost_proto::heartbeat_channel::channel_key(&connection, id)
     }) {
         Ok(channel) => Some(channel),
@@ -195,12 +197,15 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
         heartbeat_channel_id: channel.as_ref().map_or(0, |c| c.id()),
     };
     if framing::write_frame(&mut send, &ack).await.is_err() {
-        state.links.remove_if_current(&node_id, connection_id);
+        state
+            .fleet
+            .links()
+            .remove_if_current(&node_id, connection_id);
         return;
     }
     let _ = send.finish();
     tracing::info!(node_id = %node_id, remote = %connection.remote_address(), interval_ms, "node session up");
-    if state.preinstall_tools {
+    if state.tools.preinstall() {
         tokio::spawn(crate::work::tools::install_all_on(
             state.clone(),
             node_id.clone(),
@@ -251,7 +256,10 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
         confirm.abort();
     }
     drop(channel);
-    state.links.remove_if_current(&node_id, connection_id);
+    state
+        .fleet
+        .links()
+        .remove_if_current(&node_id, connection_id);
     tracing::info!(node_id = %node_id, reason = %connection.close_reason().map(|r| r.to_string()).unwrap_or_default(), "node session closed");
 }
 
@@ -263,7 +271,7 @@ fn fence_reason(gpus: Option<&outpost_proto::v1::GpuSnapshot>) -> Option<String>
 
 fn apply_fence(state: &HubState, node_id: &str, gpus: Option<&outpost_proto::v1::GpuSnapshot>) {
     let fence = fence_reason(gpus);
-    let change = state.fleet.lock().set_fenced(node_id, fence);
+    let change = state.fleet.liveness().set_fenced(node_id, fence);
     state.publish(change);
 }
 
@@ -280,7 +288,7 @@ pub fn on_heartbeat(
     }
     let now = state.now_ms();
     {
-        let mut live = state.live.lock();
+        let mut live = state.fleet.live.lock();
         let entry = live.entry(node_id.to_string()).or_default();
         // Datagrams may arrive out of order: keep the newest.
         if heartbeat.seq != 0 && heartbeat.seq <= entry.last_seq {
@@ -298,14 +306,14 @@ pub fn on_heartbeat(
     crate::work::tasks::observe_heartbeat(state, node_id, &heartbeat);
     let fence = fence_reason(heartbeat.gpus.as_ref());
     let (came_back, fence_change) = {
-        let mut fleet = state.fleet.lock();
+        let mut fleet = state.fleet.liveness();
         (
             fleet.observe_heartbeat(node_id, state.monotonic_ms()),
             fleet.set_fenced(node_id, fence),
         )
     };
     state.publish(came_back.into_iter().chain(fence_change));
-    let mut pending = state.pending_heartbeats.lock();
+    let mut pending = state.fleet.heartbeat_times.lock();
     match pending.get_mut(node_id) {
         Some(at) => *at = now,
         None => {
@@ -321,7 +329,7 @@ async fn on_event(state: &HubState, node_id: &str, event: NodeEvent) {
         }
         Some(node_event::Kind::Capabilities(caps)) => {
             if let Err(e) = state
-                .store
+                .store()
                 .set_capabilities(node_id, &caps.encode_to_vec())
                 .await
             {
@@ -330,6 +338,7 @@ async fn on_event(state: &HubState, node_id: &str, event: NodeEvent) {
             apply_fence(state, node_id, caps.gpus.as_ref());
             crate::work::tasks::observe_capabilities(state, node_id, &caps);
             state
+                .fleet
                 .live
                 .lock()
                 .entry(node_id.to_string())

@@ -25,6 +25,67 @@ const INSTALL_CONCURRENCY: usize = 4;
 
 /// Installs carrying a component's bytes at the same time, over all nodes (hub-wide).
 pub const TRANSFER_CONCURRENCY: usize = 4;
+/// How long tool metadata read from the store is reused. A push through this hub replaces it at
+/// once; a push through another hub sharing the database is seen within this time.
+const META_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most tools whose metadata is cached.
+const META_CACHE_ENTRIES: usize = 1024;
+
+/// The tool registry's handle in the hub's state: a short-lived cache of tool metadata, whether
+/// tools are preinstalled on nodes, and the hub-wide limit on byte transfers to nodes.
+#[derive(Debug)]
+pub struct ToolRegistry {
+    /// Tool metadata (no component bytes) by name, with when it was read.
+    meta: parking_lot::Mutex<std::collections::HashMap<String, (ToolRow, std::time::Instant)>>,
+    /// `[tools] preinstall`: install tools on the connected nodes at push and when a node
+    /// connects.
+    preinstall: bool,
+    /// Tool transfers to nodes running at once (installs that carry a component's bytes).
+    transfers: tokio::sync::Semaphore,
+}
+
+impl ToolRegistry {
+    /// A registry that preinstalls tools on nodes when `preinstall` is set.
+    pub fn new(preinstall: bool) -> Self {
+        Self {
+            meta: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            preinstall,
+            transfers: tokio::sync::Semaphore::new(TRANSFER_CONCURRENCY),
+        }
+    }
+
+    /// Whether tools are installed on nodes ahead of their first task.
+    pub fn preinstall(&self) -> bool {
+        self.preinstall
+    }
+
+    /// A tool's metadata, from the cache when read less than [`META_TTL`] ago.
+    pub async fn meta(
+        &self,
+        store: &dyn crate::store::Store,
+        name: &str,
+    ) -> Result<Option<ToolRow>, crate::store::StoreError> {
+        if let Some((tool, read_at)) = self.meta.lock().get(name)
+            && read_at.elapsed() < META_TTL
+        {
+            return Ok(Some(tool.clone()));
+        }
+        let tool = store.get_tool_meta(name).await?;
+        let mut cache = self.meta.lock();
+        match &tool {
+            Some(tool) => {
+                if cache.len() >= META_CACHE_ENTRIES {
+                    cache.clear();
+                }
+                cache.insert(name.to_string(), (tool.clone(), std::time::Instant::now()));
+            }
+            None => {
+                cache.remove(name);
+            }
+        }
+        Ok(tool)
+    }
+}
 
 /// Largest component accepted.
 pub const MAX_COMPONENT_BYTES: usize = 32 * 1024 * 1024;
@@ -109,13 +170,13 @@ pub async fn push(
         created_at_ms: now,
         updated_at_ms: now,
     };
-    state.store.put_tool(&row).await?;
-    state.tool_meta.lock().remove(name);
+    state.store().put_tool(&row).await?;
+    state.tools.meta.lock().remove(name);
     tracing::info!(tool = %row.name, digest = %row.digest, size = row.size_bytes, "tool pushed");
-    if state.preinstall_tools {
-        install_on_nodes(state, state.links.all(), &row);
+    if state.tools.preinstall {
+        install_on_nodes(state, state.fleet.links().all(), &row);
     }
-    Ok(state.store.get_tool_meta(name).await?.unwrap_or(row))
+    Ok(state.store().get_tool_meta(name).await?.unwrap_or(row))
 }
 
 /// Installs a tool on `nodes` in the background, a few at a time.
@@ -162,7 +223,7 @@ fn install_on_nodes(
 /// Installs every tool of this hub on a node that just connected, one after the other (by digest;
 /// the bytes, read from the store, only for what the node lacks).
 pub async fn install_all_on(state: Arc<HubState>, node_id: String, link: Arc<dyn NodeLink>) {
-    let tools = match state.store.list_tools().await {
+    let tools = match state.store().list_tools().await {
         Ok(tools) => tools,
         Err(e) => {
             tracing::warn!(node_id = %node_id, error = %e, "listing the tools to install failed");
@@ -176,7 +237,7 @@ pub async fn install_all_on(state: Arc<HubState>, node_id: String, link: Arc<dyn
     let mut installed = 0usize;
     for tool in tools {
         let announce = announcement(&tool);
-        let from_store = async || match state.store.get_tool(&tool.name).await {
+        let from_store = async || match state.store().get_tool(&tool.name).await {
             // Pushed again meanwhile: the push installs the new one.
             Ok(Some(full)) if full.digest == tool.digest => Some(full.component),
             Ok(_) => None,
@@ -212,7 +273,7 @@ async fn install_on_node(
 ) -> bool {
     let mut answer = link.install_tool(announce.clone()).await;
     if let Ok(RunAnswer::MissingComponent(_)) = answer {
-        let Ok(_transfer) = state.tool_transfers.acquire().await else {
+        let Ok(_transfer) = state.tools.transfers.acquire().await else {
             return false;
         };
         let Some(component) = component().await else {
@@ -241,7 +302,7 @@ async fn install_on_node(
 /// One tool (without its component's bytes).
 pub async fn inspect(state: &HubState, name: &str) -> Result<ToolRow, TaskError> {
     state
-        .store
+        .store()
         .get_tool_meta(name)
         .await?
         .ok_or_else(|| TaskError::NotFound(format!("tool {name:?} is not on this hub")))
@@ -249,7 +310,7 @@ pub async fn inspect(state: &HubState, name: &str) -> Result<ToolRow, TaskError>
 
 /// Every tool (without components).
 pub async fn list(state: &HubState) -> Result<Vec<ToolRow>, TaskError> {
-    Ok(state.store.list_tools().await?)
+    Ok(state.store().list_tools().await?)
 }
 
 /// The protobuf view (no bytes).

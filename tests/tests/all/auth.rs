@@ -72,7 +72,7 @@ async fn join_refusals_name_their_cause() {
     let now_ms = now_s() * 1000;
     hub.hub()
         .state
-        .store
+        .store()
         .insert_token(&TokenRow {
             id: expired.id.clone(),
             proof_key: expired.proof_key().to_vec(),

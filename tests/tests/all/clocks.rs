@@ -27,7 +27,7 @@ async fn wall_clock_steps_change_no_nodes_liveness() {
     let node = start_node(hub.node_config("clock-1", STATIC_TOKEN)).await;
     hub.wait_status("clock-1", "online", Duration::from_secs(15))
         .await;
-    let status = || hub.hub().state.fleet.lock().status("clock-1");
+    let status = || hub.hub().state.fleet.liveness().status("clock-1");
 
     // An NTP step an hour forward, then two hours back: the node stays online.
     clock.step_wall_ms(3_600_000);
@@ -92,6 +92,6 @@ async fn join_challenges_expire_on_the_hubs_wall_clock() {
         .await
         .unwrap_err();
     assert!(matches!(err, JoinError::ChallengeExpired), "{err}");
-    assert!(state.store.get_node("clock-b").await.unwrap().is_none());
-    assert!(state.store.get_node("clock-a").await.unwrap().is_some());
+    assert!(state.store().get_node("clock-b").await.unwrap().is_none());
+    assert!(state.store().get_node("clock-a").await.unwrap().is_some());
 }

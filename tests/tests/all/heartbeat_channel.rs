@@ -32,7 +32,7 @@ async fn heartbeats_use_the_channel_and_fall_back_to_datagrams_when_it_goes_dark
     let node = start_node(hub.node_config("beat-1", STATIC_TOKEN)).await;
     hub.wait_status("beat-1", "online", Duration::from_secs(10))
         .await;
-    let channels = hub.hub().state.heartbeat_channels.clone();
+    let channels = hub.hub().state.fleet.heartbeat_channels().clone();
     wait_for("channel confirmed", Duration::from_secs(10), || {
         node.stats.channel_confirmed.load(Ordering::SeqCst)
     })
@@ -132,7 +132,7 @@ async fn forged_replayed_and_garbage_channel_packets_change_nothing() {
     assert_ne!(id, 0, "the hub offers a channel");
     let key = channel_key(&connection, id).unwrap();
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let channels = hub.hub().state.heartbeat_channels.clone();
+    let channels = hub.hub().state.fleet.heartbeat_channels().clone();
     let beat = |seq: u64| {
         Heartbeat {
             node_id: "raw-1".into(),
@@ -144,9 +144,8 @@ async fn forged_replayed_and_garbage_channel_packets_change_nothing() {
     let heartbeats = || {
         hub.hub()
             .state
-            .live
-            .lock()
-            .get("raw-1")
+            .fleet
+            .live("raw-1")
             .map_or(0, |l| l.heartbeats)
     };
 

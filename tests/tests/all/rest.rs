@@ -152,7 +152,7 @@ async fn registry_crud_and_every_error() {
     assert_eq!(status, 409, "{err}");
     hub.hub()
         .state
-        .store
+        .store()
         .insert_agent("agent-1", "node-01", "builder", "running", 0)
         .await
         .unwrap();

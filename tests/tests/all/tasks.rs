@@ -593,11 +593,8 @@ async fn a_late_result_from_a_lost_attempt_is_recorded_not_reported() {
     let (code, _, err) = hub.cli(&["nodes", "drain", &first]).await;
     assert_eq!(code, 0, "{err}");
     let state = hub.hub().state.clone();
-    state
-        .lost_nodes
-        .lock()
-        .push((first.clone(), "partitioned in this test".into()));
-    state.dispatch.notify_one();
+    state.fleet.lose_node(&first, "partitioned in this test");
+    state.tasks.wake_dispatcher();
 
     // The first attempt's result still arrives, and is kept on its attempt without finishing
     // the task; the second attempt's result is the one reported.
@@ -626,7 +623,7 @@ async fn a_late_result_from_a_lost_attempt_is_recorded_not_reported() {
         "the late result does not replace the reported one"
     );
     assert_eq!(task["attempts"], 2);
-    let attempts = state.store.list_attempts(&id).await.unwrap();
+    let attempts = state.store().list_attempts(&id).await.unwrap();
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert_eq!(attempts[0].node_id, first);
     assert_eq!(
@@ -719,7 +716,13 @@ async fn tools_are_installed_on_the_nodes_before_their_first_task() {
     assert_eq!(task["output"], "installed");
 
     // What a node refuses to install, and says why; it keeps serving afterwards.
-    let link = hub.hub().state.links.get("inst-1").expect("link to inst-1");
+    let link = hub
+        .hub()
+        .state
+        .fleet
+        .links()
+        .get("inst-1")
+        .expect("link to inst-1");
     let refused = |answer: Result<RunAnswer, LinkError>| match answer {
         Err(LinkError::Refused(message)) => message,
         other => panic!("expected a refusal, got {other:?}"),

@@ -13,7 +13,7 @@ use crate::work::scheduler::{ComputeCapability, DeviceReport, NodeReport};
 pub fn node_report(node_id: &str, caps: &Capabilities, state: &HubState) -> NodeReport {
     let (accepting, gpu_fence) = state
         .fleet
-        .lock()
+        .liveness()
         .placement_state(node_id)
         .unwrap_or((Err("unknown to the fleet".into()), None));
     let mut capabilities: HashSet<String> = caps.software.iter().map(|s| s.name.clone()).collect();
@@ -61,8 +61,8 @@ pub fn node_report(node_id: &str, caps: &Capabilities, state: &HubState) -> Node
 /// A node's capabilities arrived (session hello or a change): refresh its placement view.
 pub fn observe_capabilities(state: &HubState, node_id: &str, caps: &Capabilities) {
     let report = node_report(node_id, caps, state);
-    state.scheduler.lock().upsert_node(report);
-    state.dispatch.notify_one();
+    state.tasks.scheduler().upsert_node(report);
+    state.tasks.wake_dispatcher();
 }
 
 /// A heartbeat: fresh free memory, and which tasks run (confirming their reservations).
@@ -74,7 +74,7 @@ pub fn observe_heartbeat(state: &HubState, node_id: &str, heartbeat: &Heartbeat)
         .map(|d| (d.uuid.as_str(), d.memory_free_mb));
     let now = state.monotonic_ms();
     state
-        .scheduler
-        .lock()
+        .tasks
+        .scheduler()
         .observe_heartbeat(node_id, free, &heartbeat.running_tasks, now);
 }

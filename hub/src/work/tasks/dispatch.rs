@@ -35,7 +35,7 @@ const ACTIVE: [TaskStatus; 2] = [TaskStatus::Placed, TaskStatus::Running];
 pub async fn run_dispatcher(state: Arc<HubState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = state.dispatch.notified() => {}
+            _ = state.tasks.dispatch.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.changed() => return,
         }
@@ -43,6 +43,7 @@ pub async fn run_dispatcher(state: Arc<HubState>, mut shutdown: watch::Receiver<
             tracing::warn!(error = %e, "task dispatch pass failed");
         }
         state
+            .tasks
             .dispatch_passes
             .send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -52,7 +53,7 @@ pub async fn run_dispatcher(state: Arc<HubState>, mut shutdown: watch::Receiver<
 /// sessions that carried them are gone), so they go back to the queue (or fail when out of
 /// attempts). A result that still arrives from such an attempt is recorded as late.
 pub async fn recover_after_restart(state: &HubState) -> Result<usize, StoreError> {
-    let orphans = state.store.queue(&ACTIVE, u32::MAX).await?;
+    let orphans = state.store().queue(&ACTIVE, u32::MAX).await?;
     for task in &orphans {
         lose_attempt(
             state,
@@ -66,9 +67,9 @@ pub async fn recover_after_restart(state: &HubState) -> Result<usize, StoreError
 
 /// One pass: lost nodes first, then the queue in submit order.
 pub async fn dispatch_once(state: &Arc<HubState>) -> Result<(), StoreError> {
-    let lost: Vec<(String, String)> = std::mem::take(&mut *state.lost_nodes.lock());
+    let lost = state.fleet.take_lost_nodes();
     if !lost.is_empty() {
-        let active = state.store.queue(&ACTIVE, u32::MAX).await?;
+        let active = state.store().queue(&ACTIVE, u32::MAX).await?;
         let lost: HashMap<String, String> = lost.into_iter().collect();
         for task in active {
             if let Some(reason) = lost.get(&task.node_id) {
@@ -79,13 +80,13 @@ pub async fn dispatch_once(state: &Arc<HubState>) -> Result<(), StoreError> {
     }
     // Tasks their node no longer runs (it restarted inside the TTL and lost them) go back too.
     let now = state.monotonic_ms();
-    let grace = 2 * state.fleet.lock().base_ttl_ms();
+    let grace = 2 * state.fleet.liveness().base_ttl_ms();
     let vanished = state
-        .scheduler
-        .lock()
+        .tasks
+        .scheduler()
         .vanished(now, grace, UNCONFIRMED_GRACE_MS.max(grace));
     for id in vanished {
-        match state.store.get_task(&id).await? {
+        match state.store().get_task(&id).await? {
             Some(task) if task.status.is_active() => {
                 let why = format!(
                     "node {} stopped reporting the task without a result (restarted?)",
@@ -95,13 +96,13 @@ pub async fn dispatch_once(state: &Arc<HubState>) -> Result<(), StoreError> {
             }
             // Finished or cancelled meanwhile: only the reservation was left.
             _ => {
-                state.scheduler.lock().release(&id);
+                state.tasks.scheduler().release(&id);
             }
         }
     }
-    let _placing = state.placing.lock().await;
+    let _placing = state.tasks.placing.lock().await;
     let queued = state
-        .store
+        .store()
         .queue(&[TaskStatus::Queued], QUEUE_BATCH)
         .await?;
     let full = queued.len() >= QUEUE_BATCH as usize;
@@ -110,13 +111,14 @@ pub async fn dispatch_once(state: &Arc<HubState>) -> Result<(), StoreError> {
         waiting |= !place_queued(state, &task).await?;
     }
     state
+        .tasks
         .queue_backlog
         .store(waiting || full, std::sync::atomic::Ordering::Release);
     Ok(())
 }
 
 /// Tries to place one queued task; false when it stays queued (no node fits). Callers hold
-/// `state.placing`.
+/// `state.tasks.placing`.
 async fn place_queued(state: &Arc<HubState>, task: &TaskRow) -> Result<bool, StoreError> {
     let spec: RequirementsSpec = match serde_json::from_str(&task.requirements) {
         Ok(spec) => spec,
@@ -139,8 +141,8 @@ async fn place_queued(state: &Arc<HubState>, task: &TaskRow) -> Result<bool, Sto
         }
     };
     let placed = state
-        .scheduler
-        .lock()
+        .tasks
+        .scheduler()
         .place(&task.id, &req, state.monotonic_ms());
     match placed {
         Ok(Ok(placement)) => place(state, task, placement).await?,
@@ -148,13 +150,13 @@ async fn place_queued(state: &Arc<HubState>, task: &TaskRow) -> Result<bool, Sto
             if let Some(transition) = lifecycle::still_queued(task, &no_fit.reason, state.now_ms())
                 && commit(state, &transition).await?
             {
-                state.task_changed();
+                state.tasks.changed();
             }
             return Ok(false);
         }
         Err(PlaceError::AlreadyPlaced(_)) => {
             // A leftover reservation (a race with a cancel): free it; next pass places it.
-            state.scheduler.lock().release(&task.id);
+            state.tasks.scheduler().release(&task.id);
             return Ok(false);
         }
         Err(PlaceError::Invalid(e)) => fail(state, task, "invalid_requirements", &e).await?,
@@ -169,7 +171,7 @@ async fn place(
 ) -> Result<(), StoreError> {
     let transition = lifecycle::place(task, &placement, state.now_ms());
     if !commit(state, &transition).await? {
-        state.scheduler.lock().release(&task.id);
+        state.tasks.scheduler().release(&task.id);
         return Ok(());
     }
     hand_over(state, transition.task, placement);
@@ -179,11 +181,12 @@ async fn place(
 /// A placement is stored: remember the row and send the attempt to its node.
 pub(super) fn hand_over(state: &Arc<HubState>, placed: TaskRow, placement: Placement) {
     state
+        .tasks
         .in_flight
         .lock()
         .insert(placed.id.clone(), placed.clone());
     tracing::info!(task_id = %placed.id, node_id = %placed.node_id, devices = %placed.devices, attempt = placed.attempts, "task placed");
-    state.task_changed();
+    state.tasks.changed();
     let state = state.clone();
     tokio::spawn(async move {
         if let Err(e) = send_to_node(&state, &placed, &placement).await {
@@ -203,7 +206,7 @@ async fn send_to_node(
     let Some(tool) = tool_meta(state, &task.tool).await? else {
         return fail(state, task, "tool_missing", &tool_removed()).await;
     };
-    let Some(link) = state.links.get(&placement.node_id) else {
+    let Some(link) = state.fleet.links().get(&placement.node_id) else {
         return lose_attempt(
             state,
             task,
@@ -238,7 +241,7 @@ async fn send_to_node(
     };
     let mut answer = link.run_task(command.clone()).await;
     if let Ok(RunAnswer::MissingComponent(_)) = &answer {
-        let Some(full) = state.store.get_tool(&task.tool).await? else {
+        let Some(full) = state.store().get_tool(&task.tool).await? else {
             return fail(state, task, "tool_missing", &tool_removed()).await;
         };
         // Cached metadata may predate a push through another hub: the bytes read now decide.
@@ -276,12 +279,12 @@ fn mark_running_soon(state: &Arc<HubState>, placed: &TaskRow) {
         };
         match commit(&state, &transition).await {
             Ok(true) => {
-                if let Some(row) = state.in_flight.lock().get_mut(&placed.id)
+                if let Some(row) = state.tasks.in_flight.lock().get_mut(&placed.id)
                     && row.attempts == transition.task.attempts
                 {
                     *row = transition.task;
                 }
-                state.task_changed();
+                state.tasks.changed();
             }
             Ok(false) => {}
             Err(e) => {
@@ -298,15 +301,15 @@ pub(super) async fn lose_attempt(
     task: &TaskRow,
     why: &str,
 ) -> Result<(), StoreError> {
-    state.scheduler.lock().release(&task.id);
-    state.in_flight.lock().remove(&task.id);
+    state.tasks.scheduler().release(&task.id);
+    state.tasks.in_flight.lock().remove(&task.id);
     let Some(transition) = lifecycle::lose_attempt(task, why, state.now_ms()) else {
         return Ok(());
     };
     if commit(state, &transition).await? {
         tracing::warn!(task_id = %task.id, node_id = %task.node_id, status = %transition.task.status, "{why}");
-        state.task_changed();
-        state.dispatch.notify_one();
+        state.tasks.changed();
+        state.tasks.wake_dispatcher();
     }
     Ok(())
 }
@@ -318,13 +321,13 @@ async fn fail(
     kind: &str,
     message: &str,
 ) -> Result<(), StoreError> {
-    state.scheduler.lock().release(&task.id);
-    state.in_flight.lock().remove(&task.id);
+    state.tasks.scheduler().release(&task.id);
+    state.tasks.in_flight.lock().remove(&task.id);
     let Some(transition) = lifecycle::fail(task, kind, message, state.now_ms()) else {
         return Ok(());
     };
     if commit(state, &transition).await? {
-        state.task_changed();
+        state.tasks.changed();
     }
     Ok(())
 }

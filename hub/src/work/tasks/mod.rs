@@ -22,10 +22,13 @@ mod capacity;
 mod dispatch;
 mod results;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::{Notify, watch};
 
 pub use capacity::{node_report, observe_capabilities, observe_heartbeat};
 pub use dispatch::{dispatch_once, recover_after_restart, run_dispatcher};
@@ -35,12 +38,71 @@ pub use spec::{MAX_INPUT_BYTES, RequirementsSpec, SubmitSpec, TaskError};
 
 use crate::state::HubState;
 use crate::store::{StoreError, TaskRow, ToolRow};
-use crate::work::scheduler::PlaceError;
+use crate::work::scheduler::{PlaceError, Scheduler};
 use lifecycle::Transition;
 
-/// How long tool metadata read from the store is reused. A push through this hub replaces it at
-/// once; a push through another hub sharing the database is seen within this time.
-const TOOL_META_TTL: Duration = Duration::from_secs(2);
+/// The task engine's handle in the hub's state: the scheduler, the dispatcher's wake-ups and pass
+/// count, the attempts this hub has in flight, and what waiters watch.
+#[derive(Debug)]
+pub struct TaskEngine {
+    scheduler: Mutex<Scheduler>,
+    /// Wakes the dispatcher (a task was submitted, a node changed, capacity freed).
+    dispatch: Notify,
+    /// Placements a task may take unless it says (`[scheduler] default_max_attempts`).
+    default_max_attempts: u32,
+    /// Bumped on every task status change (waiters watch it).
+    changes: watch::Sender<u64>,
+    /// Counts finished dispatcher passes (tests wait for one instead of sleeping).
+    dispatch_passes: watch::Sender<u64>,
+    /// Held while queued tasks are being placed (a dispatcher pass, or a submit placing its own
+    /// task at once), so one task is never placed by both.
+    placing: tokio::sync::Mutex<()>,
+    /// True when the last dispatcher pass left tasks queued: a new task then waits its turn
+    /// instead of being placed at submit.
+    queue_backlog: AtomicBool,
+    /// The row of each attempt this hub placed and that has not ended, as last written: a
+    /// result for it needs no read before its compare-and-set write (which still decides).
+    in_flight: Mutex<HashMap<String, TaskRow>>,
+    /// The last task that finished on this hub, as written (waiters take it from here).
+    last_finished: watch::Sender<Option<Arc<TaskRow>>>,
+}
+
+impl TaskEngine {
+    /// An engine placing with `scheduler`, giving tasks `default_max_attempts` unless they say.
+    pub fn new(scheduler: Scheduler, default_max_attempts: u32) -> Self {
+        Self {
+            scheduler: Mutex::new(scheduler),
+            dispatch: Notify::new(),
+            default_max_attempts,
+            changes: watch::channel(0).0,
+            dispatch_passes: watch::channel(0).0,
+            placing: tokio::sync::Mutex::new(()),
+            queue_backlog: AtomicBool::new(false),
+            in_flight: Mutex::new(HashMap::new()),
+            last_finished: watch::channel(None).0,
+        }
+    }
+
+    /// The scheduler (pure placement over what heartbeats say).
+    pub fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
+        self.scheduler.lock()
+    }
+
+    /// Wakes the dispatcher for a pass.
+    pub fn wake_dispatcher(&self) {
+        self.dispatch.notify_one();
+    }
+
+    /// Counts of finished dispatcher passes (watch it to know a pass has run).
+    pub fn dispatch_passes(&self) -> watch::Receiver<u64> {
+        self.dispatch_passes.subscribe()
+    }
+
+    /// Tells task waiters that some task changed.
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
 
 /// What a submit returns.
 #[derive(Debug, Clone)]
@@ -60,17 +122,17 @@ fn new_task_id() -> Result<String, TaskError> {
 
 /// Writes a transition: the task under its guard, with its attempt row in the same transaction.
 /// False when the guard no longer holds (another writer got there first).
-pub(crate) async fn commit(state: &HubState, transition: &Transition) -> Result<bool, StoreError> {
+async fn commit(state: &HubState, transition: &Transition) -> Result<bool, StoreError> {
     match &transition.attempt {
         Some(attempt) => {
             state
-                .store
+                .store()
                 .advance_task(&transition.task, transition.guard, attempt)
                 .await
         }
         None => {
             state
-                .store
+                .store()
                 .update_task(&transition.task, transition.guard)
                 .await
         }
@@ -98,7 +160,7 @@ pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted
         status: TaskStatus::Queued,
         reason: "waiting for the scheduler".into(),
         max_attempts: i64::from(if spec.max_attempts == 0 {
-            state.default_max_attempts
+            state.tasks.default_max_attempts
         } else {
             spec.max_attempts
         }),
@@ -110,57 +172,63 @@ pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted
     // Placed as it is submitted, in the same write, when nothing older waits and no dispatcher
     // pass runs (the dispatcher keeps submit order); otherwise the dispatcher places it.
     let placing = if state
+        .tasks
         .queue_backlog
         .load(std::sync::atomic::Ordering::Acquire)
     {
         None
     } else {
-        state.placing.try_lock().ok()
+        state.tasks.placing.try_lock().ok()
     };
     let planned = placing.as_ref().map(|_| {
         state
-            .scheduler
-            .lock()
+            .tasks
+            .scheduler()
             .place(&row.id, &requirements, state.monotonic_ms())
     });
     let (stored, placement) = match planned {
         Some(Ok(Ok(placement))) => {
             let placed = lifecycle::place(&row, &placement, now);
             let attempt = placed.attempt.unwrap_or_default();
-            match state.store.insert_placed_task(&placed.task, &attempt).await {
+            match state
+                .store()
+                .insert_placed_task(&placed.task, &attempt)
+                .await
+            {
                 Ok(stored) if stored.id == placed.task.id => (stored, Some(placement)),
                 Ok(taken) => {
-                    state.scheduler.lock().release(&row.id);
+                    state.tasks.scheduler().release(&row.id);
                     (taken, None)
                 }
                 Err(e) => {
-                    state.scheduler.lock().release(&row.id);
+                    state.tasks.scheduler().release(&row.id);
                     return Err(e.into());
                 }
             }
         }
         Some(Ok(Err(no_fit))) => {
             state
+                .tasks
                 .queue_backlog
                 .store(true, std::sync::atomic::Ordering::Release);
             row.reason = no_fit.reason;
-            (state.store.insert_task(&row).await?, None)
+            (state.store().insert_task(&row).await?, None)
         }
         Some(Err(PlaceError::Invalid(e))) => {
             return Err(TaskError::Invalid(format!("requirements: {e}")));
         }
         Some(Err(PlaceError::AlreadyPlaced(_))) | None => {
-            (state.store.insert_task(&row).await?, None)
+            (state.store().insert_task(&row).await?, None)
         }
     };
     drop(placing);
     let created = stored.id == row.id;
     if created {
         tracing::info!(task_id = %row.id, tool = %row.tool, "task submitted");
-        state.task_changed();
+        state.tasks.changed();
         match placement {
             Some(placement) => dispatch::hand_over(state, stored.clone(), placement),
-            None => state.dispatch.notify_one(),
+            None => state.tasks.wake_dispatcher(),
         }
     }
     Ok(Submitted {
@@ -169,33 +237,15 @@ pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted
     })
 }
 
-/// A tool's metadata, from the cache when read less than [`TOOL_META_TTL`] ago.
+/// A tool's metadata, from the tool registry's short-lived cache.
 async fn tool_meta(state: &HubState, name: &str) -> Result<Option<ToolRow>, StoreError> {
-    if let Some((tool, read_at)) = state.tool_meta.lock().get(name)
-        && read_at.elapsed() < TOOL_META_TTL
-    {
-        return Ok(Some(tool.clone()));
-    }
-    let tool = state.store.get_tool_meta(name).await?;
-    let mut cache = state.tool_meta.lock();
-    match &tool {
-        Some(tool) => {
-            if cache.len() >= 1024 {
-                cache.clear();
-            }
-            cache.insert(name.to_string(), (tool.clone(), std::time::Instant::now()));
-        }
-        None => {
-            cache.remove(name);
-        }
-    }
-    Ok(tool)
+    state.tools.meta(state.store().as_ref(), name).await
 }
 
 /// One task.
 pub async fn get(state: &HubState, id: &str) -> Result<TaskRow, TaskError> {
     state
-        .store
+        .store()
         .get_task(id)
         .await?
         .ok_or_else(|| TaskError::NotFound(format!("task {id:?} not found")))
@@ -215,7 +265,7 @@ pub async fn list(
         None => vec![],
     };
     let limit = if limit == 0 { 100 } else { limit.min(10_000) };
-    Ok(state.store.list_tasks(&statuses, limit).await?)
+    Ok(state.store().list_tasks(&statuses, limit).await?)
 }
 
 /// Cancels a task that has not finished; a running attempt is stopped on its node.
@@ -226,10 +276,10 @@ pub async fn cancel(state: &Arc<HubState>, id: &str) -> Result<TaskRow, TaskErro
         if !commit(state, &transition).await? {
             continue; // raced with the dispatcher or a result: look again
         }
-        state.scheduler.lock().release(id);
-        state.in_flight.lock().remove(id);
+        state.tasks.scheduler().release(id);
+        state.tasks.in_flight.lock().remove(id);
         if task.status.is_active()
-            && let Some(link) = state.links.get(&task.node_id)
+            && let Some(link) = state.fleet.links().get(&task.node_id)
         {
             let attempt = u32::try_from(task.attempts).unwrap_or(0);
             let id = id.to_string();
@@ -239,8 +289,8 @@ pub async fn cancel(state: &Arc<HubState>, id: &str) -> Result<TaskRow, TaskErro
                 }
             });
         }
-        state.task_changed();
-        state.dispatch.notify_one();
+        state.tasks.changed();
+        state.tasks.wake_dispatcher();
         return Ok(transition.task);
     }
     Err(TaskError::Conflict(format!(
@@ -250,8 +300,8 @@ pub async fn cancel(state: &Arc<HubState>, id: &str) -> Result<TaskRow, TaskErro
 
 /// Waits until the task is final or `max_wait` passes; returns it either way.
 pub async fn wait(state: &HubState, id: &str, max_wait: Duration) -> Result<TaskRow, TaskError> {
-    let mut changes: watch::Receiver<u64> = state.task_changes.subscribe();
-    let mut finished = state.last_finished.subscribe();
+    let mut changes: watch::Receiver<u64> = state.tasks.changes.subscribe();
+    let mut finished = state.tasks.last_finished.subscribe();
     let deadline = tokio::time::Instant::now() + max_wait;
     let mut periodic = false;
     loop {
@@ -259,7 +309,7 @@ pub async fn wait(state: &HubState, id: &str, max_wait: Duration) -> Result<Task
         finished.mark_unchanged();
         // An attempt this hub placed and has no result for yet is not final: no read needed,
         // except the periodic one (another hub sharing the database may have finished it).
-        if periodic || !state.in_flight.lock().contains_key(id) {
+        if periodic || !state.tasks.in_flight.lock().contains_key(id) {
             let task = get(state, id).await?;
             if task.status.is_terminal() {
                 return Ok(task);

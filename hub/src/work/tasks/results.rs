@@ -34,7 +34,7 @@ async fn apply_result(
         // The attempt this hub placed is remembered as written; anything else is read. Either
         // way the compare-and-set decides, and a lost race reads again.
         let remembered = {
-            let mut in_flight = state.in_flight.lock();
+            let mut in_flight = state.tasks.in_flight.lock();
             match in_flight.get(&result.task_id) {
                 Some(row) if row.attempts == attempt && row.node_id == node_id => {
                     in_flight.remove(&result.task_id)
@@ -44,7 +44,7 @@ async fn apply_result(
         };
         let task = match remembered {
             Some(task) => task,
-            None => match state.store.get_task(&result.task_id).await? {
+            None => match state.store().get_task(&result.task_id).await? {
                 Some(task) => task,
                 None => {
                     tracing::warn!(node_id = %node_id, task_id = %result.task_id, "result for an unknown task dropped");
@@ -56,7 +56,7 @@ async fn apply_result(
         let placed = if lifecycle::is_current(&task, node_id, attempt) {
             lifecycle::current_attempt(&task)
         } else {
-            let attempts = state.store.list_attempts(&task.id).await?;
+            let attempts = state.store().list_attempts(&task.id).await?;
             let Some(placed) = attempts.into_iter().find(|a| a.attempt == attempt) else {
                 tracing::warn!(node_id = %node_id, task_id = %task.id, attempt, "result for an attempt never placed dropped");
                 return Ok(());
@@ -68,19 +68,20 @@ async fn apply_result(
                 if !commit(state, &transition).await? {
                     continue; // lost a race (e.g. to a cancel): the current state wins; look again
                 }
-                state.scheduler.lock().release(&task.id);
+                state.tasks.scheduler().release(&task.id);
                 tracing::info!(task_id = %task.id, node_id = %node_id, status = %transition.task.status, "task finished");
                 state
+                    .tasks
                     .last_finished
                     .send_replace(Some(Arc::new(transition.task)));
-                state.task_changed();
-                state.dispatch.notify_one();
+                state.tasks.changed();
+                state.tasks.wake_dispatcher();
             }
             ResultVerdict::Late(attempt_row) => {
-                state.store.put_attempt(&attempt_row).await?;
-                state.store.count_late_result(&task.id).await?;
+                state.store().put_attempt(&attempt_row).await?;
+                state.store().count_late_result(&task.id).await?;
                 // The remembered row of the attempt now running stays what the store holds.
-                if let Some(row) = state.in_flight.lock().get_mut(&task.id) {
+                if let Some(row) = state.tasks.in_flight.lock().get_mut(&task.id) {
                     row.late_results += 1;
                 }
                 tracing::info!(task_id = %task.id, node_id = %node_id, attempt, task_status = %task.status, "late result recorded, not reported");
