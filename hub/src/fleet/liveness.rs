@@ -271,7 +271,7 @@ impl FleetState {
     }
 
     /// Monotonic time of the last heartbeat seen, if any (not a time to show: the wall time of
-    /// a node's last heartbeat is kept beside the session, [`crate::state::LiveNode`]).
+    /// a node's last heartbeat is kept beside the session, [`crate::fleet::LiveNode`]).
     pub fn last_seen_ms(&self, node_id: &str) -> Option<i64> {
         self.nodes.get(node_id).and_then(|e| e.last_seen_ms)
     }

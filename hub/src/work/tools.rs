@@ -59,7 +59,7 @@ impl ToolRegistry {
         self.preinstall
     }
 
-    /// A tool's metadata, from the cache when read less than [`META_TTL`] ago.
+    /// A tool's metadata, from the cache when read less than two seconds ago (a push through another hub sharing the database is seen within that time).
     pub async fn meta(
         &self,
         store: &dyn crate::store::Store,
