@@ -89,7 +89,7 @@ pub async fn run(
     let mut nodes = Vec::new();
     for config in [cpu, gpu] {
         let id = config.server.node_id.clone().unwrap_or_default();
-        let node = outpost_node::NodeAgent::start(config)
+        let node = outpost_node::Node::start(config)
             .await
             .with_context(|| format!("starting node {id}"))?;
         if !json_out {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
-use outpost_config::{Config, Role as ServerRole};
+use outpost_config::{Config, ServerRole};
 use outpost_proto::v1::node_registry_client::NodeRegistryClient;
 use outpost_proto::v1::token_service_client::TokenServiceClient;
 use outpost_proto::v1::{
@@ -305,7 +305,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let global = cli.global;
     match cli.command {
         Command::Hub => {
-            let config = load_config(&global, ServerRole::Main)?;
+            let config = load_config(&global, ServerRole::Hub)?;
             let hub = outpost_hub::hub::start(&config).await?;
             writeln!(
                 out,
@@ -320,7 +320,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::Node => {
             let config = load_config(&global, ServerRole::Node)?;
-            let node = outpost_node::NodeAgent::start(config).await?;
+            let node = outpost_node::Node::start(config).await?;
             writeln!(
                 out,
                 "outpost node {}: {}",
@@ -512,7 +512,7 @@ async fn token(
     command: TokenCommand,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let config = load_config(global, ServerRole::Main)?;
+    let config = load_config(global, ServerRole::Hub)?;
     match command {
         TokenCommand::Create { ttl, uses } => {
             let ctx = ClientContext::discover(&config, global.hub.as_deref())?;
@@ -565,7 +565,7 @@ async fn nodes(
     command: NodesCommand,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let config = load_config(global, ServerRole::Main)?;
+    let config = load_config(global, ServerRole::Hub)?;
     let ctx = ClientContext::discover(&config, global.hub.as_deref())?;
     let mut client = NodeRegistryClient::new(ctx.channel().await?);
     let jwt = ctx.jwt.as_str();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use outpost_config::Role as ServerRole;
+use outpost_config::ServerRole;
 use outpost_proto::v1::task_service_client::TaskServiceClient;
 use outpost_proto::v1::tool_service_client::ToolServiceClient;
 use outpost_proto::v1::{
@@ -190,7 +190,7 @@ fn parse_mib(text: &str) -> Result<u64, String> {
 }
 
 async fn channel(global: &GlobalArgs) -> anyhow::Result<(Channel, String)> {
-    let config = load_config(global, ServerRole::Main)?;
+    let config = load_config(global, ServerRole::Hub)?;
     let ctx = ClientContext::discover(&config, global.hub.as_deref())?;
     Ok((ctx.channel().await?, ctx.jwt))
 }

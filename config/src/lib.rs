@@ -66,10 +66,12 @@ pub enum ConfigError {
 /// Whether this process is the control plane or a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// The hub: registry, REST, internal gRPC, QUIC session endpoint.
+pub enum ServerRole {
+    /// The hub: registry, REST, internal gRPC, QUIC session endpoint. Written `hub`; AgentHub's
+    /// `main` is accepted too.
     #[default]
-    Main,
+    #[serde(alias = "main")]
+    Hub,
     /// A node: joins a hub and serves only the internal surface.
     Node,
 }
@@ -79,7 +81,7 @@ pub enum Role {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// `main` or `node`.
-    pub role: Role,
+    pub role: ServerRole,
     /// HTTP listener for the REST API and web UI (hub only).
     pub listen: String,
     /// This node's id (node only); defaults to the host name.
@@ -93,7 +95,7 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
-            role: Role::Main,
+            role: ServerRole::Hub,
             listen: "127.0.0.1:8080".into(),
             node_id: None,
             data_dir: None,
@@ -106,7 +108,9 @@ impl Default for ServerSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InternalGrpcSection {
-    /// Serve the internal gRPC API.
+    /// AgentHub's switch, kept so its configs load: only `true` is accepted, because the hub's
+    /// internal gRPC carries node joins and every CLI command (bind `listen` to loopback to keep
+    /// it private).
     pub enabled: bool,
     /// TCP address of the internal gRPC API.
     pub listen: String,
@@ -585,15 +589,19 @@ impl Config {
             key: key.into(),
             message,
         };
-        if self.internal_grpc.enabled {
-            self.internal_grpc
-                .listen
-                .parse::<SocketAddr>()
-                .map_err(|e| {
-                    invalid("internal_grpc.listen", format!("{e} (expected host:port)"))
-                })?;
+        if !self.internal_grpc.enabled {
+            return Err(invalid(
+                "internal_grpc.enabled",
+                "cannot be false: internal gRPC carries node joins and every CLI command; bind \
+                 `internal_grpc.listen` to a loopback address to keep it private"
+                    .into(),
+            ));
         }
-        if self.server.role == Role::Main {
+        self.internal_grpc
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("internal_grpc.listen", format!("{e} (expected host:port)")))?;
+        if self.server.role == ServerRole::Hub {
             self.server
                 .listen
                 .parse::<SocketAddr>()
@@ -743,7 +751,7 @@ impl Config {
     /// `data_dir`, accepting joins with the static `token`; everything else at its default.
     pub fn loopback_hub(data_dir: &Path, token: &str) -> Self {
         let mut config = Self::default();
-        config.server.role = Role::Main;
+        config.server.role = ServerRole::Hub;
         config.server.data_dir = Some(data_dir.to_path_buf());
         config.server.listen = "127.0.0.1:0".into();
         config.internal_grpc.listen = "127.0.0.1:0".into();
@@ -761,7 +769,7 @@ impl Config {
         data_dir: &Path,
     ) -> Self {
         let mut config = Self::default();
-        config.server.role = Role::Node;
+        config.server.role = ServerRole::Node;
         config.server.node_id = Some(node_id.into());
         config.server.data_dir = Some(data_dir.to_path_buf());
         config.internal_grpc.bootstrap.token = Some(token.into());
@@ -872,6 +880,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_hub_role_is_written_hub_and_main_is_accepted() {
+        for (text, role) in [
+            ("hub", ServerRole::Hub),
+            ("main", ServerRole::Hub),
+            ("node", ServerRole::Node),
+        ] {
+            let config = Config::from_toml(&format!("[server]\nrole = \"{text}\"\n")).unwrap();
+            assert_eq!(config.server.role, role, "{text}");
+        }
+        let err = Config::from_toml("[server]\nrole = \"primary\"\n").unwrap_err();
+        assert!(err.to_string().contains("primary"), "{err}");
+    }
+
+    #[test]
+    fn internal_grpc_cannot_be_disabled() {
+        let err = Config::from_toml("[internal_grpc]\nenabled = false\n").unwrap_err();
+        assert!(err.to_string().contains("internal_grpc.enabled"), "{err}");
+        assert!(err.to_string().contains("loopback"), "{err}");
+        assert!(Config::from_toml("[internal_grpc]\nenabled = true\n").is_ok());
+    }
+
+    #[test]
     fn compute_capability_parsing() {
         assert_eq!(parse_compute_capability("8.6"), Ok((8, 6)));
         assert!(parse_compute_capability("8").is_err());
@@ -881,7 +911,7 @@ mod tests {
     #[test]
     fn defaults_run() {
         let c = Config::load(None, Vec::new()).unwrap();
-        assert_eq!(c.server.role, Role::Main);
+        assert_eq!(c.server.role, ServerRole::Hub);
         assert_eq!(c.internal_grpc.listen, "127.0.0.1:50051");
         assert_eq!(c.internal_grpc.security.mode, TlsMode::Tls);
         assert_eq!(c.cert_dir(), PathBuf::from("outpost-data/certs"));
@@ -923,7 +953,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(c.server.role, Role::Node);
+        assert_eq!(c.server.role, ServerRole::Node);
         assert_eq!(c.internal_grpc.security.mode, TlsMode::Mtls);
         assert_eq!(c.internal_grpc.auth.issuer, "agenthub");
         assert_eq!(c.gpu.simulated.len(), 1);

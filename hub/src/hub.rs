@@ -94,7 +94,7 @@ impl HubHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         self.endpoint.close(
-            crate::fleet::sessions::close_code::SHUTDOWN.into(),
+            outpost_proto::close_code::SHUTDOWN.into(),
             b"hub shutting down",
         );
         for task in self.tasks {
@@ -389,14 +389,8 @@ async fn build_state(
         credentials.static_token_key,
         config.internal_grpc.security.mode == TlsMode::Mtls,
     );
-    let state = Arc::new(HubState::new(
-        store,
-        clock,
-        fleet,
-        tasks,
-        tools,
-        credentials,
-    ));
+    let state = HubState::new(store, clock, fleet, tasks, tools, credentials);
+    let state = Arc::new(state);
     // Channel heartbeats are handled on the endpoint's receive path; the sink holds the state
     // weakly so the endpoint does not keep it alive.
     let weak = Arc::downgrade(&state);

@@ -5,7 +5,7 @@ use outpost_proto::v1::join_service_client::JoinServiceClient;
 use outpost_proto::v1::{BeginJoinRequest, CompleteJoinRequest};
 
 use outpost_trust::auth::{BootstrapToken, join_proof};
-use outpost_trust::grpc_channel::{self, ChannelError};
+use outpost_trust::grpc_channel::{self, ConnectError};
 use outpost_trust::identity::{self, IdentityError, JoinedIdentity};
 
 /// Why joining failed.
@@ -13,7 +13,7 @@ use outpost_trust::identity::{self, IdentityError, JoinedIdentity};
 pub enum JoinError {
     /// The hub could not be reached.
     #[error(transparent)]
-    Channel(#[from] ChannelError),
+    Channel(#[from] ConnectError),
     /// Key or CSR generation failed.
     #[error(transparent)]
     Identity(#[from] IdentityError),

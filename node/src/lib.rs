@@ -4,7 +4,7 @@
 //! ([`identity`]), and from then on holds a QUIC session to the hub ([`session`]) that carries
 //! heartbeats (load from [`system`], GPUs from [`gpu`]) and answers the hub's commands.
 //!
-//! [`NodeAgent::start`] runs all of it; the `outpost-node` binary and `outpost node` are thin
+//! [`Node::start`] runs all of it; the `outpost-node` binary and `outpost node` are thin
 //! wrappers around it. What hub and node share lives in `outpost-config`, `outpost-trust` and
 //! `outpost-clock`; tools run in `outpost-sandbox`.
 
@@ -97,9 +97,9 @@ impl NodeHandle {
 
 /// The node agent.
 #[derive(Debug)]
-pub struct NodeAgent;
+pub struct Node;
 
-impl NodeAgent {
+impl Node {
     /// Joins (if needed) and starts the session, with the GPU probe from `[gpu]`.
     pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         let probe: Arc<dyn GpuProbe> = Arc::from(gpu::probe_from_config(&config.gpu));

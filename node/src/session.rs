@@ -196,7 +196,10 @@ pub async fn run(ctx: Arc<SessionContext>, mut shutdown: watch::Receiver<bool>) 
         }
     }
     gpu_task.abort();
-    endpoint.close(0u32.into(), b"node shutting down");
+    endpoint.close(
+        outpost_proto::close_code::SHUTDOWN.into(),
+        b"node shutting down",
+    );
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
@@ -389,7 +392,7 @@ async fn session_once(
                 }
             }
             _ = shutdown.changed() => {
-                connection.close(0u32.into(), b"node shutting down");
+                connection.close(outpost_proto::close_code::SHUTDOWN.into(), b"node shutting down");
                 return Ok(());
             }
             e = connection.closed() => return Err(SessionError::Closed(e)),

@@ -1,4 +1,4 @@
-//! The WebAssembly sandbox: runs agent tools (components of the `outpost:agent/tool` world) under
+//! The WebAssembly sandbox: runs agent tools (components of the `outpost:guest/tool` world) under
 //! the limits and grants of their policy.
 //!
 //! - [`policy`]: `policy.toml`, parsed with line-and-key errors, resolved against `safe_paths`.
@@ -9,7 +9,7 @@
 //! - [`cache`]: compiled components on disk, keyed by content and engine.
 
 /// What nodes advertise about the sandbox in their capabilities.
-pub const RUNTIME_DESCRIPTION: &str = "wasmtime 48 running outpost:agent/tool@0.1.0 components \
+pub const RUNTIME_DESCRIPTION: &str = "wasmtime 48 running outpost:guest/tool@0.1.0 components \
      (WASI preview 2; fuel, wall-time, memory, table and output limits; fs, env and network grants)";
 
 pub mod cache;
@@ -19,7 +19,7 @@ pub mod policy;
 pub mod runtime;
 
 pub use outcome::{CallReport, ErrorKind, LogLevel, LogRecord, SandboxError, ToolDescription};
-pub use policy::{Access, FsGrant, Fuel, Limits, ResolvedPolicy, ToolPolicy};
+pub use policy::{FsAccess, FsGrant, Fuel, Limits, ResolvedPolicy, ToolPolicy};
 pub use runtime::{LoadedTool, Sandbox, SandboxConfig};
 
 /// The digest that names a component everywhere (tool store, compile cache, `RunTask`): the

@@ -94,7 +94,7 @@ impl SandboxError {
     }
 }
 
-/// Severity of a log line written through `outpost:agent/host.log`.
+/// Severity of a log line written through `outpost:guest/host.log`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogLevel {

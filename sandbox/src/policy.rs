@@ -53,7 +53,7 @@ pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// How a granted directory may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Access {
+pub enum FsAccess {
     /// Read only: no writes, truncation, creation, removal or renames.
     #[default]
     ReadOnly,
@@ -61,30 +61,30 @@ pub enum Access {
     ReadWrite,
 }
 
-impl Access {
+impl FsAccess {
     /// Parses `ro` or `rw`.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
-            "ro" => Some(Access::ReadOnly),
-            "rw" => Some(Access::ReadWrite),
+            "ro" => Some(FsAccess::ReadOnly),
+            "rw" => Some(FsAccess::ReadWrite),
             _ => None,
         }
     }
 }
 
-impl fmt::Display for Access {
+impl fmt::Display for FsAccess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Access::ReadOnly => "ro",
-            Access::ReadWrite => "rw",
+            FsAccess::ReadOnly => "ro",
+            FsAccess::ReadWrite => "rw",
         })
     }
 }
 
-impl<'de> Deserialize<'de> for Access {
+impl<'de> Deserialize<'de> for FsAccess {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Access::parse(&text).ok_or_else(|| {
+        FsAccess::parse(&text).ok_or_else(|| {
             serde::de::Error::custom(format!("access must be \"ro\" or \"rw\", not {text:?}"))
         })
     }
@@ -216,7 +216,7 @@ struct FsGrantFile {
     host: toml::Spanned<PathBuf>,
     guest: Option<String>,
     #[serde(default)]
-    access: Access,
+    access: FsAccess,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,7 +250,7 @@ pub struct FsGrant {
     /// Where the tool sees it (absolute, normalised).
     pub guest: String,
     /// Read-only or read-write.
-    pub access: Access,
+    pub access: FsAccess,
     /// Line of the grant in the policy file, when it came from one.
     pub line: Option<usize>,
 }
@@ -259,9 +259,9 @@ impl FsGrant {
     /// Parses the CLI form `HOST_PATH[:GUEST_PATH][:ro|:rw]` (read-only when the mode is left out).
     pub fn parse_cli(spec: &str) -> Result<Self, SandboxError> {
         let mut parts: Vec<&str> = spec.split(':').collect();
-        let mut access = Access::ReadOnly;
+        let mut access = FsAccess::ReadOnly;
         if parts.len() > 1
-            && let Some(last) = parts.last().and_then(|p| Access::parse(p))
+            && let Some(last) = parts.last().and_then(|p| FsAccess::parse(p))
         {
             access = last;
             parts.pop();
@@ -594,7 +594,7 @@ pub struct ResolvedGrant {
     /// Normalised guest path.
     pub guest: String,
     /// Read-only or read-write.
-    pub access: Access,
+    pub access: FsAccess,
 }
 
 /// An address the tool may connect to.
@@ -657,10 +657,10 @@ max_output = 4096
         let policy = ToolPolicy::from_toml(text, "policy.toml").unwrap();
         assert_eq!(policy.fs.len(), 2);
         assert_eq!(policy.fs[0].guest, "/data");
-        assert_eq!(policy.fs[0].access, Access::ReadWrite);
+        assert_eq!(policy.fs[0].access, FsAccess::ReadWrite);
         assert_eq!(policy.fs[0].line, Some(3));
         assert_eq!(policy.fs[1].guest, "/srv/ref");
-        assert_eq!(policy.fs[1].access, Access::ReadOnly);
+        assert_eq!(policy.fs[1].access, FsAccess::ReadOnly);
         assert_eq!(policy.env, vec!["LANG".to_owned()]);
         assert_eq!(policy.allow_hosts, vec!["127.0.0.1:8080".to_owned()]);
         assert_eq!(policy.limits.memory, 32 << 20);
@@ -767,7 +767,7 @@ max_output = 4096
             fs: vec![FsGrant {
                 host: host.to_path_buf(),
                 guest: "/data".into(),
-                access: Access::ReadOnly,
+                access: FsAccess::ReadOnly,
                 line: Some(4),
             }],
             ..ToolPolicy::default()
@@ -802,14 +802,14 @@ max_output = 4096
     #[test]
     fn cli_grants_parse() {
         let g = FsGrant::parse_cli("/srv/a").unwrap();
-        assert_eq!((g.guest.as_str(), g.access), ("/srv/a", Access::ReadOnly));
+        assert_eq!((g.guest.as_str(), g.access), ("/srv/a", FsAccess::ReadOnly));
         let g = FsGrant::parse_cli("/srv/a:/a:rw").unwrap();
         assert_eq!(
             (g.host.to_str().unwrap(), g.guest.as_str(), g.access),
-            ("/srv/a", "/a", Access::ReadWrite)
+            ("/srv/a", "/a", FsAccess::ReadWrite)
         );
         let g = FsGrant::parse_cli("/srv/a:ro").unwrap();
-        assert_eq!((g.guest.as_str(), g.access), ("/srv/a", Access::ReadOnly));
+        assert_eq!((g.guest.as_str(), g.access), ("/srv/a", FsAccess::ReadOnly));
         assert!(FsGrant::parse_cli("/a:/b:/c").is_err());
         assert!(FsGrant::parse_cli(":/b").is_err());
     }

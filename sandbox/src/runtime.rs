@@ -17,7 +17,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use super::cache::{CacheOutcome, CompileCache};
 use super::capture::{CappedPipe, OutputLimitExceeded};
 use super::outcome::{CallReport, ErrorKind, LogLevel, LogRecord, SandboxError, ToolDescription};
-use super::policy::{Access, Fuel, MAX_MEMORY, MAX_TABLE_ELEMENTS, ResolvedPolicy};
+use super::policy::{FsAccess, Fuel, MAX_MEMORY, MAX_TABLE_ELEMENTS, ResolvedPolicy};
 
 mod bindings {
     //! Host bindings generated from `wit/tool.wit`.
@@ -29,7 +29,7 @@ mod bindings {
     });
 }
 
-use bindings::outpost::agent::host as wit_host;
+use bindings::outpost::guest::host as wit_host;
 
 /// How the runtime is built. The defaults suit a node; benches turn meters off to measure them.
 #[derive(Debug, Clone)]
@@ -239,7 +239,7 @@ fn internal(context: &str, err: impl std::fmt::Display) -> SandboxError {
 }
 
 impl Sandbox {
-    /// Builds the engine, the linker (WASI preview 2 and `outpost:agent/host`) and starts the
+    /// Builds the engine, the linker (WASI preview 2 and `outpost:guest/host`) and starts the
     /// epoch ticker.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
         let mut wasm = wasmtime::Config::new();
@@ -264,7 +264,7 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|err| internal("cannot link WASI", err))?;
         wit_host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
-            .map_err(|err| internal("cannot link outpost:agent/host", err))?;
+            .map_err(|err| internal("cannot link outpost:guest/host", err))?;
         let ticker = config.epoch_interruption.then(|| {
             let stop = Arc::new(AtomicBool::new(false));
             let weak = engine.weak();
@@ -371,7 +371,7 @@ impl Sandbox {
             SandboxError::new(
                 ErrorKind::InvalidComponent,
                 format!(
-                    "the component does not implement the outpost:agent/tool world: {}",
+                    "the component does not implement the outpost:guest/tool world: {}",
                     error_chain(&err)
                 ),
             )
@@ -554,8 +554,8 @@ impl LoadedTool {
         builder.envs(&policy.env);
         for grant in &policy.fs {
             let perms = match grant.access {
-                Access::ReadOnly => FsPerms::ReadOnly,
-                Access::ReadWrite => FsPerms::ReadWrite,
+                FsAccess::ReadOnly => FsPerms::ReadOnly,
+                FsAccess::ReadWrite => FsPerms::ReadWrite,
             };
             builder
                 .preopened_dir(&grant.host, &grant.guest, perms)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use outpost_config::{Config, GpuProbeKind, SimulatedGpu, TlsMode};
 use outpost_hub::HubHandle;
-use outpost_node::{NodeAgent, NodeHandle};
+use outpost_node::{Node, NodeHandle};
 use serde_json::Value;
 
 /// The static bootstrap token every test hub accepts.
@@ -283,7 +283,7 @@ pub fn with_simulated_gpu(mut config: Config) -> Config {
 
 /// Starts a node and waits for its session.
 pub async fn start_node(config: Config) -> NodeHandle {
-    let node = NodeAgent::start(config).await.expect("node starts");
+    let node = Node::start(config).await.expect("node starts");
     assert!(
         node.wait_connected(Duration::from_secs(15)).await,
         "node {} never connected: {}",

@@ -8,7 +8,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 /// Why a channel could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum ChannelError {
+pub enum ConnectError {
     /// The URL is not a valid endpoint.
     #[error("invalid hub URL {url:?}: {message}")]
     Url {
@@ -42,9 +42,9 @@ pub async fn connect(
     ca_pem: &str,
     identity: Option<&ClientIdentity>,
     server_name: Option<&str>,
-) -> Result<Channel, ChannelError> {
+) -> Result<Channel, ConnectError> {
     let endpoint = endpoint(url, ca_pem, identity, server_name)?;
-    endpoint.connect().await.map_err(|e| ChannelError::Connect {
+    endpoint.connect().await.map_err(|e| ConnectError::Connect {
         url: url.into(),
         message: error_chain(&e),
     })
@@ -56,8 +56,8 @@ pub fn endpoint(
     ca_pem: &str,
     identity: Option<&ClientIdentity>,
     server_name: Option<&str>,
-) -> Result<Endpoint, ChannelError> {
-    let url_err = |message: String| ChannelError::Url {
+) -> Result<Endpoint, ConnectError> {
+    let url_err = |message: String| ConnectError::Url {
         url: url.into(),
         message,
     };

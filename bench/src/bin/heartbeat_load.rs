@@ -445,7 +445,8 @@ async fn measure_bare_sink(
     let nodes: Vec<SimNode> = nodes.into_iter().collect::<anyhow::Result<_>>()?;
     let measurement = drive(args, &nodes, Transport::Datagram, child.id(), 1).await;
     for node in &nodes {
-        node.connection.close(0u32.into(), b"baseline done");
+        node.connection
+            .close(outpost_proto::close_code::SHUTDOWN.into(), b"baseline done");
     }
     let _ = child.kill();
     let _ = child.wait();

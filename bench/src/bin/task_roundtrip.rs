@@ -336,7 +336,7 @@ async fn hub_and_node(
     let mut node_config =
         Config::joining_node("rt-node", &hub.grpc_url(), &ca, TOKEN, &dir.join("node"));
     node_config.gpu.probe = GpuProbeKind::None;
-    let node = outpost_node::NodeAgent::start(node_config).await?;
+    let node = outpost_node::Node::start(node_config).await?;
     if !node.wait_connected(Duration::from_secs(15)).await {
         bail!("node never connected");
     }

@@ -74,6 +74,26 @@ impl HubGrpc {
         NodeRegistryServer::new(self.clone())
     }
 
+    /// [`authorize`] for a read of `subject`.
+    pub fn read<T>(
+        &self,
+        request: &Request<T>,
+        subject: Subject<'_>,
+        action: &str,
+    ) -> Result<Claims, Status> {
+        authorize(&self.state, request, Access::Read, subject, action)
+    }
+
+    /// [`authorize`] for a change to `subject`.
+    pub fn write<T>(
+        &self,
+        request: &Request<T>,
+        subject: Subject<'_>,
+        action: &str,
+    ) -> Result<Claims, Status> {
+        authorize(&self.state, request, Access::Write, subject, action)
+    }
+
     /// The shared hub state.
     pub fn state(&self) -> &HubState {
         &self.state
@@ -112,13 +132,7 @@ impl TokenService for HubGrpc {
         &self,
         request: Request<CreateBootstrapTokenRequest>,
     ) -> Result<Response<CreateBootstrapTokenResponse>, Status> {
-        authorize(
-            &self.state,
-            &request,
-            Access::Write,
-            Subject::Fleet,
-            "create bootstrap tokens",
-        )?;
+        self.write(&request, Subject::Fleet, "create bootstrap tokens")?;
         let r = request.get_ref();
         Ok(Response::new(
             crate::credentials::join::create_token(&self.state, r.ttl_seconds, r.uses).await?,
@@ -132,26 +146,14 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        authorize(
-            &self.state,
-            &request,
-            Access::Read,
-            Subject::Fleet,
-            "list nodes",
-        )?;
+        self.read(&request, Subject::Fleet, "list nodes")?;
         let nodes = registry::list(&self.state).await?;
         Ok(Response::new(ListNodesResponse { nodes }))
     }
 
     async fn get_node(&self, request: Request<NodeRef>) -> Result<Response<NodeView>, Status> {
         let id = &request.get_ref().id;
-        authorize(
-            &self.state,
-            &request,
-            Access::Read,
-            Subject::Node(id),
-            "read nodes",
-        )?;
+        self.read(&request, Subject::Node(id), "read nodes")?;
         Ok(Response::new(
             registry::get(&self.state, &request.get_ref().id).await?,
         ))
@@ -159,13 +161,7 @@ impl NodeRegistry for HubGrpc {
 
     async fn node_health(&self, request: Request<NodeRef>) -> Result<Response<NodeHealth>, Status> {
         let id = &request.get_ref().id;
-        authorize(
-            &self.state,
-            &request,
-            Access::Read,
-            Subject::Node(id),
-            "read node health",
-        )?;
+        self.read(&request, Subject::Node(id), "read node health")?;
         Ok(Response::new(
             registry::health(&self.state, &request.get_ref().id).await?,
         ))
@@ -176,13 +172,7 @@ impl NodeRegistry for HubGrpc {
         request: Request<NodeRef>,
     ) -> Result<Response<Capabilities>, Status> {
         let id = &request.get_ref().id;
-        authorize(
-            &self.state,
-            &request,
-            Access::Read,
-            Subject::Node(id),
-            "read node capabilities",
-        )?;
+        self.read(&request, Subject::Node(id), "read node capabilities")?;
         Ok(Response::new(
             registry::capabilities(&self.state, &request.get_ref().id).await?,
         ))
@@ -192,13 +182,7 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<NodeRecord>,
     ) -> Result<Response<NodeView>, Status> {
-        authorize(
-            &self.state,
-            &request,
-            Access::Write,
-            Subject::Fleet,
-            "register nodes",
-        )?;
+        self.write(&request, Subject::Fleet, "register nodes")?;
         Ok(Response::new(
             registry::register(&self.state, request.into_inner()).await?,
         ))
@@ -208,13 +192,8 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<UpdateNodeRequest>,
     ) -> Result<Response<NodeView>, Status> {
-        authorize(
-            &self.state,
-            &request,
-            Access::Write,
-            Subject::Node(&request.get_ref().id),
-            "update nodes",
-        )?;
+        let id = &request.get_ref().id;
+        self.write(&request, Subject::Node(id), "update nodes")?;
         let r = request.into_inner();
         let patch = NodePatch {
             name: r.name,
@@ -231,13 +210,8 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<NodeRef>,
     ) -> Result<Response<DeleteNodeResponse>, Status> {
-        authorize(
-            &self.state,
-            &request,
-            Access::Write,
-            Subject::Node(&request.get_ref().id),
-            "delete nodes",
-        )?;
+        let id = &request.get_ref().id;
+        self.write(&request, Subject::Node(id), "delete nodes")?;
         let id = request.into_inner().id;
         registry::delete(&self.state, &id).await?;
         Ok(Response::new(DeleteNodeResponse { id }))
@@ -247,13 +221,8 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<DrainNodeRequest>,
     ) -> Result<Response<NodeView>, Status> {
-        authorize(
-            &self.state,
-            &request,
-            Access::Write,
-            Subject::Node(&request.get_ref().id),
-            "drain nodes",
-        )?;
+        let id = &request.get_ref().id;
+        self.write(&request, Subject::Node(id), "drain nodes")?;
         let r = request.into_inner();
         Ok(Response::new(
             registry::drain(&self.state, &r.id, r.drain).await?,

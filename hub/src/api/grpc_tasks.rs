@@ -10,7 +10,7 @@ use outpost_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::api::grpc::{Access, HubGrpc, Subject, authorize};
+use crate::api::grpc::{HubGrpc, Subject};
 use crate::api::views;
 use crate::work::tasks::{self, RequirementsSpec, SubmitSpec, TaskError};
 use crate::work::tools;
@@ -37,13 +37,7 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<SubmitTaskRequest>,
     ) -> Result<Response<TaskView>, Status> {
-        authorize(
-            self.state(),
-            &request,
-            Access::Write,
-            Subject::Fleet,
-            "submit tasks",
-        )?;
+        self.write(&request, Subject::Fleet, "submit tasks")?;
         let r = request.into_inner();
         let spec = SubmitSpec {
             tool: r.tool,
@@ -59,13 +53,7 @@ impl TaskService for HubGrpc {
     }
 
     async fn get_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
-        authorize(
-            self.state(),
-            &request,
-            Access::Read,
-            Subject::Fleet,
-            "read tasks",
-        )?;
+        self.read(&request, Subject::Fleet, "read tasks")?;
         let task = tasks::get(self.state(), &request.get_ref().id).await?;
         Ok(Response::new(views::task_view(&task)))
     }
@@ -74,13 +62,7 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        authorize(
-            self.state(),
-            &request,
-            Access::Read,
-            Subject::Fleet,
-            "list tasks",
-        )?;
+        self.read(&request, Subject::Fleet, "list tasks")?;
         let r = request.get_ref();
         let rows = tasks::list(self.state(), Some(r.status.as_str()), r.limit).await?;
         Ok(Response::new(ListTasksResponse {
@@ -89,13 +71,7 @@ impl TaskService for HubGrpc {
     }
 
     async fn cancel_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
-        authorize(
-            self.state(),
-            &request,
-            Access::Write,
-            Subject::Fleet,
-            "cancel tasks",
-        )?;
+        self.write(&request, Subject::Fleet, "cancel tasks")?;
         let task = tasks::cancel(self.state_arc(), &request.get_ref().id).await?;
         Ok(Response::new(views::task_view(&task)))
     }
@@ -104,13 +80,7 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<WaitTaskRequest>,
     ) -> Result<Response<TaskView>, Status> {
-        authorize(
-            self.state(),
-            &request,
-            Access::Read,
-            Subject::Fleet,
-            "read tasks",
-        )?;
+        self.read(&request, Subject::Fleet, "read tasks")?;
         let r = request.get_ref();
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         let task = tasks::wait(self.state(), &r.id, wait).await?;
@@ -124,13 +94,7 @@ impl ToolService for HubGrpc {
         &self,
         request: Request<PushToolRequest>,
     ) -> Result<Response<ToolView>, Status> {
-        authorize(
-            self.state(),
-            &request,
-            Access::Write,
-            Subject::Fleet,
-            "push tools",
-        )?;
+        self.write(&request, Subject::Fleet, "push tools")?;
         let r = request.into_inner();
         let tool = tools::push(self.state_arc(), &r.name, r.component, &r.policy_toml).await?;
         Ok(Response::new(tools::view(&tool)))
@@ -140,13 +104,7 @@ impl ToolService for HubGrpc {
         &self,
         request: Request<ListToolsRequest>,
     ) -> Result<Response<ListToolsResponse>, Status> {
-        authorize(
-            self.state(),
-            &request,
-            Access::Read,
-            Subject::Fleet,
-            "list tools",
-        )?;
+        self.read(&request, Subject::Fleet, "list tools")?;
         let rows = tools::list(self.state()).await?;
         Ok(Response::new(ListToolsResponse {
             tools: rows.iter().map(tools::view).collect(),
@@ -154,13 +112,7 @@ impl ToolService for HubGrpc {
     }
 
     async fn inspect_tool(&self, request: Request<ToolRef>) -> Result<Response<ToolView>, Status> {
-        authorize(
-            self.state(),
-            &request,
-            Access::Read,
-            Subject::Fleet,
-            "read tools",
-        )?;
+        self.read(&request, Subject::Fleet, "read tools")?;
         let tool = tools::inspect(self.state(), &request.get_ref().name).await?;
         Ok(Response::new(tools::view(&tool)))
     }

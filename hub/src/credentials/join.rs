@@ -20,7 +20,7 @@ pub const DEFAULT_TOKEN_TTL_S: u64 = 3600;
 
 /// Why a join was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum JoinError {
+pub enum AdmissionError {
     /// Bad node id.
     #[error("invalid node id: {0}")]
     InvalidNodeId(String),
@@ -66,15 +66,15 @@ pub enum JoinError {
     Signing(String),
 }
 
-impl From<JoinError> for tonic::Status {
-    fn from(e: JoinError) -> Self {
+impl From<AdmissionError> for tonic::Status {
+    fn from(e: AdmissionError) -> Self {
         use tonic::Status;
         match e {
-            JoinError::InvalidNodeId(_) | JoinError::BadCsr(_) => {
+            AdmissionError::InvalidNodeId(_) | AdmissionError::BadCsr(_) => {
                 Status::invalid_argument(e.to_string())
             }
-            JoinError::HeldByAnotherKey(_) => Status::already_exists(e.to_string()),
-            JoinError::Store(_) | JoinError::Signing(_) => {
+            AdmissionError::HeldByAnotherKey(_) => Status::already_exists(e.to_string()),
+            AdmissionError::Store(_) | AdmissionError::Signing(_) => {
                 tracing::error!(error = %e, "join failed inside the hub");
                 Status::internal(e.to_string())
             }
@@ -89,13 +89,13 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], ring::error::Uns
     ring::rand::generate(&rng).map(|r| r.expose())
 }
 
-fn join_random<const N: usize>() -> Result<[u8; N], JoinError> {
-    random_bytes().map_err(|_| JoinError::Signing("random generator failed".into()))
+fn join_random<const N: usize>() -> Result<[u8; N], AdmissionError> {
+    random_bytes().map_err(|_| AdmissionError::Signing("random generator failed".into()))
 }
 
 /// Issues a nonce for `node_id`.
-pub async fn begin(state: &HubState, node_id: &str) -> Result<BeginJoinResponse, JoinError> {
-    validate_node_id(node_id).map_err(JoinError::InvalidNodeId)?;
+pub async fn begin(state: &HubState, node_id: &str) -> Result<BeginJoinResponse, AdmissionError> {
+    validate_node_id(node_id).map_err(AdmissionError::InvalidNodeId)?;
     let now = state.now_ms();
     let id = hex::encode(join_random::<16>()?);
     let nonce = join_random::<32>()?.to_vec();
@@ -120,19 +120,19 @@ pub async fn begin(state: &HubState, node_id: &str) -> Result<BeginJoinResponse,
 pub async fn complete(
     state: &HubState,
     request: &CompleteJoinRequest,
-) -> Result<CompleteJoinResponse, JoinError> {
+) -> Result<CompleteJoinResponse, AdmissionError> {
     let now = state.now_ms();
     // Taking the challenge first makes every answer single-use, right or wrong.
     let challenge = state
         .store()
         .take_challenge(&request.challenge_id)
         .await?
-        .ok_or(JoinError::UnknownChallenge)?;
+        .ok_or(AdmissionError::UnknownChallenge)?;
     if challenge.expires_at_ms <= now {
-        return Err(JoinError::ChallengeExpired);
+        return Err(AdmissionError::ChallengeExpired);
     }
     if challenge.node_id != request.node_id {
-        return Err(JoinError::ChallengeForOtherNode {
+        return Err(AdmissionError::ChallengeForOtherNode {
             issued: challenge.node_id,
             claimed: request.node_id.clone(),
         });
@@ -143,26 +143,26 @@ pub async fn complete(
             .store()
             .get_token(&request.token_id)
             .await?
-            .ok_or(JoinError::UnknownToken)?;
+            .ok_or(AdmissionError::UnknownToken)?;
         if token.expires_at_ms <= now {
-            return Err(JoinError::TokenExpired);
+            return Err(AdmissionError::TokenExpired);
         }
         if token.uses_left <= 0 {
-            return Err(JoinError::TokenUsedUp);
+            return Err(AdmissionError::TokenUsedUp);
         }
         token
             .proof_key
             .as_slice()
             .try_into()
-            .map_err(|_| JoinError::UnknownToken)?
+            .map_err(|_| AdmissionError::UnknownToken)?
     } else {
         state
             .credentials
             .static_token_key
-            .ok_or(JoinError::UnknownToken)?
+            .ok_or(AdmissionError::UnknownToken)?
     };
     let csr_der = crate::credentials::pki::csr_der_from_pem(&request.csr_pem)
-        .map_err(|e| JoinError::BadCsr(e.to_string()))?;
+        .map_err(|e| AdmissionError::BadCsr(e.to_string()))?;
     if !verify_join_proof(
         &proof_key,
         &challenge.nonce,
@@ -170,13 +170,13 @@ pub async fn complete(
         &csr_der,
         &request.proof,
     ) {
-        return Err(JoinError::BadProof);
+        return Err(AdmissionError::BadProof);
     }
     let (certificate_pem, spki) = state
         .credentials
         .ca
         .sign_node_csr(&request.csr_pem, &request.node_id)
-        .map_err(|e| JoinError::BadCsr(e.to_string()))?;
+        .map_err(|e| AdmissionError::BadCsr(e.to_string()))?;
     // Refuse before spending the token when the id is taken by another key.
     if let Some(existing) = state.store().get_node(&request.node_id).await?
         && existing
@@ -184,10 +184,10 @@ pub async fn complete(
             .as_deref()
             .is_some_and(|k| k != spki)
     {
-        return Err(JoinError::HeldByAnotherKey(request.node_id.clone()));
+        return Err(AdmissionError::HeldByAnotherKey(request.node_id.clone()));
     }
     if one_shot && !state.store().consume_token(&request.token_id, now).await? {
-        return Err(JoinError::TokenUsedUp);
+        return Err(AdmissionError::TokenUsedUp);
     }
     let name = if request.name.trim().is_empty() {
         request.node_id.as_str()
@@ -205,7 +205,7 @@ pub async fn complete(
         })
         .await?;
     if bound == BindOutcome::HeldByAnotherKey {
-        return Err(JoinError::HeldByAnotherKey(request.node_id.clone()));
+        return Err(AdmissionError::HeldByAnotherKey(request.node_id.clone()));
     }
     let draining = state
         .store()
@@ -222,7 +222,7 @@ pub async fn complete(
             now / 1000,
             NODE_CREDENTIAL_TTL_S,
         )
-        .map_err(|e| JoinError::Signing(e.to_string()))?;
+        .map_err(|e| AdmissionError::Signing(e.to_string()))?;
     tracing::info!(node_id = %request.node_id, token = %request.token_id, "node joined");
     Ok(CompleteJoinResponse {
         certificate_pem,
@@ -238,9 +238,9 @@ pub async fn create_token(
     state: &HubState,
     ttl_s: u64,
     uses: u32,
-) -> Result<CreateBootstrapTokenResponse, JoinError> {
+) -> Result<CreateBootstrapTokenResponse, AdmissionError> {
     let token = BootstrapToken::generate()
-        .map_err(|_| JoinError::Signing("random generator failed".into()))?;
+        .map_err(|_| AdmissionError::Signing("random generator failed".into()))?;
     let now = state.now_ms();
     let ttl_s = if ttl_s == 0 {
         DEFAULT_TOKEN_TTL_S

@@ -21,19 +21,7 @@ use crate::fleet::HeartbeatTransport;
 use crate::fleet::links::{NodeLink, QuicLink};
 use crate::state::HubState;
 
-/// Application close codes.
-pub mod close_code {
-    /// The hub is shutting down.
-    pub const SHUTDOWN: u32 = 0;
-    /// Credentials refused.
-    pub const UNAUTHORIZED: u32 = 1;
-    /// The node is not (or no longer) in the registry.
-    pub const UNKNOWN_NODE: u32 = 2;
-    /// A newer session from the same node replaced this one.
-    pub const SUPERSEDED: u32 = 3;
-    /// The node broke the protocol.
-    pub const PROTOCOL: u32 = 4;
-}
+pub use outpost_proto::close_code;
 
 /// Largest hello accepted (capabilities included).
 const MAX_HELLO: usize = 1024 * 1024;

@@ -1,7 +1,7 @@
 //! The hub's tool registry: components pushed by plugin authors, checked before they are stored.
 //!
 //! A push is refused unless the policy parses and validates, and the component compiles under the
-//! same sandbox the nodes use, implements the `outpost:agent/tool` world, and answers `describe`
+//! same sandbox the nodes use, implements the `outpost:guest/tool` world, and answers `describe`
 //! within its limits. The name, version and input schema it describes are kept beside the bytes;
 //! nodes fetch the bytes by digest the first time a task needs them, or ahead of it: with
 //! `[tools] preinstall` (the default) a push installs the tool on every node connected to this
@@ -59,7 +59,8 @@ impl ToolRegistry {
         self.preinstall
     }
 
-    /// A tool's metadata, from the cache when read less than two seconds ago (a push through another hub sharing the database is seen within that time).
+    /// A tool's metadata, from the cache when read less than two seconds ago (so a push through
+    /// another hub sharing the database is seen within that time).
     pub async fn meta(
         &self,
         store: &dyn crate::store::Store,

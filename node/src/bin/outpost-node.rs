@@ -34,11 +34,11 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = outpost_config::Config::load(args.config.as_deref(), std::env::vars())?;
-    config.server.role = outpost_config::Role::Node;
+    config.server.role = outpost_config::ServerRole::Node;
     if let Some(dir) = args.data_dir {
         config.server.data_dir = Some(dir);
     }
-    let node = outpost_node::NodeAgent::start(config).await?;
+    let node = outpost_node::Node::start(config).await?;
     tokio::signal::ctrl_c().await?;
     node.shutdown().await;
     Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use outpost_clock::{Clock, ManualClock, SystemClock};
 use outpost_config::TlsMode;
-use outpost_hub::credentials::join::{self, CHALLENGE_TTL_MS, JoinError};
+use outpost_hub::credentials::join::{self, AdmissionError, CHALLENGE_TTL_MS};
 use outpost_hub::fleet::NodeStatus;
 use outpost_proto::v1::{BeginJoinResponse, CompleteJoinRequest};
 use outpost_tests::{STATIC_TOKEN, TestHub, start_node};
@@ -91,7 +91,7 @@ async fn join_challenges_expire_on_the_hubs_wall_clock() {
     let err = join::complete(state, &answer(&challenge, "clock-b"))
         .await
         .unwrap_err();
-    assert!(matches!(err, JoinError::ChallengeExpired), "{err}");
+    assert!(matches!(err, AdmissionError::ChallengeExpired), "{err}");
     assert!(state.store().get_node("clock-b").await.unwrap().is_none());
     assert!(state.store().get_node("clock-a").await.unwrap().is_some());
 }

@@ -214,7 +214,7 @@ async fn forged_replayed_and_garbage_channel_packets_change_nothing() {
     assert_eq!(code, 0, "{err}");
 
     // The session ends: its channel closes with it.
-    connection.close(0u32.into(), b"done");
+    connection.close(outpost_proto::close_code::SHUTDOWN.into(), b"done");
     wait_for("channel closed", Duration::from_secs(15), || {
         channels.is_empty()
     })

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use outpost_sandbox::{
-    Access, CallReport, ErrorKind, FsGrant, Fuel, LoadedTool, Sandbox, SandboxConfig, ToolPolicy,
+    CallReport, ErrorKind, FsAccess, FsGrant, Fuel, LoadedTool, Sandbox, SandboxConfig, ToolPolicy,
 };
 
 const SECRET: &str = "TOP-SECRET-HOST-DATA";
@@ -74,13 +74,13 @@ impl Layout {
                 FsGrant {
                     host: self.ro.clone(),
                     guest: "/data".into(),
-                    access: Access::ReadOnly,
+                    access: FsAccess::ReadOnly,
                     line: None,
                 },
                 FsGrant {
                     host: self.rw.clone(),
                     guest: "/out".into(),
-                    access: Access::ReadWrite,
+                    access: FsAccess::ReadWrite,
                     line: None,
                 },
             ],
@@ -527,7 +527,7 @@ async fn components_that_cannot_run_are_refused_at_load() {
         (
             "a component without the tool exports",
             wat::parse_str("(component)").unwrap(),
-            "outpost:agent/tool",
+            "outpost:guest/tool",
         ),
     ];
     for (case, bytes, needle) in cases {
@@ -553,7 +553,7 @@ async fn policies_outside_safe_paths_are_refused_at_load() {
     policy.fs.push(FsGrant {
         host: layout.outside.clone(),
         guest: "/outside".into(),
-        access: Access::ReadOnly,
+        access: FsAccess::ReadOnly,
         line: Some(7),
     });
     let err = policy

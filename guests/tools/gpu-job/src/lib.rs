@@ -3,7 +3,7 @@
 
 wit_bindgen::generate!({ path: "../../../wit", world: "tool" });
 
-use outpost::agent::host::{Level, log};
+use outpost::guest::host::{Level, log};
 
 struct GpuJob;
 

@@ -8,7 +8,7 @@ use std::io::Write as _;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "tool" });
 
-use outpost::agent::host::{Level, log};
+use outpost::guest::host::{Level, log};
 
 struct Hostile;
 

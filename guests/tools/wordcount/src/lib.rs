@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "tool" });
 
-use outpost::agent::host::{Level, log};
+use outpost::guest::host::{Level, log};
 
 struct WordCount;
 

@@ -228,7 +228,7 @@ async fn send_to_node(
         );
     }
     env.insert("OUTPOST_TASK_ID".to_string(), task.id.clone());
-    let mut command = RunTask {
+    let mut run = RunTask {
         task_id: task.id.clone(),
         attempt: u32::try_from(task.attempts).unwrap_or(u32::MAX),
         tool: tool.name.clone(),
@@ -239,16 +239,16 @@ async fn send_to_node(
         env,
         timeout_ms: u64::try_from(task.timeout_ms).unwrap_or(0),
     };
-    let mut answer = link.run_task(command.clone()).await;
+    let mut answer = link.run_task(run.clone()).await;
     if let Ok(RunAnswer::MissingComponent(_)) = &answer {
         let Some(full) = state.store().get_tool(&task.tool).await? else {
             return fail(state, task, "tool_missing", &tool_removed()).await;
         };
         // Cached metadata may predate a push through another hub: the bytes read now decide.
-        command.tool_digest = full.digest;
-        command.policy_toml = full.policy_toml;
-        command.component = full.component;
-        answer = link.run_task(command).await;
+        run.tool_digest = full.digest;
+        run.policy_toml = full.policy_toml;
+        run.component = full.component;
+        answer = link.run_task(run).await;
     }
     let why = match answer {
         Ok(RunAnswer::Accepted) => {
@@ -301,14 +301,9 @@ pub(super) async fn lose_attempt(
     task: &TaskRow,
     why: &str,
 ) -> Result<(), StoreError> {
-    state.tasks.scheduler().release(&task.id);
-    state.tasks.in_flight.lock().remove(&task.id);
-    let Some(transition) = lifecycle::lose_attempt(task, why, state.now_ms()) else {
-        return Ok(());
-    };
-    if commit(state, &transition).await? {
-        tracing::warn!(task_id = %task.id, node_id = %task.node_id, status = %transition.task.status, "{why}");
-        state.tasks.changed();
+    let transition = lifecycle::lose_attempt(task, why, state.now_ms());
+    if end_attempt(state, task, transition).await? {
+        tracing::warn!(task_id = %task.id, node_id = %task.node_id, "{why}");
         state.tasks.wake_dispatcher();
     }
     Ok(())
@@ -321,13 +316,26 @@ async fn fail(
     kind: &str,
     message: &str,
 ) -> Result<(), StoreError> {
+    let transition = lifecycle::fail(task, kind, message, state.now_ms());
+    end_attempt(state, task, transition).await?;
+    Ok(())
+}
+
+/// Frees what the task's attempt held (its reservation, its in-flight row) and writes
+/// `transition`, if the lifecycle gave one; true when it was written.
+async fn end_attempt(
+    state: &HubState,
+    task: &TaskRow,
+    transition: Option<lifecycle::Transition>,
+) -> Result<bool, StoreError> {
     state.tasks.scheduler().release(&task.id);
     state.tasks.in_flight.lock().remove(&task.id);
-    let Some(transition) = lifecycle::fail(task, kind, message, state.now_ms()) else {
-        return Ok(());
+    let Some(transition) = transition else {
+        return Ok(false);
     };
-    if commit(state, &transition).await? {
+    let written = commit(state, &transition).await?;
+    if written {
         state.tasks.changed();
     }
-    Ok(())
+    Ok(written)
 }

@@ -338,24 +338,14 @@ pub fn lose_attempt(task: &TaskRow, why: &str, now_ms: i64) -> Option<Transition
 /// with `kind`, and an attempt that was out is ended as failed with it. Nothing when it has
 /// already ended.
 pub fn fail(task: &TaskRow, kind: &str, message: &str, now_ms: i64) -> Option<Transition> {
-    if task.status.is_terminal() {
-        return None;
-    }
-    let mut next = task.clone();
-    next.status = TaskStatus::Failed;
-    next.error_kind = kind.into();
-    next.error_message = message.into();
-    next.reason = message.into();
-    next.updated_at_ms = now_ms;
-    next.finished_at_ms = Some(now_ms);
-    let attempt = task
-        .status
-        .is_active()
-        .then(|| ended_attempt(task, AttemptStatus::Failed, kind, message, now_ms));
-    Some(Transition {
-        guard: Guard::of(task),
-        task: next,
-        attempt,
+    (!task.status.is_terminal()).then(|| {
+        end_task(
+            task,
+            (TaskStatus::Failed, AttemptStatus::Failed),
+            kind,
+            message,
+            now_ms,
+        )
     })
 }
 
@@ -368,27 +358,40 @@ pub fn cancel(task: &TaskRow, now_ms: i64) -> Result<Transition, String> {
             task.id, task.status
         ));
     }
+    Ok(end_task(
+        task,
+        (TaskStatus::Cancelled, AttemptStatus::Cancelled),
+        CANCELLED,
+        CANCELLED_BY_OPERATOR,
+        now_ms,
+    ))
+}
+
+/// Ends a task that has not ended with `statuses.0`, the error `kind` and `message` (which is also
+/// its reason); an attempt that was out ends with `statuses.1` and the same error.
+fn end_task(
+    task: &TaskRow,
+    statuses: (TaskStatus, AttemptStatus),
+    kind: &str,
+    message: &str,
+    now_ms: i64,
+) -> Transition {
     let mut next = task.clone();
-    next.status = TaskStatus::Cancelled;
-    next.reason = CANCELLED_BY_OPERATOR.into();
-    next.error_kind = CANCELLED.into();
-    next.error_message = CANCELLED_BY_OPERATOR.into();
+    next.status = statuses.0;
+    next.error_kind = kind.into();
+    next.error_message = message.into();
+    next.reason = message.into();
     next.updated_at_ms = now_ms;
     next.finished_at_ms = Some(now_ms);
-    let attempt = task.status.is_active().then(|| {
-        ended_attempt(
-            task,
-            AttemptStatus::Cancelled,
-            CANCELLED,
-            CANCELLED_BY_OPERATOR,
-            now_ms,
-        )
-    });
-    Ok(Transition {
+    let attempt = task
+        .status
+        .is_active()
+        .then(|| ended_attempt(task, statuses.1, kind, message, now_ms));
+    Transition {
         guard: Guard::of(task),
         task: next,
         attempt,
-    })
+    }
 }
 
 /// Whether a result from `node_id` for `attempt` is the task's current attempt, which is
