@@ -44,6 +44,16 @@ impl TestHub {
 
     /// [`TestHub::start`] with the hub's clock injected (a `ManualClock` lets a test move time).
     pub async fn start_on_clock(mode: TlsMode, clock: Arc<dyn outpost_clock::Clock>) -> Self {
+        Self::start_on(mode, clock, None).await
+    }
+
+    /// [`TestHub::start`] with the clock and, when given, the store injected (in place of the
+    /// SQLite file, or PostgreSQL when `OUTPOST_TEST_DATABASE_URL` is set).
+    pub async fn start_on(
+        mode: TlsMode,
+        clock: Arc<dyn outpost_clock::Clock>,
+        store: Option<Arc<dyn outpost_hub::store::Store>>,
+    ) -> Self {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::loopback_hub(&dir.path().join("hub"), STATIC_TOKEN);
@@ -53,11 +63,11 @@ impl TestHub {
         if let Some(url) = postgres_schema_url().await {
             config.storage.url = Some(url);
         }
-        let handle = outpost_hub::hub::HubBuilder::new(&config)
-            .clock(clock)
-            .start()
-            .await
-            .expect("hub starts");
+        let mut builder = outpost_hub::hub::HubBuilder::new(&config).clock(clock);
+        if let Some(store) = store {
+            builder = builder.store(store);
+        }
+        let handle = builder.start().await.expect("hub starts");
         // Pin the ports so a restart comes back where the nodes look for it.
         config.server.listen = handle.addrs.http.to_string();
         config.internal_grpc.listen = handle.addrs.grpc.to_string();

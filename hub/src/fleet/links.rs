@@ -215,17 +215,31 @@ impl NodeLink for QuicLink {
     }
 
     fn close(&self, reason: &str) {
-        self.connection.close(3u32.into(), reason.as_bytes());
+        self.connection.close(
+            outpost_proto::close_code::SUPERSEDED.into(),
+            reason.as_bytes(),
+        );
     }
 }
 
-/// An in-process link that answers at once (or after `delay`), for tests of code that uses links.
+/// An in-process node for tests of the code that drives nodes: it answers commands as a node's
+/// session does (after `delay`), keeps the components it was sent by digest, and records what it
+/// was asked, so a test sees the hub's side of placement, resends and cancels without QUIC. The
+/// results of the tasks it accepts come from the test, as a node's result events would.
 #[derive(Debug)]
 pub struct LoopbackLink {
     /// Simulated one-way delay.
     pub delay: Duration,
     id: u64,
     interval_ms: AtomicU64,
+    /// Digests of the components this "node" holds.
+    components: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// When set, every `RunTask` is refused with this message.
+    refusal: parking_lot::Mutex<Option<String>>,
+    /// Every `RunTask` received, in order (component bytes left out).
+    run_tasks: parking_lot::Mutex<Vec<RunTask>>,
+    /// Every cancel received: (task id, attempt).
+    cancels: parking_lot::Mutex<Vec<(String, u32)>>,
 }
 
 impl LoopbackLink {
@@ -235,12 +249,44 @@ impl LoopbackLink {
             delay,
             id,
             interval_ms: AtomicU64::new(0),
+            components: parking_lot::Mutex::default(),
+            refusal: parking_lot::Mutex::default(),
+            run_tasks: parking_lot::Mutex::default(),
+            cancels: parking_lot::Mutex::default(),
         }
     }
 
     /// The last interval set through this link.
     pub fn interval_ms(&self) -> u64 {
         self.interval_ms.load(Ordering::Relaxed)
+    }
+
+    /// Refuses every later `RunTask` with `message` (`None`: accepts again).
+    pub fn refuse_tasks(&self, message: Option<&str>) {
+        *self.refusal.lock() = message.map(str::to_string);
+    }
+
+    /// The `RunTask` commands received so far (component bytes left out).
+    pub fn run_tasks(&self) -> Vec<RunTask> {
+        self.run_tasks.lock().clone()
+    }
+
+    /// The cancels received so far: (task id, attempt).
+    pub fn cancels(&self) -> Vec<(String, u32)> {
+        self.cancels.lock().clone()
+    }
+
+    /// Keeps a sent component (by its announced digest) or asks for it, as a node does.
+    fn take_component(&self, digest: &str, component: &[u8]) -> RunAnswer {
+        let mut components = self.components.lock();
+        if !component.is_empty() {
+            components.insert(digest.to_string());
+        }
+        if components.contains(digest) {
+            RunAnswer::Accepted
+        } else {
+            RunAnswer::MissingComponent(digest.to_string())
+        }
     }
 }
 
@@ -262,16 +308,25 @@ impl NodeLink for LoopbackLink {
         Ok(())
     }
 
-    async fn run_task(&self, _command: RunTask) -> Result<RunAnswer, LinkError> {
-        Err(LinkError::Refused("an in-memory link runs no tasks".into()))
+    async fn run_task(&self, mut command: RunTask) -> Result<RunAnswer, LinkError> {
+        tokio::time::sleep(self.delay * 2).await;
+        let answer = self.take_component(&command.tool_digest, &command.component);
+        command.component = Vec::new();
+        self.run_tasks.lock().push(command);
+        if let Some(message) = self.refusal.lock().clone() {
+            return Err(LinkError::Refused(message));
+        }
+        Ok(answer)
     }
 
-    async fn install_tool(&self, _command: InstallTool) -> Result<RunAnswer, LinkError> {
-        Err(LinkError::Refused("an in-memory link runs no tools".into()))
+    async fn install_tool(&self, command: InstallTool) -> Result<RunAnswer, LinkError> {
+        tokio::time::sleep(self.delay * 2).await;
+        Ok(self.take_component(&command.tool_digest, &command.component))
     }
 
-    async fn cancel_task(&self, _task_id: &str, _attempt: u32) -> Result<bool, LinkError> {
-        Ok(false)
+    async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError> {
+        self.cancels.lock().push((task_id.to_string(), attempt));
+        Ok(true)
     }
 
     fn rtt(&self) -> Option<Duration> {

@@ -7,6 +7,7 @@ mod clocks;
 mod fleet;
 mod grpc_surface;
 mod heartbeat_channel;
+mod in_memory;
 mod nvml;
 mod rest;
 mod sandbox;
