@@ -230,18 +230,37 @@ impl TestHub {
         timeout: Duration,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last = Value::Null;
-        while tokio::time::Instant::now() < deadline {
-            if let Some(node) = self.nodes_json().await.into_iter().find(|n| n["id"] == id) {
-                if check(&node) {
-                    return node;
-                }
-                last = node;
+        eventually(&format!("node {id}: {what}"), timeout, async || match self
+            .nodes_json()
+            .await
+            .into_iter()
+            .find(|n| n["id"] == id)
+        {
+            Some(node) if check(&node) => Ok(node),
+            other => Err(other.unwrap_or_default().to_string()),
+        })
+        .await
+    }
+}
+
+/// Calls `check` every 20 ms until it gives `Ok`, and returns that; once `timeout` has passed,
+/// fails the test naming `what` and the last `Err` (what was seen instead). The one poll loop of
+/// the tests: it returns as soon as the state shows, so a generous timeout costs a passing run
+/// nothing.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what} not seen within {timeout:?}; last seen: {last}")
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
-        panic!("node {id}: {what} not seen within {timeout:?}; last seen: {last}");
     }
 }
 

@@ -19,11 +19,14 @@ async fn health(hub: &TestHub, id: &str) -> serde_json::Value {
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !ok() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    outpost_tests::eventually(what, timeout, async || {
+        if ok() {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use outpost_hub::store::{AttemptStatus, MemoryStore};
 use outpost_hub::work::tasks::{self, RequirementsSpec, SubmitSpec, TaskStatus};
 use outpost_hub::work::tools;
 use outpost_proto::v1::{Capabilities, TaskResult};
-use outpost_tests::TestHub;
+use outpost_tests::{TestHub, eventually};
 
 /// Brings the in-process node `id` online on the hub, reachable through `link`.
 fn connect(state: &HubState, id: &str, link: Arc<LoopbackLink>) {
@@ -45,15 +45,16 @@ async fn submit(state: &Arc<HubState>, input: &str, max_attempts: u32) -> String
 
 /// Waits until the node has received `count` `RunTask` commands.
 async fn received(link: &LoopbackLink, count: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while link.run_tasks().len() < count {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{count} RunTask commands not received: {:?}",
-            link.run_tasks()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let what = format!("{count} RunTask commands received");
+    eventually(&what, Duration::from_secs(15), async || {
+        let sent = link.run_tasks();
+        if sent.len() >= count {
+            Ok(())
+        } else {
+            Err(format!("{sent:?}"))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,11 +121,19 @@ async fn the_task_engine_on_in_memory_seams() {
     received(&link, before + 1).await;
     let task = tasks::cancel(&state, &cancelled).await.unwrap();
     assert_eq!(task.status, TaskStatus::Cancelled);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !link.cancels().contains(&(cancelled.clone(), 1)) {
-        assert!(tokio::time::Instant::now() < deadline, "cancel not sent");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the cancel sent to the node",
+        Duration::from_secs(15),
+        async || {
+            let cancels = link.cancels();
+            if cancels.contains(&(cancelled.clone(), 1)) {
+                Ok(())
+            } else {
+                Err(format!("{cancels:?}"))
+            }
+        },
+    )
+    .await;
 
     // The node falls silent: once TTL + grace pass on the hub's clock it is offline, and the
     // attempt it held goes back to the queue, waiting for a node that fits.

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use outpost_config::TlsMode;
-use outpost_tests::{STATIC_TOKEN, TestHub, http_json, start_node, with_simulated_gpu};
+use outpost_tests::{STATIC_TOKEN, TestHub, eventually, http_json, start_node, with_simulated_gpu};
 use serde_json::Value;
 
 pub(super) fn parse(out: &str) -> Value {
@@ -82,18 +82,15 @@ async fn submit_slow_gpu_task(hub: &TestHub, max_attempts: u32) -> String {
 
 /// Waits until task `id`'s reason contains `needle`; returns the task.
 async fn wait_reason(hub: &TestHub, id: &str, needle: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    let what = format!("task {id} giving the reason {needle:?}");
+    eventually(&what, Duration::from_secs(15), async || {
         let task = task_json(hub, id).await;
-        if task["reason"].as_str().unwrap().contains(needle) {
-            return task;
+        match task["reason"].as_str() {
+            Some(reason) if reason.contains(needle) => Ok(task),
+            _ => Err(task.to_string()),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "reason never said {needle:?}: {task}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 pub(super) async fn wait_task_status(
@@ -102,18 +99,15 @@ pub(super) async fn wait_task_status(
     status: &str,
     timeout: Duration,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
+    eventually(&format!("task {id} {status}"), timeout, async || {
         let task = task_json(hub, id).await;
         if task["status"] == status {
-            return task;
+            Ok(task)
+        } else {
+            Err(task.to_string())
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "task {id} never became {status}: {task}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -642,16 +636,16 @@ async fn a_late_result_from_a_lost_attempt_is_recorded_not_reported() {
     assert_eq!(parse(&out).as_array().unwrap().len(), 1, "reported once");
 }
 
-/// Polls `ready` every 20 ms for up to `timeout`.
-async fn eventually(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if ready() {
-            return true;
+/// Waits until `node` has compiled the component with `digest` (`what` names the wait).
+async fn tool_installed(node: &outpost_node::NodeHandle, digest: &str, what: &str) {
+    eventually(what, Duration::from_secs(60), async || {
+        if node.tool_ready(digest) {
+            Ok(())
+        } else {
+            Err(format!("{} has not compiled {digest}", node.node_id))
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ready()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -678,11 +672,7 @@ async fn tools_are_installed_on_the_nodes_before_their_first_task() {
     let wasm = std::fs::read(outpost_guests::echo()).unwrap();
     let digest = outpost_trust::auth::sha256_hex(&wasm);
     for (node, config) in nodes.iter().zip(&configs) {
-        assert!(
-            eventually(Duration::from_secs(60), || node.tool_ready(&digest)).await,
-            "{} never installed the tool",
-            node.node_id
-        );
+        tool_installed(node, &digest, "the tool installed at push").await;
         let data = config.data_dir();
         assert_eq!(
             std::fs::read(data.join("tools").join(format!("{digest}.wasm"))).unwrap(),
@@ -699,10 +689,12 @@ async fn tools_are_installed_on_the_nodes_before_their_first_task() {
     // A node that connects after the push is sent every tool as its session comes up.
     let late_config = hub.node_config("inst-3", STATIC_TOKEN);
     let late = start_node(late_config.clone()).await;
-    assert!(
-        eventually(Duration::from_secs(60), || late.tool_ready(&digest)).await,
-        "a node connecting after the push never installed the tool"
-    );
+    tool_installed(
+        &late,
+        &digest,
+        "the tool installed on a node connecting later",
+    )
+    .await;
     assert!(
         late_config
             .data_dir()
