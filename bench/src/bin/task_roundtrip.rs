@@ -69,7 +69,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DispatchMarks {
         &self,
         meta: &'static tracing::Metadata<'static>,
     ) -> tracing::subscriber::Interest {
-        if meta.is_event() && meta.target() == "outpost_hub::work::tasks" {
+        if meta.is_event() && meta.target().starts_with("outpost_hub::work::tasks") {
             tracing::subscriber::Interest::always()
         } else {
             tracing::subscriber::Interest::never()
