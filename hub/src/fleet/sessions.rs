@@ -291,12 +291,13 @@ pub fn on_heartbeat(
             entry.gpus.clone_from(&heartbeat.gpus);
         }
     }
-    crate::work::tasks::observe_heartbeat(state, node_id, &heartbeat);
+    let monotonic = state.monotonic_ms();
+    crate::work::tasks::observe_heartbeat(state, node_id, &heartbeat, monotonic);
     let fence = fence_reason(heartbeat.gpus.as_ref());
     let (came_back, fence_change) = {
         let mut fleet = state.fleet.liveness();
         (
-            fleet.observe_heartbeat(node_id, state.monotonic_ms()),
+            fleet.observe_heartbeat(node_id, monotonic),
             fleet.set_fenced(node_id, fence),
         )
     };

@@ -65,16 +65,16 @@ pub fn observe_capabilities(state: &HubState, node_id: &str, caps: &Capabilities
     state.tasks.wake_dispatcher();
 }
 
-/// A heartbeat: fresh free memory, and which tasks run (confirming their reservations).
-pub fn observe_heartbeat(state: &HubState, node_id: &str, heartbeat: &Heartbeat) {
+/// A heartbeat, arrived at monotonic `now_ms`: fresh free memory, and which tasks run
+/// (confirming their reservations).
+pub fn observe_heartbeat(state: &HubState, node_id: &str, heartbeat: &Heartbeat, now_ms: i64) {
     let free = heartbeat
         .gpus
         .iter()
         .flat_map(|g| &g.devices)
         .map(|d| (d.uuid.as_str(), d.memory_free_mb));
-    let now = state.monotonic_ms();
     state
         .tasks
         .scheduler()
-        .observe_heartbeat(node_id, free, &heartbeat.running_tasks, now);
+        .observe_heartbeat(node_id, free, &heartbeat.running_tasks, now_ms);
 }
