@@ -31,7 +31,7 @@ use tonic::transport::Channel;
 use outpost_hub::api::views;
 use outpost_hub::credentials::pki::{HubPki, files};
 
-/// Outpost: a hub and node agents for running agent tools across a fleet.
+/// Outpost: a hub and nodes for running tools and agents across a fleet.
 #[derive(Debug, Parser)]
 #[command(name = "outpost", version, propagate_version = true)]
 pub struct Cli {
@@ -61,7 +61,7 @@ pub(crate) struct GlobalArgs {
 enum Command {
     /// Run the hub (control plane).
     Hub,
-    /// Run a node agent (same as `outpost-node`).
+    /// Run a node (same as `outpost-node`).
     Node,
     /// Start a hub and two nodes on loopback, join them and show the fleet.
     Demo {

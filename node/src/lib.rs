@@ -1,4 +1,4 @@
-//! The Outpost node agent.
+//! The Outpost node: the process on each machine of the fleet.
 //!
 //! A node joins a hub once with a bootstrap token ([`join`]), keeps the certificate and JWT it got
 //! ([`identity`]), and from then on holds a QUIC session to the hub ([`session`]) that carries
@@ -95,7 +95,7 @@ impl NodeHandle {
     }
 }
 
-/// The node agent.
+/// The node process: join, session, probes and task runner.
 #[derive(Debug)]
 pub struct Node;
 
