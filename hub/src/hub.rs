@@ -236,6 +236,8 @@ struct SharedCredentials {
     auth: TokenAuthority,
     ca: crate::credentials::pki::CertAuthority,
     static_token_key: Option<[u8; 32]>,
+    /// The names on the hub certificate (loopback, `localhost`, the host name, `server_names`).
+    names: Vec<String>,
 }
 
 impl Credentials {
@@ -272,6 +274,9 @@ impl Credentials {
                     .token
                     .as_deref()
                     .map(|t| derive_proof_key(t.trim())),
+                names: crate::credentials::pki::hub_names(
+                    &config.internal_grpc.security.server_names,
+                ),
             },
             secret,
         })
@@ -388,6 +393,7 @@ async fn build_state(
         credentials.ca,
         credentials.static_token_key,
         config.internal_grpc.security.mode == TlsMode::Mtls,
+        &credentials.names,
     );
     let state = HubState::new(store, clock, fleet, tasks, tools, credentials);
     let state = Arc::new(state);

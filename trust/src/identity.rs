@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Checks a node id: 1–63 characters of `[A-Za-z0-9._-]`, starting with a letter or digit (so it
-/// is usable as a DNS name in the node certificate and as a path component).
+/// is usable as a DNS name in the node certificate and as a path component), and not a name
+/// that means "this machine" to a client — `localhost` or an IP address — which a node
+/// certificate must never carry.
 pub fn validate_node_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 63 {
         return Err(format!(
@@ -24,6 +26,15 @@ pub fn validate_node_id(id: &str) -> Result<(), String> {
     {
         return Err(format!(
             "node id {id:?} contains {bad:?}; use letters, digits, '-', '_' or '.'"
+        ));
+    }
+    let lower = id.to_ascii_lowercase();
+    if lower == "localhost"
+        || lower.ends_with(".localhost")
+        || id.parse::<std::net::IpAddr>().is_ok()
+    {
+        return Err(format!(
+            "node id {id:?} names a host address, not a node (set [server] node_id to the node's own name)"
         ));
     }
     Ok(())
@@ -188,6 +199,18 @@ mod tests {
         assert!(validate_node_id("-x").is_err());
         assert!(validate_node_id("a/b").unwrap_err().contains("'/'"));
         assert!(validate_node_id(&"a".repeat(64)).is_err());
+        for address in [
+            "localhost",
+            "LocalHost",
+            "hub.localhost",
+            "127.0.0.1",
+            "10.0.0.7",
+        ] {
+            let err = validate_node_id(address).unwrap_err();
+            assert!(err.contains("names a host address"), "{address}: {err}");
+        }
+        assert!(validate_node_id("localhost-2").is_ok());
+        assert!(validate_node_id("10.0.0.7.lab").is_ok());
     }
 
     #[test]

@@ -6,7 +6,6 @@ use outpost_proto::v1::{
     BeginJoinResponse, CompleteJoinRequest, CompleteJoinResponse, CreateBootstrapTokenResponse,
 };
 use outpost_trust::auth::{BootstrapToken, Role, STATIC_TOKEN_ID, verify_join_proof};
-use outpost_trust::identity::validate_node_id;
 
 use crate::state::HubState;
 use crate::store::{BindOutcome, ChallengeRow, JoinedNode, StoreError, TokenRow};
@@ -95,7 +94,10 @@ fn join_random<const N: usize>() -> Result<[u8; N], AdmissionError> {
 
 /// Issues a nonce for `node_id`.
 pub async fn begin(state: &HubState, node_id: &str) -> Result<BeginJoinResponse, AdmissionError> {
-    validate_node_id(node_id).map_err(AdmissionError::InvalidNodeId)?;
+    state
+        .credentials
+        .check_node_id(node_id)
+        .map_err(AdmissionError::InvalidNodeId)?;
     let now = state.now_ms();
     let id = hex::encode(join_random::<16>()?);
     let nonce = join_random::<32>()?.to_vec();

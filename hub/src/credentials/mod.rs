@@ -15,23 +15,39 @@ pub struct HubCredentials {
     ca: pki::CertAuthority,
     static_token_key: Option<[u8; 32]>,
     mtls: bool,
+    /// The names on the hub's own certificate, lower-cased: no node may take one as its id.
+    hub_names: Vec<String>,
 }
 
 impl HubCredentials {
     /// Holds `auth`, `ca` and the static token's proof key; `mtls` when callers must present a
-    /// client certificate.
+    /// client certificate; `hub_names` are the names on the hub's certificate.
     pub fn new(
         auth: TokenAuthority,
         ca: pki::CertAuthority,
         static_token_key: Option<[u8; 32]>,
         mtls: bool,
+        hub_names: &[String],
     ) -> Self {
         Self {
             auth,
             ca,
             static_token_key,
             mtls,
+            hub_names: hub_names.iter().map(|n| n.to_ascii_lowercase()).collect(),
         }
+    }
+
+    /// Refuses a node id that is one of the hub's own names: a node certificate for it would name
+    /// the hub (clients also refuse node certificates as servers, this keeps the names apart).
+    pub fn check_node_id(&self, node_id: &str) -> Result<(), String> {
+        outpost_trust::identity::validate_node_id(node_id)?;
+        if self.hub_names.contains(&node_id.to_ascii_lowercase()) {
+            return Err(format!(
+                "node id {node_id:?} is one of the hub's own names (on its certificate); give the node a name of its own"
+            ));
+        }
+        Ok(())
     }
 
     /// Mints and verifies JWTs.

@@ -137,6 +137,17 @@ fn san_for(name: &str) -> Result<SanType, PkiError> {
     })
 }
 
+/// Every name on the hub certificate: the defaults, then `server_names` not already among them.
+pub fn hub_names(server_names: &[String]) -> Vec<String> {
+    let mut names = default_server_names();
+    for name in server_names {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
 /// Default names on the hub certificate: loopback, `localhost` and the host name.
 pub fn default_server_names() -> Vec<String> {
     let mut names = vec![
@@ -200,12 +211,7 @@ impl HubPki {
 
         // Hub server certificate
         if !(p(files::HUB_CERT).exists() && p(files::HUB_KEY).exists()) {
-            let mut names = default_server_names();
-            for name in server_names {
-                if !names.contains(name) {
-                    names.push(name.clone());
-                }
-            }
+            let names = hub_names(server_names);
             let (cert, key) =
                 ca.issue_leaf("outpost-hub", &names, ExtendedKeyUsagePurpose::ServerAuth)?;
             write_secret(&p(files::HUB_KEY), &key)?;
@@ -277,7 +283,9 @@ impl CertAuthority {
     }
 
     /// Signs a node's CSR. Only the CSR's public key is used: the hub alone decides the subject
-    /// (CN and DNS SAN = `node_id`), usages (client and server auth) and validity.
+    /// (CN and DNS SAN = `node_id`), the usage and validity. The usage is client authentication
+    /// only: clients verifying a server against the same CA (the CLI, other nodes) refuse a node
+    /// certificate, so a node cannot pose as the hub.
     /// Returns the certificate PEM and the hex SHA-256 of the node's public key.
     pub fn sign_node_csr(
         &self,
@@ -290,10 +298,7 @@ impl CertAuthority {
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, node_id);
         params.subject_alt_names = vec![SanType::DnsName(node_id.try_into()?)];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, LEAF_DAYS);
@@ -339,6 +344,10 @@ mod tests {
             "node-a"
         );
         assert_eq!(outpost_trust::tls::spki_sha256(&cert[0]).unwrap(), spki);
+        // A node certificate authenticates a client only: it can never serve as the hub.
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert[0]).unwrap();
+        let usage = parsed.extended_key_usage().unwrap().unwrap().value;
+        assert!(usage.client_auth && !usage.server_auth, "{usage:?}");
         // The CSR asked for node-a, but the hub decides the name.
         let (forced, _) = second
             .ca

@@ -177,6 +177,11 @@ pub fn validate_record(record: &NodeRecord) -> Result<(), RegistryError> {
 /// Registers a node ahead of its join.
 pub async fn register(state: &HubState, record: NodeRecord) -> Result<NodeView, RegistryError> {
     validate_record(&record)?;
+    // No node may take one of the hub's own names.
+    state
+        .credentials
+        .check_node_id(&record.id)
+        .map_err(|e| invalid("id", e))?;
     let now = state.now_ms();
     let row = NodeRow {
         id: record.id.clone(),

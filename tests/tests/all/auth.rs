@@ -413,3 +413,79 @@ async fn node_certificate_cannot_claim_another_node() {
     let text = outcome.unwrap_err();
     assert!(text.to_lowercase().contains("certificate"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_pose_as_the_hub() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+
+    // Ids that name a host address, or the hub itself, are refused at join and at registration.
+    let err = try_join(&hub, "localhost", STATIC_TOKEN).await.unwrap_err();
+    assert!(err.contains("names a host address"), "{err}");
+    let err = try_join(&hub, "127.0.0.1", STATIC_TOKEN).await.unwrap_err();
+    assert!(err.contains("names a host address"), "{err}");
+    let own_names = outpost_hub::credentials::pki::default_server_names();
+    if let Some(host) = own_names
+        .iter()
+        .find(|n| outpost_trust::identity::validate_node_id(n).is_ok())
+    {
+        let err = try_join(&hub, host, STATIC_TOKEN).await.unwrap_err();
+        assert!(err.contains("one of the hub's own names"), "{err}");
+        let secret =
+            std::fs::read_to_string(hub.config.cert_dir().join("auth_secret.txt")).unwrap();
+        let admin =
+            TokenAuthority::new(secret.trim().as_bytes(), "outpost", "outpost-internal", 30)
+                .issue("a", Role::Admin, now_s(), 60)
+                .unwrap();
+        let body =
+            serde_json::json!({"id": host, "name": "impostor", "grpc_target": "https://x:1"});
+        let (status, answer) = outpost_tests::http_json(
+            "POST",
+            &format!("{}/api/admin/agent-nodes", hub.http_url()),
+            Some(&admin),
+            Some(&body.to_string()),
+        )
+        .await;
+        assert_eq!((status, &answer["field"]), (400, &"id".into()), "{answer}");
+    }
+
+    // Even a certificate the CA signed for "localhost" (as a node certificate is) does not pass
+    // as a server: a client of the hub refuses it, so it never gets a token to steal.
+    let pki =
+        outpost_hub::credentials::pki::HubPki::load_or_init(&hub.config.cert_dir(), &[]).unwrap();
+    let (key, csr) = new_key_and_csr("localhost").unwrap();
+    let (cert_pem, _) = pki
+        .ca
+        .sign_node_csr(&csr.pem().unwrap(), "localhost")
+        .unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&cert_pem, key.serialize_pem()),
+    );
+    let impostor = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .add_service(health)
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    let impostor = tokio::spawn(impostor);
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let refused =
+        match grpc_channel::connect(&format!("https://localhost:{port}"), &ca, None, None).await {
+            Err(e) => grpc_channel::error_chain(&e),
+            Ok(channel) => {
+                let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await;
+                match answer {
+                    Err(status) => format!("{status:?}"),
+                    Ok(_) => panic!("a node certificate was accepted as the hub's"),
+                }
+            }
+        };
+    assert!(
+        refused.to_lowercase().contains("usage") || refused.to_lowercase().contains("purpose"),
+        "refused for the certificate's purpose: {refused}"
+    );
+    impostor.abort();
+}
