@@ -153,9 +153,11 @@ impl<'a> HubBuilder<'a> {
     pub async fn start(self) -> Result<HubHandle, HubError> {
         let config = self.config;
         let data_dir = config.data_dir();
-        std::fs::create_dir_all(&data_dir).map_err(|source| HubError::DataDir {
-            path: data_dir.display().to_string(),
-            source,
+        outpost_trust::private_files::ensure_private_dir(&data_dir).map_err(|source| {
+            HubError::DataDir {
+                path: data_dir.display().to_string(),
+                source,
+            }
         })?;
         let credentials = Credentials::load(config)?;
         let store = match self.store {

@@ -112,10 +112,12 @@ impl Node {
         gpu_probe: Arc<dyn GpuProbe>,
     ) -> Result<NodeHandle, NodeError> {
         let data_dir = config.data_dir();
-        std::fs::create_dir_all(&data_dir).map_err(|source| identity::IdentityError::Io {
-            action: "creating",
-            path: data_dir.clone(),
-            source,
+        outpost_trust::private_files::ensure_private_dir(&data_dir).map_err(|source| {
+            identity::IdentityError::Io {
+                action: "creating (owner-only)",
+                path: data_dir.clone(),
+                source,
+            }
         })?;
         let node_id = node_id(&config)?;
         let store = IdentityStore::new(&data_dir);

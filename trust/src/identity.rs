@@ -129,10 +129,12 @@ impl IdentityStore {
 
     /// Writes the identity atomically (temp file + rename), readable by the owner only.
     pub fn save(&self, identity: &JoinedIdentity) -> Result<(), IdentityError> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| IdentityError::Io {
-            action: "creating",
-            path: self.dir.clone(),
-            source,
+        crate::private_files::ensure_private_dir(&self.dir).map_err(|source| {
+            IdentityError::Io {
+                action: "creating (owner-only)",
+                path: self.dir.clone(),
+                source,
+            }
         })?;
         let tmp = self.dir.join("identity.json.tmp");
         let text = serde_json::to_string_pretty(identity).map_err(|e| IdentityError::Corrupt {

@@ -6,8 +6,10 @@
 //! - [`tls`]: rustls configuration for the QUIC session (ring only), and reading a peer's node id
 //!   and key digest out of its certificate.
 //! - [`grpc_channel`]: gRPC channels to the hub over TLS or mTLS with a bearer JWT.
+//! - [`private_files`]: owner-only directories and files for secrets.
 
 pub mod auth;
 pub mod grpc_channel;
 pub mod identity;
+pub mod private_files;
 pub mod tls;

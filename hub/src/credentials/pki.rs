@@ -167,10 +167,12 @@ impl HubPki {
     /// Loads `cert_dir`, creating whatever is missing (CA, hub certificate for `server_names`
     /// plus the defaults, operator client certificate, auth secret).
     pub fn load_or_init(cert_dir: &Path, server_names: &[String]) -> Result<Self, PkiError> {
-        std::fs::create_dir_all(cert_dir).map_err(|source| PkiError::Io {
-            action: "creating",
-            path: cert_dir.into(),
-            source,
+        outpost_trust::private_files::ensure_private_dir(cert_dir).map_err(|source| {
+            PkiError::Io {
+                action: "creating (owner-only)",
+                path: cert_dir.into(),
+                source,
+            }
         })?;
         let mut created = Vec::new();
         let p = |name: &str| cert_dir.join(name);

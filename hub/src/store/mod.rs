@@ -42,6 +42,9 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database file's mode could not be made owner-only.
+    #[error("making {0} owner-only: {1}")]
+    Files(String, std::io::Error),
     /// The URL names no supported database.
     #[error("unsupported storage URL {0:?}: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),

@@ -298,6 +298,15 @@ fn put_attempt_query(attempt: &AttemptRow) -> AnyQuery<'_> {
     bind_attempt(sqlx::query(PUT_ATTEMPT_SQL), attempt)
 }
 
+/// The database file a `sqlite:` URL names (`None` for an in-memory database).
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+}
+
 /// `status IN ($2, $3, …)` for `statuses` (placeholders from `first`), or `TRUE` when empty.
 fn status_filter(statuses: &[TaskStatus], first: usize) -> String {
     if statuses.is_empty() {
@@ -353,12 +362,28 @@ impl SqlStore {
         };
         let store = match backend {
             Backend::Sqlite => {
-                // WAL is a property of the file: set once (by the writer, which also creates
-                // the file), kept by every later connection.
+                // The file holds token proof keys (enough to join): owner-only, and so are the
+                // WAL and shared-memory files SQLite creates beside it (with the file's mode).
+                let file = sqlite_file(&url);
+                if let Some(file) = &file {
+                    outpost_trust::private_files::ensure_private_file(file)
+                        .map_err(|e| StoreError::Files(file.display().to_string(), e))?;
+                }
+                // WAL is a property of the file: set once (by the writer), kept by every later
+                // connection.
                 let writer = sqlite_pool(1).connect(&url).await?;
                 sqlx::query("PRAGMA journal_mode = WAL")
                     .execute(&writer)
                     .await?;
+                if let Some(file) = &file {
+                    for suffix in ["-wal", "-shm"] {
+                        let mut companion = file.clone().into_os_string();
+                        companion.push(suffix);
+                        let companion = std::path::PathBuf::from(companion);
+                        outpost_trust::private_files::restrict_if_present(&companion)
+                            .map_err(|e| StoreError::Files(companion.display().to_string(), e))?;
+                    }
+                }
                 let pool = sqlite_pool(4).connect(&url).await?;
                 Self {
                     pool,

@@ -489,3 +489,39 @@ async fn a_node_cannot_pose_as_the_hub() {
     );
     impostor.abort();
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_live_in_owner_only_files() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let node_config = hub.node_config("private-1", STATIC_TOKEN);
+    let node = start_node(node_config.clone()).await;
+    hub.wait_status("private-1", "online", Duration::from_secs(15))
+        .await;
+
+    let data = hub.config.data_dir();
+    assert_eq!(mode(&data), 0o700, "hub data dir");
+    assert_eq!(mode(&hub.config.cert_dir()), 0o700, "cert dir");
+    assert_eq!(mode(&hub.config.cert_dir().join("ca-key.pem")), 0o600);
+    if hub.config.storage.url.is_none() {
+        // SQLite: the database and its WAL hold token proof keys.
+        assert_eq!(mode(&data.join("outpost.db")), 0o600, "database");
+        assert_eq!(mode(&data.join("outpost.db-wal")), 0o600, "database WAL");
+    }
+    let node_data = node_config.data_dir();
+    assert_eq!(mode(&node_data), 0o700, "node data dir");
+    assert_eq!(mode(&node_data.join("identity")), 0o700, "identity dir");
+    assert_eq!(
+        mode(&node_data.join("identity").join("identity.json")),
+        0o600
+    );
+    node.shutdown().await;
+}
