@@ -65,3 +65,25 @@ impl HubCredentials {
         self.mtls
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_may_not_take_the_hubs_own_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let server_names = ["Hub.Example".to_string()];
+        let pki = pki::HubPki::load_or_init(dir.path(), &server_names).unwrap();
+        let auth = TokenAuthority::new(b"0123456789abcdef", "outpost", "outpost-internal", 30);
+        let names = pki::hub_names(&server_names);
+        let credentials = HubCredentials::new(auth, pki.ca, None, false, &names);
+        for taken in ["hub.example", "HUB.EXAMPLE"] {
+            let err = credentials.check_node_id(taken).unwrap_err();
+            assert!(err.contains("one of the hub's own names"), "{taken}: {err}");
+        }
+        let err = credentials.check_node_id("localhost").unwrap_err();
+        assert!(err.contains("names a host address"), "{err}");
+        assert!(credentials.check_node_id("hub-example-2").is_ok());
+    }
+}

@@ -24,7 +24,7 @@ use crate::work::tasks::TaskError;
 const INSTALL_CONCURRENCY: usize = 4;
 
 /// Installs carrying a component's bytes at the same time, over all nodes (hub-wide).
-pub const TRANSFER_CONCURRENCY: usize = 4;
+const TRANSFER_CONCURRENCY: usize = 4;
 /// How long tool metadata read from the store is reused. A push through this hub replaces it at
 /// once; a push through another hub sharing the database is seen within this time.
 const META_TTL: std::time::Duration = std::time::Duration::from_secs(2);

@@ -4,7 +4,7 @@
 //! It wakes on every submit, result, node change and freed capacity (and every half second);
 //! each pass first ends the attempts of nodes that went offline or forgot their tasks
 //! ([`lifecycle::lose_attempt`]: queued again, or failed once out of attempts), then places the
-//! queue. Every pass is counted ([`crate::state::HubState::dispatch_passes`]), so a test can wait
+//! queue. Every pass is counted ([`super::TaskEngine::dispatch_passes`]), so a test can wait
 //! for a pass to have happened instead of sleeping.
 
 use std::collections::HashMap;
