@@ -30,7 +30,8 @@ fn hub_config(data_dir: &Path) -> Config {
 
 fn node_config(data_dir: &Path, hub_url: &str, ca_file: &Path, id: &str, token: &str) -> Config {
     let node_dir = data_dir.join("nodes").join(id);
-    let mut config = Config::joining_node(id, hub_url, ca_file, token, &node_dir);
+    // Tools reach `work` only; the node's own state lies beside it, out of their reach.
+    let mut config = Config::joining_node(id, hub_url, ca_file, token, &node_dir.join("state"));
     config.node.safe_paths = vec![node_dir.join("work")];
     config.gpu.refresh_interval = Duration::from_secs(1);
     config

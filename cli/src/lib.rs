@@ -774,8 +774,30 @@ pub fn print_node_table(nodes: &[NodeView], out: &mut dyn Write) -> anyhow::Resu
     print_table(&rows, out)
 }
 
-/// Prints rows (the first is the header) in aligned columns.
+/// `text` with every control character (escape sequences, carriage returns) and invisible
+/// formatting character written as a `\u{…}` escape, so it prints as what it is.
+pub fn terminal_safe(text: &str) -> String {
+    let mut safe = String::with_capacity(text.len());
+    for c in text.chars() {
+        let invisible = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+        if c.is_control() || invisible {
+            safe.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            safe.push(c);
+        }
+    }
+    safe
+}
+
+/// Prints rows (the first is the header) in aligned columns, each cell [`terminal_safe`].
 pub fn print_table(rows: &[Vec<String>], out: &mut dyn Write) -> anyhow::Result<()> {
+    // Cells come from the hub (names, labels, reasons): nothing in them may reach the terminal
+    // as a control sequence.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| terminal_safe(cell)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let columns = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

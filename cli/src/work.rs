@@ -50,6 +50,14 @@ pub struct TaskEnded {
     pub message: String,
 }
 
+/// Largest answer the CLI reads from the task service (a task carries its output, up to
+/// [`outpost_proto::limits::MAX_RESULT_OUTPUT`]; a list carries many).
+const MAX_TASK_ANSWER: usize = 256 * 1024 * 1024;
+
+fn task_client(channel: tonic::transport::Channel) -> TaskServiceClient<tonic::transport::Channel> {
+    TaskServiceClient::new(channel).max_decoding_message_size(MAX_TASK_ANSWER)
+}
+
 /// `outpost tasks …`
 #[derive(Debug, clap::Subcommand)]
 pub enum TasksCommand {
@@ -292,7 +300,7 @@ pub(crate) async fn tasks(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let (channel, jwt) = channel(global).await?;
-    let mut client = TaskServiceClient::new(channel);
+    let mut client = task_client(channel);
     let json_out = global.json;
     match command {
         TasksCommand::Submit(args) => {
@@ -402,7 +410,7 @@ pub(crate) async fn nodes_send(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let (channel, jwt) = channel(global).await?;
-    let mut client = TaskServiceClient::new(channel);
+    let mut client = task_client(channel);
     let request = SubmitTaskRequest {
         tool: args.work.tool.clone().unwrap_or_default(),
         command: args.work.command.clone().unwrap_or_default(),
@@ -434,7 +442,7 @@ pub(crate) async fn nodes_result(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let (channel, jwt) = channel(global).await?;
-    let mut client = TaskServiceClient::new(channel);
+    let mut client = task_client(channel);
     let task = if wait {
         wait_for(&mut client, &jwt, task_id, Duration::from_secs(600)).await?
     } else {

@@ -183,12 +183,30 @@ impl Default for AuthSection {
 }
 
 /// `[internal_grpc.bootstrap]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BootstrapSection {
-    /// Static join token (hub: accepted; node: used to join).
+    /// Static join token (hub: accepted; node: used to join). At least
+    /// [`MIN_STATIC_TOKEN_LEN`] characters.
     pub token: Option<String>,
+    /// Hub: joins that may begin per second, hub-wide (bursts of four seconds' worth pass).
+    pub joins_per_second: u32,
+    /// Hub: joins that may begin per second from one source address.
+    pub joins_per_second_per_source: u32,
 }
+
+impl Default for BootstrapSection {
+    fn default() -> Self {
+        Self {
+            token: None,
+            joins_per_second: 50,
+            joins_per_second_per_source: 10,
+        }
+    }
+}
+
+/// Shortest static bootstrap token accepted: it is a shared secret that admits any node id.
+pub const MIN_STATIC_TOKEN_LEN: usize = 16;
 
 /// `[worktree]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -495,6 +513,8 @@ pub const ENV_KEYS: &[&str] = &[
     "internal_grpc.auth.audience",
     "internal_grpc.auth.leeway_seconds",
     "internal_grpc.bootstrap.token",
+    "internal_grpc.bootstrap.joins_per_second",
+    "internal_grpc.bootstrap.joins_per_second_per_source",
     "worktree.default_root",
     "node.hub",
     "node.name",
@@ -558,9 +578,26 @@ impl Config {
                 })?;
             }
         }
-        let config = Self::from_table(table, path)?;
+        let mut config = Self::from_table(table, path)?;
+        config.settle_dirs(&env);
         config.validate()?;
         Ok(config)
+    }
+
+    /// Makes the data and cert dirs absolute: a relative one is taken against the directory the
+    /// process runs in now (so a later change of directory cannot move them), and an unset data
+    /// dir becomes the user's state directory (`$XDG_STATE_HOME/outpost`, else
+    /// `$HOME/.local/state/outpost`), else [`DEFAULT_DATA_DIR`].
+    fn settle_dirs(&mut self, env: &BTreeMap<String, String>) {
+        let absolute =
+            |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        self.server.data_dir = Some(match &self.server.data_dir {
+            Some(dir) => absolute(dir),
+            None => default_data_dir(env),
+        });
+        if let Some(dir) = &self.internal_grpc.security.cert_dir {
+            self.internal_grpc.security.cert_dir = Some(absolute(dir));
+        }
     }
 
     /// Parses TOML text (no environment), for tests and embedding.
@@ -571,7 +608,8 @@ impl Config {
                 path: None,
                 message: e.to_string(),
             })?;
-        let config = Self::from_table(table, None)?;
+        let mut config = Self::from_table(table, None)?;
+        config.settle_dirs(&BTreeMap::new());
         config.validate()?;
         Ok(config)
     }
@@ -736,11 +774,51 @@ impl Config {
                     invalid(&format!("gpu.script[{i}].{field}"), message)
                 })?;
         }
+        let bootstrap = &self.internal_grpc.bootstrap;
+        if let Some(token) = &bootstrap.token
+            && token.chars().count() < MIN_STATIC_TOKEN_LEN
+        {
+            return Err(invalid(
+                "internal_grpc.bootstrap.token",
+                format!(
+                    "is {} characters; a bootstrap token admits any node id, so it needs at least {MIN_STATIC_TOKEN_LEN} (e.g. `openssl rand -hex 24`)",
+                    token.chars().count()
+                ),
+            ));
+        }
+        for (key, rate) in [
+            (
+                "internal_grpc.bootstrap.joins_per_second",
+                bootstrap.joins_per_second,
+            ),
+            (
+                "internal_grpc.bootstrap.joins_per_second_per_source",
+                bootstrap.joins_per_second_per_source,
+            ),
+        ] {
+            if rate == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        let state_dirs = [self.data_dir(), self.cert_dir()];
         for path in &self.node.safe_paths {
             if !path.is_absolute() {
                 return Err(invalid(
                     "node.safe_paths",
                     format!("{} is not an absolute path", path.display()),
+                ));
+            }
+            if let Some(dir) = state_dirs
+                .iter()
+                .find(|dir| path.starts_with(dir) || dir.starts_with(path))
+            {
+                return Err(invalid(
+                    "node.safe_paths",
+                    format!(
+                        "{} overlaps {}, which holds the node's own state (keys, tool store, compile cache): tools granted it could read or replace them; keep the data and cert dirs outside safe_paths",
+                        path.display(),
+                        dir.display()
+                    ),
                 ));
             }
         }
@@ -778,12 +856,13 @@ impl Config {
         config
     }
 
-    /// The data directory: `[server] data_dir`, else `./outpost-data`.
+    /// The data directory: `[server] data_dir` (made absolute when the config was loaded), else
+    /// [`DEFAULT_DATA_DIR`].
     pub fn data_dir(&self) -> PathBuf {
         self.server
             .data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from("outpost-data"))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
     }
 
     /// The certificate directory: `[internal_grpc.security] cert_dir`, else `<data_dir>/certs`.
@@ -794,6 +873,23 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir().join("certs"))
     }
+}
+
+/// The data directory when neither the config nor the environment names one.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/outpost";
+
+/// The user's state directory for Outpost, from `env`: `$XDG_STATE_HOME/outpost`, else
+/// `$HOME/.local/state/outpost`, else [`DEFAULT_DATA_DIR`] (only absolute values count).
+fn default_data_dir(env: &BTreeMap<String, String>) -> PathBuf {
+    let from = |var: &str, rest: &[&str]| {
+        env.get(var)
+            .map(PathBuf::from)
+            .filter(|base| base.is_absolute())
+            .map(|base| rest.iter().fold(base, |path, part| path.join(part)))
+    };
+    from("XDG_STATE_HOME", &["outpost"])
+        .or_else(|| from("HOME", &[".local", "state", "outpost"]))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
 /// Turns an environment value into a TOML value of the type the key expects.
@@ -914,8 +1010,88 @@ mod tests {
         assert_eq!(c.server.role, ServerRole::Hub);
         assert_eq!(c.internal_grpc.listen, "127.0.0.1:50051");
         assert_eq!(c.internal_grpc.security.mode, TlsMode::Tls);
-        assert_eq!(c.cert_dir(), PathBuf::from("outpost-data/certs"));
+        assert_eq!(c.cert_dir(), PathBuf::from("/var/lib/outpost/certs"));
         assert!(c.tools.preinstall, "pushed tools are installed by default");
+    }
+
+    #[test]
+    fn a_static_token_needs_some_strength() {
+        let err = Config::from_toml("[internal_grpc.bootstrap]\ntoken = \"hunter2\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("internal_grpc.bootstrap.token") && err.contains("is 7 characters"),
+            "{err}"
+        );
+        Config::from_toml("[internal_grpc.bootstrap]\ntoken = \"0123456789abcdef\"\n").unwrap();
+        let err = Config::from_toml("[internal_grpc.bootstrap]\njoins_per_second = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("joins_per_second"), "{err}");
+    }
+
+    #[test]
+    fn the_data_dir_is_always_absolute() {
+        let home = |vars: &[(&str, &str)]| {
+            Config::load(
+                None,
+                vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            )
+            .unwrap()
+            .data_dir()
+        };
+        assert_eq!(
+            home(&[("HOME", "/home/ops")]),
+            PathBuf::from("/home/ops/.local/state/outpost")
+        );
+        assert_eq!(
+            home(&[("HOME", "/home/ops"), ("XDG_STATE_HOME", "/srv/state")]),
+            PathBuf::from("/srv/state/outpost")
+        );
+        assert_eq!(
+            home(&[("HOME", "relative")]),
+            PathBuf::from(DEFAULT_DATA_DIR)
+        );
+        let relative = Config::from_toml("[server]\ndata_dir = \"state\"\n").unwrap();
+        assert_eq!(
+            relative.data_dir(),
+            std::env::current_dir().unwrap().join("state")
+        );
+        assert!(relative.cert_dir().is_absolute());
+    }
+
+    #[test]
+    fn safe_paths_may_not_overlap_the_nodes_own_state() {
+        for (safe, data, needle) in [
+            ("/srv", "/srv/outpost", "/srv overlaps /srv/outpost"),
+            (
+                "/srv/outpost/tools",
+                "/srv/outpost",
+                "overlaps /srv/outpost",
+            ),
+            ("/srv/outpost", "/srv/outpost", "overlaps"),
+        ] {
+            let err = Config::from_toml(&format!(
+                "[server]\ndata_dir = \"{data}\"\n[node]\nsafe_paths = [\"{safe}\"]\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("node.safe_paths") && err.contains(needle),
+                "{err}"
+            );
+        }
+        let err = Config::from_toml(
+            "[server]\ndata_dir = \"/var/lib/o\"\n[internal_grpc.security]\ncert_dir = \"/data/certs\"\n[node]\nsafe_paths = [\"/data\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/data overlaps /data/certs"), "{err}");
+        // Whole components: /srv/outpost2 is not inside /srv/outpost.
+        Config::from_toml(
+            "[server]\ndata_dir = \"/srv/outpost\"\n[node]\nsafe_paths = [\"/srv/outpost2\"]\n",
+        )
+        .unwrap();
     }
 
     #[test]

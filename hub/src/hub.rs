@@ -14,6 +14,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::grpc::HubGrpc;
 use crate::credentials::HubCredentials;
+use crate::credentials::join_limit::{JoinLimiter, JoinRates};
 use crate::credentials::pki::HubPki;
 use crate::fleet::{Fleet, FleetPolicy, FleetState, StatusChange};
 use crate::state::HubState;
@@ -396,6 +397,13 @@ async fn build_state(
         credentials.static_token_key,
         config.internal_grpc.security.mode == TlsMode::Mtls,
         &credentials.names,
+        JoinLimiter::new(
+            JoinRates {
+                per_second: config.internal_grpc.bootstrap.joins_per_second,
+                per_source_per_second: config.internal_grpc.bootstrap.joins_per_second_per_source,
+            },
+            clock.monotonic_ms(),
+        ),
     );
     let state = HubState::new(store, clock, fleet, tasks, tools, credentials);
     let state = Arc::new(state);

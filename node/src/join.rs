@@ -1,6 +1,8 @@
 //! The node side of joining: ask for a nonce, answer it with the token-keyed HMAC over (nonce,
 //! node id, CSR digest), receive the signed certificate and the node JWT.
 
+use std::time::Duration;
+
 use outpost_proto::v1::join_service_client::JoinServiceClient;
 use outpost_proto::v1::{BeginJoinRequest, CompleteJoinRequest};
 
@@ -42,6 +44,9 @@ pub struct JoinRequest<'a> {
     pub grpc_target: &'a str,
 }
 
+/// Longest a join waits in all for a hub that is busy with other joins.
+const MAX_JOIN_WAIT: Duration = Duration::from_secs(120);
+
 /// Runs the join handshake and returns the identity to store.
 pub async fn join(request: JoinRequest<'_>) -> Result<JoinedIdentity, JoinError> {
     let channel = grpc_channel::connect(request.hub_url, request.ca_pem, None, None).await?;
@@ -49,13 +54,39 @@ pub async fn join(request: JoinRequest<'_>) -> Result<JoinedIdentity, JoinError>
     let refused = |status: tonic::Status| {
         JoinError::Refused(format!("{:?}: {}", status.code(), status.message()))
     };
-    let challenge = client
-        .begin_join(BeginJoinRequest {
-            node_id: request.node_id.into(),
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
+    // A hub busy with other joins says when to come back; a node waits that long (up to a
+    // bound) rather than failing its start.
+    let mut waited = Duration::ZERO;
+    let challenge = loop {
+        match client
+            .begin_join(BeginJoinRequest {
+                node_id: request.node_id.into(),
+            })
+            .await
+        {
+            Ok(answer) => break answer.into_inner(),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                let hint = status
+                    .metadata()
+                    .get("retry-after-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1000);
+                let delay = Duration::from_millis(hint.clamp(50, 10_000));
+                if waited + delay > MAX_JOIN_WAIT {
+                    return Err(refused(status));
+                }
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    reason = status.message(),
+                    "the hub is busy with joins; waiting"
+                );
+                tokio::time::sleep(delay).await;
+                waited += delay;
+            }
+            Err(status) => return Err(refused(status)),
+        }
+    };
     let (key, csr) = identity::new_key_and_csr(request.node_id)?;
     let csr_der = csr.der().to_vec();
     let csr_pem = csr.pem().map_err(IdentityError::from)?;

@@ -119,6 +119,10 @@ impl Node {
                 source,
             }
         })?;
+        // The node's own state stays out of every tool's reach (checked before joining, with
+        // symlinks followed now that the data dir exists).
+        outpost_sandbox::policy::check_safe_paths(&config.node.safe_paths, &state_dirs(&config))
+            .map_err(|why| NodeError::Config(format!("[node] safe_paths: {why}")))?;
         let node_id = node_id(&config)?;
         let store = IdentityStore::new(&data_dir);
         let (identity, joined_now) = match store.load()? {
@@ -151,6 +155,11 @@ impl Node {
             task,
         })
     }
+}
+
+/// The directories that hold the node's own state, which no tool grant may overlap.
+fn state_dirs(config: &Config) -> Vec<std::path::PathBuf> {
+    vec![config.data_dir(), config.cert_dir()]
 }
 
 /// The node id from `[server] node_id`, else the host name.
@@ -229,7 +238,8 @@ fn session_context(
     };
     let labels = config.node.labels.clone();
     let safe_paths = config.node.safe_paths.clone();
-    let runner = match tasks::TaskRunner::new(&config.data_dir(), safe_paths.clone()) {
+    let protected = state_dirs(config);
+    let runner = match tasks::TaskRunner::new(&config.data_dir(), safe_paths.clone(), protected) {
         Ok(runner) => Some(Arc::new(runner)),
         Err(e) => {
             tracing::error!(error = %e, "this node will not run tasks");

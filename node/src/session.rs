@@ -479,6 +479,9 @@ async fn send_event(connection: &quinn::Connection, event: &NodeEvent) -> Result
     Ok(())
 }
 
+/// Why a result the hub stopped reading is reported as failed.
+const REFUSAL_REASON: &str = "the hub could not read it (too large or malformed)";
+
 /// Sends every result in the outbox; a result whose send fails goes back for the next session.
 async fn send_results(
     connection: &quinn::Connection,
@@ -488,9 +491,25 @@ async fn send_results(
         let event = NodeEvent {
             kind: Some(node_event::Kind::TaskResult(result.clone())),
         };
-        if let Err(e) = send_event(connection, &event).await {
-            runner.unsent(result);
-            return Err(e);
+        match send_event(connection, &event).await {
+            Ok(()) => {}
+            // The hub read the stream and refused it: sending it again would be refused again
+            // (and hold up every result behind it), so the attempt fails with the reason.
+            Err(SessionError::Frame(FrameError::Write(quinn::WriteError::Stopped(code))))
+                if connection.close_reason().is_none() =>
+            {
+                if crate::tasks::is_refusal(&result) {
+                    // Even the small refusal was refused: the hub cannot take this result.
+                    tracing::error!(task_id = %result.task_id, %code, "the hub refused the report of a refused result; dropped");
+                    continue;
+                }
+                tracing::warn!(task_id = %result.task_id, %code, "the hub refused a result; reporting the refusal instead");
+                runner.unsent(crate::tasks::refused_by_hub(result, REFUSAL_REASON));
+            }
+            Err(e) => {
+                runner.unsent(result);
+                return Err(e);
+            }
         }
     }
     Ok(())

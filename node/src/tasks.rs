@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_proto::limits::{MAX_RESULT_LOG, MAX_RESULT_MESSAGE, MAX_RESULT_OUTPUT};
 use outpost_proto::v1::{InstallTool, RunTask, TaskResult, node_reply};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OnceCell, Semaphore};
@@ -58,6 +59,8 @@ pub struct TaskRunner {
     sandbox: Sandbox,
     tools_dir: PathBuf,
     safe_paths: Vec<PathBuf>,
+    /// Directories holding the node's own state, which no grant may overlap.
+    protected: Vec<PathBuf>,
     loaded: Mutex<HashMap<String, LoadSlot>>,
     /// Background installs compile one at a time, beside whatever runs.
     installs: Semaphore,
@@ -87,11 +90,14 @@ fn is_digest(text: &str) -> bool {
 
 impl TaskRunner {
     /// A runner keeping components under `data_dir/tools` and compiled code under
-    /// `data_dir/compile-cache`.
+    /// `data_dir/compile-cache`, granting tools directories inside `safe_paths` that overlap
+    /// none of `protected` (`data_dir` is added to those).
     pub fn new(
         data_dir: &std::path::Path,
         safe_paths: Vec<PathBuf>,
+        mut protected: Vec<PathBuf>,
     ) -> Result<Self, TaskRunnerError> {
+        protected.push(data_dir.to_path_buf());
         let tools_dir = data_dir.join("tools");
         std::fs::create_dir_all(&tools_dir).map_err(|source| TaskRunnerError::Io {
             path: tools_dir.clone(),
@@ -105,6 +111,7 @@ impl TaskRunner {
             sandbox,
             tools_dir,
             safe_paths,
+            protected,
             loaded: Mutex::new(HashMap::new()),
             installs: Semaphore::new(1),
             installs_ended: tokio::sync::watch::channel(0).0,
@@ -296,7 +303,7 @@ impl TaskRunner {
     }
 
     fn push_result(&self, result: TaskResult) {
-        self.outbox.lock().push_back(result);
+        self.outbox.lock().push_back(deliverable(result));
         self.results_ready.notify_one();
     }
 
@@ -361,7 +368,7 @@ impl TaskRunner {
             &command.policy_toml,
             &format!("policy of tool {:?}", command.tool),
         )?;
-        let mut resolved = policy.resolve(&self.safe_paths)?;
+        let mut resolved = policy.resolve_within(&self.safe_paths, &self.protected)?;
         let mut env: Vec<(&String, &String)> = command.env.iter().collect();
         env.sort();
         for (key, value) in env {
@@ -371,6 +378,8 @@ impl TaskRunner {
         if command.timeout_ms > 0 {
             resolved.limits.timeout = Duration::from_millis(command.timeout_ms);
         }
+        // An output the result could not carry stops the tool as soon as it passes the limit.
+        resolved.limits.max_output = resolved.limits.max_output.min(MAX_RESULT_OUTPUT as u64);
         // Compiled and linked once per component; each attempt binds its own policy and env.
         Ok(self
             .compiled(&command.tool_digest, path)
@@ -406,10 +415,76 @@ impl TaskRunner {
     }
 }
 
+/// `result` cut to what a result may carry on its way to the hub
+/// ([`outpost_proto::limits`]): the tails of stdout and stderr, the head of the error message,
+/// and an output over the limit replaced by an `output_limit` failure that names its size.
+pub fn deliverable(mut result: TaskResult) -> TaskResult {
+    if result.output.len() > MAX_RESULT_OUTPUT {
+        result.error_message = format!(
+            "the output is {} bytes; a task's output may be at most {MAX_RESULT_OUTPUT} bytes",
+            result.output.len()
+        );
+        result.ok = false;
+        result.error_kind = ErrorKind::OutputLimit.as_str().into();
+        result.output = String::new();
+    }
+    keep_tail(&mut result.stdout, MAX_RESULT_LOG);
+    keep_tail(&mut result.stderr, MAX_RESULT_LOG);
+    keep_head(&mut result.error_message, MAX_RESULT_MESSAGE);
+    result
+}
+
+/// `result` replaced by the failure to report when the hub refused to read it.
+pub fn refused_by_hub(result: TaskResult, reason: &str) -> TaskResult {
+    TaskResult {
+        ok: false,
+        output: String::new(),
+        stdout: String::new(),
+        stderr: String::new(),
+        error_kind: ErrorKind::OutputLimit.as_str().into(),
+        error_message: format!(
+            "{REFUSED_PREFIX} ({} bytes): {reason}",
+            prost::Message::encoded_len(&result)
+        ),
+        ..result
+    }
+}
+
+/// Whether `result` is already the report of a refusal ([`refused_by_hub`]).
+pub fn is_refusal(result: &TaskResult) -> bool {
+    !result.ok && result.output.is_empty() && result.error_message.starts_with(REFUSED_PREFIX)
+}
+
+const REFUSED_PREFIX: &str = "the hub refused this result";
+
+/// Keeps the last `max` bytes of `text` (on a character boundary), saying how many were dropped.
+fn keep_tail(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    *text = format!("[{start} bytes dropped]\n{}", &text[start..]);
+}
+
+/// Keeps the first `max` bytes of `text` (on a character boundary), saying how many were dropped.
+fn keep_head(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let dropped = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!(" [{dropped} bytes dropped]"));
+}
+
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    outpost_trust::private_files::write_atomically(path, bytes, 0o600)
 }
 
 #[cfg(test)]
@@ -422,5 +497,57 @@ mod tests {
         assert!(!is_digest(&"A".repeat(64)));
         assert!(!is_digest(&"a".repeat(63)));
         assert!(!is_digest("../../etc/passwd"));
+    }
+
+    #[test]
+    fn every_result_fits_the_hubs_event_frame() {
+        let worst = TaskResult {
+            task_id: "t".repeat(128),
+            ok: true,
+            output: "o".repeat(MAX_RESULT_OUTPUT),
+            stdout: "s".repeat(10 * MAX_RESULT_LOG),
+            stderr: "é".repeat(10 * MAX_RESULT_LOG),
+            error_message: "m".repeat(10 * MAX_RESULT_MESSAGE),
+            error_kind: "tool_error".into(),
+            ..Default::default()
+        };
+        let fitted = deliverable(worst);
+        assert!(fitted.ok, "an output at the limit is delivered");
+        assert_eq!(fitted.output.len(), MAX_RESULT_OUTPUT);
+        assert!(
+            fitted.stdout.starts_with("[589824 bytes dropped]\n"),
+            "{}",
+            &fitted.stdout[..40]
+        );
+        assert!(fitted.stdout.len() <= MAX_RESULT_LOG + 40);
+        assert!(fitted.stderr.ends_with('é'));
+        assert!(fitted.error_message.ends_with(" bytes dropped]"));
+        let event = outpost_proto::v1::NodeEvent {
+            kind: Some(outpost_proto::v1::node_event::Kind::TaskResult(fitted)),
+        };
+        assert!(
+            prost::Message::encoded_len(&event) <= outpost_proto::limits::MAX_EVENT_FRAME,
+            "{} bytes",
+            prost::Message::encoded_len(&event)
+        );
+    }
+
+    #[test]
+    fn an_output_past_the_limit_becomes_an_output_limit_failure() {
+        let result = deliverable(TaskResult {
+            ok: true,
+            output: "o".repeat(MAX_RESULT_OUTPUT + 1),
+            ..Default::default()
+        });
+        assert!(!result.ok);
+        assert_eq!(result.error_kind, "output_limit");
+        assert!(result.output.is_empty());
+        assert_eq!(
+            result.error_message,
+            format!(
+                "the output is {} bytes; a task's output may be at most {MAX_RESULT_OUTPUT} bytes",
+                MAX_RESULT_OUTPUT + 1
+            )
+        );
     }
 }

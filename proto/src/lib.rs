@@ -6,6 +6,7 @@
 //! - [`heartbeat_channel`]: heartbeats as sealed UDP packets on the hub's QUIC port, keyed from
 //!   the session's TLS exporter.
 //! - [`close_code`]: the QUIC application close codes either end of a session sends.
+//! - [`limits`]: the sizes both ends of a session hold each other to.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
 
 pub mod framing;
@@ -23,6 +24,24 @@ pub mod close_code {
     pub const SUPERSEDED: u32 = 3;
     /// The peer broke the protocol.
     pub const PROTOCOL: u32 = 4;
+}
+
+/// Sizes both ends of a session hold each other to. The node fits every result inside them (a
+/// result that cannot fit fails with `output_limit` on the node), so a result is never refused
+/// on the way and never blocks the results behind it.
+pub mod limits {
+    /// Largest task output (the tool's returned value) a result carries to the hub. A policy's
+    /// `max_output` above it is lowered to it on the node, so the sandbox stops such a tool
+    /// with `output_limit` as soon as its output passes this.
+    pub const MAX_RESULT_OUTPUT: usize = 4 * 1024 * 1024;
+    /// How much of a call's stdout, and of its stderr, a result keeps (the tail).
+    pub const MAX_RESULT_LOG: usize = 64 * 1024;
+    /// Longest error message a result carries.
+    pub const MAX_RESULT_MESSAGE: usize = 16 * 1024;
+    /// Largest event frame the hub reads: a result at every limit above, with room to spare
+    /// for its other fields.
+    pub const MAX_EVENT_FRAME: usize =
+        MAX_RESULT_OUTPUT + 2 * MAX_RESULT_LOG + MAX_RESULT_MESSAGE + 64 * 1024;
 }
 
 /// Generated messages and services of package `outpost.v1`.

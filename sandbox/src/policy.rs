@@ -460,6 +460,13 @@ impl ToolPolicy {
                 .line
                 .map(|l| format!(" (line {l})"))
                 .unwrap_or_default();
+            if !grant.host.is_absolute() {
+                // Relative paths would resolve against whatever directory the node runs in.
+                return Err(policy_error(format!(
+                    "fs grant{at}: host path {} is not absolute",
+                    grant.host.display()
+                )));
+            }
             let guest = normalise_guest_path(&grant.guest).map_err(|why| {
                 policy_error(format!("fs grant{at}: guest path {:?} {why}", grant.guest))
             })?;
@@ -476,7 +483,22 @@ impl ToolPolicy {
     /// Checks the policy against the node: every directory grant must resolve (symlinks
     /// followed) to a directory inside one of `safe_paths`, and every host must resolve.
     pub fn resolve(&self, safe_paths: &[PathBuf]) -> Result<ResolvedPolicy, SandboxError> {
+        self.resolve_within(safe_paths, &[])
+    }
+
+    /// [`resolve`](Self::resolve), also refusing a grant that overlaps one of `protected` (the
+    /// directories that hold the node's own state: its keys, tool store and compile cache),
+    /// whether the grant lies inside one of them or holds one.
+    pub fn resolve_within(
+        &self,
+        safe_paths: &[PathBuf],
+        protected: &[PathBuf],
+    ) -> Result<ResolvedPolicy, SandboxError> {
         self.validate()?;
+        let protected: Vec<PathBuf> = protected
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect();
         let safe: Vec<PathBuf> = safe_paths
             .iter()
             .filter_map(|p| std::fs::canonicalize(p).ok())
@@ -508,6 +530,13 @@ impl ToolPolicy {
                     allowed.join(", ")
                 )));
             }
+            if let Some(state) = protected.iter().find(|p| overlaps(&real, p)) {
+                return Err(policy_error(format!(
+                    "fs grant {name}{at}: {} overlaps {}, which holds the node's own state",
+                    real.display(),
+                    state.display()
+                )));
+            }
             let guest = normalise_guest_path(&grant.guest)
                 .map_err(|why| policy_error(format!("fs grant {name}{at}: guest path {why}")))?;
             fs.push(ResolvedGrant {
@@ -532,6 +561,31 @@ impl ToolPolicy {
             limits: self.limits,
         })
     }
+}
+
+/// Whether one of two paths lies inside the other (by whole components: `/data2` is not inside
+/// `/data`), or they are the same.
+pub fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// Checks a node's `safe_paths` against the directories that hold its own state: none may lie
+/// inside another or hold one (symlinks followed where the paths exist). Returns the reason.
+pub fn check_safe_paths(safe_paths: &[PathBuf], protected: &[PathBuf]) -> Result<(), String> {
+    let real = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    for safe in safe_paths {
+        let safe_real = real(safe);
+        for state in protected {
+            if overlaps(&safe_real, &real(state)) {
+                return Err(format!(
+                    "safe path {} overlaps {}, which holds the node's own state (keys, tool store, compile cache): tools granted it could read or replace them; keep the data and cert dirs outside safe_paths",
+                    safe.display(),
+                    state.display()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks a guest path is absolute and plain, and returns it normalised (no trailing slash).
@@ -750,6 +804,65 @@ max_output = 4096
             assert_eq!(err.kind, ErrorKind::PolicyInvalid);
             assert!(err.message.contains(cause), "{text}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn grants_may_not_overlap_the_nodes_own_state() {
+        let root = tempfile::tempdir().unwrap();
+        let safe = root.path().join("safe");
+        let state = safe.join("state");
+        let beside = safe.join("beside");
+        std::fs::create_dir_all(state.join("tools")).unwrap();
+        std::fs::create_dir_all(&beside).unwrap();
+        std::os::unix::fs::symlink(&state, beside.join("door")).unwrap();
+        let grant = |host: &Path| ToolPolicy {
+            fs: vec![FsGrant {
+                host: host.to_path_buf(),
+                guest: "/data".into(),
+                access: FsAccess::ReadWrite,
+                line: None,
+            }],
+            ..ToolPolicy::default()
+        };
+        let safe_paths = vec![safe.clone()];
+        let protected = vec![state.clone()];
+        for host in [
+            safe.clone(),
+            state.clone(),
+            state.join("tools"),
+            beside.join("door"),
+        ] {
+            let err = grant(&host)
+                .resolve_within(&safe_paths, &protected)
+                .unwrap_err();
+            assert_eq!(err.kind, ErrorKind::PolicyInvalid);
+            assert!(
+                err.message.contains("which holds the node's own state"),
+                "{}: {}",
+                host.display(),
+                err.message
+            );
+        }
+        grant(&beside)
+            .resolve_within(&safe_paths, &protected)
+            .unwrap();
+        assert!(check_safe_paths(&safe_paths, &protected).is_err());
+        assert!(check_safe_paths(std::slice::from_ref(&beside), &protected).is_ok());
+        // A safe path that is a link to a parent of the state is seen through.
+        std::os::unix::fs::symlink(root.path(), root.path().join("up")).unwrap();
+        let why = check_safe_paths(&[root.path().join("up")], &protected).unwrap_err();
+        assert!(why.contains("overlaps"), "{why}");
+    }
+
+    #[test]
+    fn relative_grant_paths_are_refused() {
+        let err =
+            ToolPolicy::from_toml("[[fs]]\nhost = \"data\"\nguest = \"/data\"\n", "p").unwrap_err();
+        assert!(
+            err.message.contains("host path data is not absolute"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -54,12 +54,27 @@ impl TestHub {
         clock: Arc<dyn outpost_clock::Clock>,
         store: Option<Arc<dyn outpost_hub::store::Store>>,
     ) -> Self {
+        Self::start_full(mode, clock, store, |_| {}).await
+    }
+
+    /// [`TestHub::start`] with `adjust` applied to the hub's config before it starts.
+    pub async fn start_adjusted(mode: TlsMode, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_full(mode, Arc::new(outpost_clock::SystemClock), None, adjust).await
+    }
+
+    async fn start_full(
+        mode: TlsMode,
+        clock: Arc<dyn outpost_clock::Clock>,
+        store: Option<Arc<dyn outpost_hub::store::Store>>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::loopback_hub(&dir.path().join("hub"), STATIC_TOKEN);
         config.internal_grpc.security.mode = mode;
         config.fleet.min_heartbeat_ttl = Duration::from_millis(500);
         config.fleet.heartbeat_grace = Duration::from_millis(500);
+        adjust(&mut config);
         if let Some(url) = postgres_schema_url().await {
             config.storage.url = Some(url);
         }

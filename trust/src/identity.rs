@@ -127,7 +127,8 @@ impl IdentityStore {
         Ok(Some(identity))
     }
 
-    /// Writes the identity atomically (temp file + rename), readable by the owner only.
+    /// Writes the identity atomically (temp file + rename, never through a symlink), readable by
+    /// the owner only.
     pub fn save(&self, identity: &JoinedIdentity) -> Result<(), IdentityError> {
         crate::private_files::ensure_private_dir(&self.dir).map_err(|source| {
             IdentityError::Io {
@@ -136,43 +137,22 @@ impl IdentityStore {
                 source,
             }
         })?;
-        let tmp = self.dir.join("identity.json.tmp");
         let text = serde_json::to_string_pretty(identity).map_err(|e| IdentityError::Corrupt {
             path: self.dir.clone(),
             message: e.to_string(),
         })?;
-        write_private(&tmp, text.as_bytes())?;
-        std::fs::rename(&tmp, self.file()).map_err(|source| IdentityError::Io {
-            action: "renaming",
-            path: tmp,
-            source,
-        })?;
-        Ok(())
+        write_private(&self.file(), text.as_bytes())
     }
 }
 
-/// Writes `bytes` to `path` with mode 0600 on Unix.
+/// Writes `bytes` to `path` with mode 0600 on Unix, atomically and without following a symlink
+/// at `path` ([`crate::private_files::write_atomically`]).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(|source| IdentityError::Io {
-        action: "creating",
+    crate::private_files::write_atomically(path, bytes, 0o600).map_err(|source| IdentityError::Io {
+        action: "writing",
         path: path.to_path_buf(),
         source,
-    })?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|source| IdentityError::Io {
-            action: "writing",
-            path: path.to_path_buf(),
-            source,
-        })
+    })
 }
 
 /// A fresh key pair and a CSR for `node_id` (CN and DNS SAN = node id).

@@ -140,6 +140,9 @@ pub fn quic_client_config(
     Ok(config)
 }
 
+/// Event streams (uni streams) a node may have open towards the hub at once.
+pub const MAX_NODE_EVENT_STREAMS: u32 = 16;
+
 /// Idle timeout of a session: a peer gone without a word is noticed after this long.
 pub const SESSION_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
 /// How often the node keeps a quiet session alive (heartbeats travel outside QUIC, on the
@@ -157,11 +160,15 @@ pub fn session_transport() -> quinn::TransportConfig {
 /// Transport settings of the hub's side: the same idle timeout, no keep-alives of its own (the
 /// node's keep the session up; ten thousand sessions pinging from the hub would cost a core's
 /// fraction for nothing).
+///
+/// A node may have at most [`MAX_NODE_EVENT_STREAMS`] event streams open at once, so what one
+/// node can make the hub hold is bounded by that many frames.
 pub fn hub_session_transport() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     if let Ok(idle) = quinn::IdleTimeout::try_from(SESSION_IDLE_TIMEOUT) {
         transport.max_idle_timeout(Some(idle));
     }
+    transport.max_concurrent_uni_streams(MAX_NODE_EVENT_STREAMS.into());
     transport
 }
 

@@ -100,7 +100,7 @@ enum Cmd {
 fn hub_config(dir: &std::path::Path) -> String {
     format!(
         "[server]\ndata_dir = {:?}\nlisten = \"127.0.0.1:0\"\n[internal_grpc]\nlisten = \"127.0.0.1:0\"\n\
-         [internal_grpc.bootstrap]\ntoken = \"{TOKEN}\"\n[fleet]\nmin_heartbeat_ttl = \"10s\"\nheartbeat_grace = \"10s\"\n\
+         [internal_grpc.bootstrap]\ntoken = \"{TOKEN}\"\njoins_per_second = 100000\njoins_per_second_per_source = 100000\n[fleet]\nmin_heartbeat_ttl = \"10s\"\nheartbeat_grace = \"10s\"\n\
          max_heartbeats_per_second = 1000000.0\n",
         dir.join("hub").display().to_string()
     )

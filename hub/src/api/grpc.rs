@@ -112,7 +112,12 @@ impl JoinService for HubGrpc {
         request: Request<BeginJoinRequest>,
     ) -> Result<Response<BeginJoinResponse>, Status> {
         Ok(Response::new(
-            crate::credentials::join::begin(&self.state, &request.get_ref().node_id).await?,
+            crate::credentials::join::begin(
+                &self.state,
+                &request.get_ref().node_id,
+                request.remote_addr().map(|addr| addr.ip()),
+            )
+            .await?,
         ))
     }
 

@@ -52,6 +52,9 @@ pub enum AdmissionError {
     /// CSR unusable.
     #[error("{0}")]
     BadCsr(String),
+    /// The name or gRPC target the node gave breaks the registry's rules.
+    #[error("{0}")]
+    InvalidRecord(String),
     /// The id is bound to another key.
     #[error(
         "node id {0:?} is already held by another key; delete the node on the hub before re-joining under that id"
@@ -63,16 +66,26 @@ pub enum AdmissionError {
     /// Signing failure.
     #[error("signing: {0}")]
     Signing(String),
+    /// Too many joins began lately (hub-wide or from this address).
+    #[error(transparent)]
+    RateLimited(#[from] crate::credentials::join_limit::RateLimited),
 }
 
 impl From<AdmissionError> for tonic::Status {
     fn from(e: AdmissionError) -> Self {
         use tonic::Status;
         match e {
-            AdmissionError::InvalidNodeId(_) | AdmissionError::BadCsr(_) => {
-                Status::invalid_argument(e.to_string())
-            }
+            AdmissionError::InvalidNodeId(_)
+            | AdmissionError::BadCsr(_)
+            | AdmissionError::InvalidRecord(_) => Status::invalid_argument(e.to_string()),
             AdmissionError::HeldByAnotherKey(_) => Status::already_exists(e.to_string()),
+            AdmissionError::RateLimited(limited) => {
+                let mut status = Status::resource_exhausted(limited.to_string());
+                if let Ok(value) = limited.retry_after_ms.to_string().parse() {
+                    status.metadata_mut().insert(RETRY_AFTER_MS, value);
+                }
+                status
+            }
             AdmissionError::Store(_) | AdmissionError::Signing(_) => {
                 tracing::error!(error = %e, "join failed inside the hub");
                 Status::internal(e.to_string())
@@ -92,8 +105,18 @@ fn join_random<const N: usize>() -> Result<[u8; N], AdmissionError> {
     random_bytes().map_err(|_| AdmissionError::Signing("random generator failed".into()))
 }
 
-/// Issues a nonce for `node_id`.
-pub async fn begin(state: &HubState, node_id: &str) -> Result<BeginJoinResponse, AdmissionError> {
+/// The metadata key of a rate-limited join's answer: milliseconds until a join would pass.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// Issues a nonce for `node_id`, when the join rate from `source` (and hub-wide) allows.
+pub async fn begin(
+    state: &HubState,
+    node_id: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<BeginJoinResponse, AdmissionError> {
+    state
+        .credentials
+        .admit_join(source, state.monotonic_ms().unsigned_abs())?;
     state
         .credentials
         .check_node_id(node_id)
@@ -123,6 +146,15 @@ pub async fn complete(
     state: &HubState,
     request: &CompleteJoinRequest,
 ) -> Result<CompleteJoinResponse, AdmissionError> {
+    let name = if request.name.trim().is_empty() {
+        request.node_id.as_str()
+    } else {
+        request.name.trim()
+    };
+    // What a node says of itself meets the registry's rules (it is shown to operators).
+    crate::fleet::registry::validate_name(name)
+        .and_then(|()| crate::fleet::registry::validate_grpc_target(&request.grpc_target, false))
+        .map_err(|e| AdmissionError::InvalidRecord(e.to_string()))?;
     let now = state.now_ms();
     // Taking the challenge first makes every answer single-use, right or wrong.
     let challenge = state
@@ -177,7 +209,7 @@ pub async fn complete(
     let (certificate_pem, spki) = state
         .credentials
         .ca
-        .sign_node_csr(&request.csr_pem, &request.node_id)
+        .sign_node_csr(&csr_der, &request.node_id)
         .map_err(|e| AdmissionError::BadCsr(e.to_string()))?;
     // Refuse before spending the token when the id is taken by another key.
     if let Some(existing) = state.store().get_node(&request.node_id).await?
@@ -191,11 +223,6 @@ pub async fn complete(
     if one_shot && !state.store().consume_token(&request.token_id, now).await? {
         return Err(AdmissionError::TokenUsedUp);
     }
-    let name = if request.name.trim().is_empty() {
-        request.node_id.as_str()
-    } else {
-        request.name.trim()
-    };
     let bound = state
         .store()
         .bind_joined_node(&JoinedNode {

@@ -1,8 +1,9 @@
 //! What the hub issues and checks to let a node in: its certificate authority ([`pki`]) and the
-//! join handshake with bootstrap tokens ([`join`]). [`HubCredentials`] is the subsystem's handle
+//! join handshake with bootstrap tokens ([`join`]), limited in rate ([`join_limit`]). [`HubCredentials`] is the subsystem's handle
 //! in the hub's state.
 
 pub mod join;
+pub mod join_limit;
 pub mod pki;
 
 use outpost_trust::auth::TokenAuthority;
@@ -17,6 +18,8 @@ pub struct HubCredentials {
     mtls: bool,
     /// The names on the hub's own certificate, lower-cased: no node may take one as its id.
     hub_names: Vec<String>,
+    /// How fast joins may begin.
+    join_limiter: parking_lot::Mutex<join_limit::JoinLimiter>,
 }
 
 impl HubCredentials {
@@ -28,6 +31,7 @@ impl HubCredentials {
         static_token_key: Option<[u8; 32]>,
         mtls: bool,
         hub_names: &[String],
+        join_limiter: join_limit::JoinLimiter,
     ) -> Self {
         Self {
             auth,
@@ -35,6 +39,7 @@ impl HubCredentials {
             static_token_key,
             mtls,
             hub_names: hub_names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            join_limiter: parking_lot::Mutex::new(join_limiter),
         }
     }
 
@@ -48,6 +53,15 @@ impl HubCredentials {
             ));
         }
         Ok(())
+    }
+
+    /// Takes a join's turn from `source` at monotonic `now_ms`, or says how long to wait.
+    pub fn admit_join(
+        &self,
+        source: Option<std::net::IpAddr>,
+        now_ms: u64,
+    ) -> Result<(), join_limit::RateLimited> {
+        self.join_limiter.lock().admit(source, now_ms)
     }
 
     /// Mints and verifies JWTs.
@@ -77,7 +91,14 @@ mod tests {
         let pki = pki::HubPki::load_or_init(dir.path(), &server_names).unwrap();
         let auth = TokenAuthority::new(b"0123456789abcdef", "outpost", "outpost-internal", 30);
         let names = pki::hub_names(&server_names);
-        let credentials = HubCredentials::new(auth, pki.ca, None, false, &names);
+        let limiter = join_limit::JoinLimiter::new(
+            join_limit::JoinRates {
+                per_second: 1,
+                per_source_per_second: 1,
+            },
+            0,
+        );
+        let credentials = HubCredentials::new(auth, pki.ca, None, false, &names, limiter);
         for taken in ["hub.example", "HUB.EXAMPLE"] {
             let err = credentials.check_node_id(taken).unwrap_err();
             assert!(err.contains("one of the hub's own names"), "{taken}: {err}");

@@ -110,10 +110,12 @@ fn read(path: &Path) -> Result<String, PkiError> {
 }
 
 fn write_public(path: &Path, text: &str) -> Result<(), PkiError> {
-    std::fs::write(path, text).map_err(|source| PkiError::Io {
-        action: "writing",
-        path: path.into(),
-        source,
+    outpost_trust::private_files::write_atomically(path, text.as_bytes(), 0o644).map_err(|source| {
+        PkiError::Io {
+            action: "writing",
+            path: path.into(),
+            source,
+        }
     })
 }
 
@@ -291,10 +293,11 @@ impl CertAuthority {
     /// Returns the certificate PEM and the hex SHA-256 of the node's public key.
     pub fn sign_node_csr(
         &self,
-        csr_pem: &str,
+        csr_der: &[u8],
         node_id: &str,
     ) -> Result<(String, String), PkiError> {
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        let der = rustls::pki_types::CertificateSigningRequestDer::from(csr_der);
+        let csr = rcgen::CertificateSigningRequestParams::from_der(&der)
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -312,7 +315,8 @@ impl CertAuthority {
     }
 }
 
-/// Reads the CSR's DER from PEM (the bytes the join proof covers).
+/// Reads the CSR's DER from PEM: the one reading of a join's CSR, whose bytes the join proof
+/// covers and the CA signs (two readers could disagree on which request a text holds).
 pub fn csr_der_from_pem(csr_pem: &str) -> Result<Vec<u8>, PkiError> {
     use rustls::pki_types::CertificateSigningRequestDer;
     use rustls::pki_types::pem::PemObject;
@@ -336,10 +340,7 @@ mod tests {
         assert_eq!(first.auth_secret_file, second.auth_secret_file);
 
         let (_key, csr) = outpost_trust::identity::new_key_and_csr("node-a").unwrap();
-        let (cert_pem, spki) = second
-            .ca
-            .sign_node_csr(&csr.pem().unwrap(), "node-a")
-            .unwrap();
+        let (cert_pem, spki) = second.ca.sign_node_csr(csr.der(), "node-a").unwrap();
         let cert = outpost_trust::tls::certs_from_pem(&cert_pem, "node").unwrap();
         assert_eq!(
             outpost_trust::tls::node_id_from_cert(&cert[0]).unwrap(),
@@ -351,16 +352,32 @@ mod tests {
         let usage = parsed.extended_key_usage().unwrap().unwrap().value;
         assert!(usage.client_auth && !usage.server_auth, "{usage:?}");
         // The CSR asked for node-a, but the hub decides the name.
-        let (forced, _) = second
-            .ca
-            .sign_node_csr(&csr.pem().unwrap(), "node-b")
-            .unwrap();
+        let (forced, _) = second.ca.sign_node_csr(csr.der(), "node-b").unwrap();
         let forced = outpost_trust::tls::certs_from_pem(&forced, "node").unwrap();
         assert_eq!(
             outpost_trust::tls::node_id_from_cert(&forced[0]).unwrap(),
             "node-b"
         );
-        assert!(second.ca.sign_node_csr("garbage", "n").is_err());
+        assert!(second.ca.sign_node_csr(b"garbage", "n").is_err());
+    }
+
+    #[test]
+    fn the_certified_key_is_the_one_the_proof_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = HubPki::load_or_init(dir.path(), &[]).unwrap();
+        let (proved_key, proved) = outpost_trust::identity::new_key_and_csr("node-a").unwrap();
+        let (_, other) = outpost_trust::identity::new_key_and_csr("node-a").unwrap();
+        // Two requests in one text: whatever is read from it is what gets signed.
+        let text = format!("{}{}", proved.pem().unwrap(), other.pem().unwrap());
+        let der = csr_der_from_pem(&text).unwrap();
+        assert_eq!(der, proved.der().as_ref());
+        let (_, spki) = pki.ca.sign_node_csr(&der, "node-a").unwrap();
+        assert_eq!(
+            spki,
+            outpost_trust::auth::sha256_hex(&rcgen::PublicKeyData::subject_public_key_info(
+                &proved_key
+            ))
+        );
     }
 
     #[cfg(unix)]

@@ -74,7 +74,9 @@ pub struct NodePatch {
     pub default_worktree_root: Option<String>,
 }
 
-fn validate_name(name: &str) -> Result<(), RegistryError> {
+/// Checks a node's display name: 1 to 128 bytes, no control characters (terminal escapes) and
+/// no bidirectional or invisible formatting characters (which make a name read as another).
+pub fn validate_name(name: &str) -> Result<(), RegistryError> {
     if name.trim().is_empty() {
         return Err(invalid("name", "must not be empty"));
     }
@@ -84,10 +86,35 @@ fn validate_name(name: &str) -> Result<(), RegistryError> {
     if name.chars().any(char::is_control) {
         return Err(invalid("name", "must not contain control characters"));
     }
+    if let Some(c) = name.chars().find(|&c| is_format_character(c)) {
+        return Err(invalid(
+            "name",
+            format!(
+                "must not contain the invisible formatting character U+{:04X}",
+                u32::from(c)
+            ),
+        ));
+    }
     Ok(())
 }
 
-fn validate_grpc_target(target: &str, required: bool) -> Result<(), RegistryError> {
+/// Bidirectional controls, zero-width characters and other invisible formatting.
+fn is_format_character(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
+}
+
+/// Checks a gRPC target (`https://host:port`); an empty one passes unless `required`.
+pub fn validate_grpc_target(target: &str, required: bool) -> Result<(), RegistryError> {
     if target.is_empty() {
         return if required {
             Err(invalid(

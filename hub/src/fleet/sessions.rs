@@ -25,8 +25,11 @@ pub use outpost_proto::close_code;
 
 /// Largest hello accepted (capabilities included).
 const MAX_HELLO: usize = 1024 * 1024;
-/// Largest event frame accepted.
-const MAX_EVENT: usize = 1024 * 1024;
+/// Largest event frame accepted: a result at every limit the node fits results into.
+const MAX_EVENT: usize = outpost_proto::limits::MAX_EVENT_FRAME;
+
+/// The stream error code of an event the hub could not read (too large or malformed).
+pub const EVENT_REFUSED: u32 = 1;
 
 /// Accepts sessions until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, state: Arc<HubState>) {
@@ -211,7 +214,10 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
                     match framing::read_frame::<NodeEvent>(&mut recv, MAX_EVENT).await {
                         Ok(event) => on_event(&state, &node_id, event).await,
                         Err(e) => {
-                            tracing::debug!(node_id = %node_id, error = %e, "malformed event dropped")
+                            // Told at once (not by a silent drop), so the node can report
+                            // what it could not deliver instead of sending it again.
+                            let _ = recv.stop(EVENT_REFUSED.into());
+                            tracing::warn!(node_id = %node_id, error = %e, "event refused")
                         }
                     }
                 });

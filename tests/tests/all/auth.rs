@@ -107,6 +107,106 @@ async fn join_refusals_name_their_cause() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_meets_the_registrys_rules_and_the_cli_prints_names_inert() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let url = hub.grpc_url();
+    let token = BootstrapToken::parse(STATIC_TOKEN);
+    let attempt = async |node_id: &str, name: &str, grpc_target: &str| {
+        join(JoinRequest {
+            hub_url: &url,
+            ca_pem: &ca,
+            node_id,
+            name,
+            token: &token,
+            grpc_target,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    let err = attempt("n-escape", "\u{1b}[2J\u{1b}[Hall nodes healthy", "")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("name") && err.contains("control characters"),
+        "{err}"
+    );
+    let err = attempt("n-bidi", "gpu-\u{202e}10-ugp", "")
+        .await
+        .unwrap_err();
+    assert!(err.contains("U+202E"), "{err}");
+    let err = attempt("n-target", "fine", "file:///etc/passwd")
+        .await
+        .unwrap_err();
+    assert!(err.contains("grpc_target"), "{err}");
+    assert!(
+        hub.nodes_json().await.is_empty(),
+        "no refused join left a node"
+    );
+
+    // A row written before these rules (or by another tool) still prints inert.
+    attempt("n-old", "old", "").await.unwrap();
+    let store = hub.hub().state.store();
+    let mut row = store.get_node("n-old").await.unwrap().unwrap();
+    row.name = "\u{1b}]0;pwned\u{7}evil".into();
+    store.update_node_record(&row).await.unwrap();
+    let (code, out, err) = hub.cli(&["nodes", "list"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("\\u{1b}]0;pwned\\u{7}evil"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_flood_is_refused_before_it_writes_and_real_nodes_still_join() {
+    let hub = TestHub::start_adjusted(TlsMode::Tls, |config| {
+        config.internal_grpc.bootstrap.joins_per_second = 100;
+        config.internal_grpc.bootstrap.joins_per_second_per_source = 2;
+    })
+    .await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let channel = outpost_trust::grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
+        .await
+        .unwrap();
+    let mut client = JoinServiceClient::new(channel);
+    let (mut admitted, mut refused) = (0, Vec::new());
+    for i in 0..200 {
+        match client
+            .begin_join(BeginJoinRequest {
+                node_id: format!("flood-{i}"),
+            })
+            .await
+        {
+            Ok(_) => admitted += 1,
+            Err(status) => refused.push(status),
+        }
+    }
+    // The burst (four seconds at 2 a second) and perhaps a token refilled while the loop ran.
+    assert!((8..=10).contains(&admitted), "{admitted} admitted");
+    let first = &refused[0];
+    assert_eq!(first.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        first
+            .message()
+            .contains("too many joins from 127.0.0.1: at most 2 a second"),
+        "{}",
+        first.message()
+    );
+    let retry: u64 = first
+        .metadata()
+        .get("retry-after-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=500).contains(&retry), "{retry}");
+    // A real node joining from the same address waits its turn and gets in.
+    let node = start_node(hub.node_config("after-flood", STATIC_TOKEN)).await;
+    assert!(node.joined_now);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_join_answer_is_refused() {
     let hub = TestHub::start(TlsMode::Tls).await;
     let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
@@ -453,10 +553,7 @@ async fn a_node_cannot_pose_as_the_hub() {
     let pki =
         outpost_hub::credentials::pki::HubPki::load_or_init(&hub.config.cert_dir(), &[]).unwrap();
     let (key, csr) = new_key_and_csr("localhost").unwrap();
-    let (cert_pem, _) = pki
-        .ca
-        .sign_node_csr(&csr.pem().unwrap(), "localhost")
-        .unwrap();
+    let (cert_pem, _) = pki.ca.sign_node_csr(csr.der(), "localhost").unwrap();
     let (_reporter, health) = tonic_health::server::health_reporter();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

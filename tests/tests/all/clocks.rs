@@ -78,7 +78,7 @@ async fn join_challenges_expire_on_the_hubs_wall_clock() {
     let state = &hub.hub().state;
 
     // Answered just inside its lifetime: the node joins.
-    let challenge = join::begin(state, "clock-a").await.unwrap();
+    let challenge = join::begin(state, "clock-a", None).await.unwrap();
     assert_eq!(challenge.expires_at_ms, clock.now_ms() + CHALLENGE_TTL_MS);
     clock.advance_ms(CHALLENGE_TTL_MS - 1);
     join::complete(state, &answer(&challenge, "clock-a"))
@@ -86,7 +86,7 @@ async fn join_challenges_expire_on_the_hubs_wall_clock() {
         .unwrap();
 
     // Answered at its expiry: refused as expired, and nothing is registered.
-    let challenge = join::begin(state, "clock-b").await.unwrap();
+    let challenge = join::begin(state, "clock-b", None).await.unwrap();
     clock.advance_ms(CHALLENGE_TTL_MS);
     let err = join::complete(state, &answer(&challenge, "clock-b"))
         .await

@@ -9,6 +9,8 @@ mod grpc_surface;
 mod heartbeat_channel;
 mod in_memory;
 mod nvml;
+mod own_state;
 mod rest;
+mod results;
 mod sandbox;
 mod tasks;

@@ -36,26 +36,32 @@ pub(super) async fn task_json(hub: &TestHub, id: &str) -> Value {
     parse(&out)
 }
 
-/// Pushes the hostile guest as `slow`, with room to sleep (30 s, unlimited fuel).
-async fn push_slow_tool(hub: &TestHub) {
-    let policy = hub.dir.path().join("slow.toml");
-    std::fs::write(
-        &policy,
-        "[limits]\ntimeout = \"30s\"\nfuel = \"unlimited\"\n",
-    )
-    .unwrap();
+/// Pushes the hostile guest as `name` with the policy `policy_toml`.
+pub(super) async fn push_hostile_with_policy(hub: &TestHub, name: &str, policy_toml: &str) {
+    let policy = hub.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&policy, policy_toml).unwrap();
     let (code, _, err) = hub
         .cli(&[
             "tool",
             "push",
             outpost_guests::hostile().to_str().unwrap(),
             "--name",
-            "slow",
+            name,
             "--policy",
             policy.to_str().unwrap(),
         ])
         .await;
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 0, "push {name}: {err}");
+}
+
+/// Pushes the hostile guest as `slow`, with room to sleep (30 s, unlimited fuel).
+async fn push_slow_tool(hub: &TestHub) {
+    push_hostile_with_policy(
+        hub,
+        "slow",
+        "[limits]\ntimeout = \"30s\"\nfuel = \"unlimited\"\n",
+    )
+    .await;
 }
 
 /// Submits `slow` (sleeps 2 s) needing one GPU; returns the task id.
