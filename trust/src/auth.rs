@@ -45,6 +45,10 @@ pub struct Claims {
     pub iat: i64,
     /// Expires at (seconds since the epoch).
     pub exp: i64,
+    /// Node credentials: hex SHA-256 of the public key (SubjectPublicKeyInfo) the node joined
+    /// with, so the credential holds only while the registry binds the node to that key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
 }
 
 /// Why a credential was refused.
@@ -74,6 +78,9 @@ pub enum AuthError {
     /// Not a JWT, or not one of ours.
     #[error("malformed token: {0}")]
     Malformed(String),
+    /// A node credential whose node is gone from the registry, or bound to another key now.
+    #[error("node credential no longer holds: {0}")]
+    Revoked(String),
     /// The credential is valid but may not do this.
     #[error("role {role} may not {action}")]
     Forbidden {
@@ -123,6 +130,18 @@ impl TokenAuthority {
         now_s: i64,
         ttl_s: i64,
     ) -> Result<String, AuthError> {
+        self.issue_bound(sub, role, "", now_s, ttl_s)
+    }
+
+    /// [`issue`](Self::issue) bound to the key with hex SHA-256 `key` (a node's credential).
+    pub fn issue_bound(
+        &self,
+        sub: &str,
+        role: Role,
+        key: &str,
+        now_s: i64,
+        ttl_s: i64,
+    ) -> Result<String, AuthError> {
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -130,6 +149,7 @@ impl TokenAuthority {
             role,
             iat: now_s,
             exp: now_s.saturating_add(ttl_s),
+            key: key.into(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Malformed(e.to_string()))

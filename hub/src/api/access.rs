@@ -71,9 +71,40 @@ pub fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
         })
 }
 
-/// Verifies the bearer JWT in an `Authorization` header value; the caller's claims.
-pub fn authenticate(state: &HubState, header: Option<&str>) -> Result<Claims, AuthError> {
-    state.credentials.auth().verify(bearer_token(header)?)
+/// Verifies the bearer JWT in an `Authorization` header value; the caller's claims. A node
+/// credential also has to find its node still in the registry, bound to the key it names.
+pub async fn authenticate(state: &HubState, header: Option<&str>) -> Result<Claims, AuthError> {
+    let claims = state.credentials.auth().verify(bearer_token(header)?)?;
+    if claims.role == Role::Node {
+        let row = state
+            .store()
+            .get_node(&claims.sub)
+            .await
+            .map_err(|e| AuthError::Revoked(format!("the registry cannot be read: {e}")))?;
+        check_node_binding(
+            &claims,
+            row.as_ref().map(|r| r.public_key_sha256.as_deref()),
+        )?;
+    }
+    Ok(claims)
+}
+
+/// Whether a node credential still holds against its registry row: `None` when the node is not
+/// in the registry, else the key it is bound to now.
+pub fn check_node_binding(claims: &Claims, bound: Option<Option<&str>>) -> Result<(), AuthError> {
+    let node = &claims.sub;
+    match bound {
+        None => Err(AuthError::Revoked(format!(
+            "node {node:?} is not in the registry (deleted?)"
+        ))),
+        _ if claims.key.is_empty() => Err(AuthError::Revoked(format!(
+            "this credential for node {node:?} names no key (issued before credentials were bound to keys); the node's session still works, and joining again gives a bound one"
+        ))),
+        Some(Some(key)) if key == claims.key => Ok(()),
+        Some(_) => Err(AuthError::Revoked(format!(
+            "node {node:?} is bound to another key now (it joined again)"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -88,6 +119,26 @@ mod tests {
             role,
             iat: 0,
             exp: 0,
+            key: String::new(),
+        }
+    }
+
+    #[test]
+    fn node_credentials_hold_while_the_registry_binds_their_key() {
+        let bound = Claims {
+            key: "k1".into(),
+            ..claims(Role::Node, "n-1")
+        };
+        assert!(check_node_binding(&bound, Some(Some("k1"))).is_ok());
+        let cases = [
+            (&bound, None, "not in the registry"),
+            (&bound, Some(Some("k2")), "bound to another key"),
+            (&bound, Some(None), "bound to another key"),
+            (&claims(Role::Node, "n-1"), Some(Some("k1")), "names no key"),
+        ];
+        for (claims, row, needle) in cases {
+            let err = check_node_binding(claims, row).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
         }
     }
 

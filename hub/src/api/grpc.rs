@@ -24,7 +24,7 @@ use crate::fleet::registry::{self, NodePatch};
 use crate::state::HubState;
 
 /// Checks transport (mTLS) and JWT, then applies [`access::permit`]; returns the caller's claims.
-pub fn authorize<T>(
+pub async fn authorize<T>(
     state: &HubState,
     request: &Request<T>,
     access: Access,
@@ -40,8 +40,9 @@ pub fn authorize<T>(
         .metadata()
         .get("authorization")
         .map(|value| value.to_str().unwrap_or_default());
-    let claims =
-        access::authenticate(state, header).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    let claims = access::authenticate(state, header)
+        .await
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
     access::permit(&claims, access, subject, action)
         .map_err(|e| Status::permission_denied(e.to_string()))?;
     Ok(claims)
@@ -75,23 +76,23 @@ impl HubGrpc {
     }
 
     /// [`authorize`] for a read of `subject`.
-    pub fn read<T>(
+    pub async fn read<T>(
         &self,
         request: &Request<T>,
         subject: Subject<'_>,
         action: &str,
     ) -> Result<Claims, Status> {
-        authorize(&self.state, request, Access::Read, subject, action)
+        authorize(&self.state, request, Access::Read, subject, action).await
     }
 
     /// [`authorize`] for a change to `subject`.
-    pub fn write<T>(
+    pub async fn write<T>(
         &self,
         request: &Request<T>,
         subject: Subject<'_>,
         action: &str,
     ) -> Result<Claims, Status> {
-        authorize(&self.state, request, Access::Write, subject, action)
+        authorize(&self.state, request, Access::Write, subject, action).await
     }
 
     /// The shared hub state.
@@ -137,7 +138,8 @@ impl TokenService for HubGrpc {
         &self,
         request: Request<CreateBootstrapTokenRequest>,
     ) -> Result<Response<CreateBootstrapTokenResponse>, Status> {
-        self.write(&request, Subject::Fleet, "create bootstrap tokens")?;
+        self.write(&request, Subject::Fleet, "create bootstrap tokens")
+            .await?;
         let r = request.get_ref();
         Ok(Response::new(
             crate::credentials::join::create_token(&self.state, r.ttl_seconds, r.uses).await?,
@@ -151,14 +153,14 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        self.read(&request, Subject::Fleet, "list nodes")?;
+        self.read(&request, Subject::Fleet, "list nodes").await?;
         let nodes = registry::list(&self.state).await?;
         Ok(Response::new(ListNodesResponse { nodes }))
     }
 
     async fn get_node(&self, request: Request<NodeRef>) -> Result<Response<NodeView>, Status> {
         let id = &request.get_ref().id;
-        self.read(&request, Subject::Node(id), "read nodes")?;
+        self.read(&request, Subject::Node(id), "read nodes").await?;
         Ok(Response::new(
             registry::get(&self.state, &request.get_ref().id).await?,
         ))
@@ -166,7 +168,8 @@ impl NodeRegistry for HubGrpc {
 
     async fn node_health(&self, request: Request<NodeRef>) -> Result<Response<NodeHealth>, Status> {
         let id = &request.get_ref().id;
-        self.read(&request, Subject::Node(id), "read node health")?;
+        self.read(&request, Subject::Node(id), "read node health")
+            .await?;
         Ok(Response::new(
             registry::health(&self.state, &request.get_ref().id).await?,
         ))
@@ -177,7 +180,8 @@ impl NodeRegistry for HubGrpc {
         request: Request<NodeRef>,
     ) -> Result<Response<Capabilities>, Status> {
         let id = &request.get_ref().id;
-        self.read(&request, Subject::Node(id), "read node capabilities")?;
+        self.read(&request, Subject::Node(id), "read node capabilities")
+            .await?;
         Ok(Response::new(
             registry::capabilities(&self.state, &request.get_ref().id).await?,
         ))
@@ -187,7 +191,8 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<NodeRecord>,
     ) -> Result<Response<NodeView>, Status> {
-        self.write(&request, Subject::Fleet, "register nodes")?;
+        self.write(&request, Subject::Fleet, "register nodes")
+            .await?;
         Ok(Response::new(
             registry::register(&self.state, request.into_inner()).await?,
         ))
@@ -198,7 +203,8 @@ impl NodeRegistry for HubGrpc {
         request: Request<UpdateNodeRequest>,
     ) -> Result<Response<NodeView>, Status> {
         let id = &request.get_ref().id;
-        self.write(&request, Subject::Node(id), "update nodes")?;
+        self.write(&request, Subject::Node(id), "update nodes")
+            .await?;
         let r = request.into_inner();
         let patch = NodePatch {
             name: r.name,
@@ -216,7 +222,8 @@ impl NodeRegistry for HubGrpc {
         request: Request<NodeRef>,
     ) -> Result<Response<DeleteNodeResponse>, Status> {
         let id = &request.get_ref().id;
-        self.write(&request, Subject::Node(id), "delete nodes")?;
+        self.write(&request, Subject::Node(id), "delete nodes")
+            .await?;
         let id = request.into_inner().id;
         registry::delete(&self.state, &id).await?;
         Ok(Response::new(DeleteNodeResponse { id }))
@@ -227,7 +234,8 @@ impl NodeRegistry for HubGrpc {
         request: Request<DrainNodeRequest>,
     ) -> Result<Response<NodeView>, Status> {
         let id = &request.get_ref().id;
-        self.write(&request, Subject::Node(id), "drain nodes")?;
+        self.write(&request, Subject::Node(id), "drain nodes")
+            .await?;
         let r = request.into_inner();
         Ok(Response::new(
             registry::drain(&self.state, &r.id, r.drain).await?,

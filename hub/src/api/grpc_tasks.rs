@@ -37,7 +37,7 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<SubmitTaskRequest>,
     ) -> Result<Response<TaskView>, Status> {
-        self.write(&request, Subject::Fleet, "submit tasks")?;
+        self.write(&request, Subject::Fleet, "submit tasks").await?;
         let r = request.into_inner();
         let spec = SubmitSpec {
             tool: r.tool,
@@ -53,7 +53,7 @@ impl TaskService for HubGrpc {
     }
 
     async fn get_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
-        self.read(&request, Subject::Fleet, "read tasks")?;
+        self.read(&request, Subject::Fleet, "read tasks").await?;
         let task = tasks::get(self.state(), &request.get_ref().id).await?;
         Ok(Response::new(views::task_view(&task)))
     }
@@ -62,7 +62,7 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        self.read(&request, Subject::Fleet, "list tasks")?;
+        self.read(&request, Subject::Fleet, "list tasks").await?;
         let r = request.get_ref();
         let rows = tasks::list(self.state(), Some(r.status.as_str()), r.limit).await?;
         Ok(Response::new(ListTasksResponse {
@@ -71,7 +71,7 @@ impl TaskService for HubGrpc {
     }
 
     async fn cancel_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
-        self.write(&request, Subject::Fleet, "cancel tasks")?;
+        self.write(&request, Subject::Fleet, "cancel tasks").await?;
         let task = tasks::cancel(self.state_arc(), &request.get_ref().id).await?;
         Ok(Response::new(views::task_view(&task)))
     }
@@ -80,7 +80,7 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<WaitTaskRequest>,
     ) -> Result<Response<TaskView>, Status> {
-        self.read(&request, Subject::Fleet, "read tasks")?;
+        self.read(&request, Subject::Fleet, "read tasks").await?;
         let r = request.get_ref();
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         let task = tasks::wait(self.state(), &r.id, wait).await?;
@@ -94,7 +94,7 @@ impl ToolService for HubGrpc {
         &self,
         request: Request<PushToolRequest>,
     ) -> Result<Response<ToolView>, Status> {
-        self.write(&request, Subject::Fleet, "push tools")?;
+        self.write(&request, Subject::Fleet, "push tools").await?;
         let r = request.into_inner();
         let tool = tools::push(self.state_arc(), &r.name, r.component, &r.policy_toml).await?;
         Ok(Response::new(tools::view(&tool)))
@@ -104,7 +104,7 @@ impl ToolService for HubGrpc {
         &self,
         request: Request<ListToolsRequest>,
     ) -> Result<Response<ListToolsResponse>, Status> {
-        self.read(&request, Subject::Fleet, "list tools")?;
+        self.read(&request, Subject::Fleet, "list tools").await?;
         let rows = tools::list(self.state()).await?;
         Ok(Response::new(ListToolsResponse {
             tools: rows.iter().map(tools::view).collect(),
@@ -112,7 +112,7 @@ impl ToolService for HubGrpc {
     }
 
     async fn inspect_tool(&self, request: Request<ToolRef>) -> Result<Response<ToolView>, Status> {
-        self.read(&request, Subject::Fleet, "read tools")?;
+        self.read(&request, Subject::Fleet, "read tools").await?;
         let tool = tools::inspect(self.state(), &request.get_ref().name).await?;
         Ok(Response::new(tools::view(&tool)))
     }

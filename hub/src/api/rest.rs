@@ -75,28 +75,28 @@ impl From<RegistryError> for ApiError {
 }
 
 /// [`authorize`] for a read of `subject`.
-fn read(
+async fn read(
     state: &HubState,
     headers: &HeaderMap,
     subject: Subject<'_>,
     action: &str,
 ) -> Result<(), ApiError> {
-    authorize(state, headers, Access::Read, subject, action)
+    authorize(state, headers, Access::Read, subject, action).await
 }
 
 /// [`authorize`] for a change to `subject`.
-fn write(
+async fn write(
     state: &HubState,
     headers: &HeaderMap,
     subject: Subject<'_>,
     action: &str,
 ) -> Result<(), ApiError> {
-    authorize(state, headers, Access::Write, subject, action)
+    authorize(state, headers, Access::Write, subject, action).await
 }
 
 /// Authenticates the caller and applies [`access::permit`]: 401 when the credential is missing or
 /// does not verify, 403 when it may not do this.
-fn authorize(
+async fn authorize(
     state: &HubState,
     headers: &HeaderMap,
     access: Access,
@@ -106,7 +106,7 @@ fn authorize(
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .map(|value| value.to_str().unwrap_or_default());
-    let claims = access::authenticate(state, header).map_err(|e| {
+    let claims = access::authenticate(state, header).await.map_err(|e| {
         let hint = if e == AuthError::Missing {
             " (Authorization: Bearer <token>)"
         } else {
@@ -184,7 +184,7 @@ async fn list_nodes(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, ApiError> {
-    read(&state, &headers, Subject::Fleet, "list nodes")?;
+    read(&state, &headers, Subject::Fleet, "list nodes").await?;
     let nodes = registry::list(&state).await?;
     Ok(axum::Json(Value::Array(
         nodes.iter().map(views::node_json).collect(),
@@ -196,7 +196,7 @@ async fn create_node(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    write(&state, &headers, Subject::Fleet, "register nodes")?;
+    write(&state, &headers, Subject::Fleet, "register nodes").await?;
     let map = parse_object(&body)?;
     let required = |field: &str| -> Result<String, ApiError> {
         string_field(&map, field)?.ok_or_else(|| ApiError::field(field, "is required"))
@@ -217,7 +217,7 @@ async fn get_node(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    read(&state, &headers, Subject::Node(&id), "read nodes")?;
+    read(&state, &headers, Subject::Node(&id), "read nodes").await?;
     Ok(axum::Json(views::node_json(
         &registry::get(&state, &id).await?,
     )))
@@ -229,7 +229,7 @@ async fn update_node(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
-    write(&state, &headers, Subject::Node(&id), "update nodes")?;
+    write(&state, &headers, Subject::Node(&id), "update nodes").await?;
     let map = parse_object(&body)?;
     if let Some(body_id) = string_field(&map, "id")?
         && body_id != id
@@ -255,7 +255,7 @@ async fn delete_node(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    write(&state, &headers, Subject::Node(&id), "delete nodes")?;
+    write(&state, &headers, Subject::Node(&id), "delete nodes").await?;
     registry::delete(&state, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -265,7 +265,7 @@ async fn node_health(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    read(&state, &headers, Subject::Node(&id), "read node health")?;
+    read(&state, &headers, Subject::Node(&id), "read node health").await?;
     Ok(axum::Json(views::health_json(
         &registry::health(&state, &id).await?,
     )))
@@ -306,7 +306,7 @@ async fn submit_task(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    write(&state, &headers, Subject::Fleet, "submit tasks")?;
+    write(&state, &headers, Subject::Fleet, "submit tasks").await?;
     let spec: SubmitSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
     let submitted = tasks::submit(&state, spec).await?;
@@ -331,7 +331,7 @@ async fn list_tasks(
     headers: HeaderMap,
     query: Result<Query<ListTasksQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    read(&state, &headers, Subject::Fleet, "list tasks")?;
+    read(&state, &headers, Subject::Fleet, "list tasks").await?;
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
     let rows = tasks::list(&state, query.status.as_deref(), query.limit.unwrap_or(100)).await?;
@@ -345,7 +345,7 @@ async fn get_task(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    read(&state, &headers, Subject::Fleet, "read tasks")?;
+    read(&state, &headers, Subject::Fleet, "read tasks").await?;
     Ok(axum::Json(task_json(&tasks::get(&state, &id).await?)))
 }
 
@@ -354,7 +354,7 @@ async fn cancel_task(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    write(&state, &headers, Subject::Fleet, "cancel tasks")?;
+    write(&state, &headers, Subject::Fleet, "cancel tasks").await?;
     Ok(axum::Json(task_json(&tasks::cancel(&state, &id).await?)))
 }
 
@@ -362,7 +362,7 @@ async fn list_tools(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, ApiError> {
-    read(&state, &headers, Subject::Fleet, "list tools")?;
+    read(&state, &headers, Subject::Fleet, "list tools").await?;
     let rows = crate::work::tools::list(&state).await?;
     Ok(axum::Json(Value::Array(
         rows.iter()
@@ -376,7 +376,7 @@ async fn get_tool(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    read(&state, &headers, Subject::Fleet, "read tools")?;
+    read(&state, &headers, Subject::Fleet, "read tools").await?;
     let tool = crate::work::tools::inspect(&state, &name).await?;
     Ok(axum::Json(crate::work::tools::view_json(
         &crate::work::tools::view(&tool),

@@ -245,9 +245,10 @@ pub async fn complete(
     let node_jwt = state
         .credentials
         .auth
-        .issue(
+        .issue_bound(
             &request.node_id,
             Role::Node,
+            &spki,
             now / 1000,
             NODE_CREDENTIAL_TTL_S,
         )

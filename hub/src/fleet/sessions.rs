@@ -120,6 +120,14 @@ async fn authenticate(
             close_code::UNKNOWN_NODE,
             format!("node {cert_node_id:?} is not in the registry (deleted?); join again"),
         ))?;
+    if !claims.key.is_empty() && claims.key != spki {
+        return Err((
+            close_code::UNAUTHORIZED,
+            format!(
+                "the node JWT for {cert_node_id:?} is bound to another key than its certificate's"
+            ),
+        ));
+    }
     if row.public_key_sha256.as_deref() != Some(spki.as_str()) {
         return Err((
             close_code::UNAUTHORIZED,

@@ -345,8 +345,16 @@ async fn bad_jwts_are_refused_with_the_reason() {
         err.message()
     );
 
-    // A node credential reads its own record only: not the fleet, not another node, no tasks.
-    let node = good.issue("n-self", Role::Node, now_s(), 60).unwrap();
+    // A node credential (the real one, from a joined node's files) reads its own record only:
+    // not the fleet, not another node, no tasks.
+    let config = hub.node_config("n-self", STATIC_TOKEN);
+    let data_dir = config.data_dir();
+    let joined = start_node(config).await;
+    let node = IdentityStore::new(&data_dir)
+        .load()
+        .unwrap()
+        .unwrap()
+        .node_jwt;
     let own = client
         .get_node(with_bearer(
             NodeRef {
@@ -355,12 +363,9 @@ async fn bad_jwts_are_refused_with_the_reason() {
             &node,
         ))
         .await
-        .unwrap_err();
-    assert_eq!(
-        own.code(),
-        tonic::Code::NotFound,
-        "permitted, then not found: {own:?}"
-    );
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.record.unwrap().id, "n-self");
     let refusals = [
         client
             .list_nodes(with_bearer(ListNodesRequest {}, &node))
@@ -388,6 +393,30 @@ async fn bad_jwts_are_refused_with_the_reason() {
             err.message()
         );
     }
+
+    // Deleted, the node's credential stops at once, though its JWT has a year to run.
+    joined.shutdown().await;
+    let (code, _, err) = hub.cli(&["nodes", "delete", "n-self"]).await;
+    assert_eq!(code, 0, "{err}");
+    let err = client
+        .get_node(with_bearer(
+            NodeRef {
+                id: "n-self".into(),
+            },
+            &node,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(
+        err.message()
+            .contains("node credential no longer holds: node \"n-self\" is not in the registry"),
+        "{}",
+        err.message()
+    );
+    let rest = format!("{}/api/admin/agent-nodes/n-self", hub.http_url());
+    let (status, body) = outpost_tests::http_json("GET", &rest, Some(&node), None).await;
+    assert_eq!(status, 401, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

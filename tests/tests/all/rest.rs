@@ -6,6 +6,9 @@ use outpost_tests::{TestHub, http_json};
 use outpost_trust::auth::{Role, TokenAuthority};
 use serde_json::json;
 
+/// The key node-x is bound to in these tests (as a join would bind it).
+const NODE_X_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
 fn tokens(hub: &TestHub) -> (String, String, String) {
     let secret = std::fs::read_to_string(hub.config.cert_dir().join("auth_secret.txt")).unwrap();
     let auth = TokenAuthority::new(secret.trim().as_bytes(), "outpost", "outpost-internal", 30);
@@ -16,7 +19,8 @@ fn tokens(hub: &TestHub) -> (String, String, String) {
     (
         auth.issue("admin", Role::Admin, now, 600).unwrap(),
         auth.issue("viewer", Role::Viewer, now, 600).unwrap(),
-        auth.issue("node-x", Role::Node, now, 600).unwrap(),
+        auth.issue_bound("node-x", Role::Node, NODE_X_KEY, now, 600)
+            .unwrap(),
     )
 }
 
@@ -180,13 +184,28 @@ async fn registry_crud_and_every_error() {
     assert_eq!(status, 403, "{err}");
     let (status, _) = http_json("DELETE", &format!("{base}/node-01"), Some(&viewer), None).await;
     assert_eq!(status, 403);
-    // A node credential reads its own record only (node-x is not registered: 404 once let in).
+    // A node credential reads its own record only, while its node is registered with its key.
+    let (status, err) = http_json("GET", &format!("{base}/node-x"), Some(&node), None).await;
+    assert_eq!(status, 401, "not registered: {err}");
+    hub.hub()
+        .state
+        .store()
+        .bind_joined_node(&outpost_hub::store::JoinedNode {
+            id: "node-x",
+            name: "node-x",
+            grpc_target: "",
+            public_key_sha256: NODE_X_KEY,
+            now_ms: 0,
+        })
+        .await
+        .unwrap();
     let (status, _) = http_json("GET", &base, Some(&node), None).await;
     assert_eq!(status, 403, "node credentials do not list the fleet");
     let (status, err) = http_json("GET", &format!("{base}/node-01"), Some(&node), None).await;
     assert_eq!(status, 403, "nor read another node: {err}");
-    let (status, err) = http_json("GET", &format!("{base}/node-x"), Some(&node), None).await;
-    assert_eq!(status, 404, "its own record is let through: {err}");
+    let (status, own) = http_json("GET", &format!("{base}/node-x"), Some(&node), None).await;
+    assert_eq!(status, 200, "its own record: {own}");
+    assert_eq!(own["id"], "node-x");
     let tasks = format!("{}/api/admin/tasks", hub.http_url());
     let (status, _) = http_json("GET", &tasks, Some(&node), None).await;
     assert_eq!(status, 403, "nor the fleet's tasks");
