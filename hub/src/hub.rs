@@ -453,6 +453,13 @@ async fn recover(state: &HubState) -> Result<(), HubError> {
 }
 
 /// Serves internal gRPC (join, tokens, registry, tasks, tools, health, reflection) over TLS.
+/// Concurrent gRPC streams one connection may hold.
+const GRPC_MAX_STREAMS: u32 = 128;
+/// Streams a connection may reset before the server accepted them.
+const GRPC_MAX_PENDING_RESETS: usize = 32;
+/// Bytes of headers one gRPC request may carry.
+const GRPC_MAX_HEADER_BYTES: u32 = 16 * 1024;
+
 async fn serve_grpc(
     state: &Arc<HubState>,
     serving: &ServingTls,
@@ -488,6 +495,12 @@ async fn serve_grpc(
     let router = Server::builder()
         .tls_config(tls)
         .map_err(|e| HubError::Grpc(e.to_string()))?
+        // Bounded per connection: streams at once, streams reset before they were accepted
+        // (the rapid-reset flood), and header bytes.
+        .max_concurrent_streams(GRPC_MAX_STREAMS)
+        .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_PENDING_RESETS))
+        .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES)
+        .layer(crate::api::gate::GateLayer::new(state.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(grpc.join_service())

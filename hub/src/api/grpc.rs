@@ -48,6 +48,9 @@ pub async fn authorize<T>(
     Ok(claims)
 }
 
+/// Largest join message accepted (the service anyone may call).
+const MAX_JOIN_MESSAGE: usize = 64 * 1024;
+
 /// Implements the gRPC services over [`HubState`].
 #[derive(Debug, Clone)]
 pub struct HubGrpc {
@@ -62,7 +65,8 @@ impl HubGrpc {
 
     /// The join service (no JWT: the bootstrap-token proof authenticates).
     pub fn join_service(&self) -> JoinServiceServer<Self> {
-        JoinServiceServer::new(self.clone())
+        // Anyone may call it: a join carries an id, a CSR and a proof, nothing large.
+        JoinServiceServer::new(self.clone()).max_decoding_message_size(MAX_JOIN_MESSAGE)
     }
 
     /// The token service.

@@ -106,14 +106,9 @@ async fn authorize(
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .map(|value| value.to_str().unwrap_or_default());
-    let claims = access::authenticate(state, header).await.map_err(|e| {
-        let hint = if e == AuthError::Missing {
-            " (Authorization: Bearer <token>)"
-        } else {
-            ""
-        };
-        ApiError::new(StatusCode::UNAUTHORIZED, format!("{e}{hint}"))
-    })?;
+    let claims = access::authenticate(state, header)
+        .await
+        .map_err(|e| unauthorized(&e))?;
     access::permit(&claims, access, subject, action)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
 }
@@ -133,7 +128,42 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/admin/tasks/{id}/cancel", post(cancel_task))
         .route("/api/admin/tools", get(list_tools))
         .route("/api/admin/tools/{name}", get(get_tool))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_credential,
+        ))
         .with_state(state)
+}
+
+/// Refuses an `/api` call without a valid bearer JWT before its body is read (the handlers then
+/// apply the whole rule).
+async fn require_credential(
+    State(state): State<Arc<HubState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path().starts_with("/api/") {
+        let header = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|value| value.to_str().unwrap_or_default());
+        let verified = access::bearer_token(header)
+            .and_then(|token| state.credentials.auth().verify(token).map(|_| ()));
+        if let Err(e) = verified {
+            return unauthorized(&e).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The 401 for a credential that is missing or does not verify.
+fn unauthorized(e: &AuthError) -> ApiError {
+    let hint = if *e == AuthError::Missing {
+        " (Authorization: Bearer <token>)"
+    } else {
+        ""
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, format!("{e}{hint}"))
 }
 
 const RECORD_FIELDS: [&str; 5] = [

@@ -31,15 +31,66 @@ const MAX_EVENT: usize = outpost_proto::limits::MAX_EVENT_FRAME;
 /// The stream error code of an event the hub could not read (too large or malformed).
 pub const EVENT_REFUSED: u32 = 1;
 
+/// Handshakes in progress past which a new one must first prove its address (a QUIC retry,
+/// one round trip, so spoofed sources cost the hub nothing but a packet).
+const RETRY_ABOVE_HANDSHAKES: usize = 64;
+/// Handshakes in progress past which new ones are refused outright.
+const MAX_HANDSHAKES: usize = 1024;
+/// Longest a session handshake plus hello may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the endpoint does with a new connection, given the handshakes in progress and whether
+/// its source address is already validated (it came back from a retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Go on with the handshake.
+    Accept,
+    /// Ask the peer to prove its address first.
+    Retry,
+    /// Refuse (the hub is at its handshake limit).
+    Refuse,
+}
+
+/// The admission rule for new connections (pure).
+pub fn admission(in_progress: usize, address_validated: bool) -> Admission {
+    if in_progress >= MAX_HANDSHAKES {
+        Admission::Refuse
+    } else if in_progress >= RETRY_ABOVE_HANDSHAKES && !address_validated {
+        Admission::Retry
+    } else {
+        Admission::Accept
+    }
+}
+
 /// Accepts sessions until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, state: Arc<HubState>) {
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
+        let in_progress = handshakes.load(std::sync::atomic::Ordering::Relaxed);
+        match admission(in_progress, incoming.remote_address_validated()) {
+            Admission::Accept => {}
+            Admission::Retry if incoming.may_retry() => {
+                let _ = incoming.retry();
+                continue;
+            }
+            Admission::Retry => {}
+            Admission::Refuse => {
+                tracing::warn!(remote = %incoming.remote_address(), in_progress, "session handshake refused: too many in progress");
+                incoming.refuse();
+                continue;
+            }
+        }
         let state = state.clone();
+        let handshakes = handshakes.clone();
+        handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(connection) => handle(connection, state).await,
-                Err(e) => tracing::debug!(%remote, error = %e, "session handshake failed"),
+            let connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+            handshakes.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            match connected {
+                Ok(Ok(connection)) => handle(connection, state).await,
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "session handshake failed"),
+                Err(_) => tracing::debug!(%remote, "session handshake timed out"),
             }
         });
     }
@@ -352,5 +403,22 @@ async fn on_event(state: &HubState, node_id: &str, event: NodeEvent) {
             crate::work::tasks::on_result(state, node_id, result).await;
         }
         None => tracing::debug!(node_id = %node_id, "empty event dropped"),
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_are_retried_under_load_and_refused_at_the_limit() {
+        assert_eq!(admission(0, false), Admission::Accept);
+        assert_eq!(
+            admission(RETRY_ABOVE_HANDSHAKES - 1, false),
+            Admission::Accept
+        );
+        assert_eq!(admission(RETRY_ABOVE_HANDSHAKES, false), Admission::Retry);
+        assert_eq!(admission(RETRY_ABOVE_HANDSHAKES, true), Admission::Accept);
+        assert_eq!(admission(MAX_HANDSHAKES, true), Admission::Refuse);
     }
 }

@@ -57,3 +57,89 @@ async fn reflection_and_health_answer_without_credentials() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+/// A tool push `bytes` long, sent with `bearer` (if any); the refusal.
+async fn push_of(hub: &TestHub, bytes: usize, bearer: Option<&str>) -> tonic::Status {
+    use outpost_proto::v1::PushToolRequest;
+    use outpost_proto::v1::tool_service_client::ToolServiceClient;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let channel = grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
+        .await
+        .unwrap();
+    let request = PushToolRequest {
+        name: "big".into(),
+        component: vec![0_u8; bytes],
+        policy_toml: String::new(),
+    };
+    let request = match bearer {
+        Some(token) => grpc_channel::with_bearer(request, token),
+        None => tonic::Request::new(request),
+    };
+    ToolServiceClient::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .push_tool(request)
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_credential_are_refused_before_their_body_is_read() {
+    use outpost_trust::auth::{Role, TokenAuthority};
+    let hub = TestHub::start(TlsMode::Tls).await;
+    // Larger than the hub decodes: were the body read first, the answer would be its size.
+    let huge = 40 * 1024 * 1024;
+    let anonymous = push_of(&hub, huge, None).await;
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+    assert_eq!(anonymous.message(), "missing bearer token");
+    let forged = push_of(&hub, huge, Some("not.a.jwt")).await;
+    assert_eq!(forged.code(), tonic::Code::Unauthenticated, "{forged:?}");
+
+    let secret = std::fs::read_to_string(hub.config.cert_dir().join("auth_secret.txt")).unwrap();
+    let auth = TokenAuthority::new(secret.trim().as_bytes(), "outpost", "outpost-internal", 30);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let viewer = auth.issue("v", Role::Viewer, now, 60).unwrap();
+    let refused = push_of(&hub, huge, Some(&viewer)).await;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("role viewer may not call /outpost.v1.ToolService/PushTool"),
+        "{}",
+        refused.message()
+    );
+    // An admin's oversized push is read and refused for its size (the limit is real).
+    let admin = auth.issue("a", Role::Admin, now, 60).unwrap();
+    let too_big = push_of(&hub, huge, Some(&admin)).await;
+    assert!(
+        matches!(
+            too_big.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{too_big:?}"
+    );
+    // The join service, open to anyone, reads no large message either.
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let channel = grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
+        .await
+        .unwrap();
+    let err = outpost_proto::v1::join_service_client::JoinServiceClient::new(channel)
+        .begin_join(outpost_proto::v1::BeginJoinRequest {
+            node_id: "x".repeat(1024 * 1024),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{err:?}"
+    );
+}

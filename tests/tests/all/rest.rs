@@ -1,6 +1,8 @@
 //! The REST registry at `/api/admin/agent-nodes`: CRUD round trip, every 400/404/409 case,
 //! 401 without a token, 403 for a viewer writing.
 
+use std::time::Duration;
+
 use outpost_config::TlsMode;
 use outpost_tests::{TestHub, http_json};
 use outpost_trust::auth::{Role, TokenAuthority};
@@ -219,4 +221,50 @@ async fn registry_crud_and_every_error() {
     assert_eq!(status, 204);
     let (status, _) = http_json("GET", &format!("{base}/node-02"), Some(&admin), None).await;
     assert_eq!(status, 404);
+}
+
+/// Sends a request head announcing a `length`-byte body, sends none of it, and returns the
+/// status line the hub answers with within `wait`.
+async fn answer_without_body(
+    hub: &TestHub,
+    path: &str,
+    bearer: Option<&str>,
+    length: usize,
+    wait: Duration,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = hub.http_url().trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0_u8; 512];
+    let n = tokio::time::timeout(wait, stream.read(&mut answer))
+        .await
+        .map_or(0, |read| read.unwrap());
+    String::from_utf8_lossy(&answer[..n])
+        .lines()
+        .next()
+        .unwrap_or("no answer")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_credential_are_refused_before_their_body_is_read() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let (admin, _, _) = tokens(&hub);
+    let tasks = "/api/admin/tasks";
+    let (long, short) = (Duration::from_secs(10), Duration::from_secs(1));
+    // The answer comes though not one byte of the announced body was sent.
+    let anonymous = answer_without_body(&hub, tasks, None, 1 << 20, long).await;
+    assert_eq!(anonymous, "HTTP/1.1 401 Unauthorized");
+    let forged = answer_without_body(&hub, tasks, Some("forged"), 1 << 20, long).await;
+    assert_eq!(forged, "HTTP/1.1 401 Unauthorized");
+    // With a credential the hub waits for the body it was promised.
+    let admin = answer_without_body(&hub, tasks, Some(&admin), 1 << 20, short).await;
+    assert_eq!(admin, "no answer");
 }
