@@ -1,6 +1,7 @@
 //! The wasmtime runtime: one [`Sandbox`] (engine, linker, epoch ticker, compile cache) per node,
 //! a [`LoadedTool`] (`InstancePre`) per tool, and a fresh, fully limited `Store` per call.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +18,9 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use super::cache::{CacheOutcome, CompileCache};
 use super::capture::{CappedPipe, OutputLimitExceeded};
 use super::outcome::{CallReport, ErrorKind, LogLevel, LogRecord, SandboxError, ToolDescription};
-use super::policy::{FsAccess, Fuel, MAX_MEMORY, MAX_TABLE_ELEMENTS, ResolvedPolicy};
+use super::policy::{
+    FsAccess, Fuel, MAX_MEMORY, MAX_TABLE_ELEMENTS, ResolvedGrant, ResolvedPolicy,
+};
 
 mod bindings {
     //! Host bindings generated from `wit/tool.wit`.
@@ -557,8 +560,10 @@ impl LoadedTool {
                 FsAccess::ReadOnly => FsPerms::ReadOnly,
                 FsAccess::ReadWrite => FsPerms::ReadWrite,
             };
+            // Held until WASI has opened its own handle through the pinned path.
+            let (_pinned, host) = pin_grant(grant)?;
             builder
-                .preopened_dir(&grant.host, &grant.guest, perms)
+                .preopened_dir(&host, &grant.guest, perms)
                 .map_err(|err| {
                     SandboxError::new(
                         ErrorKind::PolicyInvalid,
@@ -758,4 +763,46 @@ fn classify(
         };
     }
     SandboxError::new(ErrorKind::Trap, error_chain(err))
+}
+
+/// Opens a granted directory once and checks that the directory opened is the one the policy
+/// resolved (its real path, read back from the open handle); returns the handle and a path that
+/// names the handle itself (`/proc/self/fd/N`). Opening that path opens the same directory, so
+/// a rename or symlink swap between the policy's check and WASI's open cannot redirect the
+/// grant: a swap before the open is seen and refused, one after it changes nothing.
+#[cfg(target_os = "linux")]
+fn pin_grant(grant: &ResolvedGrant) -> Result<(Option<std::fs::File>, PathBuf), SandboxError> {
+    use std::os::fd::AsRawFd as _;
+    let refused = |why: String| {
+        SandboxError::new(
+            ErrorKind::PolicyInvalid,
+            format!(
+                "cannot open the granted directory {}: {why}",
+                grant.host.display()
+            ),
+        )
+    };
+    let dir = std::fs::File::open(&grant.host).map_err(|err| refused(err.to_string()))?;
+    let handle = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    let opened = std::fs::read_link(&handle).map_err(|err| refused(err.to_string()))?;
+    if opened != grant.host {
+        return Err(refused(format!(
+            "it changed while it was being opened (it is {} now); refused",
+            opened.display()
+        )));
+    }
+    let is_dir = dir
+        .metadata()
+        .map_err(|err| refused(err.to_string()))?
+        .is_dir();
+    if !is_dir {
+        return Err(refused("it is not a directory now".into()));
+    }
+    Ok((Some(dir), handle))
+}
+
+/// Elsewhere the grant is opened by its resolved path.
+#[cfg(not(target_os = "linux"))]
+fn pin_grant(grant: &ResolvedGrant) -> Result<(Option<std::fs::File>, PathBuf), SandboxError> {
+    Ok((None, grant.host.clone()))
 }

@@ -4,7 +4,7 @@
 use std::io::Read as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use outpost_sandbox::{
@@ -203,6 +203,73 @@ async fn a_read_write_grant_really_writes() {
     );
     let report = tool.invoke("read /data/readme.txt").await;
     assert_eq!(report.result.as_deref(), Ok(README));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_swapped_for_a_symlink_while_it_opens_never_reaches_outside() {
+    let layout = Layout::new();
+    let flip = layout.safe.join("flip");
+    std::fs::create_dir(&flip).unwrap();
+    std::fs::write(flip.join("inside.txt"), "inside").unwrap();
+    let link = layout.safe.join("flip.link");
+    std::os::unix::fs::symlink("../outside", &link).unwrap();
+    let parked = layout.safe.join("flip.real");
+    let policy = ToolPolicy {
+        fs: vec![FsGrant {
+            host: flip.clone(),
+            guest: "/data".into(),
+            access: FsAccess::ReadOnly,
+            line: None,
+        }],
+        ..layout.policy()
+    };
+    let tool = layout.load(&outpost_guests::hostile(), &policy);
+
+    // A writer swaps the granted directory for a relative symlink to the outside and back, as
+    // fast as it can, while calls resolve the grant and open it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, flip, link, parked) = (stop.clone(), flip.clone(), link.clone(), parked.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0_u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::rename(&flip, &parked);
+                let _ = std::fs::rename(&link, &flip);
+                let _ = std::fs::rename(&flip, &link);
+                let _ = std::fs::rename(&parked, &flip);
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let (mut ran, mut refused_at_open, mut leaked) = (0, 0, 0);
+    for _ in 0..300 {
+        let Ok(resolved) = policy.resolve(std::slice::from_ref(&layout.safe)) else {
+            continue; // the symlink was in place when the grant was checked
+        };
+        let report = tool
+            .with_policy(resolved)
+            .invoke("read /data/secret.txt")
+            .await;
+        match &report.result {
+            Ok(output) if output.contains(SECRET) => leaked += 1,
+            Err(err) if err.message.contains("changed while it was being opened") => {
+                refused_at_open += 1
+            }
+            _ => ran += 1,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert_eq!(
+        leaked, 0,
+        "{leaked} calls read outside the safe path ({ran} ran, {refused_at_open} refused at open, {swaps} swaps)"
+    );
+    assert!(
+        ran + refused_at_open > 0,
+        "no call got past the check ({swaps} swaps)"
+    );
+    eprintln!("{ran} ran inside, {refused_at_open} refused at open, {swaps} swaps");
 }
 
 #[tokio::test]
