@@ -217,7 +217,7 @@ pub struct WorktreeSection {
 }
 
 /// `[node]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSection {
     /// The hub's internal gRPC URL, e.g. `https://hub.example:50051`.
@@ -233,7 +233,36 @@ pub struct NodeSection {
     pub grpc_target: Option<String>,
     /// Labels advertised in capabilities (`gpu-class = "a100"`).
     pub labels: BTreeMap<String, String>,
+    /// Environment variables of the node process a tool's policy may ask for (`[env] allow`);
+    /// a policy asking for another is refused on this node.
+    pub env_allow: Vec<String>,
+    /// Hosts (`HOST` for any port, or `HOST:PORT`) a tool's policy may grant
+    /// (`[network] allow_hosts`); a policy granting another is refused on this node. Empty: no
+    /// tool gets a socket here.
+    pub allow_hosts: Vec<String>,
 }
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            hub: None,
+            name: None,
+            ca_file: None,
+            safe_paths: Vec::new(),
+            grpc_target: None,
+            labels: BTreeMap::new(),
+            env_allow: DEFAULT_NODE_ENV_ALLOW
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
+            allow_hosts: Vec::new(),
+        }
+    }
+}
+
+/// The node process's variables a tool may read unless `[node] env_allow` says otherwise:
+/// locale and time zone, nothing that holds a secret.
+pub const DEFAULT_NODE_ENV_ALLOW: [&str; 4] = ["LANG", "LC_ALL", "LC_CTYPE", "TZ"];
 
 /// Which GPU probe a node uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -521,6 +550,8 @@ pub const ENV_KEYS: &[&str] = &[
     "node.ca_file",
     "node.safe_paths",
     "node.grpc_target",
+    "node.env_allow",
+    "node.allow_hosts",
     "gpu.probe",
     "gpu.refresh_interval",
     "gpu.nvml_library",
@@ -895,7 +926,11 @@ fn default_data_dir(env: &BTreeMap<String, String>) -> PathBuf {
 /// Turns an environment value into a TOML value of the type the key expects.
 fn env_value(key: &str, raw: &str) -> toml::Value {
     let trimmed = raw.trim();
-    if key.ends_with("safe_paths") || key.ends_with("server_names") {
+    if key.ends_with("safe_paths")
+        || key.ends_with("server_names")
+        || key.ends_with("env_allow")
+        || key.ends_with("allow_hosts")
+    {
         if trimmed.starts_with('[')
             && let Ok(v) = format!("v = {trimmed}").parse::<toml::Table>()
             && let Some(value) = v.get("v")
@@ -920,7 +955,7 @@ fn env_value(key: &str, raw: &str) -> toml::Value {
         "false" => return toml::Value::Boolean(false),
         _ => {}
     }
-    if key.ends_with("leeway_seconds")
+    if (key.ends_with("leeway_seconds") || key.contains("joins_per_second"))
         && let Ok(n) = trimmed.parse::<i64>()
     {
         return toml::Value::Integer(n);
@@ -1276,6 +1311,18 @@ mod tests {
             ),
             ("OUTPOST_TOOLS_PREINSTALL".to_string(), "false".to_string()),
             (
+                "OUTPOST_NODE_ENV_ALLOW".to_string(),
+                "LANG,HOME".to_string(),
+            ),
+            (
+                "OUTPOST_NODE_ALLOW_HOSTS".to_string(),
+                "127.0.0.1:8080,example.internal".to_string(),
+            ),
+            (
+                "OUTPOST_INTERNAL_GRPC_BOOTSTRAP_JOINS_PER_SECOND".to_string(),
+                "7".to_string(),
+            ),
+            (
                 "OUTPOST_HUB".to_string(),
                 "ignored: not a config key".to_string(),
             ),
@@ -1289,6 +1336,13 @@ mod tests {
         );
         assert_eq!(c.fleet.heartbeat_grace, Duration::from_secs(3));
         assert!(!c.tools.preinstall);
+        assert_eq!(c.node.env_allow, ["LANG", "HOME"]);
+        assert_eq!(c.node.allow_hosts, ["127.0.0.1:8080", "example.internal"]);
+        assert_eq!(c.internal_grpc.bootstrap.joins_per_second, 7);
+        assert_eq!(
+            Config::default().node.env_allow,
+            DEFAULT_NODE_ENV_ALLOW.map(String::from)
+        );
         let err = Config::load(
             None,
             vec![("OUTPOST_INTERNAL_GRPC_ENABLED".into(), "maybe".into())],

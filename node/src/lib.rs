@@ -238,8 +238,15 @@ fn session_context(
     };
     let labels = config.node.labels.clone();
     let safe_paths = config.node.safe_paths.clone();
-    let protected = state_dirs(config);
-    let runner = match tasks::TaskRunner::new(&config.data_dir(), safe_paths.clone(), protected) {
+    let boundary = tasks::ToolBoundary {
+        safe_paths: safe_paths.clone(),
+        protected: state_dirs(config),
+        env_allow: config.node.env_allow.clone(),
+        allow_hosts: config.node.allow_hosts.clone(),
+    };
+    let open_files = system::raise_open_file_limit();
+    tracing::debug!(?open_files, "open-file limit");
+    let runner = match tasks::TaskRunner::new(&config.data_dir(), boundary) {
         Ok(runner) => Some(Arc::new(runner)),
         Err(e) => {
             tracing::error!(error = %e, "this node will not run tasks");

@@ -214,3 +214,40 @@ mod tests {
         assert!(find_on_path("definitely-not-a-program-outpost").is_none());
     }
 }
+
+/// Raises this process's soft limit on open files to its hard limit, so the sandbox's calls
+/// (each holding at most [`outpost_sandbox::runtime::MAX_HANDLES`] handles, many at once) cannot
+/// run the node out of descriptors. Returns the limit in force afterwards.
+#[cfg(unix)]
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if limit.current != limit.maximum && setrlimit(Resource::Nofile, raised).is_ok() {
+        return limit.maximum;
+    }
+    limit.current
+}
+
+/// Elsewhere the limit is left as it is.
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() -> Option<u64> {
+    None
+}
+
+#[cfg(test)]
+#[cfg(unix)]
+mod open_file_tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+        let in_force = raise_open_file_limit();
+        let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(in_force, now.current);
+        assert_eq!(now.current, now.maximum, "{now:?}");
+    }
+}

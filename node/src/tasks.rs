@@ -45,6 +45,20 @@ pub enum TaskRunnerError {
     Sandbox(#[from] SandboxError),
 }
 
+/// What this node lets any tool reach, whatever its policy asks: a policy is checked against
+/// it and refused (`policy_invalid`) where it asks for more.
+#[derive(Debug, Clone, Default)]
+pub struct ToolBoundary {
+    /// Directories grants must lie inside (`[node] safe_paths`).
+    pub safe_paths: Vec<PathBuf>,
+    /// Directories holding the node's own state, which no grant may overlap.
+    pub protected: Vec<PathBuf>,
+    /// Variables of the node process a policy may ask for (`[node] env_allow`).
+    pub env_allow: Vec<String>,
+    /// Hosts a policy may grant (`[node] allow_hosts`).
+    pub allow_hosts: Vec<String>,
+}
+
 struct Running {
     attempt: u32,
     abort: tokio::task::AbortHandle,
@@ -58,9 +72,7 @@ type LoadSlot = Arc<OnceCell<LoadedTool>>;
 pub struct TaskRunner {
     sandbox: Sandbox,
     tools_dir: PathBuf,
-    safe_paths: Vec<PathBuf>,
-    /// Directories holding the node's own state, which no grant may overlap.
-    protected: Vec<PathBuf>,
+    boundary: ToolBoundary,
     loaded: Mutex<HashMap<String, LoadSlot>>,
     /// Background installs compile one at a time, beside whatever runs.
     installs: Semaphore,
@@ -90,14 +102,13 @@ fn is_digest(text: &str) -> bool {
 
 impl TaskRunner {
     /// A runner keeping components under `data_dir/tools` and compiled code under
-    /// `data_dir/compile-cache`, granting tools directories inside `safe_paths` that overlap
-    /// none of `protected` (`data_dir` is added to those).
+    /// `data_dir/compile-cache`, granting tools only what `boundary` allows (`data_dir` is added
+    /// to its protected directories).
     pub fn new(
         data_dir: &std::path::Path,
-        safe_paths: Vec<PathBuf>,
-        mut protected: Vec<PathBuf>,
+        mut boundary: ToolBoundary,
     ) -> Result<Self, TaskRunnerError> {
-        protected.push(data_dir.to_path_buf());
+        boundary.protected.push(data_dir.to_path_buf());
         let tools_dir = data_dir.join("tools");
         std::fs::create_dir_all(&tools_dir).map_err(|source| TaskRunnerError::Io {
             path: tools_dir.clone(),
@@ -110,8 +121,7 @@ impl TaskRunner {
         Ok(Self {
             sandbox,
             tools_dir,
-            safe_paths,
-            protected,
+            boundary,
             loaded: Mutex::new(HashMap::new()),
             installs: Semaphore::new(1),
             installs_ended: tokio::sync::watch::channel(0).0,
@@ -368,7 +378,9 @@ impl TaskRunner {
             &command.policy_toml,
             &format!("policy of tool {:?}", command.tool),
         )?;
-        let mut resolved = policy.resolve_within(&self.safe_paths, &self.protected)?;
+        let boundary = &self.boundary;
+        policy.check_node_allowlists(&boundary.env_allow, &boundary.allow_hosts)?;
+        let mut resolved = policy.resolve_within(&boundary.safe_paths, &boundary.protected)?;
         let mut env: Vec<(&String, &String)> = command.env.iter().collect();
         env.sort();
         for (key, value) in env {

@@ -480,6 +480,39 @@ impl ToolPolicy {
         Ok(())
     }
 
+    /// Checks the policy against the node's own allowlists (`[node] env_allow` and
+    /// `allow_hosts`): every variable it asks for and every host it grants must be on them, as
+    /// every directory must lie inside `safe_paths`. The refusal names what is missing.
+    pub fn check_node_allowlists(
+        &self,
+        env_allow: &[String],
+        allow_hosts: &[String],
+    ) -> Result<(), SandboxError> {
+        if let Some(key) = self.env.iter().find(|key| !env_allow.contains(key)) {
+            return Err(policy_error(format!(
+                "env.allow: {key:?} is not in this node's [node] env_allow [{}]",
+                env_allow.join(", ")
+            )));
+        }
+        if let Some(host) = self
+            .allow_hosts
+            .iter()
+            .find(|host| !allow_hosts.iter().any(|allowed| host_covers(allowed, host)))
+        {
+            return Err(policy_error(if allow_hosts.is_empty() {
+                format!(
+                    "network.allow_hosts: {host:?}: this node grants tools no network ([node] allow_hosts is empty)"
+                )
+            } else {
+                format!(
+                    "network.allow_hosts: {host:?} is not in this node's [node] allow_hosts [{}]",
+                    allow_hosts.join(", ")
+                )
+            }));
+        }
+        Ok(())
+    }
+
     /// Checks the policy against the node: every directory grant must resolve (symlinks
     /// followed) to a directory inside one of `safe_paths`, and every host must resolve.
     pub fn resolve(&self, safe_paths: &[PathBuf]) -> Result<ResolvedPolicy, SandboxError> {
@@ -554,10 +587,17 @@ impl ToolPolicy {
         for host in &self.allow_hosts {
             network.extend(resolve_host(host)?);
         }
+        // Name lookups go to the node's resolver, which would carry any name the tool makes
+        // up: they are open only when the policy grants a host by name.
+        let name_lookup = self
+            .allow_hosts
+            .iter()
+            .any(|host| host_and_port(host).0.parse::<IpAddr>().is_err());
         Ok(ResolvedPolicy {
             fs,
             env,
             network,
+            name_lookup,
             limits: self.limits,
         })
     }
@@ -606,18 +646,32 @@ fn normalise_guest_path(guest: &str) -> Result<String, String> {
     Ok(format!("/{}", parts.join("/")))
 }
 
-fn resolve_host(spec: &str) -> Result<Vec<NetworkGrant>, SandboxError> {
+/// `HOST` or `HOST:PORT` (IPv6 in brackets when a port follows) split into host and port.
+fn host_and_port(spec: &str) -> (&str, Option<u16>) {
     let with_port = spec
         .rsplit_once(':')
         .and_then(|(host, port)| port.parse::<u16>().ok().map(|port| (host, port)))
         .filter(|(host, _)| !host.is_empty() && !host.ends_with(':'));
-    let (host, port) = match with_port {
+    match with_port {
         Some((host, port)) => (
             host.trim_start_matches('[').trim_end_matches(']'),
             Some(port),
         ),
         None => (spec.trim_start_matches('[').trim_end_matches(']'), None),
-    };
+    }
+}
+
+/// Whether the node's allowlist entry `allowed` covers the policy's host `wanted`: the same host
+/// (names compared without case), and the same port unless the entry names none.
+fn host_covers(allowed: &str, wanted: &str) -> bool {
+    let (allowed_host, allowed_port) = host_and_port(allowed.trim());
+    let (wanted_host, wanted_port) = host_and_port(wanted.trim());
+    allowed_host.eq_ignore_ascii_case(wanted_host)
+        && allowed_port.is_none_or(|port| wanted_port == Some(port))
+}
+
+fn resolve_host(spec: &str) -> Result<Vec<NetworkGrant>, SandboxError> {
+    let (host, port) = host_and_port(spec);
     let addrs: Vec<SocketAddr> = (host, port.unwrap_or(0))
         .to_socket_addrs()
         .map_err(|err| {
@@ -676,6 +730,8 @@ pub struct ResolvedPolicy {
     pub env: Vec<(String, String)>,
     /// Addresses the tool may connect to; empty means no sockets at all.
     pub network: Vec<NetworkGrant>,
+    /// Whether the tool may look names up (only when a host is granted by name).
+    pub name_lookup: bool,
     /// Limits.
     pub limits: Limits,
 }
@@ -852,6 +908,81 @@ max_output = 4096
         std::os::unix::fs::symlink(root.path(), root.path().join("up")).unwrap();
         let why = check_safe_paths(&[root.path().join("up")], &protected).unwrap_err();
         assert!(why.contains("overlaps"), "{why}");
+    }
+
+    #[test]
+    fn a_policy_asks_no_more_than_the_node_allows() {
+        let policy = |env: &[&str], hosts: &[&str]| ToolPolicy {
+            env: env.iter().map(|v| v.to_string()).collect(),
+            allow_hosts: hosts.iter().map(|v| v.to_string()).collect(),
+            ..ToolPolicy::default()
+        };
+        let env_allow = vec!["LANG".to_string(), "TZ".to_string()];
+        let hosts = vec![
+            "api.internal".to_string(),
+            "10.0.0.5:8080".to_string(),
+            "[::1]:9000".to_string(),
+        ];
+        for ok in [
+            policy(&["LANG"], &[]),
+            policy(
+                &[],
+                &[
+                    "API.internal:443",
+                    "api.internal",
+                    "10.0.0.5:8080",
+                    "[::1]:9000",
+                ],
+            ),
+        ] {
+            ok.check_node_allowlists(&env_allow, &hosts).unwrap();
+        }
+        for (refused, needle) in [
+            (
+                policy(&["AWS_SECRET_ACCESS_KEY"], &[]),
+                "\"AWS_SECRET_ACCESS_KEY\" is not in this node's [node] env_allow [LANG, TZ]",
+            ),
+            (
+                policy(&[], &["10.0.0.5:22"]),
+                "\"10.0.0.5:22\" is not in this node's [node] allow_hosts",
+            ),
+            (
+                policy(&[], &["10.0.0.5"]),
+                "\"10.0.0.5\" is not in this node's",
+            ),
+            (policy(&[], &["api.internal.evil"]), "is not in this node's"),
+            (policy(&[], &["::1"]), "is not in this node's"),
+        ] {
+            let err = refused
+                .check_node_allowlists(&env_allow, &hosts)
+                .unwrap_err();
+            assert_eq!(err.kind, ErrorKind::PolicyInvalid);
+            assert!(err.message.contains(needle), "{}", err.message);
+        }
+        let err = policy(&[], &["10.0.0.5:8080"])
+            .check_node_allowlists(&env_allow, &[])
+            .unwrap_err();
+        assert!(
+            err.message.contains("grants tools no network"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn names_are_looked_up_only_for_a_host_granted_by_name() {
+        let resolved = |hosts: &[&str]| {
+            ToolPolicy {
+                allow_hosts: hosts.iter().map(|v| v.to_string()).collect(),
+                ..ToolPolicy::default()
+            }
+            .resolve(&[])
+            .unwrap()
+            .name_lookup
+        };
+        assert!(!resolved(&[]));
+        assert!(!resolved(&["127.0.0.1:80", "[::1]:80"]));
+        assert!(resolved(&["localhost:80"]));
     }
 
     #[test]

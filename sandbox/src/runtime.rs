@@ -132,7 +132,16 @@ impl ResourceLimiter for CallLimiter {
     }
 }
 
-/// Log lines of one call, capped by bytes.
+/// Handles (open files and directories, streams, sockets) one call may hold at once.
+pub const MAX_HANDLES: usize = 256;
+/// Log records one call may keep, whatever their size.
+pub const MAX_LOG_RECORDS: usize = 10_000;
+/// What each log record counts against the output limit besides its text.
+const LOG_RECORD_COST: usize = 64;
+/// Largest answer `describe` may give (all its fields together).
+pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
+
+/// Log lines of one call, capped by bytes (each record's text plus a fixed share) and count.
 struct LogBuffer {
     records: Vec<LogRecord>,
     bytes: usize,
@@ -167,11 +176,13 @@ impl wit_host::Host for CallState {
             wit_host::Level::Error => LogLevel::Error,
         };
         let logs = &mut self.logs;
-        if logs.bytes + message.len() > logs.cap {
+        // Each record costs its text and a fixed share, so empty records are bounded too.
+        let cost = message.len() + LOG_RECORD_COST;
+        if logs.bytes + cost > logs.cap || logs.records.len() >= MAX_LOG_RECORDS {
             logs.dropped += 1;
             return;
         }
-        logs.bytes += message.len();
+        logs.bytes += cost;
         logs.records.push(LogRecord { level, message });
     }
 }
@@ -505,7 +516,18 @@ impl LoadedTool {
         let (result, _) = self
             .run(async |tool, store| tool.call_describe(store).await)
             .await;
-        result.map(|info| ToolDescription {
+        let info = result?;
+        let size =
+            info.name.len() + info.version.len() + info.description.len() + info.input_schema.len();
+        if size > MAX_DESCRIPTION_BYTES {
+            return Err(SandboxError::new(
+                ErrorKind::OutputLimit,
+                format!(
+                    "describe() answered {size} bytes; a description may be at most {MAX_DESCRIPTION_BYTES} bytes"
+                ),
+            ));
+        }
+        Ok(ToolDescription {
             name: info.name,
             version: info.version,
             description: info.description,
@@ -535,6 +557,20 @@ impl LoadedTool {
                 }
             }
             Ok(Err(tool_error)) => Err(match tool_error {
+                bindings::ToolError::PermissionDenied(message)
+                | bindings::ToolError::InvalidInput(message)
+                | bindings::ToolError::Failed(message)
+                    if message.len() as u64 > self.policy.limits.max_output =>
+                {
+                    SandboxError::new(
+                        ErrorKind::OutputLimit,
+                        format!(
+                            "the tool's error message is {} bytes, past the output limit of {} bytes",
+                            message.len(),
+                            self.policy.limits.max_output
+                        ),
+                    )
+                }
                 bindings::ToolError::PermissionDenied(message) => {
                     SandboxError::new(ErrorKind::PermissionDenied, message)
                 }
@@ -579,7 +615,7 @@ impl LoadedTool {
         builder
             .allow_tcp(network_allowed)
             .allow_udp(network_allowed)
-            .allow_ip_name_lookup(network_allowed);
+            .allow_ip_name_lookup(network_allowed && policy.name_lookup);
         if network_allowed {
             let grants = policy.network.clone();
             builder.socket_addr_check(move |addr, usage| {
@@ -633,9 +669,11 @@ impl LoadedTool {
                 report,
             );
         };
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
         let state = CallState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: CallLimiter {
                 memory_limit: usize::try_from(limits.memory).unwrap_or(usize::MAX),
                 memory_total: 0,
@@ -722,6 +760,16 @@ fn classify(
     }
     if let Some(exceeded) = stdout.overflow().or_else(|| stderr.overflow()) {
         return SandboxError::new(ErrorKind::OutputLimit, exceeded.to_string());
+    }
+    if let Some(wasmtime::component::ResourceTableError::Full) =
+        err.downcast_ref::<wasmtime::component::ResourceTableError>()
+    {
+        return SandboxError::new(
+            ErrorKind::MemoryLimit,
+            format!(
+                "the call holds the most handles it may: {MAX_HANDLES} open files, directories, streams and sockets at once"
+            ),
+        );
     }
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return SandboxError::new(

@@ -1,5 +1,5 @@
-//! A node's own state (its key and JWT, tool store and compile cache) is out of every tool's
-//! reach: a node whose `safe_paths` overlap its data dir, also through a symlink, refuses to
+//! What a node lets tools reach, whatever the hub's policy asks: only the variables and hosts on
+//! its own allowlists, and never its own state (its key and JWT, tool store and compile cache): a node whose `safe_paths` overlap its data dir, also through a symlink, refuses to
 //! start before it joins; and a pushed tool granted a directory inside the data dir is refused
 //! on the node that would run it, also when the safe path was swapped for a link after the node
 //! started.
@@ -79,4 +79,56 @@ async fn a_grant_reaching_into_the_data_dir_is_refused_on_the_node() {
         "{message}"
     );
     assert!(!task["output"].as_str().unwrap_or_default().contains("jwt"));
+}
+
+/// Sends `tool` with `input` to `node` and waits for its end; returns the task.
+async fn run_on(hub: &TestHub, node: &str, tool: &str, input: &str) -> serde_json::Value {
+    let (code, out, err) = hub
+        .cli(&["nodes", "send", node, "--tool", tool, "--input", input])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_string();
+    let _ = hub.cli(&["nodes", "result", &id, "--wait"]).await;
+    task_json(hub, &id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_grants_only_the_variables_and_hosts_it_allows() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let _plain = start_node(hub.node_config("plain-1", STATIC_TOKEN)).await;
+    let mut config = hub.node_config("open-1", STATIC_TOKEN);
+    config.node.env_allow = vec!["HOME".into()];
+    let _open = start_node(config).await;
+    for id in ["plain-1", "open-1"] {
+        hub.wait_status(id, "online", Duration::from_secs(10)).await;
+    }
+    push_hostile_with_policy(&hub, "home", "[env]\nallow = [\"HOME\"]\n").await;
+    push_hostile_with_policy(&hub, "net", "[network]\nallow_hosts = [\"127.0.0.1:9\"]\n").await;
+
+    // The hub's policy asks; each node decides what it gives.
+    let refused = run_on(&hub, "plain-1", "home", "env HOME").await;
+    assert_eq!(refused["error"]["kind"], "policy_invalid", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "\"HOME\" is not in this node's [node] env_allow [LANG, LC_ALL, LC_CTYPE, TZ]"
+        ),
+        "{message}"
+    );
+    let given = run_on(&hub, "open-1", "home", "env HOME").await;
+    assert_eq!(given["status"], "succeeded", "{given}");
+    assert_eq!(given["output"], std::env::var("HOME").unwrap_or_default());
+
+    let no_network = run_on(&hub, "plain-1", "net", "connect 127.0.0.1:9").await;
+    assert_eq!(
+        no_network["error"]["kind"], "policy_invalid",
+        "{no_network}"
+    );
+    assert!(
+        no_network["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this node grants tools no network"),
+        "{no_network}"
+    );
 }

@@ -370,6 +370,23 @@ async fn cpu_and_wall_time_limits_stop_runaway_guests() {
     let report = metered.invoke("log-loop").await;
     assert!(report.logs_dropped > 0, "the log flood was not capped");
     assert!(report.logs.iter().map(|l| l.message.len()).sum::<usize>() <= 64 * 1024);
+    // Empty records cost nothing in text, and are still bounded.
+    let report = metered.invoke("log-empty-loop").await;
+    expect_error(
+        &report,
+        ErrorKind::OutOfFuel,
+        "50000000",
+        "empty log records",
+    );
+    assert!(
+        report.logs_dropped > 0,
+        "the empty-record flood was not capped"
+    );
+    assert!(
+        report.logs.len() <= 64 * 1024 / 64,
+        "{} empty records kept",
+        report.logs.len()
+    );
 
     let mut unmetered = layout.policy();
     unmetered.limits.fuel = Fuel::Unlimited;
@@ -470,7 +487,31 @@ async fn output_floods_stop_at_the_cap() {
         Ok(64 * 1024),
         "exactly the cap is allowed"
     );
+    let report = tool.invoke(&format!("fail-flood {}", 1 << 20)).await;
+    expect_error(
+        &report,
+        ErrorKind::OutputLimit,
+        "error message is 1048576 bytes",
+        "error-message flood",
+    );
     still_serves(&tool, "output floods").await;
+}
+
+#[tokio::test]
+async fn one_call_holds_a_bounded_number_of_handles() {
+    let layout = Layout::new();
+    let tool = layout.load(&outpost_guests::hostile(), &layout.policy());
+    let report = tool.invoke("hold-files /data/readme.txt").await;
+    expect_error(
+        &report,
+        ErrorKind::MemoryLimit,
+        "256 open files",
+        "holding every handle",
+    );
+    // The handles went with the call: the next one opens files again.
+    let report = tool.invoke("read /data/readme.txt").await;
+    assert_eq!(report.result.as_deref(), Ok(README));
+    still_serves(&tool, "handle flood").await;
 }
 
 #[tokio::test]
@@ -549,6 +590,23 @@ async fn sockets_need_a_granted_host() {
     let mut received = String::new();
     conn.read_to_string(&mut received).unwrap();
     assert_eq!(received, "hello from the sandbox");
+    drop(conn);
+
+    // Granted by address only, the tool cannot look names up (no channel through the node's
+    // resolver); granted by name, it can.
+    let port = addr.port();
+    let report = tool.invoke(&format!("connect localhost:{port}")).await;
+    assert!(report.result.is_err(), "{:?}", report.result);
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "a name was looked up without a name grant"
+    );
+    let mut by_name = layout.policy();
+    by_name.allow_hosts = vec![format!("localhost:{port}")];
+    let tool = layout.load(&outpost_guests::hostile(), &by_name);
+    let report = tool.invoke(&format!("connect localhost:{port}")).await;
+    assert_eq!(report.result, Ok(format!("connected to localhost:{port}")));
 }
 
 #[tokio::test]

@@ -120,6 +120,31 @@ fn attack(name: &str, args: &[&str]) -> Result<String, ToolError> {
         "log-loop" => loop {
             log(Level::Debug, "still here");
         },
+        "log-empty-loop" => loop {
+            log(Level::Debug, "");
+        },
+        // Host resources.
+        "hold-files" => {
+            let path = arg(0)?;
+            let mut held = Vec::new();
+            loop {
+                match std::fs::File::open(path) {
+                    Ok(file) => held.push(file),
+                    Err(err) => {
+                        return Err(ToolError::Failed(format!(
+                            "open {path} failed after {} handles: {err}",
+                            held.len()
+                        )));
+                    }
+                }
+            }
+        }
+        "fail-flood" => {
+            let len: usize = arg(0)?
+                .parse()
+                .map_err(|_| ToolError::InvalidInput("fail-flood BYTES".into()))?;
+            Err(ToolError::Failed("F".repeat(len)))
+        }
         "sleep" => {
             let secs: u64 = arg(0)?
                 .parse()
