@@ -146,7 +146,7 @@ pub enum TlsMode {
 }
 
 /// `[internal_grpc.security]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecuritySection {
     /// `tls` or `mtls`.
@@ -155,6 +155,25 @@ pub struct SecuritySection {
     pub cert_dir: Option<PathBuf>,
     /// Extra DNS names or IPs for the hub certificate generated on first start.
     pub server_names: Vec<String>,
+    /// Hub: how long a node certificate lasts; nodes renew theirs in session once less than a
+    /// third is left.
+    #[serde(with = "duration_text")]
+    pub node_certificate_lifetime: Duration,
+    /// Hub: how long a node JWT lasts; the hub hands the node a fresh one on every session.
+    #[serde(with = "duration_text")]
+    pub node_token_lifetime: Duration,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        Self {
+            mode: TlsMode::default(),
+            cert_dir: None,
+            server_names: Vec::new(),
+            node_certificate_lifetime: Duration::from_secs(90 * 24 * 3600),
+            node_token_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// `[internal_grpc.auth]`
@@ -536,6 +555,8 @@ pub const ENV_KEYS: &[&str] = &[
     "internal_grpc.listen",
     "internal_grpc.security.mode",
     "internal_grpc.security.cert_dir",
+    "internal_grpc.security.node_certificate_lifetime",
+    "internal_grpc.security.node_token_lifetime",
     "internal_grpc.security.server_names",
     "internal_grpc.auth.shared_secret",
     "internal_grpc.auth.issuer",
@@ -804,6 +825,28 @@ impl Config {
                 .map_err(|(field, message)| {
                     invalid(&format!("gpu.script[{i}].{field}"), message)
                 })?;
+        }
+        let security = &self.internal_grpc.security;
+        for (key, lifetime) in [
+            (
+                "internal_grpc.security.node_certificate_lifetime",
+                security.node_certificate_lifetime,
+            ),
+            (
+                "internal_grpc.security.node_token_lifetime",
+                security.node_token_lifetime,
+            ),
+        ] {
+            if lifetime < Duration::from_secs(1) || lifetime > Duration::from_secs(3650 * 24 * 3600)
+            {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} is outside 1s to 3650 days",
+                        humantime::format_duration(lifetime)
+                    ),
+                ));
+            }
         }
         let bootstrap = &self.internal_grpc.bootstrap;
         if let Some(token) = &bootstrap.token

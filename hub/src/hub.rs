@@ -404,6 +404,10 @@ async fn build_state(
             },
             clock.monotonic_ms(),
         ),
+        crate::credentials::NodeLifetimes {
+            certificate: config.internal_grpc.security.node_certificate_lifetime,
+            token: config.internal_grpc.security.node_token_lifetime,
+        },
     );
     let state = HubState::new(store, clock, fleet, tasks, tools, credentials);
     let state = Arc::new(state);

@@ -225,9 +225,7 @@ fn session_context(
     identity: &JoinedIdentity,
     gpu_probe: Arc<dyn GpuProbe>,
 ) -> Result<SessionContext, NodeError> {
-    let certs = tls::certs_from_pem(&identity.certificate_pem, "node certificate")?;
-    let key = tls::key_from_pem(&identity.key_pem, "node key")?;
-    let client_config = tls::quic_client_config(&identity.ca_pem, certs, key)?;
+    let credentials = session::SessionCredentials::new(identity.clone())?;
     let hub_host = grpc_channel::url_host(&identity.hub_url).ok_or_else(|| {
         NodeError::Config(format!("stored hub URL {:?} has no host", identity.hub_url))
     })?;
@@ -255,11 +253,11 @@ fn session_context(
     };
     Ok(SessionContext {
         node_id: identity.node_id.clone(),
-        jwt: identity.node_jwt.clone(),
+        credentials: Mutex::new(credentials),
+        identity_store: Some(IdentityStore::new(&config.data_dir())),
         hub_host,
         hub_port: identity.quic_port,
         server_name,
-        client_config,
         gpu_probe,
         gpu_refresh: config.gpu.refresh_interval,
         capabilities: Box::new(move |gpus| system::capabilities(&labels, &safe_paths, gpus)),

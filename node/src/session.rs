@@ -49,6 +49,8 @@ pub struct SessionStats {
     pub commands_handled: AtomicU64,
     /// The last reason a session ended or failed to start.
     pub last_error: Mutex<String>,
+    /// Certificates renewed in session so far.
+    pub certificate_renewals: AtomicU64,
 }
 
 /// Why one session attempt ended.
@@ -80,16 +82,17 @@ pub enum SessionError {
 pub struct SessionContext {
     /// This node's id.
     pub node_id: String,
-    /// Node JWT presented in the hello.
-    pub jwt: String,
+    /// The node's credentials (certificate, key, JWT), renewed in session; `identity_store`
+    /// keeps them across restarts.
+    pub credentials: Mutex<SessionCredentials>,
+    /// Where renewed credentials are saved (none in tests that hold them in memory).
+    pub identity_store: Option<outpost_trust::identity::IdentityStore>,
     /// Hub host (name or IP) and QUIC port.
     pub hub_host: String,
     /// QUIC port of the hub.
     pub hub_port: u16,
     /// TLS server name to verify the hub certificate against.
     pub server_name: String,
-    /// mTLS client configuration.
-    pub client_config: quinn::ClientConfig,
     /// GPU probe.
     pub gpu_probe: Arc<dyn GpuProbe>,
     /// How often the GPU probe is read.
@@ -102,6 +105,146 @@ pub struct SessionContext {
     pub stats: Arc<SessionStats>,
     /// Runs the hub's tasks; `None` when this node cannot (the reason is in the log).
     pub runner: Option<Arc<TaskRunner>>,
+}
+
+/// The credentials a session dials with, and when they were last renewed.
+pub struct SessionCredentials {
+    /// What the node joined with, as renewed since.
+    pub identity: outpost_trust::identity::JoinedIdentity,
+    /// mTLS client configuration built from it.
+    pub client_config: quinn::ClientConfig,
+    /// When a certificate request was last sent (monotonic), so one is not sent every check.
+    renewal_asked: Option<std::time::Instant>,
+}
+
+impl SessionCredentials {
+    /// Credentials from `identity`.
+    pub fn new(
+        identity: outpost_trust::identity::JoinedIdentity,
+    ) -> Result<Self, outpost_trust::tls::TlsError> {
+        let client_config = client_config_for(&identity)?;
+        Ok(Self {
+            identity,
+            client_config,
+            renewal_asked: None,
+        })
+    }
+}
+
+fn client_config_for(
+    identity: &outpost_trust::identity::JoinedIdentity,
+) -> Result<quinn::ClientConfig, outpost_trust::tls::TlsError> {
+    use outpost_trust::tls;
+    let certs = tls::certs_from_pem(&identity.certificate_pem, "node certificate")?;
+    let key = tls::key_from_pem(&identity.key_pem, "node key")?;
+    tls::quic_client_config(&identity.ca_pem, certs, key)
+}
+
+/// Whether a certificate ending at `not_after_s` (Unix seconds) should be renewed at `now_s`,
+/// for a hub that makes them last `lifetime_ms`: once less than a third of that is left.
+pub fn renewal_due(not_after_s: i64, now_s: i64, lifetime_ms: u64) -> bool {
+    if lifetime_ms == 0 {
+        return false;
+    }
+    let third_s = i64::try_from(lifetime_ms / 3000).unwrap_or(i64::MAX);
+    not_after_s.saturating_sub(now_s) < third_s
+}
+
+impl SessionContext {
+    /// Keeps a fresh JWT from the hub (saved with the identity).
+    fn keep_jwt(&self, jwt: String) {
+        let identity = {
+            let mut credentials = self.credentials.lock();
+            credentials.identity.node_jwt = jwt;
+            credentials.identity.clone()
+        };
+        self.save(&identity);
+    }
+
+    fn save(&self, identity: &outpost_trust::identity::JoinedIdentity) {
+        if let Some(store) = &self.identity_store
+            && let Err(e) = store.save(identity)
+        {
+            tracing::warn!(error = %e, "saving the renewed credentials failed; they last for this process only");
+        }
+    }
+
+    /// Keeps a renewed certificate (for this node's own key) and JWT; the next dial uses them.
+    fn keep_credentials(&self, renewed: outpost_proto::v1::NodeCredentials) -> Result<(), String> {
+        use outpost_trust::tls;
+        let identity = {
+            let mut credentials = self.credentials.lock();
+            let new_cert = tls::certs_from_pem(&renewed.certificate_pem, "renewed certificate")
+                .map_err(|e| e.to_string())?;
+            let old_cert =
+                tls::certs_from_pem(&credentials.identity.certificate_pem, "certificate")
+                    .map_err(|e| e.to_string())?;
+            let (Some(new_leaf), Some(old_leaf)) = (new_cert.first(), old_cert.first()) else {
+                return Err("empty certificate".into());
+            };
+            let same_key = tls::spki_sha256(new_leaf).map_err(|e| e.to_string())?
+                == tls::spki_sha256(old_leaf).map_err(|e| e.to_string())?;
+            if !same_key {
+                return Err("the renewed certificate is for another key".into());
+            }
+            if tls::node_id_from_cert(new_leaf).map_err(|e| e.to_string())? != self.node_id {
+                return Err("the renewed certificate names another node".into());
+            }
+            let mut identity = credentials.identity.clone();
+            identity.certificate_pem = renewed.certificate_pem;
+            if !renewed.node_jwt.is_empty() {
+                identity.node_jwt = renewed.node_jwt;
+            }
+            credentials.client_config = client_config_for(&identity).map_err(|e| e.to_string())?;
+            credentials.identity = identity.clone();
+            credentials.renewal_asked = None;
+            identity
+        };
+        self.save(&identity);
+        self.stats
+            .certificate_renewals
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A certificate request when the certificate is due for renewal and none was asked for
+    /// within `retry_after`.
+    fn renewal_request(&self, lifetime_ms: u64, retry_after: Duration) -> Option<NodeEvent> {
+        let mut credentials = self.credentials.lock();
+        if credentials
+            .renewal_asked
+            .is_some_and(|at| at.elapsed() < retry_after)
+        {
+            return None;
+        }
+        let certs = outpost_trust::tls::certs_from_pem(
+            &credentials.identity.certificate_pem,
+            "certificate",
+        )
+        .ok()?;
+        let not_after = outpost_trust::tls::not_after_unix(certs.first()?).ok()?;
+        let now_s = outpost_clock::Clock::now_ms(&outpost_clock::SystemClock) / 1000;
+        if !renewal_due(not_after, now_s, lifetime_ms) {
+            return None;
+        }
+        let csr_pem = match outpost_trust::identity::renewal_csr(
+            &self.node_id,
+            &credentials.identity.key_pem,
+        ) {
+            Ok(csr) => csr,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build a certificate request");
+                return None;
+            }
+        };
+        credentials.renewal_asked = Some(std::time::Instant::now());
+        tracing::info!(node_id = %self.node_id, left_s = not_after - now_s, "asking the hub to renew this node's certificate");
+        Some(NodeEvent {
+            kind: Some(node_event::Kind::CertificateRequest(
+                outpost_proto::v1::CertificateRequest { csr_pem },
+            )),
+        })
+    }
 }
 
 impl std::fmt::Debug for SessionContext {
@@ -312,8 +455,15 @@ async fn session_once(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
     let addr = resolve(&ctx.hub_host, ctx.hub_port).await?;
+    let (client_config, jwt) = {
+        let credentials = ctx.credentials.lock();
+        (
+            credentials.client_config.clone(),
+            credentials.identity.node_jwt.clone(),
+        )
+    };
     let connecting = endpoint
-        .connect_with(ctx.client_config.clone(), addr, &ctx.server_name)
+        .connect_with(client_config, addr, &ctx.server_name)
         .map_err(|e| SessionError::Connect {
             addr: addr.to_string(),
             message: e.to_string(),
@@ -331,7 +481,7 @@ async fn session_once(
     let (mut send, mut recv) = connection.open_bi().await?;
     let hello = NodeHello {
         node_id: ctx.node_id.clone(),
-        jwt: ctx.jwt.clone(),
+        jwt,
         agent_version: env!("CARGO_PKG_VERSION").into(),
         capabilities: Some(capabilities),
     };
@@ -352,6 +502,13 @@ async fn session_once(
         // A refusal arrives as a close with the hub's reason.
         e = connection.closed() => return Err(SessionError::Closed(e)),
     };
+    if !ack.node_jwt.is_empty() {
+        ctx.keep_jwt(ack.node_jwt.clone());
+    }
+    let certificate_lifetime_ms = ack.node_certificate_lifetime_ms;
+    // Checked often enough for any lifetime the hub sets, at most once a minute.
+    let renewal_check = Duration::from_millis((certificate_lifetime_ms / 20).clamp(200, 60_000));
+    let mut next_renewal_check = tokio::time::Instant::now();
     let interval_ms = Arc::new(AtomicU32::new(ack.heartbeat_interval_ms.max(100)));
     ctx.stats.connected.store(true, Ordering::SeqCst);
     ctx.stats.sessions.fetch_add(1, Ordering::SeqCst);
@@ -398,7 +555,13 @@ async fn session_once(
             e = connection.closed() => return Err(SessionError::Closed(e)),
             incoming = connection.accept_bi() => {
                 let (send, recv) = incoming?;
-                tokio::spawn(handle_command(send, recv, interval_ms.clone(), mode.clone(), ctx.stats.clone(), runner.clone()));
+                tokio::spawn(handle_command(send, recv, interval_ms.clone(), mode.clone(), ctx.clone(), runner.clone()));
+            }
+            _ = tokio::time::sleep_until(next_renewal_check) => {
+                next_renewal_check = tokio::time::Instant::now() + renewal_check;
+                if let Some(request) = ctx.renewal_request(certificate_lifetime_ms, renewal_check * 5) {
+                    send_event(&connection, &request).await?;
+                }
             }
             _ = tokio::time::sleep_until(next_beat) => {
                 next_beat = tokio::time::Instant::now() + Duration::from_millis(u64::from(interval_ms.load(Ordering::Relaxed)));
@@ -520,9 +683,10 @@ async fn handle_command(
     mut recv: quinn::RecvStream,
     interval_ms: Arc<AtomicU32>,
     mode: Arc<AtomicU8>,
-    stats: Arc<SessionStats>,
+    ctx: Arc<SessionContext>,
     runner: Option<Arc<TaskRunner>>,
 ) {
+    let stats = ctx.stats.clone();
     let command: HubCommand = match framing::read_frame(&mut recv, MAX_COMMAND_FRAME).await {
         Ok(c) => c,
         Err(e) => {
@@ -579,6 +743,16 @@ async fn handle_command(
                 .as_ref()
                 .is_some_and(|r| r.cancel(&cancel.task_id, cancel.attempt)),
         ),
+        Some(hub_command::Kind::Credentials(renewed)) => match ctx.keep_credentials(renewed) {
+            Ok(()) => {
+                tracing::info!(node_id = %ctx.node_id, "certificate renewed");
+                node_reply::Kind::Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(node_id = %ctx.node_id, error = %e, "renewed credentials refused");
+                node_reply::Kind::Error(format!("credentials: {e}"))
+            }
+        },
         None => node_reply::Kind::Error("unknown command (newer hub?)".into()),
     };
     let reply = NodeReply {
@@ -610,6 +784,23 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, SessionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_are_renewed_once_a_third_of_their_lifetime_is_left() {
+        let day_ms = 24 * 3600 * 1000;
+        let day_s = 24 * 3600;
+        // 90-day certificates: due with less than 30 days left.
+        assert!(!renewal_due(100 * day_s, 69 * day_s, 90 * day_ms));
+        assert!(renewal_due(100 * day_s, 71 * day_s, 90 * day_ms));
+        assert!(
+            renewal_due(100 * day_s, 101 * day_s, 90 * day_ms),
+            "already expired"
+        );
+        assert!(
+            !renewal_due(100 * day_s, 99 * day_s, 0),
+            "a hub that does not renew"
+        );
+    }
 
     #[test]
     fn backoff_grows_caps_and_resets() {

@@ -160,13 +160,26 @@ pub fn new_key_and_csr(
     node_id: &str,
 ) -> Result<(rcgen::KeyPair, rcgen::CertificateSigningRequest), IdentityError> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let csr = csr_for(node_id, &key)?;
+    Ok((key, csr))
+}
+
+/// A CSR for `node_id` signed with the key in `key_pem` (a renewal keeps the key), PEM.
+pub fn renewal_csr(node_id: &str, key_pem: &str) -> Result<String, IdentityError> {
+    let key = rcgen::KeyPair::from_pem(key_pem)?;
+    Ok(csr_for(node_id, &key)?.pem()?)
+}
+
+fn csr_for(
+    node_id: &str,
+    key: &rcgen::KeyPair,
+) -> Result<rcgen::CertificateSigningRequest, IdentityError> {
     let mut params = rcgen::CertificateParams::new(vec![node_id.to_string()])?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, node_id);
-    let csr = params.serialize_request(&key)?;
-    Ok((key, csr))
+    Ok(params.serialize_request(key)?)
 }
 
 #[cfg(test)]

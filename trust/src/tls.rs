@@ -198,3 +198,11 @@ pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<String, TlsError> {
         .map_err(|e| TlsError::Certificate(format!("unparsable: {e}")))?;
     Ok(crate::auth::sha256_hex(parsed.public_key().raw))
 }
+
+/// When a certificate stops being valid (its `notAfter`), in seconds since the Unix epoch.
+pub fn not_after_unix(cert: &CertificateDer<'_>) -> Result<i64, TlsError> {
+    use x509_parser::prelude::*;
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| TlsError::Certificate(format!("unparsable: {e}")))?;
+    Ok(parsed.validity().not_after.timestamp())
+}

@@ -5,15 +5,13 @@
 use outpost_proto::v1::{
     BeginJoinResponse, CompleteJoinRequest, CompleteJoinResponse, CreateBootstrapTokenResponse,
 };
-use outpost_trust::auth::{BootstrapToken, Role, STATIC_TOKEN_ID, verify_join_proof};
+use outpost_trust::auth::{BootstrapToken, STATIC_TOKEN_ID, verify_join_proof};
 
 use crate::state::HubState;
 use crate::store::{BindOutcome, ChallengeRow, JoinedNode, StoreError, TokenRow};
 
 /// How long a join nonce may be answered.
 pub const CHALLENGE_TTL_MS: i64 = 60_000;
-/// Lifetime of node certificates and JWTs, in seconds.
-pub const NODE_CREDENTIAL_TTL_S: i64 = 365 * 24 * 3600;
 /// Default bootstrap token lifetime.
 pub const DEFAULT_TOKEN_TTL_S: u64 = 3600;
 
@@ -208,7 +206,6 @@ pub async fn complete(
     }
     let (certificate_pem, spki) = state
         .credentials
-        .ca
         .sign_node_csr(&csr_der, &request.node_id)
         .map_err(|e| AdmissionError::BadCsr(e.to_string()))?;
     // Refuse before spending the token when the id is taken by another key.
@@ -244,14 +241,7 @@ pub async fn complete(
     state.fleet.liveness().add_known(&request.node_id, draining);
     let node_jwt = state
         .credentials
-        .auth
-        .issue_bound(
-            &request.node_id,
-            Role::Node,
-            &spki,
-            now / 1000,
-            NODE_CREDENTIAL_TTL_S,
-        )
+        .node_token(&request.node_id, &spki, now / 1000)
         .map_err(|e| AdmissionError::Signing(e.to_string()))?;
     tracing::info!(node_id = %request.node_id, token = %request.token_id, "node joined");
     Ok(CompleteJoinResponse {

@@ -20,6 +20,26 @@ pub struct HubCredentials {
     hub_names: Vec<String>,
     /// How fast joins may begin.
     join_limiter: parking_lot::Mutex<join_limit::JoinLimiter>,
+    /// How long node certificates and node JWTs last.
+    lifetimes: NodeLifetimes,
+}
+
+/// How long what the hub issues to a node lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLifetimes {
+    /// A node certificate (renewed in session once a third is left).
+    pub certificate: std::time::Duration,
+    /// A node JWT (a fresh one comes with every session).
+    pub token: std::time::Duration,
+}
+
+impl Default for NodeLifetimes {
+    fn default() -> Self {
+        Self {
+            certificate: std::time::Duration::from_secs(90 * 24 * 3600),
+            token: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 impl HubCredentials {
@@ -32,6 +52,7 @@ impl HubCredentials {
         mtls: bool,
         hub_names: &[String],
         join_limiter: join_limit::JoinLimiter,
+        lifetimes: NodeLifetimes,
     ) -> Self {
         Self {
             auth,
@@ -40,6 +61,7 @@ impl HubCredentials {
             mtls,
             hub_names: hub_names.iter().map(|n| n.to_ascii_lowercase()).collect(),
             join_limiter: parking_lot::Mutex::new(join_limiter),
+            lifetimes,
         }
     }
 
@@ -62,6 +84,34 @@ impl HubCredentials {
         now_ms: u64,
     ) -> Result<(), join_limit::RateLimited> {
         self.join_limiter.lock().admit(source, now_ms)
+    }
+
+    /// How long node certificates and JWTs last.
+    pub fn lifetimes(&self) -> NodeLifetimes {
+        self.lifetimes
+    }
+
+    /// A node JWT for `node_id` bound to the key with hex SHA-256 `key`, issued at `now_s`.
+    pub fn node_token(
+        &self,
+        node_id: &str,
+        key: &str,
+        now_s: i64,
+    ) -> Result<String, outpost_trust::auth::AuthError> {
+        let ttl = i64::try_from(self.lifetimes.token.as_secs()).unwrap_or(i64::MAX / 2);
+        self.auth
+            .issue_bound(node_id, outpost_trust::auth::Role::Node, key, now_s, ttl)
+    }
+
+    /// Signs a node's CSR (DER) for `node_id` with the node certificate lifetime; the PEM and
+    /// the hex SHA-256 of the certified key.
+    pub fn sign_node_csr(
+        &self,
+        csr_der: &[u8],
+        node_id: &str,
+    ) -> Result<(String, String), pki::PkiError> {
+        self.ca
+            .sign_node_csr(csr_der, node_id, self.lifetimes.certificate)
     }
 
     /// Mints and verifies JWTs.
@@ -98,7 +148,15 @@ mod tests {
             },
             0,
         );
-        let credentials = HubCredentials::new(auth, pki.ca, None, false, &names, limiter);
+        let credentials = HubCredentials::new(
+            auth,
+            pki.ca,
+            None,
+            false,
+            &names,
+            limiter,
+            NodeLifetimes::default(),
+        );
         for taken in ["hub.example", "HUB.EXAMPLE"] {
             let err = credentials.check_node_id(taken).unwrap_err();
             assert!(err.contains("one of the hub's own names"), "{taken}: {err}");

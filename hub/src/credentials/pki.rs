@@ -19,7 +19,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-/// Validity of node and client certificates.
+/// Validity of the hub's own server and client certificates.
 const LEAF_DAYS: i64 = 365;
 /// Validity of the CA.
 const CA_DAYS: i64 = 3650;
@@ -132,6 +132,23 @@ fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + time::Duration::days(days);
 }
 
+/// The hub and client certificates are issued again at start once this close to expiry.
+const RENEW_BEFORE_DAYS: i64 = 30;
+
+/// Whether the certificate in `path` ends within [`RENEW_BEFORE_DAYS`] (or cannot be read).
+fn expires_soon(path: &Path) -> bool {
+    let ends = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|pem| outpost_trust::tls::certs_from_pem(&pem, "certificate").ok())
+        .and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| outpost_trust::tls::not_after_unix(c).ok())
+        });
+    let horizon = time::OffsetDateTime::now_utc() + time::Duration::days(RENEW_BEFORE_DAYS);
+    ends.is_none_or(|ends| ends < horizon.unix_timestamp())
+}
+
 fn san_for(name: &str) -> Result<SanType, PkiError> {
     Ok(match name.parse::<IpAddr>() {
         Ok(ip) => SanType::IpAddress(ip),
@@ -213,8 +230,10 @@ impl HubPki {
         })?;
         let ca = CertAuthority { ca_pem, issuer };
 
-        // Hub server certificate
-        if !(p(files::HUB_CERT).exists() && p(files::HUB_KEY).exists()) {
+        // Hub server certificate (issued again when it is within RENEW_BEFORE_DAYS of expiry)
+        if !(p(files::HUB_CERT).exists() && p(files::HUB_KEY).exists())
+            || expires_soon(&p(files::HUB_CERT))
+        {
             let names = hub_names(server_names);
             let (cert, key) =
                 ca.issue_leaf("outpost-hub", &names, ExtendedKeyUsagePurpose::ServerAuth)?;
@@ -223,7 +242,9 @@ impl HubPki {
             created.extend([files::HUB_CERT, files::HUB_KEY]);
         }
         // Operator client certificate (mTLS CLI)
-        if !(p(files::CLIENT_CERT).exists() && p(files::CLIENT_KEY).exists()) {
+        if !(p(files::CLIENT_CERT).exists() && p(files::CLIENT_KEY).exists())
+            || expires_soon(&p(files::CLIENT_CERT))
+        {
             let (cert, key) = ca.issue_leaf(
                 "outpost-operator",
                 &["outpost-operator".to_string()],
@@ -295,6 +316,7 @@ impl CertAuthority {
         &self,
         csr_der: &[u8],
         node_id: &str,
+        lifetime: std::time::Duration,
     ) -> Result<(String, String), PkiError> {
         let der = rustls::pki_types::CertificateSigningRequestDer::from(csr_der);
         let csr = rcgen::CertificateSigningRequestParams::from_der(&der)
@@ -306,7 +328,10 @@ impl CertAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, LEAF_DAYS);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now
+            + time::Duration::seconds(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX / 2));
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         let der = cert.der().clone();
         let spki =
@@ -340,7 +365,10 @@ mod tests {
         assert_eq!(first.auth_secret_file, second.auth_secret_file);
 
         let (_key, csr) = outpost_trust::identity::new_key_and_csr("node-a").unwrap();
-        let (cert_pem, spki) = second.ca.sign_node_csr(csr.der(), "node-a").unwrap();
+        let (cert_pem, spki) = second
+            .ca
+            .sign_node_csr(csr.der(), "node-a", std::time::Duration::from_secs(3600))
+            .unwrap();
         let cert = outpost_trust::tls::certs_from_pem(&cert_pem, "node").unwrap();
         assert_eq!(
             outpost_trust::tls::node_id_from_cert(&cert[0]).unwrap(),
@@ -352,13 +380,21 @@ mod tests {
         let usage = parsed.extended_key_usage().unwrap().unwrap().value;
         assert!(usage.client_auth && !usage.server_auth, "{usage:?}");
         // The CSR asked for node-a, but the hub decides the name.
-        let (forced, _) = second.ca.sign_node_csr(csr.der(), "node-b").unwrap();
+        let (forced, _) = second
+            .ca
+            .sign_node_csr(csr.der(), "node-b", std::time::Duration::from_secs(3600))
+            .unwrap();
         let forced = outpost_trust::tls::certs_from_pem(&forced, "node").unwrap();
         assert_eq!(
             outpost_trust::tls::node_id_from_cert(&forced[0]).unwrap(),
             "node-b"
         );
-        assert!(second.ca.sign_node_csr(b"garbage", "n").is_err());
+        assert!(
+            second
+                .ca
+                .sign_node_csr(b"garbage", "n", std::time::Duration::from_secs(3600))
+                .is_err()
+        );
     }
 
     #[test]
@@ -371,7 +407,10 @@ mod tests {
         let text = format!("{}{}", proved.pem().unwrap(), other.pem().unwrap());
         let der = csr_der_from_pem(&text).unwrap();
         assert_eq!(der, proved.der().as_ref());
-        let (_, spki) = pki.ca.sign_node_csr(&der, "node-a").unwrap();
+        let (_, spki) = pki
+            .ca
+            .sign_node_csr(&der, "node-a", std::time::Duration::from_secs(3600))
+            .unwrap();
         assert_eq!(
             spki,
             outpost_trust::auth::sha256_hex(&rcgen::PublicKeyData::subject_public_key_info(

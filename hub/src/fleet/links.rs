@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use outpost_proto::framing;
 use outpost_proto::v1::{
-    CancelTask, HubCommand, InstallTool, NodeReply, Ping, RunTask, hub_command, node_reply,
+    CancelTask, HubCommand, InstallTool, NodeCredentials, NodeReply, Ping, RunTask, hub_command,
+    node_reply,
 };
 use parking_lot::RwLock;
 
@@ -56,6 +57,8 @@ pub trait NodeLink: Send + Sync + std::fmt::Debug {
     async fn install_tool(&self, command: InstallTool) -> Result<RunAnswer, LinkError>;
     /// Stops an attempt if it still runs; true when it did.
     async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError>;
+    /// Hands the node a renewed certificate and a fresh JWT; Ok once it kept them.
+    async fn send_credentials(&self, credentials: NodeCredentials) -> Result<(), LinkError>;
     /// The transport's own round-trip estimate.
     fn rtt(&self) -> Option<Duration>;
     /// Where the node's session comes from.
@@ -202,6 +205,18 @@ impl NodeLink for QuicLink {
         }
     }
 
+    async fn send_credentials(&self, credentials: NodeCredentials) -> Result<(), LinkError> {
+        match self
+            .command(hub_command::Kind::Credentials(credentials))
+            .await?
+        {
+            node_reply::Kind::Ok(true) => Ok(()),
+            other => Err(LinkError::Transport(format!(
+                "unexpected answer to credentials: {other:?}"
+            ))),
+        }
+    }
+
     fn rtt(&self) -> Option<Duration> {
         Some(self.connection.rtt())
     }
@@ -327,6 +342,10 @@ impl NodeLink for LoopbackLink {
     async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError> {
         self.cancels.lock().push((task_id.to_string(), attempt));
         Ok(true)
+    }
+
+    async fn send_credentials(&self, _credentials: NodeCredentials) -> Result<(), LinkError> {
+        Ok(())
     }
 
     fn rtt(&self) -> Option<Duration> {

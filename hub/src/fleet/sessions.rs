@@ -105,7 +105,7 @@ fn refuse(connection: &quinn::Connection, code: u32, reason: &str) {
 async fn authenticate(
     connection: &quinn::Connection,
     state: &HubState,
-) -> Result<(String, NodeHello, quinn::SendStream), (u32, String)> {
+) -> Result<(String, NodeHello, quinn::SendStream, String), (u32, String)> {
     let certs = connection
         .peer_identity()
         .and_then(|any| {
@@ -142,10 +142,12 @@ async fn authenticate(
     })?
     .map_err(|e| (close_code::PROTOCOL, format!("hello: {e}")))?;
 
+    // The certificate (checked by TLS) and its registry binding authenticate the node; the
+    // JWT must be this hub's, for this node and key, however old: the ack brings a fresh one.
     let claims = state
         .credentials
         .auth()
-        .verify(&hello.jwt)
+        .verify_ignoring_expiry(&hello.jwt)
         .map_err(|e| (close_code::UNAUTHORIZED, format!("node JWT: {e}")))?;
     if claims.role != Role::Node {
         return Err((
@@ -185,11 +187,19 @@ async fn authenticate(
             format!("node {cert_node_id:?} joined with another key"),
         ));
     }
-    Ok((cert_node_id, hello, send))
+    let expires_s = outpost_trust::tls::not_after_unix(leaf)
+        .map_err(|e| (close_code::UNAUTHORIZED, format!("node certificate: {e}")))?;
+    let left_s = expires_s - state.now_ms() / 1000;
+    let lifetime_s =
+        i64::try_from(state.credentials.lifetimes().certificate.as_secs()).unwrap_or(i64::MAX);
+    if left_s < lifetime_s / 3 {
+        tracing::warn!(node_id = %cert_node_id, left_s, "the node's certificate expires soon; it renews it in this session");
+    }
+    Ok((cert_node_id, hello, send, spki))
 }
 
 async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
-    let (node_id, hello, mut send) = match authenticate(&connection, &state).await {
+    let (node_id, hello, mut send, key) = match authenticate(&connection, &state).await {
         Ok(ok) => ok,
         Err((code, reason)) => {
             refuse(&connection, code, &reason);
@@ -241,10 +251,25 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
             None
         }
     };
+    let node_jwt = match state
+        .credentials
+        .node_token(&node_id, &key, state.now_ms() / 1000)
+    {
+        Ok(token) => token,
+        Err(e) => {
+            tracing::warn!(node_id = %node_id, error = %e, "no fresh node JWT for this session");
+            String::new()
+        }
+    };
     let ack = HelloAck {
         heartbeat_interval_ms: interval_ms,
         hub_id: "outpost-hub".into(),
         heartbeat_channel_id: channel.as_ref().map_or(0, |c| c.id()),
+        node_jwt,
+        node_certificate_lifetime_ms: u64::try_from(
+            state.credentials.lifetimes().certificate.as_millis(),
+        )
+        .unwrap_or(u64::MAX),
     };
     if framing::write_frame(&mut send, &ack).await.is_err() {
         state
@@ -266,12 +291,16 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
     // Events on uni streams in their own task, so the datagram path below is a single await.
     let events = {
         let (state, node_id, connection) = (state.clone(), node_id.clone(), connection.clone());
+        let session = Arc::new(SessionPeer {
+            key,
+            link: link.clone(),
+        });
         tokio::spawn(async move {
             while let Ok(mut recv) = connection.accept_uni().await {
-                let (state, node_id) = (state.clone(), node_id.clone());
+                let (state, node_id, session) = (state.clone(), node_id.clone(), session.clone());
                 tokio::spawn(async move {
                     match framing::read_frame::<NodeEvent>(&mut recv, MAX_EVENT).await {
-                        Ok(event) => on_event(&state, &node_id, event).await,
+                        Ok(event) => on_event(&state, &node_id, &session, event).await,
                         Err(e) => {
                             // Told at once (not by a silent drop), so the node can report
                             // what it could not deliver instead of sending it again.
@@ -376,8 +405,56 @@ pub fn on_heartbeat(
     }
 }
 
-async fn on_event(state: &HubState, node_id: &str, event: NodeEvent) {
+/// What the hub knows of a session's peer besides its id.
+struct SessionPeer {
+    /// Hex SHA-256 of the key its certificate holds.
+    key: String,
+    /// Its commands link.
+    link: Arc<dyn NodeLink>,
+}
+
+/// A node asks for a new certificate for the key its session authenticated with: signed and
+/// handed back with a fresh JWT. A CSR for any other key is refused (a renewal never moves a
+/// node to a new key; joining again does).
+async fn renew_certificate(
+    state: &HubState,
+    node_id: &str,
+    session: &SessionPeer,
+    request: &outpost_proto::v1::CertificateRequest,
+) -> Result<(), String> {
+    let der =
+        crate::credentials::pki::csr_der_from_pem(&request.csr_pem).map_err(|e| e.to_string())?;
+    let (certificate_pem, key) = state
+        .credentials
+        .sign_node_csr(&der, node_id)
+        .map_err(|e| e.to_string())?;
+    if key != session.key {
+        return Err("the request is for another key than the session's".into());
+    }
+    let node_jwt = state
+        .credentials
+        .node_token(node_id, &key, state.now_ms() / 1000)
+        .map_err(|e| e.to_string())?;
+    session
+        .link
+        .send_credentials(outpost_proto::v1::NodeCredentials {
+            certificate_pem,
+            node_jwt,
+        })
+        .await
+        .map_err(|e| format!("handing over the new certificate: {e}"))
+}
+
+async fn on_event(state: &HubState, node_id: &str, session: &SessionPeer, event: NodeEvent) {
     match event.kind {
+        Some(node_event::Kind::CertificateRequest(request)) => {
+            match renew_certificate(state, node_id, session, &request).await {
+                Ok(()) => tracing::info!(node_id = %node_id, "node certificate renewed"),
+                Err(e) => {
+                    tracing::warn!(node_id = %node_id, error = %e, "node certificate not renewed")
+                }
+            }
+        }
         Some(node_event::Kind::Heartbeat(heartbeat)) => {
             on_heartbeat(state, node_id, heartbeat, HeartbeatTransport::Stream)
         }

@@ -582,7 +582,10 @@ async fn a_node_cannot_pose_as_the_hub() {
     let pki =
         outpost_hub::credentials::pki::HubPki::load_or_init(&hub.config.cert_dir(), &[]).unwrap();
     let (key, csr) = new_key_and_csr("localhost").unwrap();
-    let (cert_pem, _) = pki.ca.sign_node_csr(csr.der(), "localhost").unwrap();
+    let (cert_pem, _) = pki
+        .ca
+        .sign_node_csr(csr.der(), "localhost", Duration::from_secs(3600))
+        .unwrap();
     let (_reporter, health) = tonic_health::server::health_reporter();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -4,6 +4,7 @@
 
 mod auth;
 mod clocks;
+mod credentials;
 mod fleet;
 mod grpc_surface;
 mod heartbeat_channel;
