@@ -76,6 +76,9 @@ pub enum TasksCommand {
         /// How many.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Only tasks older than this one (the id the previous page ended with).
+        #[arg(long)]
+        before: Option<String>,
     },
     /// Cancel a task that has not finished.
     Cancel {
@@ -343,12 +346,17 @@ pub(crate) async fn tasks(
                 .into_inner();
             print_task(&task, json_out, out)?;
         }
-        TasksCommand::List { status, limit } => {
+        TasksCommand::List {
+            status,
+            limit,
+            before,
+        } => {
             let list = client
                 .list_tasks(with_bearer(
                     ListTasksRequest {
                         status: status.unwrap_or_default(),
                         limit,
+                        before: before.unwrap_or_default(),
                     },
                     &jwt,
                 ))

@@ -378,9 +378,19 @@ impl TaskRunner {
             &command.policy_toml,
             &format!("policy of tool {:?}", command.tool),
         )?;
-        let boundary = &self.boundary;
-        policy.check_node_allowlists(&boundary.env_allow, &boundary.allow_hosts)?;
-        let mut resolved = policy.resolve_within(&boundary.safe_paths, &boundary.protected)?;
+        // Resolving reads the file system and looks names up: off the async workers.
+        let boundary = self.boundary.clone();
+        let mut resolved = tokio::task::spawn_blocking(move || {
+            policy.check_node_allowlists(&boundary.env_allow, &boundary.allow_hosts)?;
+            policy.resolve_within(&boundary.safe_paths, &boundary.protected)
+        })
+        .await
+        .map_err(|e| {
+            SandboxError::new(
+                ErrorKind::Trap,
+                format!("resolving the policy panicked: {e}"),
+            )
+        })??;
         let mut env: Vec<(&String, &String)> = command.env.iter().collect();
         env.sort();
         for (key, value) in env {
@@ -388,7 +398,9 @@ impl TaskRunner {
             resolved.env.push((key.clone(), value.clone()));
         }
         if command.timeout_ms > 0 {
-            resolved.limits.timeout = Duration::from_millis(command.timeout_ms);
+            // The hub's timeout never lifts the sandbox's own cap.
+            resolved.limits.timeout =
+                Duration::from_millis(command.timeout_ms).min(outpost_sandbox::policy::MAX_TIMEOUT);
         }
         // An output the result could not carry stops the tool as soon as it passes the limit.
         resolved.limits.max_output = resolved.limits.max_output.min(MAX_RESULT_OUTPUT as u64);

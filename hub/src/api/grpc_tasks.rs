@@ -64,9 +64,16 @@ impl TaskService for HubGrpc {
     ) -> Result<Response<ListTasksResponse>, Status> {
         self.read(&request, Subject::Fleet, "list tasks").await?;
         let r = request.get_ref();
-        let rows = tasks::list(self.state(), Some(r.status.as_str()), r.limit).await?;
+        let page = tasks::list(
+            self.state(),
+            Some(r.status.as_str()),
+            r.limit,
+            Some(&r.before),
+        )
+        .await?;
         Ok(Response::new(ListTasksResponse {
-            tasks: rows.iter().map(views::task_view).collect(),
+            tasks: page.tasks.iter().map(views::task_view).collect(),
+            next_before: page.next_before.unwrap_or_default(),
         }))
     }
 

@@ -354,20 +354,30 @@ async fn submit_task(
 struct ListTasksQuery {
     status: Option<String>,
     limit: Option<u32>,
+    before: Option<String>,
 }
 
 async fn list_tasks(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
     query: Result<Query<ListTasksQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     read(&state, &headers, Subject::Fleet, "list tasks").await?;
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
-    let rows = tasks::list(&state, query.status.as_deref(), query.limit.unwrap_or(100)).await?;
-    Ok(axum::Json(Value::Array(
-        rows.iter().map(task_json).collect(),
-    )))
+    let page = tasks::list(
+        &state,
+        query.status.as_deref(),
+        query.limit.unwrap_or(100),
+        query.before.as_deref(),
+    )
+    .await?;
+    let body = axum::Json(Value::Array(page.tasks.iter().map(task_json).collect()));
+    // The next page: `?before=<this id>`; absent on the last page.
+    Ok(match page.next_before {
+        Some(next) => ([("x-next-before", next)], body).into_response(),
+        None => body.into_response(),
+    })
 }
 
 async fn get_task(

@@ -85,8 +85,9 @@ impl From<AdmissionError> for tonic::Status {
                 status
             }
             AdmissionError::Store(_) | AdmissionError::Signing(_) => {
+                // The caller is not authenticated yet: the cause goes to the hub's log only.
                 tracing::error!(error = %e, "join failed inside the hub");
-                Status::internal(e.to_string())
+                Status::internal("the hub could not complete the join; its log says why")
             }
             _ => Status::permission_denied(e.to_string()),
         }

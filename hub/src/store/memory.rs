@@ -270,9 +270,13 @@ impl Store for MemoryStore {
         &self,
         statuses: &[TaskStatus],
         limit: u32,
+        before: Option<(i64, &str)>,
     ) -> Result<Vec<TaskRow>, StoreError> {
         let mut rows = self.queue(statuses, u32::MAX).await?;
         rows.reverse();
+        if let Some((at, id)) = before {
+            rows.retain(|t| (t.created_at_ms, t.id.as_str()) < (at, id));
+        }
         rows.truncate(limit as usize);
         Ok(rows)
     }

@@ -297,11 +297,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// One task.
     async fn get_task(&self, id: &str) -> Result<Option<TaskRow>, StoreError>;
-    /// Tasks in any of `statuses` (all when empty), newest first, at most `limit`.
+    /// Tasks in any of `statuses` (all when empty), newest first, at most `limit`; with
+    /// `before` (a task's creation time and id) only tasks older than that one.
     async fn list_tasks(
         &self,
         statuses: &[TaskStatus],
         limit: u32,
+        before: Option<(i64, &str)>,
     ) -> Result<Vec<TaskRow>, StoreError>;
     /// Tasks in any of `statuses`, oldest first (the queue order), at most `limit`.
     async fn queue(&self, statuses: &[TaskStatus], limit: u32) -> Result<Vec<TaskRow>, StoreError>;
@@ -657,10 +659,22 @@ mod conformance {
         // Listing: newest first, queue oldest first, filtered by status.
         let ids = |rows: Vec<TaskRow>| rows.into_iter().map(|t| t.id).collect::<Vec<_>>();
         assert_eq!(
-            ids(store.list_tasks(&[], 10).await.unwrap()),
+            ids(store.list_tasks(&[], 10, None).await.unwrap()),
             ["t4", "t3", "t1"]
         );
-        assert_eq!(ids(store.list_tasks(&[], 2).await.unwrap()), ["t4", "t3"]);
+        assert_eq!(
+            ids(store.list_tasks(&[], 2, None).await.unwrap()),
+            ["t4", "t3"]
+        );
+        let t3 = store.get_task("t3").await.unwrap().unwrap();
+        assert_eq!(
+            ids(store
+                .list_tasks(&[], 10, Some((t3.created_at_ms, "t3")))
+                .await
+                .unwrap()),
+            ["t1"],
+            "the page after t3"
+        );
         assert_eq!(
             ids(store.queue(&[TaskStatus::Queued], 10).await.unwrap()),
             ["t3", "t4"]

@@ -441,15 +441,26 @@ impl SqlStore {
         &self,
         statuses: &[TaskStatus],
         limit: u32,
+        before: Option<(i64, &str)>,
         order: &str,
     ) -> Result<Vec<TaskRow>, StoreError> {
+        let cursor = match before {
+            Some(_) => {
+                let (at, id) = (statuses.len() + 1, statuses.len() + 2);
+                format!(" AND (created_at_ms < ${at} OR (created_at_ms = ${at} AND id < ${id}))")
+            }
+            None => String::new(),
+        };
         let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE {} ORDER BY {order} LIMIT {limit}",
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE {}{cursor} ORDER BY {order} LIMIT {limit}",
             status_filter(statuses, 1),
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for status in statuses {
             query = query.bind(status.as_str());
+        }
+        if let Some((at, id)) = before {
+            query = query.bind(at).bind(id.to_string());
         }
         let rows = query.fetch_all(&self.pool).await?;
         Ok(rows.iter().map(task_from_row).collect::<Result<_, _>>()?)
@@ -911,13 +922,14 @@ impl Store for SqlStore {
         &self,
         statuses: &[TaskStatus],
         limit: u32,
+        before: Option<(i64, &str)>,
     ) -> Result<Vec<TaskRow>, StoreError> {
-        self.select_tasks(statuses, limit, "created_at_ms DESC, id DESC")
+        self.select_tasks(statuses, limit, before, "created_at_ms DESC, id DESC")
             .await
     }
 
     async fn queue(&self, statuses: &[TaskStatus], limit: u32) -> Result<Vec<TaskRow>, StoreError> {
-        self.select_tasks(statuses, limit, "created_at_ms, id")
+        self.select_tasks(statuses, limit, None, "created_at_ms, id")
             .await
     }
 

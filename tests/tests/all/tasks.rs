@@ -403,6 +403,22 @@ async fn tasks_are_placed_by_requirement_and_run_in_the_sandbox() {
     .await;
     assert_eq!(status, 200, "a replayed submit is not a new task");
     assert_eq!(again["id"], created["id"]);
+    // The same key for other work is a mistake, not a replay.
+    let (status, conflict) = http_json(
+        "POST",
+        &format!("{}/api/admin/tasks", hub.http_url()),
+        Some(&admin),
+        Some(r#"{"tool":"echo","input":"other work","idempotency_key":"rest-1"}"#),
+    )
+    .await;
+    assert_eq!(status, 409, "{conflict}");
+    assert!(
+        conflict["error"].as_str().unwrap().contains(&format!(
+            "idempotency key \"rest-1\" was used for task {} with another input",
+            created["id"].as_str().unwrap()
+        )),
+        "{conflict}"
+    );
     let (status, tools) = http_json(
         "GET",
         &format!("{}/api/admin/tools", hub.http_url()),

@@ -223,6 +223,13 @@ pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted
     };
     drop(placing);
     let created = stored.id == row.id;
+    if !created && let Some(field) = spec_difference(&stored, &row) {
+        return Err(TaskError::Conflict(format!(
+            "idempotency key {:?} was used for task {} with another {field}; use a new key for new work",
+            row.idempotency_key.as_deref().unwrap_or_default(),
+            stored.id
+        )));
+    }
     if created {
         tracing::info!(task_id = %row.id, tool = %row.tool, "task submitted");
         state.tasks.changed();
@@ -235,6 +242,20 @@ pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted
         task: stored,
         created,
     })
+}
+
+/// The first field in which two submissions differ, if any (what a retried submit must repeat).
+fn spec_difference(first: &TaskRow, retried: &TaskRow) -> Option<&'static str> {
+    [
+        ("tool", first.tool == retried.tool),
+        ("command", first.command == retried.command),
+        ("input", first.input == retried.input),
+        ("requirements", first.requirements == retried.requirements),
+        ("max_attempts", first.max_attempts == retried.max_attempts),
+        ("timeout_ms", first.timeout_ms == retried.timeout_ms),
+    ]
+    .into_iter()
+    .find_map(|(field, same)| (!same).then_some(field))
 }
 
 /// A tool's metadata, from the tool registry's short-lived cache.
@@ -256,7 +277,8 @@ pub async fn list(
     state: &HubState,
     status_filter: Option<&str>,
     limit: u32,
-) -> Result<Vec<TaskRow>, TaskError> {
+    before: Option<&str>,
+) -> Result<TaskPage, TaskError> {
     let statuses: Vec<TaskStatus> = match status_filter.filter(|s| !s.is_empty()) {
         Some(s) => vec![s.parse().map_err(|_| {
             let all: Vec<&str> = TaskStatus::ALL.iter().map(|s| s.as_str()).collect();
@@ -265,7 +287,55 @@ pub async fn list(
         None => vec![],
     };
     let limit = if limit == 0 { 100 } else { limit.min(10_000) };
-    Ok(state.store().list_tasks(&statuses, limit).await?)
+    let cursor = match before.filter(|b| !b.is_empty()) {
+        Some(id) => {
+            let task = state.store().get_task(id).await?.ok_or_else(|| {
+                TaskError::Invalid(format!("before: no task {id:?} to list from"))
+            })?;
+            Some((task.created_at_ms, task.id))
+        }
+        None => None,
+    };
+    let rows = state
+        .store()
+        .list_tasks(
+            &statuses,
+            limit,
+            cursor.as_ref().map(|(at, id)| (*at, id.as_str())),
+        )
+        .await?;
+    let full = rows.len() == limit as usize;
+    // Outputs may be megabytes each: a page ends once they add up to the budget.
+    let mut bytes = 0usize;
+    let mut tasks = Vec::with_capacity(rows.len());
+    for row in rows {
+        bytes += row.output.as_ref().map_or(0, String::len) + row.input.len();
+        let over = bytes > MAX_PAGE_BYTES && !tasks.is_empty();
+        if over {
+            let next_before = tasks.last().map(|t: &TaskRow| t.id.clone());
+            return Ok(TaskPage { tasks, next_before });
+        }
+        tasks.push(row);
+    }
+    let next_before = if full {
+        tasks.last().map(|t| t.id.clone())
+    } else {
+        None
+    };
+    Ok(TaskPage { tasks, next_before })
+}
+
+/// Inputs and outputs one page of a task list carries at most (a single task past it still
+/// comes, alone).
+pub const MAX_PAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// One page of a task list, newest first.
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    /// The tasks.
+    pub tasks: Vec<TaskRow>,
+    /// The id to list from for the next page; `None` when this page reached the oldest task.
+    pub next_before: Option<String>,
 }
 
 /// Cancels a task that has not finished; a running attempt is stopped on its node.

@@ -14,8 +14,9 @@ use crate::work::scheduler::{ComputeCapability, Requirements};
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 /// Longest idempotency key.
 const MAX_KEY_BYTES: usize = 200;
-/// Longest per-attempt timeout a task may ask for.
-const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// Longest per-attempt timeout a task may ask for: the sandbox's wall-time cap, which every
+/// node enforces.
+const MAX_TIMEOUT_MS: u64 = outpost_sandbox::policy::MAX_TIMEOUT.as_millis() as u64;
 /// Most placements a task may ask for.
 const MAX_ATTEMPTS: u32 = 100;
 
@@ -166,7 +167,9 @@ impl SubmitSpec {
             return Err(invalid(format!("max_attempts: at most {MAX_ATTEMPTS}")));
         }
         if self.timeout_ms > MAX_TIMEOUT_MS {
-            return Err(invalid("timeout_ms: at most 24 hours".into()));
+            return Err(invalid(format!(
+                "timeout_ms: at most {MAX_TIMEOUT_MS} (1 hour, what a node's sandbox allows)"
+            )));
         }
         self.requirements
             .to_requirements()
