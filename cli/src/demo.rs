@@ -183,7 +183,7 @@ async fn run_sample_tasks(
         ("echo", outpost_guests::ECHO_COMPONENT),
         ("gpu-job", outpost_guests::GPU_JOB_COMPONENT),
     ] {
-        let tool = outpost_hub::work::tools::push(state, name, bytes.to_vec(), "")
+        let tool = outpost_hub::work::tools::push(state, name, bytes.to_vec(), "", None)
             .await
             .with_context(|| format!("pushing the sample tool {name}"))?;
         if !json_out {

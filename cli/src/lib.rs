@@ -94,6 +94,24 @@ enum Command {
         #[command(subcommand)]
         command: ToolCommand,
     },
+    /// Publisher keys that sign tools.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a publisher key: DIR/NAME.key (private, owner-only) and DIR/NAME.pub; prints the
+    /// public key to put in `[tools] trusted_publishers` and `[node] trusted_publishers`.
+    Create {
+        /// Name of the key files.
+        name: String,
+        /// Directory to write to (default: the current one).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +127,8 @@ enum ToolCommand {
         /// Tool name.
         name: String,
     },
+    /// Sign a component and its policy with a publisher key (writes FILE.sig).
+    Sign(crate::work::ToolSignArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -372,6 +392,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Tool {
             command: ToolCommand::List,
         } => crate::work::tool_list(&global, out).await,
+        Command::Tool {
+            command: ToolCommand::Sign(args),
+        } => crate::work::tool_sign(&global, args, out),
+        Command::Keys {
+            command: KeysCommand::Create { name, dir },
+        } => crate::work::keys_create(&global, &name, &dir, out),
         Command::Tool {
             command: ToolCommand::Inspect { name },
         } => crate::work::tool_inspect(&global, &name, out).await,

@@ -175,6 +175,118 @@ pub struct ToolPushArgs {
     /// The tool's policy.toml (grants and limits); default: deny everything, default limits.
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// The publisher's signature (`outpost tool sign`); default: FILE.sig when it exists.
+    #[arg(long)]
+    signature: Option<PathBuf>,
+}
+
+/// `outpost tool sign FILE --key KEY [--policy FILE] [--out FILE]`
+#[derive(Debug, Args)]
+pub struct ToolSignArgs {
+    /// The component (.wasm).
+    file: PathBuf,
+    /// The publisher's private key (`outpost keys create`).
+    #[arg(long)]
+    key: PathBuf,
+    /// The policy.toml the tool will be pushed with (the signature covers it).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Where to write the signature; default FILE.sig.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Where a component's signature is kept by default: `FILE.sig`.
+fn signature_path(component: &std::path::Path) -> PathBuf {
+    let mut path = component.as_os_str().to_owned();
+    path.push(".sig");
+    PathBuf::from(path)
+}
+
+fn read_policy(policy: Option<&PathBuf>) -> anyhow::Result<String> {
+    match policy {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the policy {}", path.display())),
+        None => Ok(String::new()),
+    }
+}
+
+/// `outpost tool sign`
+pub(crate) fn tool_sign(
+    global: &GlobalArgs,
+    args: ToolSignArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let component = std::fs::read(&args.file)
+        .with_context(|| format!("reading the component {}", args.file.display()))?;
+    let policy_toml = read_policy(args.policy.as_ref())?;
+    let key = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("reading the key {}", args.key.display()))?;
+    let digest = outpost_trust::auth::sha256_hex(&component);
+    let signature = outpost_trust::signing::sign(&key, &digest, &policy_toml)
+        .with_context(|| format!("signing with {}", args.key.display()))?;
+    let path = args.out.unwrap_or_else(|| signature_path(&args.file));
+    std::fs::write(&path, serde_json::to_string_pretty(&signature)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    if global.json {
+        print_value(
+            &serde_json::json!({"signature": path, "publisher": signature.publisher, "digest": digest}),
+            true,
+            out,
+        )?;
+    } else {
+        writeln!(
+            out,
+            "signed {} as {}: {}",
+            args.file.display(),
+            signature.publisher,
+            path.display()
+        )?;
+    }
+    Ok(())
+}
+
+/// `outpost keys create NAME [--dir DIR]`
+pub(crate) fn keys_create(
+    global: &GlobalArgs,
+    name: &str,
+    dir: &std::path::Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+        "key name {name:?}: use letters, digits, '-', '_' or '.'"
+    );
+    let private = dir.join(format!("{name}.key"));
+    anyhow::ensure!(
+        !private.exists(),
+        "{} exists already; a key is never overwritten",
+        private.display()
+    );
+    let (secret, public) = outpost_trust::signing::generate_key()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    outpost_trust::private_files::write_atomically(
+        &private,
+        format!("{secret}\n").as_bytes(),
+        0o600,
+    )
+    .with_context(|| format!("writing {}", private.display()))?;
+    let public_file = dir.join(format!("{name}.pub"));
+    std::fs::write(&public_file, format!("{public}\n"))
+        .with_context(|| format!("writing {}", public_file.display()))?;
+    if global.json {
+        print_value(
+            &serde_json::json!({"publisher": public, "key": private, "public": public_file}),
+            true,
+            out,
+        )?;
+    } else {
+        writeln!(out, "{public}")?;
+    }
+    Ok(())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -472,10 +584,25 @@ pub(crate) async fn tool_push(
 ) -> anyhow::Result<()> {
     let component = std::fs::read(&args.file)
         .with_context(|| format!("reading the component {}", args.file.display()))?;
-    let policy_toml = match &args.policy {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the policy {}", path.display()))?,
-        None => String::new(),
+    let policy_toml = read_policy(args.policy.as_ref())?;
+    let signature_file = args
+        .signature
+        .clone()
+        .or_else(|| Some(signature_path(&args.file)).filter(|p| p.exists()));
+    let signature = match &signature_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the signature {}", path.display()))?;
+            let parsed: outpost_trust::signing::ToolSignature = serde_json::from_str(&text)
+                .with_context(|| {
+                    format!("the signature {} is not a tool signature", path.display())
+                })?;
+            Some(outpost_proto::v1::ToolSignature {
+                publisher: parsed.publisher,
+                signature: parsed.signature,
+            })
+        }
+        None => None,
     };
     let (channel, jwt) = channel(global).await?;
     let mut client = ToolServiceClient::new(channel)
@@ -486,6 +613,7 @@ pub(crate) async fn tool_push(
                 name: args.name,
                 component,
                 policy_toml,
+                signature,
             },
             &jwt,
         ))

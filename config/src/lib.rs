@@ -259,6 +259,9 @@ pub struct NodeSection {
     /// (`[network] allow_hosts`); a policy granting another is refused on this node. Empty: no
     /// tool gets a socket here.
     pub allow_hosts: Vec<String>,
+    /// Publishers (`ed25519:<base64>`) whose tools this node runs; when not empty, a tool
+    /// without a valid signature by one of them is refused before it runs.
+    pub trusted_publishers: Vec<String>,
 }
 
 impl Default for NodeSection {
@@ -275,6 +278,7 @@ impl Default for NodeSection {
                 .map(|v| v.to_string())
                 .collect(),
             allow_hosts: Vec::new(),
+            trusted_publishers: Vec::new(),
         }
     }
 }
@@ -512,11 +516,17 @@ pub struct ToolsSection {
     /// background, so a tool's first task does not wait for the compiler. Off: a node fetches and
     /// compiles a tool when its first task there needs it.
     pub preinstall: bool,
+    /// Hub: publishers (`ed25519:<base64>`, from `outpost keys create`) whose signed tools are
+    /// accepted; when not empty, an unsigned tool or one signed by anyone else is refused.
+    pub trusted_publishers: Vec<String>,
 }
 
 impl Default for ToolsSection {
     fn default() -> Self {
-        Self { preinstall: true }
+        Self {
+            preinstall: true,
+            trusted_publishers: Vec::new(),
+        }
     }
 }
 
@@ -573,6 +583,7 @@ pub const ENV_KEYS: &[&str] = &[
     "node.grpc_target",
     "node.env_allow",
     "node.allow_hosts",
+    "node.trusted_publishers",
     "gpu.probe",
     "gpu.refresh_interval",
     "gpu.nvml_library",
@@ -583,6 +594,7 @@ pub const ENV_KEYS: &[&str] = &[
     "scheduler.strategy",
     "scheduler.default_max_attempts",
     "tools.preinstall",
+    "tools.trusted_publishers",
 ];
 
 /// The environment variable that overrides a dotted key: `internal_grpc.auth.issuer` →
@@ -826,6 +838,25 @@ impl Config {
                     invalid(&format!("gpu.script[{i}].{field}"), message)
                 })?;
         }
+        for (key, publishers) in [
+            ("tools.trusted_publishers", &self.tools.trusted_publishers),
+            ("node.trusted_publishers", &self.node.trusted_publishers),
+        ] {
+            for publisher in publishers {
+                let body = publisher
+                    .trim()
+                    .strip_prefix("ed25519:")
+                    .unwrap_or_default();
+                if body.len() != 44 || !body.ends_with('=') {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "{publisher:?} is not a publisher key (`ed25519:` and 44 base64 characters, as `outpost keys create` prints)"
+                        ),
+                    ));
+                }
+            }
+        }
         let security = &self.internal_grpc.security;
         for (key, lifetime) in [
             (
@@ -973,6 +1004,7 @@ fn env_value(key: &str, raw: &str) -> toml::Value {
         || key.ends_with("server_names")
         || key.ends_with("env_allow")
         || key.ends_with("allow_hosts")
+        || key.ends_with("trusted_publishers")
     {
         if trimmed.starts_with('[')
             && let Ok(v) = format!("v = {trimmed}").parse::<toml::Table>()
@@ -1090,6 +1122,19 @@ mod tests {
         assert_eq!(c.internal_grpc.security.mode, TlsMode::Tls);
         assert_eq!(c.cert_dir(), PathBuf::from("/var/lib/outpost/certs"));
         assert!(c.tools.preinstall, "pushed tools are installed by default");
+    }
+
+    #[test]
+    fn trusted_publishers_are_publisher_keys() {
+        let err = Config::from_toml("[tools]\ntrusted_publishers = [\"alice\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tools.trusted_publishers") && err.contains("\"alice\""),
+            "{err}"
+        );
+        let key = format!("ed25519:{}=", "A".repeat(43));
+        Config::from_toml(&format!("[node]\ntrusted_publishers = [\"{key}\"]\n")).unwrap();
     }
 
     #[test]

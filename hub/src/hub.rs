@@ -390,7 +390,8 @@ async fn build_state(
             .map_err(HubError::Config)?,
     );
     let tasks = TaskEngine::new(scheduler, config.scheduler.default_max_attempts);
-    let tools = ToolRegistry::new(config.tools.preinstall);
+    let tools = ToolRegistry::new(config.tools.preinstall)
+        .trusting(config.tools.trusted_publishers.clone());
     let credentials = HubCredentials::new(
         credentials.auth,
         credentials.ca,

@@ -241,6 +241,7 @@ fn session_context(
         protected: state_dirs(config),
         env_allow: config.node.env_allow.clone(),
         allow_hosts: config.node.allow_hosts.clone(),
+        trusted_publishers: config.node.trusted_publishers.clone(),
     };
     let open_files = system::raise_open_file_limit();
     tracing::debug!(?open_files, "open-file limit");

@@ -57,6 +57,8 @@ pub struct ToolBoundary {
     pub env_allow: Vec<String>,
     /// Hosts a policy may grant (`[node] allow_hosts`).
     pub allow_hosts: Vec<String>,
+    /// Publishers whose tools this node runs (`[node] trusted_publishers`); empty: any tool.
+    pub trusted_publishers: Vec<String>,
 }
 
 struct Running {
@@ -374,6 +376,7 @@ impl TaskRunner {
 
     /// The tool bound to this attempt's policy and environment (compiled once per digest).
     async fn load(&self, command: &RunTask, path: PathBuf) -> Result<LoadedTool, SandboxError> {
+        check_publisher(&self.boundary.trusted_publishers, command)?;
         let policy = ToolPolicy::from_toml(
             &command.policy_toml,
             &format!("policy of tool {:?}", command.tool),
@@ -437,6 +440,39 @@ impl TaskRunner {
             .await?;
         Ok(tool.clone())
     }
+}
+
+/// Checks a task's tool against the publishers this node trusts: with none configured any tool
+/// runs; otherwise it needs a signature by one of them that verifies over its component (by
+/// digest, which the node checked the bytes against) and its policy.
+fn check_publisher(trusted: &[String], command: &RunTask) -> Result<(), SandboxError> {
+    if trusted.is_empty() {
+        return Ok(());
+    }
+    let refused = |why: String| {
+        SandboxError::new(
+            ErrorKind::PolicyInvalid,
+            format!("tool {:?}: {why}", command.tool),
+        )
+    };
+    let Some(signature) = &command.signature else {
+        return Err(refused(
+            "it is not signed, and this node runs only tools signed by its [node] trusted_publishers"
+                .into(),
+        ));
+    };
+    let signature = outpost_trust::signing::ToolSignature {
+        publisher: signature.publisher.clone(),
+        signature: signature.signature.clone(),
+    };
+    if !outpost_trust::signing::is_trusted(&signature.publisher, trusted) {
+        return Err(refused(format!(
+            "it is signed by {}, who is not one of this node's [node] trusted_publishers",
+            signature.publisher
+        )));
+    }
+    outpost_trust::signing::verify(&signature, &command.tool_digest, &command.policy_toml)
+        .map_err(|e| refused(e.to_string()))
 }
 
 /// `result` cut to what a result may carry on its way to the hub

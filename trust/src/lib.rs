@@ -7,9 +7,11 @@
 //!   and key digest out of its certificate.
 //! - [`grpc_channel`]: gRPC channels to the hub over TLS or mTLS with a bearer JWT.
 //! - [`private_files`]: owner-only directories and files for secrets.
+//! - [`signing`]: Ed25519 signatures of tools by their publishers.
 
 pub mod auth;
 pub mod grpc_channel;
 pub mod identity;
 pub mod private_files;
+pub mod signing;
 pub mod tls;

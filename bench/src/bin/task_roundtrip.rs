@@ -194,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
         "echo",
         std::fs::read(outpost_guests::echo())?,
         "",
+        None,
     )
     .await?;
     let (_server, addr, cert) = echo_server().await?;
@@ -385,7 +386,7 @@ async fn first_task(runs: usize) -> anyhow::Result<()> {
             let bytes = retagged(&bulky, &format!("{install}-{run}"));
             let digest = outpost_trust::auth::sha256_hex(&bytes);
             let name = format!("bulky-{run}");
-            outpost_hub::work::tools::push(&hub.state, &name, bytes, "").await?;
+            outpost_hub::work::tools::push(&hub.state, &name, bytes, "", None).await?;
             let pushed = Instant::now();
             if install {
                 let deadline = pushed + Duration::from_secs(120);

@@ -103,7 +103,21 @@ impl ToolService for HubGrpc {
     ) -> Result<Response<ToolView>, Status> {
         self.write(&request, Subject::Fleet, "push tools").await?;
         let r = request.into_inner();
-        let tool = tools::push(self.state_arc(), &r.name, r.component, &r.policy_toml).await?;
+        let signature = r
+            .signature
+            .as_ref()
+            .map(|s| outpost_trust::signing::ToolSignature {
+                publisher: s.publisher.clone(),
+                signature: s.signature.clone(),
+            });
+        let tool = tools::push(
+            self.state_arc(),
+            &r.name,
+            r.component,
+            &r.policy_toml,
+            signature.as_ref(),
+        )
+        .await?;
         Ok(Response::new(tools::view(&tool)))
     }
 

@@ -47,6 +47,8 @@ fn without_component(tool: &ToolRow) -> ToolRow {
         version: tool.version.clone(),
         description: tool.description.clone(),
         input_schema: tool.input_schema.clone(),
+        publisher: tool.publisher.clone(),
+        signature: tool.signature.clone(),
         created_at_ms: tool.created_at_ms,
         updated_at_ms: tool.updated_at_ms,
     }

@@ -156,6 +156,10 @@ pub struct ToolRow {
     pub description: String,
     /// From `describe()`.
     pub input_schema: String,
+    /// The publisher's public key (`ed25519:<base64>`), empty when unsigned.
+    pub publisher: String,
+    /// The publisher's signature over the component and policy (base64), empty when unsigned.
+    pub signature: String,
     /// First push.
     pub created_at_ms: i64,
     /// Last push.

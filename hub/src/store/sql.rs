@@ -57,7 +57,7 @@ fn node_from_row(row: &AnyRow) -> Result<NodeRow, sqlx::Error> {
 
 /// Every tool column but the component itself.
 const TOOL_META_COLUMNS: &str = "name, digest, size_bytes, policy_toml, version, description, \
-    input_schema, created_at_ms, updated_at_ms";
+    input_schema, publisher, signature, created_at_ms, updated_at_ms";
 
 /// A tool row; the component is read only when the query selected it.
 fn tool_from_row(row: &AnyRow, with_component: bool) -> Result<ToolRow, sqlx::Error> {
@@ -74,6 +74,8 @@ fn tool_from_row(row: &AnyRow, with_component: bool) -> Result<ToolRow, sqlx::Er
         version: row.try_get("version")?,
         description: row.try_get("description")?,
         input_schema: row.try_get("input_schema")?,
+        publisher: row.try_get("publisher")?,
+        signature: row.try_get("signature")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
@@ -803,11 +805,13 @@ impl Store for SqlStore {
     async fn put_tool(&self, tool: &ToolRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO tools (name, digest, size_bytes, component, policy_toml, version, description, \
-             input_schema, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             input_schema, created_at_ms, updated_at_ms, publisher, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, size_bytes = excluded.size_bytes, \
              component = excluded.component, policy_toml = excluded.policy_toml, version = excluded.version, \
              description = excluded.description, input_schema = excluded.input_schema, \
-             updated_at_ms = excluded.updated_at_ms",
+             updated_at_ms = excluded.updated_at_ms, publisher = excluded.publisher, \
+             signature = excluded.signature",
         )
         .bind(&tool.name)
         .bind(&tool.digest)
@@ -819,6 +823,8 @@ impl Store for SqlStore {
         .bind(&tool.input_schema)
         .bind(tool.created_at_ms)
         .bind(tool.updated_at_ms)
+        .bind(&tool.publisher)
+        .bind(&tool.signature)
         .execute(&self.writer)
         .await?;
         Ok(())

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use outpost_proto::v1::{InstallTool, ToolView};
 use outpost_sandbox::{Sandbox, SandboxConfig, ToolPolicy};
+use outpost_trust::signing::ToolSignature;
 
 use crate::fleet::links::{NodeLink, RunAnswer};
 
@@ -42,6 +43,9 @@ pub struct ToolRegistry {
     preinstall: bool,
     /// Tool transfers to nodes running at once (installs that carry a component's bytes).
     transfers: tokio::sync::Semaphore,
+    /// `[tools] trusted_publishers`: when not empty, only tools signed by one of these are
+    /// accepted.
+    trusted_publishers: Vec<String>,
 }
 
 impl ToolRegistry {
@@ -51,7 +55,15 @@ impl ToolRegistry {
             meta: parking_lot::Mutex::new(std::collections::HashMap::new()),
             preinstall,
             transfers: tokio::sync::Semaphore::new(TRANSFER_CONCURRENCY),
+            trusted_publishers: Vec::new(),
         }
+    }
+
+    /// Accepts pushes only of tools signed by one of `publishers` (none: any tool, signed or
+    /// not; a signature that does not verify is refused either way).
+    pub fn trusting(mut self, publishers: Vec<String>) -> Self {
+        self.trusted_publishers = publishers;
+        self
     }
 
     /// Whether tools are installed on nodes ahead of their first task.
@@ -110,12 +122,46 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a push's signature: any signature must verify over the component and policy, and
+/// when the hub trusts only some publishers, one of them must have signed.
+fn check_signature(
+    registry: &ToolRegistry,
+    digest: &str,
+    policy_toml: &str,
+    signature: Option<&ToolSignature>,
+) -> Result<(), TaskError> {
+    let refused = |why: String| TaskError::Invalid(format!("signature: {why}"));
+    match signature {
+        Some(signature) => {
+            outpost_trust::signing::verify(signature, digest, policy_toml)
+                .map_err(|e| refused(e.to_string()))?;
+            if !registry.trusted_publishers.is_empty()
+                && !outpost_trust::signing::is_trusted(
+                    &signature.publisher,
+                    &registry.trusted_publishers,
+                )
+            {
+                return Err(refused(format!(
+                    "{} is not one of this hub's [tools] trusted_publishers",
+                    signature.publisher
+                )));
+            }
+            Ok(())
+        }
+        None if registry.trusted_publishers.is_empty() => Ok(()),
+        None => Err(refused(
+            "this hub accepts only tools signed by its [tools] trusted_publishers (`outpost tool sign`)".into(),
+        )),
+    }
+}
+
 /// Validates and stores a tool (replacing one of the same name).
 pub async fn push(
     state: &Arc<HubState>,
     name: &str,
     component: Vec<u8>,
     policy_toml: &str,
+    signature: Option<&ToolSignature>,
 ) -> Result<ToolRow, TaskError> {
     validate_name(name).map_err(TaskError::Invalid)?;
     if component.len() > MAX_COMPONENT_BYTES {
@@ -124,6 +170,8 @@ pub async fn push(
             component.len()
         )));
     }
+    let digest = outpost_trust::auth::sha256_hex(&component);
+    check_signature(&state.tools, &digest, policy_toml, signature)?;
     let policy = ToolPolicy::from_toml(policy_toml, &format!("policy of tool {name:?}"))
         .map_err(|e| TaskError::Invalid(format!("policy: {}", e.message)))?;
     // The describe check runs with the policy's limits but no grants (none resolve on the hub).
@@ -161,7 +209,9 @@ pub async fn push(
     let now = state.now_ms();
     let row = ToolRow {
         name: name.into(),
-        digest: outpost_trust::auth::sha256_hex(&component),
+        digest,
+        publisher: signature.map(|s| s.publisher.clone()).unwrap_or_default(),
+        signature: signature.map(|s| s.signature.clone()).unwrap_or_default(),
         size_bytes: i64::try_from(component.len()).unwrap_or(i64::MAX),
         component,
         policy_toml: policy_toml.into(),
@@ -326,7 +376,16 @@ pub fn view(tool: &ToolRow) -> ToolView {
         input_schema: tool.input_schema.clone(),
         created_at_ms: tool.created_at_ms,
         updated_at_ms: tool.updated_at_ms,
+        publisher: tool.publisher.clone(),
     }
+}
+
+/// A tool's signature as it travels to nodes, when it has one.
+pub fn signature_of(tool: &ToolRow) -> Option<outpost_proto::v1::ToolSignature> {
+    (!tool.publisher.is_empty()).then(|| outpost_proto::v1::ToolSignature {
+        publisher: tool.publisher.clone(),
+        signature: tool.signature.clone(),
+    })
 }
 
 /// The JSON shape of a tool.
@@ -339,6 +398,7 @@ pub fn view_json(tool: &ToolView) -> serde_json::Value {
         "description": tool.description,
         "input_schema": tool.input_schema,
         "policy_toml": tool.policy_toml,
+        "publisher": if tool.publisher.is_empty() { serde_json::Value::Null } else { tool.publisher.clone().into() },
         "created_at_ms": tool.created_at_ms,
         "updated_at_ms": tool.updated_at_ms,
     })

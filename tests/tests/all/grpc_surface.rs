@@ -70,6 +70,7 @@ async fn push_of(hub: &TestHub, bytes: usize, bearer: Option<&str>) -> tonic::St
         name: "big".into(),
         component: vec![0_u8; bytes],
         policy_toml: String::new(),
+        signature: None,
     };
     let request = match bearer {
         Some(token) => grpc_channel::with_bearer(request, token),

@@ -66,7 +66,7 @@ async fn the_task_engine_on_in_memory_seams() {
     // Pushed before the node connects, so the node lacks the component (a push installs tools
     // only on the nodes connected then).
     let echo = std::fs::read(outpost_guests::echo()).unwrap();
-    tools::push(&state, "echo", echo, "").await.unwrap();
+    tools::push(&state, "echo", echo, "", None).await.unwrap();
     let link = Arc::new(LoopbackLink::new(7, Duration::ZERO));
     connect(&state, "mem-1", link.clone());
 

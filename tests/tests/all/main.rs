@@ -14,4 +14,5 @@ mod own_state;
 mod rest;
 mod results;
 mod sandbox;
+mod signed_tools;
 mod tasks;

@@ -238,6 +238,7 @@ async fn send_to_node(
         input: task.input.clone(),
         env,
         timeout_ms: u64::try_from(task.timeout_ms).unwrap_or(0),
+        signature: crate::work::tools::signature_of(&tool),
     };
     let mut answer = link.run_task(run.clone()).await;
     if let Ok(RunAnswer::MissingComponent(_)) = &answer {
