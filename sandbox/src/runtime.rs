@@ -810,7 +810,29 @@ fn classify(
             }
         };
     }
-    SandboxError::new(ErrorKind::Trap, error_chain(err))
+    SandboxError::new(ErrorKind::Trap, cause_first(err))
+}
+
+/// An error's root cause first, then (on one line, at most 400 characters) the context it was
+/// raised in, such as a wasm backtrace: what went wrong reads before where.
+fn cause_first(err: &wasmtime::Error) -> String {
+    let parts: Vec<String> = err.chain().map(|cause| cause.to_string()).collect();
+    let Some((root, context)) = parts.split_last() else {
+        return String::new();
+    };
+    if context.is_empty() {
+        return root.clone();
+    }
+    let context = context
+        .join(": ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut end = context.len().min(400);
+    while !context.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{root} (in: {})", &context[..end])
 }
 
 /// Opens a granted directory once and checks that the directory opened is the one the policy
@@ -853,4 +875,20 @@ fn pin_grant(grant: &ResolvedGrant) -> Result<(Option<std::fs::File>, PathBuf), 
 #[cfg(not(target_os = "linux"))]
 fn pin_grant(grant: &ResolvedGrant) -> Result<(Option<std::fs::File>, PathBuf), SandboxError> {
     Ok((None, grant.host.clone()))
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    #[test]
+    fn a_host_glue_failure_names_its_cause_first() {
+        let err = wasmtime::Error::msg("resource table has no free entries")
+            .context("error while executing at wasm backtrace:\n    0: 0x1234 - hostile!open\n    1: 0x5678 - hostile!invoke");
+        assert_eq!(
+            cause_first(&err),
+            "resource table has no free entries (in: error while executing at wasm backtrace: 0: 0x1234 - hostile!open 1: 0x5678 - hostile!invoke)"
+        );
+        assert_eq!(cause_first(&wasmtime::Error::msg("plain")), "plain");
+    }
 }

@@ -136,6 +136,25 @@ impl TestHub {
         }
     }
 
+    /// The JWT authority of this hub (its generated secret), to mint test credentials.
+    pub fn authority(&self) -> outpost_trust::auth::TokenAuthority {
+        let secret = std::fs::read_to_string(self.config.cert_dir().join("auth_secret.txt"))
+            .expect("auth secret");
+        outpost_trust::auth::TokenAuthority::new(
+            secret.trim().as_bytes(),
+            "outpost",
+            "outpost-internal",
+            30,
+        )
+    }
+
+    /// A JWT of `role` for `subject`, valid ten minutes.
+    pub fn token(&self, subject: &str, role: outpost_trust::auth::Role) -> String {
+        self.authority()
+            .issue(subject, role, now_s(), 600)
+            .expect("token")
+    }
+
     /// Starts the hub again on the same ports and data.
     pub async fn restart(&mut self) {
         self.stop().await;
@@ -379,4 +398,12 @@ pub async fn http_json(
             .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
     };
     (status, value)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

@@ -59,6 +59,12 @@ impl ToolRegistry {
         }
     }
 
+    /// A turn to send a component's bytes to a node: at most a few transfers (installs and
+    /// tasks alike) run at once, hub-wide. `None` once the hub is shutting down.
+    pub async fn transfer_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.transfers.acquire().await.ok()
+    }
+
     /// Accepts pushes only of tools signed by one of `publishers` (none: any tool, signed or
     /// not; a signature that does not verify is refused either way).
     pub fn trusting(mut self, publishers: Vec<String>) -> Self {

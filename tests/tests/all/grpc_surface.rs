@@ -85,7 +85,7 @@ async fn push_of(hub: &TestHub, bytes: usize, bearer: Option<&str>) -> tonic::St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_a_credential_are_refused_before_their_body_is_read() {
-    use outpost_trust::auth::{Role, TokenAuthority};
+    use outpost_trust::auth::Role;
     let hub = TestHub::start(TlsMode::Tls).await;
     // Larger than the hub decodes: were the body read first, the answer would be its size.
     let huge = 40 * 1024 * 1024;
@@ -99,13 +99,7 @@ async fn calls_without_a_credential_are_refused_before_their_body_is_read() {
     let forged = push_of(&hub, huge, Some("not.a.jwt")).await;
     assert_eq!(forged.code(), tonic::Code::Unauthenticated, "{forged:?}");
 
-    let secret = std::fs::read_to_string(hub.config.cert_dir().join("auth_secret.txt")).unwrap();
-    let auth = TokenAuthority::new(secret.trim().as_bytes(), "outpost", "outpost-internal", 30);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let viewer = auth.issue("v", Role::Viewer, now, 60).unwrap();
+    let viewer = hub.token("v", Role::Viewer);
     let refused = push_of(&hub, huge, Some(&viewer)).await;
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(
@@ -116,7 +110,7 @@ async fn calls_without_a_credential_are_refused_before_their_body_is_read() {
         refused.message()
     );
     // An admin's oversized push is read and refused for its size (the limit is real).
-    let admin = auth.issue("a", Role::Admin, now, 60).unwrap();
+    let admin = hub.token("a", Role::Admin);
     let too_big = push_of(&hub, huge, Some(&admin)).await;
     assert!(
         matches!(

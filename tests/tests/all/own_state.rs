@@ -9,7 +9,7 @@ use std::time::Duration;
 use outpost_config::TlsMode;
 use outpost_tests::{STATIC_TOKEN, TestHub, start_node};
 
-use crate::tasks::{push_hostile_with_policy, task_json};
+use crate::tasks::{push_hostile_with_policy, send_and_wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn safe_paths_over_the_data_dir_keep_the_node_from_starting() {
@@ -56,21 +56,13 @@ async fn a_grant_reaching_into_the_data_dir_is_refused_on_the_node() {
         inside.display()
     );
     push_hostile_with_policy(&hub, "reach", &policy).await;
-    let (code, out, err) = hub
-        .cli(&[
-            "nodes",
-            "send",
-            "reach-1",
-            "--tool",
-            "reach",
-            "--input",
-            "read /state/identity/identity.json",
-        ])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let id = out.trim().to_string();
-    let (_, _, _) = hub.cli(&["nodes", "result", &id, "--wait"]).await;
-    let task = task_json(&hub, &id).await;
+    let task = send_and_wait(
+        &hub,
+        "reach-1",
+        "reach",
+        "read /state/identity/identity.json",
+    )
+    .await;
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["error"]["kind"], "policy_invalid", "{task}");
     let message = task["error"]["message"].as_str().unwrap();
@@ -79,17 +71,6 @@ async fn a_grant_reaching_into_the_data_dir_is_refused_on_the_node() {
         "{message}"
     );
     assert!(!task["output"].as_str().unwrap_or_default().contains("jwt"));
-}
-
-/// Sends `tool` with `input` to `node` and waits for its end; returns the task.
-async fn run_on(hub: &TestHub, node: &str, tool: &str, input: &str) -> serde_json::Value {
-    let (code, out, err) = hub
-        .cli(&["nodes", "send", node, "--tool", tool, "--input", input])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let id = out.trim().to_string();
-    let _ = hub.cli(&["nodes", "result", &id, "--wait"]).await;
-    task_json(hub, &id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +87,7 @@ async fn a_node_grants_only_the_variables_and_hosts_it_allows() {
     push_hostile_with_policy(&hub, "net", "[network]\nallow_hosts = [\"127.0.0.1:9\"]\n").await;
 
     // The hub's policy asks; each node decides what it gives.
-    let refused = run_on(&hub, "plain-1", "home", "env HOME").await;
+    let refused = send_and_wait(&hub, "plain-1", "home", "env HOME").await;
     assert_eq!(refused["error"]["kind"], "policy_invalid", "{refused}");
     let message = refused["error"]["message"].as_str().unwrap();
     assert!(
@@ -115,11 +96,11 @@ async fn a_node_grants_only_the_variables_and_hosts_it_allows() {
         ),
         "{message}"
     );
-    let given = run_on(&hub, "open-1", "home", "env HOME").await;
+    let given = send_and_wait(&hub, "open-1", "home", "env HOME").await;
     assert_eq!(given["status"], "succeeded", "{given}");
     assert_eq!(given["output"], std::env::var("HOME").unwrap_or_default());
 
-    let no_network = run_on(&hub, "plain-1", "net", "connect 127.0.0.1:9").await;
+    let no_network = send_and_wait(&hub, "plain-1", "net", "connect 127.0.0.1:9").await;
     assert_eq!(
         no_network["error"]["kind"], "policy_invalid",
         "{no_network}"

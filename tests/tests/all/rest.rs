@@ -5,23 +5,24 @@ use std::time::Duration;
 
 use outpost_config::TlsMode;
 use outpost_tests::{TestHub, http_json};
-use outpost_trust::auth::{Role, TokenAuthority};
+use outpost_trust::auth::Role;
 use serde_json::json;
 
 /// The key node-x is bound to in these tests (as a join would bind it).
 const NODE_X_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn tokens(hub: &TestHub) -> (String, String, String) {
-    let secret = std::fs::read_to_string(hub.config.cert_dir().join("auth_secret.txt")).unwrap();
-    let auth = TokenAuthority::new(secret.trim().as_bytes(), "outpost", "outpost-internal", 30);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     (
-        auth.issue("admin", Role::Admin, now, 600).unwrap(),
-        auth.issue("viewer", Role::Viewer, now, 600).unwrap(),
-        auth.issue_bound("node-x", Role::Node, NODE_X_KEY, now, 600)
+        hub.token("admin", Role::Admin),
+        hub.token("viewer", Role::Viewer),
+        hub.authority()
+            .issue_bound(
+                "node-x",
+                Role::Node,
+                NODE_X_KEY,
+                outpost_tests::now_s(),
+                600,
+            )
             .unwrap(),
     )
 }

@@ -9,25 +9,7 @@ use outpost_config::TlsMode;
 use outpost_proto::limits::MAX_RESULT_OUTPUT;
 use outpost_tests::{STATIC_TOKEN, TestHub, start_node};
 
-use crate::tasks::{parse, push_hostile_with_policy, task_json};
-
-/// Runs `tool` with `input` on `node` and waits for its end; returns the task.
-async fn run_to_end(hub: &TestHub, node: &str, tool: &str, input: &str) -> serde_json::Value {
-    let (code, out, err) = hub
-        .cli(&["nodes", "send", node, "--tool", tool, "--input", input])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let id = out.trim().to_string();
-    let (code, _, err) = tokio::time::timeout(
-        Duration::from_secs(60),
-        hub.cli(&["nodes", "result", &id, "--wait", "--json"]),
-    )
-    .await
-    .expect("the task ends within 60 s");
-    // 3: the sandbox stopped the tool.
-    assert!(code == 0 || code == 3, "{code}: {err}");
-    task_json(hub, &id).await
-}
+use crate::tasks::{parse, push_hostile_with_policy, send_and_wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_up_to_the_limit_arrive_and_larger_ones_fail_once() {
@@ -40,14 +22,14 @@ async fn results_up_to_the_limit_arrive_and_larger_ones_fail_once() {
     push_hostile_with_policy(&hub, "roomy", "[limits]\nmax_output = \"16MiB\"\n").await;
 
     // The default allowance (1 MiB) returned whole: delivered, first time.
-    let whole = run_to_end(&hub, "results-1", "flood", "return-flood 1048576").await;
+    let whole = send_and_wait(&hub, "results-1", "flood", "return-flood 1048576").await;
     assert_eq!(whole["status"], "succeeded", "{}", whole["reason"]);
     assert_eq!(whole["attempts"], 1);
     assert_eq!(whole["output"].as_str().unwrap().len(), 1 << 20);
 
     // More than a result may carry, allowed by the policy: one attempt, `output_limit`.
     let over = MAX_RESULT_OUTPUT + 1;
-    let refused = run_to_end(&hub, "results-1", "roomy", &format!("return-flood {over}")).await;
+    let refused = send_and_wait(&hub, "results-1", "roomy", &format!("return-flood {over}")).await;
     assert_eq!(refused["status"], "failed", "{refused}");
     assert_eq!(refused["attempts"], 1, "not run again: {refused}");
     assert_eq!(refused["error"]["kind"], "output_limit");
@@ -59,7 +41,7 @@ async fn results_up_to_the_limit_arrive_and_larger_ones_fail_once() {
     );
 
     // The node's results still flow, a large one included.
-    let large = run_to_end(&hub, "results-1", "roomy", "return-flood 3145728").await;
+    let large = send_and_wait(&hub, "results-1", "roomy", "return-flood 3145728").await;
     assert_eq!(large["status"], "succeeded", "{}", large["reason"]);
     assert_eq!(large["output"].as_str().unwrap().len(), 3 << 20);
     let (code, out, _) = hub.cli(&["tasks", "list", "--json"]).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use outpost_config::TlsMode;
 use outpost_tests::{STATIC_TOKEN, TestHub, start_node};
 
-use crate::tasks::{parse, task_json};
+use crate::tasks::{parse, send_and_wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_tools_signed_by_trusted_publishers_are_pushed_and_run() {
@@ -113,19 +113,10 @@ async fn only_tools_signed_by_trusted_publishers_are_pushed_and_run() {
     for id in ["trusts-a", "trusts-b"] {
         hub.wait_status(id, "online", Duration::from_secs(10)).await;
     }
-    let run_on = async |node: &str| {
-        let (code, out, err) = hub
-            .cli(&["nodes", "send", node, "--tool", "echo", "--input", "signed"])
-            .await;
-        assert_eq!(code, 0, "{err}");
-        let id = out.trim().to_string();
-        let _ = hub.cli(&["nodes", "result", &id, "--wait"]).await;
-        task_json(&hub, &id).await
-    };
-    let ran = run_on("trusts-a").await;
+    let ran = send_and_wait(&hub, "trusts-a", "echo", "signed").await;
     assert_eq!(ran["status"], "succeeded", "{ran}");
     assert_eq!(ran["output"], "signed");
-    let refused = run_on("trusts-b").await;
+    let refused = send_and_wait(&hub, "trusts-b", "echo", "signed").await;
     assert_eq!(refused["error"]["kind"], "policy_invalid", "{refused}");
     assert!(
         refused["error"]["message"]

@@ -36,6 +36,24 @@ pub(super) async fn task_json(hub: &TestHub, id: &str) -> Value {
     parse(&out)
 }
 
+/// Sends `tool` with `input` to `node`, waits (up to 60 s) for its end; returns the task.
+pub(super) async fn send_and_wait(hub: &TestHub, node: &str, tool: &str, input: &str) -> Value {
+    let (code, out, err) = hub
+        .cli(&["nodes", "send", node, "--tool", tool, "--input", input])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_string();
+    let (code, _, err) = tokio::time::timeout(
+        Duration::from_secs(60),
+        hub.cli(&["nodes", "result", &id, "--wait", "--json"]),
+    )
+    .await
+    .expect("the task ends within 60 s");
+    // 0: succeeded; 1: failed or cancelled; 3: the sandbox stopped the tool.
+    assert!(matches!(code, 0 | 1 | 3), "{code}: {err}");
+    task_json(hub, &id).await
+}
+
 /// Pushes the hostile guest as `name` with the policy `policy_toml`.
 pub(super) async fn push_hostile_with_policy(hub: &TestHub, name: &str, policy_toml: &str) {
     let policy = hub.dir.path().join(format!("{name}.toml"));

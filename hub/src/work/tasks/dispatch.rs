@@ -242,6 +242,8 @@ async fn send_to_node(
     };
     let mut answer = link.run_task(run.clone()).await;
     if let Ok(RunAnswer::MissingComponent(_)) = &answer {
+        // The bytes go within the hub-wide transfer limit, as installs do.
+        let _turn = state.tools.transfer_turn().await;
         let Some(full) = state.store().get_tool(&task.tool).await? else {
             return fail(state, task, "tool_missing", &tool_removed()).await;
         };
