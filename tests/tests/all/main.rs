@@ -6,6 +6,7 @@ mod auth;
 mod clocks;
 mod credentials;
 mod fleet;
+mod fuzz;
 mod grpc_surface;
 mod heartbeat_channel;
 mod in_memory;
