@@ -458,6 +458,8 @@ async fn recover(state: &HubState) -> Result<(), HubError> {
 }
 
 /// Serves internal gRPC (join, tokens, registry, tasks, tools, health, reflection) over TLS.
+/// gRPC connections the hub holds at once.
+const GRPC_MAX_CONNECTIONS: usize = 4096;
 /// Concurrent gRPC streams one connection may hold.
 const GRPC_MAX_STREAMS: u32 = 128;
 /// Streams a connection may reset before the server accepted them.
@@ -513,7 +515,10 @@ async fn serve_grpc(
         .add_service(grpc.registry_service())
         .add_service(grpc.task_service())
         .add_service(grpc.tool_service());
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::api::connections::LimitedIncoming::new(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        GRPC_MAX_CONNECTIONS,
+    );
     Ok(tokio::spawn(async move {
         let signal = async move {
             let _ = shutdown.wait_for(|s| *s).await;

@@ -2,13 +2,15 @@
 //! subsystems, and hold no rules of their own.
 //!
 //! - [`access`]: who may do what — one rule for every surface.
-//! - [`gate`]: what a gRPC call must carry before its body is read.
+//! - [`gate`]: what a gRPC call must carry before its body is read; [`connections`]: how many
+//!   gRPC connections the hub holds at once.
 //! - [`grpc`]: internal gRPC (tonic over rustls): join, bootstrap tokens, the node registry,
 //!   health and reflection; [`grpc_tasks`]: the task and tool services.
 //! - [`rest`]: the REST API (axum) under `/api/admin/`.
 //! - [`views`]: JSON shapes shared by REST and the CLI's `--json` output.
 
 pub mod access;
+pub mod connections;
 pub mod gate;
 pub mod grpc;
 pub mod grpc_tasks;
