@@ -294,6 +294,7 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
         let session = Arc::new(SessionPeer {
             key,
             link: link.clone(),
+            last_renewal: parking_lot::Mutex::new(None),
         });
         tokio::spawn(async move {
             while let Ok(mut recv) = connection.accept_uni().await {
@@ -411,6 +412,9 @@ struct SessionPeer {
     key: String,
     /// Its commands link.
     link: Arc<dyn NodeLink>,
+    /// When its certificate was last renewed in this session (renewals are spaced out, so a
+    /// node cannot keep the CA signing).
+    last_renewal: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 /// A node asks for a new certificate for the key its session authenticated with: signed and
@@ -422,6 +426,17 @@ async fn renew_certificate(
     session: &SessionPeer,
     request: &outpost_proto::v1::CertificateRequest,
 ) -> Result<(), String> {
+    let spacing = (state.credentials.lifetimes().certificate / 10).min(Duration::from_secs(60));
+    {
+        let mut last = session.last_renewal.lock();
+        if last.is_some_and(|at| at.elapsed() < spacing) {
+            return Err(format!(
+                "renewed less than {} ago in this session",
+                humantime::format_duration(spacing)
+            ));
+        }
+        *last = Some(std::time::Instant::now());
+    }
     let der =
         crate::credentials::pki::csr_der_from_pem(&request.csr_pem).map_err(|e| e.to_string())?;
     let (certificate_pem, key) = state
