@@ -805,8 +805,7 @@ pub fn print_node_table(nodes: &[NodeView], out: &mut dyn Write) -> anyhow::Resu
 pub fn terminal_safe(text: &str) -> String {
     let mut safe = String::with_capacity(text.len());
     for c in text.chars() {
-        let invisible = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
-        if c.is_control() || invisible {
+        if c.is_control() || outpost_hub::fleet::registry::is_format_character(c) {
             safe.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
         } else {
             safe.push(c);

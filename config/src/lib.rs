@@ -843,18 +843,12 @@ impl Config {
             ("node.trusted_publishers", &self.node.trusted_publishers),
         ] {
             for publisher in publishers {
-                let body = publisher
-                    .trim()
-                    .strip_prefix("ed25519:")
-                    .unwrap_or_default();
-                if body.len() != 44 || !body.ends_with('=') {
-                    return Err(invalid(
+                outpost_trust::signing::parse_publisher(publisher).map_err(|e| {
+                    invalid(
                         key,
-                        format!(
-                            "{publisher:?} is not a publisher key (`ed25519:` and 44 base64 characters, as `outpost keys create` prints)"
-                        ),
-                    ));
-                }
+                        format!("{e} (a key as `outpost keys create` prints it)"),
+                    )
+                })?;
             }
         }
         let security = &self.internal_grpc.security;

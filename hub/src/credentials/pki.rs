@@ -340,6 +340,16 @@ impl CertAuthority {
     }
 }
 
+/// Hex SHA-256 of the public key a CSR (DER) asks to be certified, read without signing anything.
+pub fn csr_key_sha256(csr_der: &[u8]) -> Result<String, PkiError> {
+    let der = rustls::pki_types::CertificateSigningRequestDer::from(csr_der);
+    let csr = rcgen::CertificateSigningRequestParams::from_der(&der)
+        .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+    Ok(outpost_trust::auth::sha256_hex(
+        &rcgen::PublicKeyData::subject_public_key_info(&csr.public_key),
+    ))
+}
+
 /// Reads the CSR's DER from PEM: the one reading of a join's CSR, whose bytes the join proof
 /// covers and the CA signs (two readers could disagree on which request a text holds).
 pub fn csr_der_from_pem(csr_pem: &str) -> Result<Vec<u8>, PkiError> {
@@ -411,6 +421,11 @@ mod tests {
             .ca
             .sign_node_csr(&der, "node-a", std::time::Duration::from_secs(3600))
             .unwrap();
+        assert_eq!(
+            csr_key_sha256(&der).unwrap(),
+            spki,
+            "read from the CSR as signed"
+        );
         assert_eq!(
             spki,
             outpost_trust::auth::sha256_hex(&rcgen::PublicKeyData::subject_public_key_info(

@@ -98,8 +98,9 @@ pub fn validate_name(name: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
-/// Bidirectional controls, zero-width characters and other invisible formatting.
-fn is_format_character(c: char) -> bool {
+/// Bidirectional controls, zero-width characters and other invisible formatting: what makes one
+/// text read as another (refused in names, escaped by the CLI).
+pub fn is_format_character(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'

@@ -439,13 +439,14 @@ async fn renew_certificate(
     }
     let der =
         crate::credentials::pki::csr_der_from_pem(&request.csr_pem).map_err(|e| e.to_string())?;
+    // Refused before the CA signs anything.
+    if crate::credentials::pki::csr_key_sha256(&der).map_err(|e| e.to_string())? != session.key {
+        return Err("the request is for another key than the session's".into());
+    }
     let (certificate_pem, key) = state
         .credentials
         .sign_node_csr(&der, node_id)
         .map_err(|e| e.to_string())?;
-    if key != session.key {
-        return Err("the request is for another key than the session's".into());
-    }
     let node_jwt = state
         .credentials
         .node_token(node_id, &key, state.now_ms() / 1000)
