@@ -66,8 +66,9 @@ pub async fn run(
     if !json_out {
         writeln!(
             out,
-            "hub      grpc {hub_url}  rest http://{}  quic {} (udp)",
-            hub.addrs.http, hub.addrs.quic
+            "hub      grpc {hub_url}  rest {}  quic {} (udp)",
+            hub.addrs.http_url(),
+            hub.addrs.quic
         )?;
     }
 
@@ -147,7 +148,7 @@ pub async fn run(
     let tasks = run_sample_tasks(&hub.state, json_out, out).await?;
     if json_out {
         let value = json!({
-            "hub": {"grpc": hub_url, "http": format!("http://{}", hub.addrs.http), "quic": hub.addrs.quic.to_string()},
+            "hub": {"grpc": hub_url, "http": hub.addrs.http_url(), "quic": hub.addrs.quic.to_string()},
             "nodes": fleet.iter().map(views::node_json).collect::<Vec<Value>>(),
             "tasks": tasks.iter().map(|t| views::task_json(&views::task_view(t))).collect::<Vec<Value>>(),
         });

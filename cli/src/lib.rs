@@ -103,14 +103,19 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Create a publisher key: DIR/NAME.key (private, owner-only) and DIR/NAME.pub; prints the
-    /// public key to put in `[tools] trusted_publishers` and `[node] trusted_publishers`.
+    /// Create a publisher key: DIR/NAME.key (private, owner-only) and DIR/NAME.pub, or the file
+    /// `--out` names and the same name with `.pub`; prints the public key to put in
+    /// `[tools] trusted_publishers` and `[node] trusted_publishers`.
     Create {
         /// Name of the key files.
-        name: String,
+        #[arg(required_unless_present = "out")]
+        name: Option<String>,
         /// Directory to write to (default: the current one).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// The private key file to write (its public half goes beside it, ending in `.pub`).
+        #[arg(long, conflicts_with = "name")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -205,6 +210,9 @@ enum NodesCommand {
         /// Default base for create_worktree.
         #[arg(long, default_value = "")]
         default_worktree_root: String,
+        /// A label the hub assigns (k=v; repeatable); placement trusts it over the node's own.
+        #[arg(long = "label", value_parser = work::parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// Change a node's registry fields.
     Update {
@@ -222,6 +230,12 @@ enum NodesCommand {
         /// New default worktree root.
         #[arg(long)]
         default_worktree_root: Option<String>,
+        /// Assigned labels (k=v; repeatable): replace the node's assigned labels.
+        #[arg(long = "label", value_parser = work::parse_label)]
+        labels: Vec<(String, String)>,
+        /// Remove every assigned label.
+        #[arg(long, conflicts_with = "labels")]
+        clear_labels: bool,
     },
     /// Remove a node (refused while it has active agents).
     Delete {
@@ -329,8 +343,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             let hub = outpost_hub::hub::start(&config).await?;
             writeln!(
                 out,
-                "outpost hub: grpc https://{} | rest http://{} | quic {} (udp)",
-                hub.addrs.grpc, hub.addrs.http, hub.addrs.quic
+                "outpost hub: grpc https://{} | rest {} | quic {} (udp)",
+                hub.addrs.grpc,
+                hub.addrs.http_url(),
+                hub.addrs.quic
             )?;
             tokio::signal::ctrl_c()
                 .await
@@ -396,8 +412,16 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             command: ToolCommand::Sign(args),
         } => crate::work::tool_sign(&global, args, out),
         Command::Keys {
-            command: KeysCommand::Create { name, dir },
-        } => crate::work::keys_create(&global, &name, &dir, out),
+            command:
+                KeysCommand::Create {
+                    name,
+                    dir,
+                    out: file,
+                },
+        } => {
+            let (private, public) = crate::work::key_files(name.as_deref(), &dir, file)?;
+            crate::work::keys_create(&global, &private, &public, out)
+        }
         Command::Tool {
             command: ToolCommand::Inspect { name },
         } => crate::work::tool_inspect(&global, &name, out).await,
@@ -647,6 +671,7 @@ async fn nodes(
             grpc_target,
             tls_server_name,
             default_worktree_root,
+            labels,
         } => {
             let record = NodeRecord {
                 id,
@@ -654,6 +679,7 @@ async fn nodes(
                 grpc_target,
                 tls_server_name,
                 default_worktree_root,
+                labels: labels.into_iter().collect(),
             };
             let node = client
                 .register_node(with_bearer(record, jwt))
@@ -668,6 +694,8 @@ async fn nodes(
             grpc_target,
             tls_server_name,
             default_worktree_root,
+            labels,
+            clear_labels,
         } => {
             let request = UpdateNodeRequest {
                 id,
@@ -675,6 +703,8 @@ async fn nodes(
                 grpc_target,
                 tls_server_name,
                 default_worktree_root,
+                replace_labels: clear_labels || !labels.is_empty(),
+                labels: labels.into_iter().collect(),
             };
             let node = client
                 .update_node(with_bearer(request, jwt))

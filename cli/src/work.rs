@@ -247,12 +247,23 @@ pub(crate) fn tool_sign(
 }
 
 /// `outpost keys create NAME [--dir DIR]`
-pub(crate) fn keys_create(
-    global: &GlobalArgs,
-    name: &str,
+/// Where `keys create` writes: `--out FILE` (and FILE with `.pub`), else DIR/NAME.key and
+/// DIR/NAME.pub.
+pub(crate) fn key_files(
+    name: Option<&str>,
     dir: &std::path::Path,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
+    out: Option<std::path::PathBuf>,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    if let Some(private) = out {
+        let public = private.with_extension("pub");
+        anyhow::ensure!(
+            public != private,
+            "--out {}: the public key would overwrite it; pick a name not ending in .pub",
+            private.display()
+        );
+        return Ok((private, public));
+    }
+    let name = name.unwrap_or_default();
     anyhow::ensure!(
         !name.is_empty()
             && name
@@ -260,22 +271,34 @@ pub(crate) fn keys_create(
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
         "key name {name:?}: use letters, digits, '-', '_' or '.'"
     );
-    let private = dir.join(format!("{name}.key"));
+    Ok((
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    ))
+}
+
+pub(crate) fn keys_create(
+    global: &GlobalArgs,
+    private: &std::path::Path,
+    public_file: &std::path::Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         !private.exists(),
         "{} exists already; a key is never overwritten",
         private.display()
     );
     let (secret, public) = outpost_trust::signing::generate_key()?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(dir) = private.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     outpost_trust::private_files::write_atomically(
-        &private,
+        private,
         format!("{secret}\n").as_bytes(),
         0o600,
     )
     .with_context(|| format!("writing {}", private.display()))?;
-    let public_file = dir.join(format!("{name}.pub"));
-    std::fs::write(&public_file, format!("{public}\n"))
+    std::fs::write(public_file, format!("{public}\n"))
         .with_context(|| format!("writing {}", public_file.display()))?;
     if global.json {
         print_value(
@@ -293,7 +316,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 30s, 5m)"))
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
     let (k, v) = text
         .split_once('=')
         .ok_or_else(|| format!("label {text:?} must be key=value"))?;

@@ -90,6 +90,17 @@ pub struct ServerSection {
     pub data_dir: Option<PathBuf>,
     /// UDP address of the hub's QUIC session endpoint; defaults to the gRPC listen address.
     pub quic_listen: Option<String>,
+    /// Hub: serve `listen` (REST API and web UI) over HTTPS, with the hub certificate unless
+    /// `tls_cert_file` and `tls_key_file` name another (one a browser trusts, say).
+    pub tls: bool,
+    /// Hub: PEM certificate chain for HTTPS on `listen` (with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// Hub: PEM private key for `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Hub: allow plain HTTP on an address other than loopback (behind a TLS-terminating
+    /// proxy). Without it such a `listen` is refused, because bearer tokens would cross the
+    /// network in the clear.
+    pub allow_plain_http: bool,
 }
 
 impl Default for ServerSection {
@@ -100,6 +111,10 @@ impl Default for ServerSection {
             node_id: None,
             data_dir: None,
             quic_listen: None,
+            tls: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            allow_plain_http: false,
         }
     }
 }
@@ -496,6 +511,11 @@ pub struct SchedulerSection {
     pub strategy: String,
     /// Placements a task may take (node losses) before it fails, unless the task says.
     pub default_max_attempts: u32,
+    /// Whether placement uses the labels a node reports about itself (`[node] labels`). Labels
+    /// an operator assigns (`nodes update ID --label k=v`) always count and win over a node's
+    /// own; set this to false so that only assigned labels place work (a node that lies about
+    /// itself then attracts nothing by it).
+    pub trust_node_labels: bool,
 }
 
 impl Default for SchedulerSection {
@@ -503,6 +523,7 @@ impl Default for SchedulerSection {
         Self {
             strategy: "binpack".into(),
             default_max_attempts: 3,
+            trust_node_labels: true,
         }
     }
 }
@@ -561,6 +582,10 @@ pub const ENV_KEYS: &[&str] = &[
     "server.node_id",
     "server.data_dir",
     "server.quic_listen",
+    "server.tls",
+    "server.tls_cert_file",
+    "server.tls_key_file",
+    "server.allow_plain_http",
     "internal_grpc.enabled",
     "internal_grpc.listen",
     "internal_grpc.security.mode",
@@ -593,6 +618,7 @@ pub const ENV_KEYS: &[&str] = &[
     "fleet.max_heartbeats_per_second",
     "scheduler.strategy",
     "scheduler.default_max_attempts",
+    "scheduler.trust_node_labels",
     "tools.preinstall",
     "tools.trusted_publishers",
 ];
@@ -685,6 +711,50 @@ impl Config {
         })
     }
 
+    /// The hub's HTTP listener: TLS files come in pairs with `tls` on, and plain HTTP stays on
+    /// loopback unless `allow_plain_http` says a proxy in front terminates TLS.
+    fn validate_http_tls(&self, http: SocketAddr) -> Result<(), ConfigError> {
+        let server = &self.server;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        match (&server.tls_cert_file, &server.tls_key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "server.tls_key_file",
+                    "is needed with server.tls_cert_file".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "server.tls_cert_file",
+                    "is needed with server.tls_key_file".into(),
+                ));
+            }
+            (Some(_), Some(_)) if !server.tls => {
+                return Err(invalid(
+                    "server.tls",
+                    "is false but server.tls_cert_file is set: set `tls = true` to serve HTTPS"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        if !server.tls && !server.allow_plain_http && !http.ip().is_loopback() {
+            return Err(invalid(
+                "server.listen",
+                format!(
+                    "{http} is not a loopback address, and without TLS bearer tokens would cross \
+                     the network in the clear: set `server.tls = true` (the hub certificate, or \
+                     tls_cert_file and tls_key_file), or `server.allow_plain_http = true` when a \
+                     proxy in front terminates TLS"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
@@ -704,10 +774,12 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|e| invalid("internal_grpc.listen", format!("{e} (expected host:port)")))?;
         if self.server.role == ServerRole::Hub {
-            self.server
+            let http = self
+                .server
                 .listen
                 .parse::<SocketAddr>()
                 .map_err(|e| invalid("server.listen", format!("{e} (expected host:port)")))?;
+            self.validate_http_tls(http)?;
         }
         if let Some(quic) = &self.server.quic_listen {
             quic.parse::<SocketAddr>()
@@ -1209,6 +1281,46 @@ mod tests {
             "[server]\ndata_dir = \"/srv/outpost\"\n[node]\nsafe_paths = [\"/srv/outpost2\"]\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_is_refused_and_tls_files_come_in_pairs() {
+        let err = Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.listen") && err.contains("server.tls = true"),
+            "{err}"
+        );
+        let err = Config::from_toml("[server]\nlisten = \"[::]:8080\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("in the clear"), "{err}");
+        // TLS, or an explicit acknowledgement of a proxy in front, lets it bind anywhere.
+        let tls = Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\ntls = true\n").unwrap();
+        assert!(tls.server.tls);
+        Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\nallow_plain_http = true\n")
+            .unwrap();
+        // Loopback stays plain by default; a node has no HTTP listener to check.
+        Config::from_toml("[server]\nlisten = \"127.0.0.2:8080\"\n").unwrap();
+        Config::from_toml("[server]\nrole = \"node\"\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+        for (text, key) in [
+            (
+                "[server]\ntls = true\ntls_cert_file = \"/c.pem\"\n",
+                "server.tls_key_file",
+            ),
+            (
+                "[server]\ntls = true\ntls_key_file = \"/k.pem\"\n",
+                "server.tls_cert_file",
+            ),
+            (
+                "[server]\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"\n",
+                "server.tls",
+            ),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

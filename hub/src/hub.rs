@@ -65,10 +65,20 @@ pub enum HubError {
 pub struct HubAddrs {
     /// Internal gRPC (TLS).
     pub grpc: SocketAddr,
-    /// REST API (HTTP).
+    /// REST API and web UI.
     pub http: SocketAddr,
+    /// Whether `http` serves HTTPS (`[server] tls`).
+    pub http_tls: bool,
     /// QUIC session endpoint (UDP).
     pub quic: SocketAddr,
+}
+
+impl HubAddrs {
+    /// The base URL of the REST API: `https://…` when `[server] tls` is on.
+    pub fn http_url(&self) -> String {
+        let scheme = if self.http_tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.http)
+    }
 }
 
 /// A running hub.
@@ -186,7 +196,13 @@ impl<'a> HubBuilder<'a> {
             )
             .await?,
         );
-        tasks.push(serve_rest(&state, listeners.http, shutdown_rx.clone()));
+        let https = https_config(config, &credentials.serving)?;
+        tasks.push(serve_rest(
+            &state,
+            listeners.http,
+            https,
+            shutdown_rx.clone(),
+        )?);
         tasks.push(tokio::spawn(crate::fleet::sessions::serve(
             listeners.endpoint.clone(),
             state.clone(),
@@ -340,6 +356,7 @@ impl Listeners {
             addrs: HubAddrs {
                 grpc: grpc_addr,
                 http: http_addr,
+                http_tls: config.server.tls,
                 quic: quic_addr,
             },
         })
@@ -385,6 +402,7 @@ async fn build_state(
         listeners.heartbeat_channels.clone(),
         listeners.addrs.quic.port(),
     );
+    fleet.set_trust_node_labels(config.scheduler.trust_node_labels);
     let scheduler = crate::work::scheduler::Scheduler::new(
         crate::work::scheduler::Strategy::parse(&config.scheduler.strategy)
             .map_err(HubError::Config)?,
@@ -436,6 +454,9 @@ async fn build_state(
 /// attempts).
 async fn recover(state: &HubState) -> Result<(), HubError> {
     for node in state.store().list_nodes().await? {
+        state
+            .fleet
+            .set_assigned_labels(&node.id, node.labels.clone());
         if node.status != "offline" {
             state
                 .store()
@@ -529,24 +550,72 @@ async fn serve_grpc(
     }))
 }
 
-/// Serves the REST API.
+/// The TLS configuration of the HTTP listener when `[server] tls` is on: the certificate and key
+/// files it names, else the hub certificate (which the CLI and nodes already trust).
+fn https_config(
+    config: &Config,
+    serving: &ServingTls,
+) -> Result<Option<rustls::ServerConfig>, HubError> {
+    use outpost_trust::tls;
+    let server = &config.server;
+    if !server.tls {
+        return Ok(None);
+    }
+    let (cert_pem, key_pem, what) = match (&server.tls_cert_file, &server.tls_key_file) {
+        (Some(cert), Some(key)) => (
+            tls::read_text(cert)?,
+            tls::read_text(key)?,
+            "server.tls_cert_file",
+        ),
+        _ => (
+            serving.hub_cert_pem.clone(),
+            serving.hub_key_pem.clone(),
+            "the hub certificate",
+        ),
+    };
+    let chain = tls::certs_from_pem(&cert_pem, what)?;
+    let key = tls::key_from_pem(&key_pem, what)?;
+    Ok(Some(tls::https_server_config(chain, key)?))
+}
+
+/// Serves the REST API, over HTTPS when `tls` is given.
 fn serve_rest(
     state: &Arc<HubState>,
     listener: tokio::net::TcpListener,
+    tls: Option<rustls::ServerConfig>,
     mut shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+) -> Result<tokio::task::JoinHandle<()>, HubError> {
     let app = crate::api::rest::router(state.clone());
-    tokio::spawn(async move {
-        let signal = async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        };
+    let signal = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    let listener = match tls {
+        None => {
+            return Ok(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(signal)
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            }));
+        }
+        Some(tls) => {
+            crate::api::https::TlsListener::new(listener, tls).map_err(|source| HubError::Bind {
+                what: "HTTPS",
+                addr: "server.listen".into(),
+                source,
+            })?
+        }
+    };
+    Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(signal)
             .await
         {
-            tracing::error!(error = %e, "HTTP server stopped");
+            tracing::error!(error = %e, "HTTPS server stopped");
         }
-    })
+    }))
 }
 
 /// Writes status changes to the store in order.

@@ -17,6 +17,8 @@
 //! fuel = 1_000_000_000      # CPU budget, or "unlimited"
 //! timeout = "5s"            # wall time
 //! max_output = "1MiB"       # each of: returned value, stdout, stderr
+//! disk_write = "64MiB"      # bytes one call may write into its read-write grants
+//! files_created = 1000      # files, directories and links one call may create there
 //! ```
 //!
 //! [`ToolPolicy`] is the parsed file; [`ToolPolicy::resolve`] checks it against the node's
@@ -41,6 +43,14 @@ pub const DEFAULT_FUEL: u64 = 1_000_000_000;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default output limit (per stream and for the returned value): 1 MiB.
 pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
+/// Default bytes one call may write into its read-write grants: 64 MiB.
+pub const DEFAULT_DISK_WRITE: u64 = 64 << 20;
+/// Default number of files, directories and links one call may create: 1,000.
+pub const DEFAULT_FILES_CREATED: u64 = 1000;
+/// Most bytes a policy may let one call write: 64 GiB.
+pub const MAX_DISK_WRITE: u64 = 64 << 30;
+/// Most entries a policy may let one call create.
+pub const MAX_FILES_CREATED: u64 = 1_000_000;
 /// Largest memory a policy may ask for: the whole 32-bit address space.
 pub const MAX_MEMORY: u64 = 4 << 30;
 /// Longest wall time a policy may ask for.
@@ -240,6 +250,8 @@ struct LimitsFile {
     fuel: Option<Fuel>,
     timeout: Option<Wall>,
     max_output: Option<Bytes>,
+    disk_write: Option<Bytes>,
+    files_created: Option<u64>,
 }
 
 /// A directory grant as written in the policy.
@@ -300,6 +312,11 @@ pub struct Limits {
     pub timeout: Duration,
     /// Bytes, for the returned value and for each of stdout and stderr.
     pub max_output: u64,
+    /// Bytes one call may write into its read-write grants (every write counts, also over old
+    /// data; growing a file by `set-size` counts the growth).
+    pub disk_write: u64,
+    /// Files, directories and links one call may create in its read-write grants.
+    pub files_created: u64,
 }
 
 impl Default for Limits {
@@ -309,6 +326,8 @@ impl Default for Limits {
             fuel: Fuel::Limited(DEFAULT_FUEL),
             timeout: DEFAULT_TIMEOUT,
             max_output: DEFAULT_MAX_OUTPUT,
+            disk_write: DEFAULT_DISK_WRITE,
+            files_created: DEFAULT_FILES_CREATED,
         }
     }
 }
@@ -406,6 +425,12 @@ impl ToolPolicy {
         if let Some(Bytes(max_output)) = limits.max_output {
             policy.limits.max_output = max_output;
         }
+        if let Some(Bytes(disk_write)) = limits.disk_write {
+            policy.limits.disk_write = disk_write;
+        }
+        if let Some(files_created) = limits.files_created {
+            policy.limits.files_created = files_created;
+        }
         policy
             .validate()
             .map_err(|err| SandboxError::new(err.kind, format!("{origin}: {}", err.message)))?;
@@ -438,6 +463,18 @@ impl ToolPolicy {
             return Err(policy_error(format!(
                 "limits.max_output must be between 1 byte and 256MiB, not {}",
                 limits.max_output
+            )));
+        }
+        if limits.disk_write > MAX_DISK_WRITE {
+            return Err(policy_error(format!(
+                "limits.disk_write must be at most 64GiB, not {}",
+                limits.disk_write
+            )));
+        }
+        if limits.files_created > MAX_FILES_CREATED {
+            return Err(policy_error(format!(
+                "limits.files_created must be at most 1000000, not {}",
+                limits.files_created
             )));
         }
         for key in &self.env {
@@ -844,6 +881,8 @@ max_output = 4096
             ("[limits]\nmemory = 0", "limits.memory"),
             ("[limits]\ntimeout = \"2h\"", "limits.timeout"),
             ("[limits]\nmax_output = 0", "limits.max_output"),
+            ("[limits]\ndisk_write = \"65GiB\"", "limits.disk_write"),
+            ("[limits]\nfiles_created = 1000001", "limits.files_created"),
             ("[env]\nallow = [\"A=B\"]", "env.allow"),
             (
                 "[network]\nallow_hosts = [\"http://x\"]",

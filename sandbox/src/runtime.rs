@@ -17,6 +17,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use super::cache::{CacheOutcome, CompileCache};
 use super::capture::{CappedPipe, OutputLimitExceeded};
+use super::guarded_fs::{DiskQuota, GuardedFsView};
 use super::outcome::{CallReport, ErrorKind, LogLevel, LogRecord, SandboxError, ToolDescription};
 use super::policy::{
     FsAccess, Fuel, MAX_MEMORY, MAX_TABLE_ELEMENTS, ResolvedGrant, ResolvedPolicy,
@@ -155,6 +156,20 @@ struct CallState {
     table: ResourceTable,
     limiter: CallLimiter,
     logs: LogBuffer,
+    disk: Arc<DiskQuota>,
+}
+
+impl CallState {
+    /// The filesystem as guests see it: wasmtime-wasi's, behind the call's guards.
+    fn guarded_fs(&mut self) -> GuardedFsView<'_> {
+        GuardedFsView {
+            inner: wasmtime_wasi::filesystem::WasiFilesystemCtxView {
+                ctx: self.wasi.filesystem(),
+                table: &mut self.table,
+            },
+            quota: &self.disk,
+        }
+    }
 }
 
 impl WasiView for CallState {
@@ -277,6 +292,8 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|err| internal("cannot link WASI", err))?;
+        crate::guarded_fs::add_to_linker(&mut linker, CallState::guarded_fs)
+            .map_err(|err| internal("cannot link the guarded filesystem", err))?;
         wit_host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
             .map_err(|err| internal("cannot link outpost:guest/host", err))?;
         let ticker = config.epoch_interruption.then(|| {
@@ -685,6 +702,7 @@ impl LoadedTool {
                 cap,
                 dropped: 0,
             },
+            disk: DiskQuota::new(limits.disk_write, limits.files_created),
         };
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -724,7 +742,13 @@ impl LoadedTool {
                 .ok()
                 .map(|left| budget.saturating_sub(left));
         }
-        let state = store.into_data();
+        let mut state = store.into_data();
+        if let Some(notice) = state.disk.reached() {
+            state.logs.records.push(LogRecord {
+                level: LogLevel::Warn,
+                message: notice,
+            });
+        }
         report.stdout = stdout.text();
         report.stderr = stderr.text();
         report.logs = state.logs.records;

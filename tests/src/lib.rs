@@ -181,7 +181,12 @@ impl TestHub {
 
     /// REST base URL.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.config.server.listen)
+        let scheme = if self.config.server.tls {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.config.server.listen)
     }
 
     /// The hub CA file nodes trust.

@@ -121,6 +121,20 @@ pub fn quic_server_config(
     Ok(config)
 }
 
+/// The hub's HTTPS listener (REST API and web UI): TLS 1.2 and 1.3, no client certificate
+/// (callers prove themselves with a bearer token), HTTP/2 and HTTP/1.1 by ALPN.
+pub fn https_server_config(
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(cert_chain, key)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 /// Client side of the QUIC session: trusts the hub CA, presents the node certificate.
 pub fn quic_client_config(
     ca_pem: &str,

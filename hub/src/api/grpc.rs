@@ -215,6 +215,7 @@ impl NodeRegistry for HubGrpc {
             grpc_target: r.grpc_target,
             tls_server_name: r.tls_server_name,
             default_worktree_root: r.default_worktree_root,
+            labels: r.replace_labels.then(|| r.labels.into_iter().collect()),
         };
         Ok(Response::new(
             registry::update(&self.state, &r.id, patch).await?,

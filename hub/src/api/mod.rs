@@ -14,5 +14,6 @@ pub mod connections;
 pub mod gate;
 pub mod grpc;
 pub mod grpc_tasks;
+pub mod https;
 pub mod rest;
 pub mod views;

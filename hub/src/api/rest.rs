@@ -166,12 +166,13 @@ fn unauthorized(e: &AuthError) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, format!("{e}{hint}"))
 }
 
-const RECORD_FIELDS: [&str; 5] = [
+const RECORD_FIELDS: [&str; 6] = [
     "id",
     "name",
     "grpc_target",
     "tls_server_name",
     "default_worktree_root",
+    "labels",
 ];
 
 fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
@@ -197,6 +198,31 @@ fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
         ));
     }
     Ok(map)
+}
+
+/// An optional object of string values (`labels`).
+fn labels_field(
+    map: &Map<String, Value>,
+    field: &str,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, ApiError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(labels)) => labels
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                other => Err(ApiError::field(
+                    field,
+                    format!("{k:?} must be a string, got {other}"),
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(other) => Err(ApiError::field(
+            field,
+            format!("must be an object of strings, got {other}"),
+        )),
+    }
 }
 
 fn string_field(map: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
@@ -237,6 +263,10 @@ async fn create_node(
         grpc_target: required("grpc_target")?,
         tls_server_name: string_field(&map, "tls_server_name")?.unwrap_or_default(),
         default_worktree_root: string_field(&map, "default_worktree_root")?.unwrap_or_default(),
+        labels: labels_field(&map, "labels")?
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
     };
     let view = registry::register(&state, record).await?;
     Ok((StatusCode::CREATED, axum::Json(views::node_json(&view))))
@@ -274,6 +304,7 @@ async fn update_node(
         grpc_target: string_field(&map, "grpc_target")?,
         tls_server_name: string_field(&map, "tls_server_name")?,
         default_worktree_root: string_field(&map, "default_worktree_root")?,
+        labels: labels_field(&map, "labels")?,
     };
     Ok(axum::Json(views::node_json(
         &registry::update(&state, &id, patch).await?,

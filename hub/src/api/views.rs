@@ -30,6 +30,7 @@ pub fn record_json(record: &NodeRecord) -> Value {
         "grpc_target": record.grpc_target,
         "tls_server_name": record.tls_server_name,
         "default_worktree_root": record.default_worktree_root,
+        "labels": record.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
     })
 }
 

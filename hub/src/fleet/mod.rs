@@ -19,7 +19,7 @@ pub mod sessions;
 
 pub use liveness::{FleetPolicy, FleetState, NodeStatus, StatusChange};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use outpost_proto::v1::{Capabilities, GpuSnapshot, Load};
@@ -94,6 +94,34 @@ pub struct Fleet {
     /// Counts finished liveness passes (tests wait for one instead of sleeping).
     liveness_passes: watch::Sender<u64>,
     quic_port: u16,
+    /// Labels operators assigned, and whether nodes' own labels count for placement.
+    labels: Mutex<AssignedLabels>,
+}
+
+/// Labels operators assigned to nodes (from the registry), and whether placement also trusts
+/// the labels nodes report about themselves.
+#[derive(Debug)]
+struct AssignedLabels {
+    trust_node_labels: bool,
+    by_node: HashMap<String, BTreeMap<String, String>>,
+}
+
+/// The labels placement sees for a node: those it reports (when trusted), overlaid by those an
+/// operator assigned.
+pub fn placement_labels(
+    reported: &HashMap<String, String>,
+    assigned: Option<&BTreeMap<String, String>>,
+    trust_reported: bool,
+) -> HashMap<String, String> {
+    let mut labels = if trust_reported {
+        reported.clone()
+    } else {
+        HashMap::new()
+    };
+    if let Some(assigned) = assigned {
+        labels.extend(assigned.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    labels
 }
 
 impl Fleet {
@@ -116,7 +144,41 @@ impl Fleet {
             channel_fallbacks: Mutex::new(FallbackBudget::default()),
             liveness_passes: watch::channel(0).0,
             quic_port,
+            labels: Mutex::new(AssignedLabels {
+                trust_node_labels: true,
+                by_node: HashMap::new(),
+            }),
         }
+    }
+
+    /// Whether placement uses the labels nodes report about themselves (`[scheduler]
+    /// trust_node_labels`).
+    pub fn set_trust_node_labels(&self, trust: bool) {
+        self.labels.lock().trust_node_labels = trust;
+    }
+
+    /// Records the labels an operator assigned to `node_id` (empty clears them).
+    pub fn set_assigned_labels(&self, node_id: &str, labels: BTreeMap<String, String>) {
+        let mut assigned = self.labels.lock();
+        if labels.is_empty() {
+            assigned.by_node.remove(node_id);
+        } else {
+            assigned.by_node.insert(node_id.to_string(), labels);
+        }
+    }
+
+    /// The labels placement sees for `node_id`, given those it reports.
+    pub fn placement_labels(
+        &self,
+        node_id: &str,
+        reported: &HashMap<String, String>,
+    ) -> HashMap<String, String> {
+        let assigned = self.labels.lock();
+        placement_labels(
+            reported,
+            assigned.by_node.get(node_id),
+            assigned.trust_node_labels,
+        )
     }
 
     /// The liveness state machine (pure; every time it takes is monotonic).
@@ -180,6 +242,7 @@ impl Fleet {
 
     /// Forgets a node deleted from the registry: its liveness, live data and session.
     pub fn forget(&self, node_id: &str) {
+        self.labels.lock().by_node.remove(node_id);
         self.liveness.lock().remove(node_id);
         self.live.lock().remove(node_id);
         self.links.remove(node_id, "node deleted from the registry");

@@ -1,6 +1,8 @@
 //! The node registry: the operator-facing record of every node (AgentHub's fields) joined with its
 //! live state. REST and gRPC both go through here, so validation and rules are written once.
 
+use std::collections::BTreeMap;
+
 use outpost_proto::v1::{Capabilities, NodeHealth, NodeRecord, NodeView};
 use prost::Message;
 
@@ -72,6 +74,53 @@ pub struct NodePatch {
     pub tls_server_name: Option<String>,
     /// New default worktree root.
     pub default_worktree_root: Option<String>,
+    /// New assigned labels (replacing the old ones; empty clears them).
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Most labels an operator may assign to one node.
+pub const MAX_LABELS: usize = 64;
+
+/// Checks assigned labels: at most [`MAX_LABELS`]; keys of 1 to 63 letters, digits, `-`, `_`,
+/// `.` or `/`; values of at most 256 bytes without control or formatting characters.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), RegistryError> {
+    if labels.len() > MAX_LABELS {
+        return Err(invalid(
+            "labels",
+            format!("{} labels; at most {MAX_LABELS}", labels.len()),
+        ));
+    }
+    for (key, value) in labels {
+        if key.is_empty()
+            || key.len() > 63
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        {
+            return Err(invalid(
+                "labels",
+                format!("key {key:?}: use 1 to 63 letters, digits, '-', '_', '.' or '/'"),
+            ));
+        }
+        if value.len() > 256
+            || value
+                .chars()
+                .any(|c| c.is_control() || is_format_character(c))
+        {
+            return Err(invalid(
+                "labels",
+                format!("value of {key:?}: at most 256 bytes, no control or formatting characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A node's placement view changed (labels assigned): place against it afresh.
+fn refresh_placement(state: &HubState, id: &str) {
+    if let Some(caps) = state.fleet.live(id).and_then(|live| live.capabilities) {
+        crate::work::tasks::observe_capabilities(state, id, &caps);
+    }
 }
 
 /// Checks a node's display name: 1 to 128 bytes, no control characters (terminal escapes) and
@@ -199,7 +248,8 @@ pub fn validate_record(record: &NodeRecord) -> Result<(), RegistryError> {
     validate_name(&record.name)?;
     validate_grpc_target(&record.grpc_target, true)?;
     validate_tls_server_name(&record.tls_server_name)?;
-    validate_worktree_root(&record.default_worktree_root)
+    validate_worktree_root(&record.default_worktree_root)?;
+    validate_labels(&record.labels.clone().into_iter().collect())
 }
 
 /// Registers a node ahead of its join.
@@ -217,6 +267,7 @@ pub async fn register(state: &HubState, record: NodeRecord) -> Result<NodeView, 
         grpc_target: record.grpc_target,
         tls_server_name: record.tls_server_name,
         default_worktree_root: record.default_worktree_root,
+        labels: record.labels.into_iter().collect(),
         status: NodeStatus::Offline.as_str().into(),
         status_reason: "registered; not joined yet".into(),
         created_at_ms: now,
@@ -224,6 +275,7 @@ pub async fn register(state: &HubState, record: NodeRecord) -> Result<NodeView, 
         ..NodeRow::default()
     };
     state.store().insert_node(&row).await?;
+    state.fleet.set_assigned_labels(&row.id, row.labels.clone());
     state.fleet.liveness().add_known(&row.id, false);
     get(state, &row.id).await
 }
@@ -255,8 +307,17 @@ pub async fn update(
         validate_worktree_root(&root)?;
         row.default_worktree_root = root;
     }
+    let relabelled = patch.labels.is_some();
+    if let Some(labels) = patch.labels {
+        validate_labels(&labels)?;
+        row.labels = labels;
+    }
     row.updated_at_ms = state.now_ms();
     state.store().update_node_record(&row).await?;
+    if relabelled {
+        state.fleet.set_assigned_labels(id, row.labels.clone());
+        refresh_placement(state, id);
+    }
     get(state, id).await
 }
 
@@ -383,6 +444,7 @@ fn view(state: &HubState, row: NodeRow) -> NodeView {
             grpc_target: row.grpc_target,
             tls_server_name: row.tls_server_name,
             default_worktree_root: row.default_worktree_root,
+            labels: row.labels.into_iter().collect(),
         }),
         status,
         joined: row.public_key_sha256.is_some(),
@@ -408,7 +470,48 @@ mod tests {
             grpc_target: "https://node1.internal:50051".into(),
             tls_server_name: "node1.internal".into(),
             default_worktree_root: "/data/worktrees".into(),
+            labels: [("zone".to_string(), "edge".to_string())].into(),
         }
+    }
+
+    #[test]
+    fn assigned_labels_are_checked() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(validate_labels(&labels(&[("gpu.tier", "a100"), ("team/ml", "")])).is_ok());
+        for bad in [
+            labels(&[("", "x")]),
+            labels(&[("bad key", "x")]),
+            labels(&[("k", "\u{1b}[2J")]),
+            labels(&[("k", "\u{202e}evil")]),
+            labels(&[("k", &"v".repeat(257))]),
+            (0..=MAX_LABELS)
+                .map(|i| (format!("k{i}"), String::new()))
+                .collect(),
+        ] {
+            assert_eq!(field_of(validate_labels(&bad).unwrap_err()), "labels");
+        }
+    }
+
+    #[test]
+    fn assigned_labels_win_and_node_labels_count_only_when_trusted() {
+        let reported: std::collections::HashMap<String, String> = [
+            ("zone".to_string(), "secure".to_string()),
+            ("os".to_string(), "linux".to_string()),
+        ]
+        .into();
+        let assigned: BTreeMap<String, String> = [("zone".to_string(), "edge".to_string())].into();
+        let trusted = crate::fleet::placement_labels(&reported, Some(&assigned), true);
+        assert_eq!(trusted.get("zone").map(String::as_str), Some("edge"));
+        assert_eq!(trusted.get("os").map(String::as_str), Some("linux"));
+        let untrusted = crate::fleet::placement_labels(&reported, Some(&assigned), false);
+        assert_eq!(untrusted.len(), 1);
+        assert_eq!(untrusted.get("zone").map(String::as_str), Some("edge"));
+        assert!(crate::fleet::placement_labels(&reported, None, false).is_empty());
     }
 
     fn field_of(e: RegistryError) -> String {

@@ -94,6 +94,7 @@ impl Store for MemoryStore {
         row.tls_server_name.clone_from(&node.tls_server_name);
         row.default_worktree_root
             .clone_from(&node.default_worktree_root);
+        row.labels.clone_from(&node.labels);
         row.updated_at_ms = node.updated_at_ms;
         Ok(())
     }

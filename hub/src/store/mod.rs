@@ -63,6 +63,8 @@ pub struct NodeRow {
     pub tls_server_name: String,
     /// Base directory for `create_worktree`.
     pub default_worktree_root: String,
+    /// Labels an operator assigned (placement trusts them over what the node reports).
+    pub labels: std::collections::BTreeMap<String, String>,
     /// SHA-256 of the public key the node joined with; `None` until it joins.
     pub public_key_sha256: Option<String>,
     /// When it joined.
@@ -249,7 +251,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_node(&self, id: &str) -> Result<Option<NodeRow>, StoreError>;
     /// Every node, by id.
     async fn list_nodes(&self) -> Result<Vec<NodeRow>, StoreError>;
-    /// Replaces the operator-set fields (name, grpc_target, tls_server_name, default_worktree_root).
+    /// Replaces the operator-set fields (name, grpc_target, tls_server_name,
+    /// default_worktree_root, labels).
     async fn update_node_record(&self, node: &NodeRow) -> Result<(), StoreError>;
     /// Deletes a node; [`StoreError::Conflict`] while it has active agents.
     async fn delete_node(&self, id: &str) -> Result<(), StoreError>;
@@ -391,6 +394,7 @@ mod conformance {
         let mut a = store.get_node("a").await.unwrap().unwrap();
         a.name = "Renamed".into();
         a.default_worktree_root = "/w".into();
+        a.labels = [("zone".to_string(), "edge \"1\"".to_string())].into();
         a.updated_at_ms = 2;
         store.update_node_record(&a).await.unwrap();
         let got = store.get_node("a").await.unwrap().unwrap();
@@ -402,6 +406,7 @@ mod conformance {
             ),
             ("Renamed", "/w", 2)
         );
+        assert_eq!(got.labels, a.labels);
         assert!(matches!(
             store.update_node_record(&node("zz")).await,
             Err(StoreError::NotFound { .. })

@@ -33,7 +33,7 @@ pub struct SqlStore {
     backend: Backend,
 }
 
-const NODE_COLUMNS: &str = "id, name, grpc_target, tls_server_name, default_worktree_root, public_key_sha256, \
+const NODE_COLUMNS: &str = "id, name, grpc_target, tls_server_name, default_worktree_root, labels, public_key_sha256, \
     joined_at_ms, draining, status, status_reason, last_heartbeat_ms, capabilities, created_at_ms, updated_at_ms";
 
 fn node_from_row(row: &AnyRow) -> Result<NodeRow, sqlx::Error> {
@@ -43,6 +43,7 @@ fn node_from_row(row: &AnyRow) -> Result<NodeRow, sqlx::Error> {
         grpc_target: row.try_get("grpc_target")?,
         tls_server_name: row.try_get("tls_server_name")?,
         default_worktree_root: row.try_get("default_worktree_root")?,
+        labels: labels_from_json(&row.try_get::<String, _>("labels")?)?,
         public_key_sha256: row.try_get("public_key_sha256")?,
         joined_at_ms: row.try_get("joined_at_ms")?,
         draining: row.try_get::<i64, _>("draining")? != 0,
@@ -53,6 +54,14 @@ fn node_from_row(row: &AnyRow) -> Result<NodeRow, sqlx::Error> {
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
+}
+
+fn labels_from_json(text: &str) -> Result<std::collections::BTreeMap<String, String>, sqlx::Error> {
+    serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn labels_json(labels: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
 }
 
 /// Every tool column but the component itself.
@@ -545,8 +554,8 @@ impl Store for SqlStore {
     async fn insert_node(&self, node: &NodeRow) -> Result<(), StoreError> {
         let result = sqlx::query(
             "INSERT INTO nodes (id, name, grpc_target, tls_server_name, default_worktree_root, public_key_sha256, \
-             joined_at_ms, draining, status, status_reason, last_heartbeat_ms, capabilities, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             joined_at_ms, draining, status, status_reason, last_heartbeat_ms, capabilities, created_at_ms, updated_at_ms, labels) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&node.id)
         .bind(&node.name)
@@ -562,6 +571,7 @@ impl Store for SqlStore {
         .bind(&node.capabilities)
         .bind(node.created_at_ms)
         .bind(node.updated_at_ms)
+        .bind(labels_json(&node.labels))
         .execute(&self.writer)
         .await;
         match result {
@@ -594,7 +604,7 @@ impl Store for SqlStore {
     async fn update_node_record(&self, node: &NodeRow) -> Result<(), StoreError> {
         let done = sqlx::query(
             "UPDATE nodes SET name = $2, grpc_target = $3, tls_server_name = $4, default_worktree_root = $5, \
-             updated_at_ms = $6 WHERE id = $1",
+             updated_at_ms = $6, labels = $7 WHERE id = $1",
         )
         .bind(&node.id)
         .bind(&node.name)
@@ -602,6 +612,7 @@ impl Store for SqlStore {
         .bind(&node.tls_server_name)
         .bind(&node.default_worktree_root)
         .bind(node.updated_at_ms)
+        .bind(labels_json(&node.labels))
         .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {

@@ -9,6 +9,7 @@ mod fleet;
 mod fuzz;
 mod grpc_surface;
 mod heartbeat_channel;
+mod https;
 mod in_memory;
 mod nvml;
 mod own_state;

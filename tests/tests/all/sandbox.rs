@@ -515,6 +515,89 @@ async fn one_call_holds_a_bounded_number_of_handles() {
 }
 
 #[tokio::test]
+async fn disk_written_and_files_created_in_a_grant_stop_at_the_quota() {
+    let layout = Layout::new();
+    let mut policy = layout.policy();
+    policy.limits.disk_write = 1 << 20;
+    policy.limits.files_created = 20;
+    let tool = layout.load(&outpost_guests::hostile(), &policy);
+    let quota_notice = |report: &CallReport| {
+        report
+            .logs
+            .iter()
+            .any(|log| log.message.contains("disk quota reached"))
+    };
+
+    // Writing through a stream stops at the byte quota; what was written stays within it.
+    let report = tool.invoke("fill-disk /out/big").await;
+    expect_error(
+        &report,
+        ErrorKind::ToolError,
+        "failed after 1048576 bytes",
+        "fill",
+    );
+    assert!(quota_notice(&report), "{:?}", report.logs);
+    assert_eq!(
+        std::fs::metadata(layout.rw.join("big")).unwrap().len(),
+        1 << 20
+    );
+
+    // Growing a file counts its growth.
+    let report = tool.invoke("grow /out/sparse 10485760").await;
+    expect_error(&report, ErrorKind::ToolError, "quota", "grow");
+    assert_eq!(
+        std::fs::metadata(layout.rw.join("sparse")).unwrap().len(),
+        0
+    );
+    let report = tool.invoke("grow /out/small 4096").await;
+    assert_eq!(report.result.as_deref(), Ok("grew /out/small to 4096"));
+    assert!(!quota_notice(&report));
+
+    // Creating entries stops at the count; the quota is per call, so the next call creates again.
+    std::fs::create_dir(layout.rw.join("many")).unwrap();
+    let report = tool.invoke("many-files /out/many").await;
+    expect_error(
+        &report,
+        ErrorKind::ToolError,
+        "failed after 20 files",
+        "many files",
+    );
+    assert_eq!(
+        std::fs::read_dir(layout.rw.join("many")).unwrap().count(),
+        20
+    );
+    let report = tool.invoke("mkdir /out/many/more").await;
+    assert_eq!(report.result.as_deref(), Ok("made /out/many/more"));
+    still_serves(&tool, "disk quota").await;
+}
+
+#[tokio::test]
+async fn a_fifo_in_a_grant_is_refused_instead_of_blocking_a_host_thread() {
+    let layout = Layout::new();
+    let fifo = layout.rw.join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut policy = layout.policy();
+    policy.limits.timeout = Duration::from_secs(30);
+    let tool = layout.load(&outpost_guests::hostile(), &policy);
+    // Opening a FIFO with no writer would block the opening thread for good; it is refused
+    // at once instead (well inside the wall-time limit, so not a timeout).
+    let report = tool.invoke("read /out/pipe").await;
+    expect_error(
+        &report,
+        ErrorKind::PermissionDenied,
+        "read /out/pipe",
+        "fifo",
+    );
+    let report = tool.invoke("append /out/pipe").await;
+    expect_error(&report, ErrorKind::PermissionDenied, "/out/pipe", "fifo");
+    still_serves(&tool, "fifo").await;
+}
+
+#[tokio::test]
 async fn environment_is_allowlisted() {
     let layout = Layout::new();
     let tool = layout.load(&outpost_guests::hostile(), &layout.policy());

@@ -39,6 +39,23 @@ async fn only_tools_signed_by_trusted_publishers_are_pushed_and_run() {
         std::fs::metadata(&key_b).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    // The `--out FILE` form writes FILE and FILE's `.pub`, and never overwrites a key.
+    let publisher = keys.path().join("publisher.key");
+    let (code, public_c, err) = hub
+        .cli(&["keys", "create", "--out", publisher.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(keys.path().join("publisher.pub"))
+            .unwrap()
+            .trim(),
+        public_c.trim()
+    );
+    let (code, _, err) = hub
+        .cli(&["keys", "create", "--out", publisher.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("never overwritten"), "{err}");
 
     let echo = outpost_guests::echo();
     let echo = echo.to_str().unwrap();

@@ -949,3 +949,84 @@ async fn mig_instances_take_gpu_work_and_cuda_names_them_by_uuid() {
     .await;
     assert_eq!(task["output"], "PCI_BUS_ID", "{task}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_an_operator_assigns_place_work_and_a_nodes_own_claims_need_not() {
+    // The hub trusts only labels it assigned: a node that calls itself `zone=secure` attracts
+    // no work by saying so.
+    let hub = TestHub::start_adjusted(TlsMode::Tls, |config| {
+        config.scheduler.trust_node_labels = false;
+    })
+    .await;
+    let mut config = hub.node_config("liar", STATIC_TOKEN);
+    config.node.labels = [("zone".to_string(), "secure".to_string())].into();
+    let _node = start_node(config).await;
+    hub.wait_status("liar", "online", Duration::from_secs(15))
+        .await;
+    push(&hub, "echo", &outpost_guests::echo()).await;
+
+    let waiting = submit(
+        &hub,
+        &["--tool", "echo", "--input", "hi", "--label", "zone=secure"],
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let task = wait_reason(&hub, &waiting, "missing labels").await;
+    assert_eq!(task["status"], "queued", "{task}");
+
+    // Bad labels are refused with the field named, and nothing changes.
+    let (code, _, err) = hub
+        .cli(&["nodes", "update", "liar", "--label", "bad key=x"])
+        .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("labels"), "{err}");
+
+    // The operator assigns the label (CLI over gRPC); the waiting task is placed and runs.
+    let (code, out, err) = hub
+        .cli(&[
+            "nodes",
+            "update",
+            "liar",
+            "--label",
+            "zone=secure",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(parse(&out)["labels"]["zone"], "secure", "{out}");
+    let task = wait_task_status(&hub, &waiting, "succeeded", Duration::from_secs(30)).await;
+    assert_eq!(task["node"], "liar", "{task}");
+
+    // Over REST too: clearing them queues such work again.
+    let admin = hub.token("admin", outpost_trust::auth::Role::Admin);
+    let url = format!("{}/api/admin/agent-nodes/liar", hub.http_url());
+    let (status, body) = http_json("GET", &url, Some(&admin), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["labels"]["zone"], "secure", "{body}");
+    let (status, body) = http_json(
+        "PUT",
+        &url,
+        Some(&admin),
+        Some(r#"{"labels": {"zone": 7}}"#),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("must be a string"),
+        "{body}"
+    );
+    let (status, body) = http_json("PUT", &url, Some(&admin), Some(r#"{"labels": {}}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["labels"], serde_json::json!({}), "{body}");
+    let again = submit(
+        &hub,
+        &["--tool", "echo", "--input", "hi", "--label", "zone=secure"],
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_reason(&hub, &again, "missing labels").await;
+}

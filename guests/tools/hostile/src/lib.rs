@@ -139,6 +139,46 @@ fn attack(name: &str, args: &[&str]) -> Result<String, ToolError> {
                 }
             }
         }
+        // Disk in a read-write grant: each writes until refused and says how far it got.
+        "fill-disk" => {
+            let path = arg(0)?;
+            let mut file = std::fs::File::create(path)
+                .map_err(|err| denied(&format!("create {path}"), err))?;
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut written = 0_u64;
+            loop {
+                if let Err(err) = file.write_all(&chunk) {
+                    return Err(ToolError::Failed(format!(
+                        "write {path} failed after {written} bytes: {err}"
+                    )));
+                }
+                written += chunk.len() as u64;
+            }
+        }
+        "many-files" => {
+            let dir = arg(0)?;
+            let mut made = 0_u64;
+            loop {
+                let path = format!("{dir}/f{made}");
+                if let Err(err) = std::fs::File::create_new(&path) {
+                    return Err(ToolError::Failed(format!(
+                        "create {path} failed after {made} files: {err}"
+                    )));
+                }
+                made += 1;
+            }
+        }
+        "grow" => {
+            let path = arg(0)?;
+            let len: u64 = arg(1)?
+                .parse()
+                .map_err(|_| ToolError::InvalidInput("grow PATH BYTES".into()))?;
+            let file = std::fs::File::create(path)
+                .map_err(|err| denied(&format!("create {path}"), err))?;
+            file.set_len(len)
+                .map_err(|err| ToolError::Failed(format!("set_len {path} {len}: {err}")))?;
+            Ok(format!("grew {path} to {len}"))
+        }
         "fail-flood" => {
             let len: usize = arg(0)?
                 .parse()

@@ -52,7 +52,7 @@ pub fn node_report(node_id: &str, caps: &Capabilities, state: &HubState) -> Node
         id: node_id.into(),
         accepting,
         gpu_fence,
-        labels: caps.labels.clone().into_iter().collect(),
+        labels: state.fleet.placement_labels(node_id, &caps.labels),
         capabilities,
         devices,
     }
