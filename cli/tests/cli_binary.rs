@@ -294,3 +294,26 @@ fn demo_routes_the_gpu_task_to_the_gpu_node_and_says_why_one_waits() {
         "{demo}"
     );
 }
+
+#[test]
+fn the_binary_is_its_own_launcher_and_reports_landlock() {
+    let (code, out, err) = outpost(&["__outpost-launch", "probe"]);
+    assert_eq!(code, 0, "{err}");
+    let probe: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let enforcement = probe["enforcement"].as_str().unwrap();
+    assert!(
+        ["full", "partial", "none"].contains(&enforcement),
+        "{probe}"
+    );
+    // ABI 5 holds everything native programs are confined by; a kernel with it enforces all.
+    if probe["abi"].as_u64().unwrap() >= 5 {
+        assert_eq!(enforcement, "full", "{probe}");
+    }
+    // A stage it does not know, or no spec, is a usage error naming the cause.
+    let (code, _, err) = outpost(&["__outpost-launch", "dance"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("dance"), "{err}");
+    let (code, _, err) = outpost(&["__outpost-launch", "supervise"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("OUTPOST_LAUNCH_SPEC"), "{err}");
+}

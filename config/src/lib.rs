@@ -573,6 +573,19 @@ pub struct Config {
     pub scheduler: SchedulerSection,
     /// `[tools]`
     pub tools: ToolsSection,
+    /// `[sandbox]`
+    pub sandbox: SandboxSection,
+}
+
+/// `[sandbox]`: how a node runs native programs (agents and `--command` tasks).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSection {
+    /// The executable that launches native programs (an `outpost`, `outpost-node` or
+    /// `outpost-launch` binary); default: the running binary.
+    pub launcher: Option<PathBuf>,
+    /// Refuse native programs unless Landlock fully enforces their confinement here.
+    pub require_landlock: bool,
 }
 
 /// Keys that `OUTPOST_<SECTION>_<KEY>` variables may set (dotted paths).
@@ -621,6 +634,8 @@ pub const ENV_KEYS: &[&str] = &[
     "scheduler.trust_node_labels",
     "tools.preinstall",
     "tools.trusted_publishers",
+    "sandbox.launcher",
+    "sandbox.require_landlock",
 ];
 
 /// The environment variable that overrides a dotted key: `internal_grpc.auth.issuer` →

@@ -141,7 +141,14 @@ impl Node {
             }
         };
         tracing::info!(node_id = %node_id, joined_now, "node identity ready");
-        let ctx = session_context(&config, &identity, gpu_probe)?;
+        let native = probe_native(&config).await;
+        tracing::info!(
+            native = native.available,
+            landlock = native.landlock.enforcement.as_str(),
+            landlock_abi = native.landlock.abi,
+            "native programs"
+        );
+        let ctx = session_context(&config, &identity, gpu_probe, native)?;
         let stats = ctx.stats.clone();
         let runner = ctx.runner.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -220,10 +227,52 @@ async fn join_hub(config: &Config, node_id: &str) -> Result<JoinedIdentity, Node
     Ok(identity)
 }
 
+/// The executable that launches this node's native programs: `[sandbox] launcher`; else the
+/// running binary when it is an Outpost binary (`outpost`, `outpost-node`: each contains the
+/// launcher); else an `outpost-launch` beside it or one directory up. `None` where there is
+/// none (a program embedding the node library must name one): a node never runs an unknown
+/// executable as its launcher.
+pub fn launcher_path(config: &Config) -> Option<PathBuf> {
+    if let Some(launcher) = &config.sandbox.launcher {
+        return Some(launcher.clone());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let name = exe.file_name()?.to_str()?;
+    if matches!(name, "outpost" | "outpost-node" | "outpost-launch") {
+        return Some(exe);
+    }
+    let dir = exe.parent()?;
+    [
+        dir.join("outpost-launch"),
+        dir.parent()?.join("outpost-launch"),
+    ]
+    .into_iter()
+    .find(|candidate| candidate.is_file())
+}
+
+/// Asks the launcher what this node can do with native programs.
+async fn probe_native(config: &Config) -> system::NativeSupport {
+    let Some(launcher) = launcher_path(config) else {
+        return system::NativeSupport::default();
+    };
+    match outpost_runner::launcher::probe(&launcher).await {
+        Some(landlock) => system::NativeSupport {
+            available: true,
+            landlock,
+            require_landlock: config.sandbox.require_landlock,
+        },
+        None => system::NativeSupport {
+            require_landlock: config.sandbox.require_landlock,
+            ..system::NativeSupport::default()
+        },
+    }
+}
+
 fn session_context(
     config: &Config,
     identity: &JoinedIdentity,
     gpu_probe: Arc<dyn GpuProbe>,
+    native: system::NativeSupport,
 ) -> Result<SessionContext, NodeError> {
     let credentials = session::SessionCredentials::new(identity.clone())?;
     let hub_host = grpc_channel::url_host(&identity.hub_url).ok_or_else(|| {
@@ -261,7 +310,9 @@ fn session_context(
         server_name,
         gpu_probe,
         gpu_refresh: config.gpu.refresh_interval,
-        capabilities: Box::new(move |gpus| system::capabilities(&labels, &safe_paths, gpus)),
+        capabilities: Box::new(move |gpus| {
+            system::capabilities(&labels, &safe_paths, native, gpus)
+        }),
         load: Mutex::new(system::LoadSampler::new(&config.data_dir())),
         stats: Arc::new(SessionStats::default()),
         runner,

@@ -108,17 +108,36 @@ fn is_executable(path: &Path) -> bool {
     }
 }
 
-/// Whether the running kernel has the Landlock LSM enabled.
-pub fn landlock_available() -> bool {
-    std::fs::read_to_string("/sys/kernel/security/lsm")
-        .map(|l| l.split(',').any(|m| m.trim() == "landlock"))
-        .unwrap_or(false)
+/// What this node can do with native programs: whether its launcher answered, and the
+/// Landlock it enforces (asked of the kernel by the launcher's probe, not read from securityfs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NativeSupport {
+    /// The launcher answered its probe.
+    pub available: bool,
+    /// Landlock as the probe found it.
+    pub landlock: outpost_runner::launcher::LandlockSupport,
+    /// `[sandbox] require_landlock`.
+    pub require_landlock: bool,
+}
+
+impl Default for NativeSupport {
+    fn default() -> Self {
+        Self {
+            available: false,
+            landlock: outpost_runner::launcher::LandlockSupport {
+                abi: 0,
+                enforcement: outpost_runner::Enforcement::None,
+            },
+            require_landlock: false,
+        }
+    }
 }
 
 /// Everything the node advertises, given the latest GPU snapshot.
 pub fn capabilities(
     labels: &BTreeMap<String, String>,
     safe_paths: &[PathBuf],
+    native: NativeSupport,
     gpus: GpuSnapshot,
 ) -> Capabilities {
     let system = System::new_with_specifics(
@@ -153,7 +172,8 @@ pub fn capabilities(
             })
         })
         .collect();
-    let landlock = landlock_available();
+    let enforcement = native.landlock.enforcement;
+    let landlock = enforcement != outpost_runner::Enforcement::None;
     Capabilities {
         hardware: Some(Hardware {
             cpu_cores,
@@ -169,14 +189,20 @@ pub fn capabilities(
             wasm: true,
             landlock,
             detail: format!(
-                "wasm sandbox: {}; landlock: {}",
+                "wasm sandbox: {}; native programs: {}; landlock: {} (kernel ABI {})",
                 outpost_sandbox::RUNTIME_DESCRIPTION,
-                if landlock {
-                    "available in kernel"
+                if native.available {
+                    "yes"
                 } else {
-                    "not available in kernel"
-                }
+                    "no launcher"
+                },
+                enforcement.as_str(),
+                native.landlock.abi
             ),
+            landlock_abi: native.landlock.abi,
+            landlock_enforcement: enforcement.as_str().into(),
+            native: native.available,
+            require_landlock: native.require_landlock,
         }),
         gpus: Some(gpus),
         agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -202,7 +228,12 @@ mod tests {
     #[test]
     fn capabilities_report_machine_and_labels() {
         let labels = BTreeMap::from([("zone".to_string(), "edge".to_string())]);
-        let caps = capabilities(&labels, &[PathBuf::from("/srv")], GpuSnapshot::default());
+        let caps = capabilities(
+            &labels,
+            &[PathBuf::from("/srv")],
+            NativeSupport::default(),
+            GpuSnapshot::default(),
+        );
         let hw = caps.hardware.unwrap();
         assert!(hw.cpu_cores >= 1);
         assert_eq!(hw.os, std::env::consts::OS);

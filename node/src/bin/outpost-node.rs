@@ -19,11 +19,21 @@ struct Args {
     log_json: bool,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // The node starts native programs through this same binary (before any runtime or thread).
+    if let Some(code) = outpost_runner::run_if_launcher() {
+        std::process::exit(code);
+    }
     let args = Args::parse();
     outpost_node::init_tracing(args.log_json, "info");
-    match run(args).await {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -11,7 +11,9 @@ use outpost_tests::{STATIC_TOKEN, TestHub, start_node, with_simulated_gpu};
 async fn fleet_lifecycle_over_real_transports() {
     let mut hub = TestHub::start(TlsMode::Tls).await;
     let token = hub.one_shot_token().await;
-    let cpu_config = hub.node_config("cpu-1", &token);
+    let mut cpu_config = hub.node_config("cpu-1", &token);
+    let launcher = std::path::PathBuf::from(env!("CARGO_BIN_EXE_outpost-test-launcher"));
+    cpu_config.sandbox.launcher = Some(launcher.clone());
     let gpu_config = with_simulated_gpu(hub.node_config("gpu-1", STATIC_TOKEN));
     let cpu = start_node(cpu_config.clone()).await;
     let gpu = start_node(gpu_config).await;
@@ -36,6 +38,16 @@ async fn fleet_lifecycle_over_real_transports() {
         cpu_json["capabilities"]["sandbox"]["wasm"], true,
         "nodes advertise the wasm sandbox: {cpu_json}"
     );
+    // And native programs, with the Landlock their launcher found in this kernel.
+    let landlock = outpost_runner::launcher::probe_landlock(&launcher).await;
+    let sandbox = &cpu_json["capabilities"]["sandbox"];
+    assert_eq!(sandbox["native"], true, "{sandbox}");
+    assert_eq!(
+        sandbox["landlock_enforcement"],
+        landlock.enforcement.as_str(),
+        "{sandbox}"
+    );
+    assert_eq!(sandbox["landlock_abi"], landlock.abi, "{sandbox}");
     assert!(
         !cpu_json["capabilities"]["gpus"]["unavailable_reason"]
             .as_str()
