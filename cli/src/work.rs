@@ -93,10 +93,13 @@ pub struct WorkArgs {
     /// A tool pushed to the hub.
     #[arg(long, conflicts_with = "command", required_unless_present = "command")]
     tool: Option<String>,
-    /// A native command.
+    /// A native command, run by `/bin/sh -c` on a node that runs native programs.
     #[arg(long)]
     command: Option<String>,
-    /// Input text for the tool.
+    /// The command's working directory on the node, inside its safe_paths (default: the first).
+    #[arg(long, requires = "command")]
+    workdir: Option<String>,
+    /// Input text for the tool (a command's stdin).
     #[arg(long, conflicts_with = "input_file")]
     input: Option<String>,
     /// Read the input from a file.
@@ -453,6 +456,7 @@ pub(crate) async fn tasks(
             let request = SubmitTaskRequest {
                 tool: args.work.tool.clone().unwrap_or_default(),
                 command: args.work.command.clone().unwrap_or_default(),
+                workdir: args.work.workdir.clone().unwrap_or_default(),
                 input: args.work.input()?,
                 requirements: Some(requirements),
                 idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
@@ -557,6 +561,7 @@ pub(crate) async fn nodes_send(
     let request = SubmitTaskRequest {
         tool: args.work.tool.clone().unwrap_or_default(),
         command: args.work.command.clone().unwrap_or_default(),
+        workdir: args.work.workdir.clone().unwrap_or_default(),
         input: args.work.input()?,
         requirements: Some(TaskRequirements {
             node: args.id.clone(),

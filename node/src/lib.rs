@@ -10,6 +10,7 @@
 
 pub mod gpu;
 pub mod join;
+pub mod native;
 pub mod session;
 pub mod system;
 pub mod tasks;
@@ -64,6 +65,13 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+
+    /// Ends the session at once, as a killed node process would end: nothing is closed or
+    /// stopped, and native commands it started keep running (what the next start of a node on
+    /// the same data dir must clean up). For tests of crash recovery.
+    pub fn crash(self) {
+        self.task.abort();
     }
 
     /// Whether the tool with this component digest is compiled and ready on this node (installed
@@ -149,6 +157,15 @@ impl Node {
             "native programs"
         );
         let ctx = session_context(&config, &identity, gpu_probe, native)?;
+        if let Some(native) = ctx.runner.as_ref().and_then(|r| r.native()) {
+            let stopped = native.stop_orphans().await;
+            if stopped > 0 {
+                tracing::warn!(
+                    stopped,
+                    "commands left by an earlier node process were stopped"
+                );
+            }
+        }
         let stats = ctx.stats.clone();
         let runner = ctx.runner.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -294,8 +311,23 @@ fn session_context(
     };
     let open_files = system::raise_open_file_limit();
     tracing::debug!(?open_files, "open-file limit");
+    let native_runner = (native.available)
+        .then(|| launcher_path(config))
+        .flatten()
+        .map(|launcher| native::NativeRunner {
+            launcher,
+            safe_paths: safe_paths.clone(),
+            protected: state_dirs(config),
+            env_allow: config.node.env_allow.clone(),
+            landlock: native.landlock.enforcement != outpost_runner::Enforcement::None,
+            require_landlock: config.sandbox.require_landlock,
+            runs_dir: config.data_dir().join("native"),
+        });
     let runner = match tasks::TaskRunner::new(&config.data_dir(), boundary) {
-        Ok(runner) => Some(Arc::new(runner)),
+        Ok(runner) => Some(Arc::new(match native_runner {
+            Some(native) => runner.with_native(native),
+            None => runner,
+        })),
         Err(e) => {
             tracing::error!(error = %e, "this node will not run tasks");
             None

@@ -83,6 +83,8 @@ pub struct TaskRunner {
     running: Mutex<HashMap<String, Running>>,
     outbox: Mutex<VecDeque<TaskResult>>,
     results_ready: Notify,
+    /// Native commands, where this node runs them (a launcher answered).
+    native: Option<crate::native::NativeRunner>,
 }
 
 impl std::fmt::Debug for TaskRunner {
@@ -130,7 +132,65 @@ impl TaskRunner {
             running: Mutex::new(HashMap::new()),
             outbox: Mutex::new(VecDeque::new()),
             results_ready: Notify::new(),
+            native: None,
         })
+    }
+
+    /// This runner, also running native commands with `native`.
+    pub fn with_native(mut self, native: crate::native::NativeRunner) -> Self {
+        self.native = Some(native);
+        self
+    }
+
+    /// The native side, when this node runs native commands.
+    pub fn native(&self) -> Option<&crate::native::NativeRunner> {
+        self.native.as_ref()
+    }
+
+    /// Starts an attempt in the background and records it as running (replacing an older
+    /// attempt of the same task, which is stopped).
+    fn start_attempt(
+        self: &Arc<Self>,
+        task_id: String,
+        attempt: u32,
+        work: impl std::future::Future<Output = TaskResult> + Send + 'static,
+    ) {
+        let runner = self.clone();
+        // The entry goes in before the task can finish and remove it.
+        let mut running = self.running.lock();
+        let handle = tokio::spawn(async move {
+            let result = work.await;
+            runner.finish(result);
+        });
+        if let Some(previous) = running.insert(
+            task_id,
+            Running {
+                attempt,
+                abort: handle.abort_handle(),
+            },
+        ) {
+            previous.abort.abort();
+        }
+    }
+
+    /// Accepts a native command (`RunTask` with `command`).
+    fn accept_native(self: &Arc<Self>, command: RunTask) -> node_reply::Kind {
+        let Some(native) = self.native.clone() else {
+            return node_reply::Kind::Error(
+                "run_task: this node runs no native commands (its launcher did not answer; see \
+                 [sandbox] launcher)"
+                    .into(),
+            );
+        };
+        if let Some(running) = self.running.lock().get(&command.task_id)
+            && running.attempt == command.attempt
+        {
+            return node_reply::Kind::Ok(true);
+        }
+        let task_id = command.task_id.clone();
+        let attempt = command.attempt;
+        self.start_attempt(task_id, attempt, async move { native.run(command).await });
+        node_reply::Kind::Ok(true)
     }
 
     /// Accepts a `RunTask` command: answers at once (`ok`, `missing_component` or `error`) and
@@ -138,6 +198,9 @@ impl TaskRunner {
     pub fn accept(self: &Arc<Self>, command: RunTask) -> node_reply::Kind {
         if command.task_id.is_empty() || command.task_id.len() > 128 {
             return node_reply::Kind::Error("run_task: task_id must be 1 to 128 bytes".into());
+        }
+        if !command.command.is_empty() {
+            return self.accept_native(command);
         }
         if !is_digest(&command.tool_digest) {
             return node_reply::Kind::Error(format!(
@@ -159,21 +222,11 @@ impl TaskRunner {
         let task_id = command.task_id.clone();
         let attempt = command.attempt;
         let runner = self.clone();
-        // The entry goes in before the task can finish and remove it.
-        let mut running = self.running.lock();
-        let handle = tokio::spawn(async move {
-            let result = runner.run(command, path).await;
-            runner.finish(result);
-        });
-        if let Some(previous) = running.insert(
+        self.start_attempt(
             task_id,
-            Running {
-                attempt,
-                abort: handle.abort_handle(),
-            },
-        ) {
-            previous.abort.abort();
-        }
+            attempt,
+            async move { runner.run(command, path).await },
+        );
         node_reply::Kind::Ok(true)
     }
 

@@ -195,6 +195,12 @@ fn kill_tree_from_outside(pid: i32) {
 #[cfg(not(target_os = "linux"))]
 fn kill_tree_from_outside(_: i32) {}
 
+/// Asks the supervisor `pid` to stop its tree (SIGTERM): for a caller that holds only the pid
+/// (a guard dropped when a task is cancelled).
+pub fn signal_stop(pid: i32) {
+    signal(pid, Signal::Term);
+}
+
 /// Whether `pid` is a launcher's supervisor (and not a pid reused by something else since):
 /// what the node checks before stopping a process named in a pid file left by a crash.
 pub fn is_supervisor(pid: i32) -> bool {

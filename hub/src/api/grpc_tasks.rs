@@ -47,6 +47,7 @@ impl TaskService for HubGrpc {
             idempotency_key: r.idempotency_key,
             max_attempts: r.max_attempts,
             timeout_ms: r.timeout_ms,
+            workdir: r.workdir,
         };
         let submitted = tasks::submit(self.state_arc(), spec).await?;
         Ok(Response::new(views::task_view(&submitted.task)))

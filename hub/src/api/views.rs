@@ -193,6 +193,7 @@ pub fn task_view(task: &TaskRow) -> TaskView {
         duration_us: u64::try_from(task.duration_us).unwrap_or(0),
         fuel_used: u64::try_from(task.fuel_used).unwrap_or(0),
         late_results: u32::try_from(task.late_results).unwrap_or(0),
+        workdir: task.workdir.clone(),
     }
 }
 
@@ -202,6 +203,8 @@ pub fn task_json(task: &TaskView) -> serde_json::Value {
     serde_json::json!({
         "id": task.id,
         "tool": task.tool,
+        "command": task.command,
+        "workdir": task.workdir,
         "input": task.input,
         "requirements": requirements,
         "status": task.status,

@@ -175,8 +175,10 @@ pub struct TaskRow {
     pub id: String,
     /// Tool name (empty for a native command).
     pub tool: String,
-    /// Native command (empty for a tool).
+    /// Native command (empty for a tool), run by `/bin/sh -c`.
     pub command: String,
+    /// Working directory of a native command (empty: the node's first safe path).
+    pub workdir: String,
     /// Input text.
     pub input: String,
     /// Requirements, JSON.
@@ -550,6 +552,7 @@ mod conformance {
             tool: "echo".into(),
             input: "hi".into(),
             requirements: r#"{"gpus":0.5}"#.into(),
+            workdir: "/data/w".into(),
             idempotency_key: key.map(Into::into),
             status: TaskStatus::Queued,
             reason: "waiting".into(),

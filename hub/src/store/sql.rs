@@ -92,7 +92,7 @@ fn tool_from_row(row: &AnyRow, with_component: bool) -> Result<ToolRow, sqlx::Er
 
 const TASK_COLUMNS: &str = "id, tool, command, input, requirements, idempotency_key, status, node_id, \
     reason, attempts, max_attempts, timeout_ms, devices, output, error_kind, error_message, duration_us, \
-    fuel_used, late_results, created_at_ms, updated_at_ms, started_at_ms, finished_at_ms";
+    fuel_used, late_results, created_at_ms, updated_at_ms, started_at_ms, finished_at_ms, workdir";
 
 /// A stored status name as its enum; a name no version of Outpost writes is a decode error.
 fn status_column<S: std::str::FromStr<Err = UnknownStatus>>(
@@ -131,6 +131,7 @@ fn task_from_row(row: &AnyRow) -> Result<TaskRow, sqlx::Error> {
         updated_at_ms: row.try_get("updated_at_ms")?,
         started_at_ms: row.try_get("started_at_ms")?,
         finished_at_ms: row.try_get("finished_at_ms")?,
+        workdir: row.try_get("workdir")?,
     })
 }
 
@@ -163,14 +164,14 @@ macro_rules! update_task_sql {
     };
 }
 
-/// A new task: parameters `$1` to `$23`.
+/// A new task: parameters `$1` to `$24`.
 macro_rules! insert_task_sql {
     () => {
         "INSERT INTO tasks (id, tool, command, input, requirements, \
          idempotency_key, status, node_id, reason, attempts, max_attempts, timeout_ms, devices, \
          output, error_kind, error_message, duration_us, fuel_used, late_results, created_at_ms, \
-         updated_at_ms, started_at_ms, finished_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-         $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+         updated_at_ms, started_at_ms, finished_at_ms, workdir) VALUES ($1, $2, $3, $4, $5, $6, \
+         $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
     };
 }
 
@@ -220,14 +221,14 @@ const ADVANCE_TASK_SQLITE: &str = concat!(
 const INSERT_TASK_SQL: &str = insert_task_sql!();
 
 /// [`Store::insert_placed_task`] on SQLite as one statement list (one round trip to the worker):
-/// the task's `$1` to `$23`, then its first attempt's `$24` to `$32`. A failed statement leaves
+/// the task's `$1` to `$24`, then its first attempt's `$25` to `$33`. A failed statement leaves
 /// the transaction open; the caller rolls it back.
 const INSERT_PLACED_TASK_SQLITE: &str = concat!(
     "BEGIN IMMEDIATE; ",
     insert_task_sql!(),
     "; ",
     insert_attempt_head!(),
-    "VALUES ($24, $25, $26, $27, $28, $29, $30, $31, $32); COMMIT"
+    "VALUES ($25, $26, $27, $28, $29, $30, $31, $32, $33); COMMIT"
 );
 
 /// Binds a new task's parameters (see [`INSERT_TASK_SQL`]) after those already bound.
@@ -256,6 +257,7 @@ fn bind_task_insert<'q>(query: AnyQuery<'q>, task: &'q TaskRow) -> AnyQuery<'q> 
         .bind(task.updated_at_ms)
         .bind(task.started_at_ms)
         .bind(task.finished_at_ms)
+        .bind(&task.workdir)
 }
 
 /// Ends a transaction a failed statement list left open on `connection` ("no transaction is

@@ -11,6 +11,7 @@ mod grpc_surface;
 mod heartbeat_channel;
 mod https;
 mod in_memory;
+mod native;
 mod nvml;
 mod own_state;
 mod rest;

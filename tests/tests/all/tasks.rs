@@ -352,9 +352,18 @@ async fn tasks_are_placed_by_requirement_and_run_in_the_sandbox() {
         .await;
     assert_eq!(code, 1);
     assert!(err.contains("whole number"), "{err}");
-    let (code, _, err) = hub.cli(&["tasks", "submit", "--command", "ls"]).await;
+    let (code, _, err) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--command",
+            "ls",
+            "--workdir",
+            "relative/dir",
+        ])
+        .await;
     assert_eq!(code, 1);
-    assert!(err.contains("native commands"), "{err}");
+    assert!(err.contains("workdir") && err.contains("absolute"), "{err}");
     let (code, _, err) = hub.cli(&["tasks", "get", "task-missing"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("not found"), "{err}");

@@ -27,6 +27,9 @@ pub fn node_report(node_id: &str, caps: &Capabilities, state: &HubState) -> Node
         if sandbox.landlock {
             capabilities.insert("landlock".into());
         }
+        if sandbox.native {
+            capabilities.insert(crate::work::tasks::spec::NATIVE_CAPABILITY.into());
+        }
     }
     let devices = caps
         .gpus

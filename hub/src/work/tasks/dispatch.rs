@@ -202,9 +202,15 @@ async fn send_to_node(
     placement: &Placement,
 ) -> Result<(), StoreError> {
     let tool_removed = || format!("tool {:?} was removed from the hub", task.tool);
-    // The component's bytes are read only if the node turns out to lack them.
-    let Some(tool) = tool_meta(state, &task.tool).await? else {
-        return fail(state, task, "tool_missing", &tool_removed()).await;
+    // A native command has no tool; a tool's component bytes are read only if the node turns
+    // out to lack them.
+    let tool = if task.command.is_empty() {
+        match tool_meta(state, &task.tool).await? {
+            Some(tool) => Some(tool),
+            None => return fail(state, task, "tool_missing", &tool_removed()).await,
+        }
+    } else {
+        None
     };
     let Some(link) = state.fleet.links().get(&placement.node_id) else {
         return lose_attempt(
@@ -231,15 +237,19 @@ async fn send_to_node(
     let mut run = RunTask {
         task_id: task.id.clone(),
         attempt: u32::try_from(task.attempts).unwrap_or(u32::MAX),
-        tool: tool.name.clone(),
-        tool_digest: tool.digest.clone(),
-        component: Vec::new(),
-        policy_toml: tool.policy_toml.clone(),
         input: task.input.clone(),
         env,
         timeout_ms: u64::try_from(task.timeout_ms).unwrap_or(0),
-        signature: crate::work::tools::signature_of(&tool),
+        command: task.command.clone(),
+        workdir: task.workdir.clone(),
+        ..RunTask::default()
     };
+    if let Some(tool) = &tool {
+        run.tool = tool.name.clone();
+        run.tool_digest = tool.digest.clone();
+        run.policy_toml = tool.policy_toml.clone();
+        run.signature = crate::work::tools::signature_of(tool);
+    }
     let mut answer = link.run_task(run.clone()).await;
     if let Ok(RunAnswer::MissingComponent(_)) = &answer {
         // The bytes go within the hub-wide transfer limit, as installs do.

@@ -140,9 +140,12 @@ async fn commit(state: &HubState, transition: &Transition) -> Result<bool, Store
 }
 
 /// Validates and stores a task, then wakes the dispatcher.
-pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted, TaskError> {
+pub async fn submit(state: &Arc<HubState>, mut spec: SubmitSpec) -> Result<Submitted, TaskError> {
     let requirements = spec.validate()?;
-    if tool_meta(state, &spec.tool).await?.is_none() {
+    // The stored requirements are what every later placement reads: a command's need for a
+    // node that runs native programs goes with them.
+    spec.requirements.capabilities = requirements.capabilities.clone();
+    if spec.command.is_empty() && tool_meta(state, &spec.tool).await?.is_none() {
         return Err(TaskError::NotFound(format!(
             "tool {:?} is not on this hub: push it first (`outpost tool push FILE.wasm --name {}`)",
             spec.tool, spec.tool
@@ -152,7 +155,8 @@ pub async fn submit(state: &Arc<HubState>, spec: SubmitSpec) -> Result<Submitted
     let mut row = TaskRow {
         id: new_task_id()?,
         tool: spec.tool.clone(),
-        command: String::new(),
+        command: spec.command.clone(),
+        workdir: spec.workdir.clone(),
         input: spec.input,
         requirements: serde_json::to_string(&spec.requirements)
             .map_err(|e| TaskError::Invalid(format!("requirements: {e}")))?,
@@ -249,6 +253,7 @@ fn spec_difference(first: &TaskRow, retried: &TaskRow) -> Option<&'static str> {
     [
         ("tool", first.tool == retried.tool),
         ("command", first.command == retried.command),
+        ("workdir", first.workdir == retried.workdir),
         ("input", first.input == retried.input),
         ("requirements", first.requirements == retried.requirements),
         ("max_attempts", first.max_attempts == retried.max_attempts),

@@ -19,6 +19,12 @@ const MAX_KEY_BYTES: usize = 200;
 const MAX_TIMEOUT_MS: u64 = outpost_sandbox::policy::MAX_TIMEOUT.as_millis() as u64;
 /// Most placements a task may ask for.
 const MAX_ATTEMPTS: u32 = 100;
+/// Longest native command accepted.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// Longest workdir accepted.
+const MAX_WORKDIR_BYTES: usize = 4096;
+/// The capability a node needs to run native commands (its launcher answered).
+pub const NATIVE_CAPABILITY: &str = "native";
 
 /// Requirements as JSON (REST bodies, the store) — the same fields as the protobuf message.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -100,8 +106,10 @@ impl RequirementsSpec {
 pub struct SubmitSpec {
     /// Tool name.
     pub tool: String,
-    /// Native command (refused until native execution exists).
+    /// Native command, run by `/bin/sh -c` on the node.
     pub command: String,
+    /// Working directory of a native command, inside the node's safe_paths (empty: its first).
+    pub workdir: String,
     /// Input text.
     pub input: String,
     /// Requirements.
@@ -135,22 +143,24 @@ pub enum TaskError {
 }
 
 impl SubmitSpec {
-    /// Checks everything that needs no store: one tool (native commands are not run by this hub
-    /// yet), input and key sizes, attempts, timeout and requirements. The requirements come back
-    /// in the scheduler's terms.
+    /// Checks everything that needs no store: a tool or a command (not both), input, command,
+    /// workdir and key sizes, attempts, timeout and requirements. The requirements come back in
+    /// the scheduler's terms; a command adds the `native` capability to them.
     pub fn validate(&self) -> Result<Requirements, TaskError> {
         let invalid = |m: String| TaskError::Invalid(m);
         match (self.tool.trim().is_empty(), self.command.trim().is_empty()) {
             (true, true) => return Err(invalid("a task needs a tool (or a command)".into())),
             (false, false) => return Err(invalid("give a tool or a command, not both".into())),
-            (true, false) => {
-                return Err(invalid(
-                    "command: native commands are not supported by this hub yet; push the work as a \
-                     WASM tool (`outpost tool push`) and submit it with --tool"
-                        .into(),
-                ));
+            (true, false) => self.validate_native()?,
+            (false, true) => {
+                if !self.workdir.is_empty() {
+                    return Err(invalid(
+                        "workdir: only a native command has one (a tool's directories are the \
+                         grants in its policy)"
+                            .into(),
+                    ));
+                }
             }
-            (false, true) => {}
         }
         if self.input.len() > MAX_INPUT_BYTES {
             return Err(invalid(format!(
@@ -171,9 +181,46 @@ impl SubmitSpec {
                 "timeout_ms: at most {MAX_TIMEOUT_MS} (1 hour, what a node's sandbox allows)"
             )));
         }
-        self.requirements
+        let mut requirements = self
+            .requirements
             .to_requirements()
-            .map_err(|e| invalid(format!("requirements: {e}")))
+            .map_err(|e| invalid(format!("requirements: {e}")))?;
+        if !self.command.trim().is_empty()
+            && !requirements
+                .capabilities
+                .iter()
+                .any(|c| c == NATIVE_CAPABILITY)
+        {
+            requirements.capabilities.push(NATIVE_CAPABILITY.into());
+        }
+        Ok(requirements)
+    }
+
+    fn validate_native(&self) -> Result<(), TaskError> {
+        let invalid = |m: String| TaskError::Invalid(m);
+        if self.command.len() > MAX_COMMAND_BYTES {
+            return Err(invalid(format!(
+                "command: {} bytes is more than the {MAX_COMMAND_BYTES} allowed",
+                self.command.len()
+            )));
+        }
+        if self.command.contains('\0') {
+            return Err(invalid("command: contains a NUL byte".into()));
+        }
+        if !self.workdir.is_empty() {
+            if self.workdir.len() > MAX_WORKDIR_BYTES || self.workdir.contains('\0') {
+                return Err(invalid(format!(
+                    "workdir: at most {MAX_WORKDIR_BYTES} bytes, no NUL"
+                )));
+            }
+            if !self.workdir.starts_with('/') {
+                return Err(invalid(format!(
+                    "workdir: {:?} must be an absolute path on the node",
+                    self.workdir
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -188,7 +235,14 @@ mod tests {
             ..SubmitSpec::default()
         };
         assert!(ok.validate().is_ok());
-        let cases: [(SubmitSpec, &str); 7] = [
+        let native = SubmitSpec {
+            command: "ls".into(),
+            workdir: "/data/project".into(),
+            ..SubmitSpec::default()
+        };
+        let requirements = native.validate().unwrap();
+        assert_eq!(requirements.capabilities, [NATIVE_CAPABILITY]);
+        let cases: [(SubmitSpec, &str); 10] = [
             (SubmitSpec::default(), "needs a tool"),
             (
                 SubmitSpec {
@@ -199,11 +253,31 @@ mod tests {
             ),
             (
                 SubmitSpec {
-                    tool: String::new(),
-                    command: "ls".into(),
+                    workdir: "/data".into(),
                     ..ok.clone()
                 },
-                "native commands are not supported",
+                "only a native command",
+            ),
+            (
+                SubmitSpec {
+                    workdir: "data/project".into(),
+                    ..native.clone()
+                },
+                "absolute",
+            ),
+            (
+                SubmitSpec {
+                    command: "echo \0".into(),
+                    ..native.clone()
+                },
+                "NUL",
+            ),
+            (
+                SubmitSpec {
+                    command: "x".repeat(MAX_COMMAND_BYTES + 1),
+                    ..native.clone()
+                },
+                "command:",
             ),
             (
                 SubmitSpec {
