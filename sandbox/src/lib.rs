@@ -15,6 +15,7 @@ pub const RUNTIME_DESCRIPTION: &str = "wasmtime 48 running outpost:guest/tool@0.
 pub mod cache;
 pub mod capture;
 mod guarded_fs;
+mod guarded_net;
 pub mod outcome;
 pub mod policy;
 pub mod runtime;

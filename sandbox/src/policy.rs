@@ -625,16 +625,21 @@ impl ToolPolicy {
             network.extend(resolve_host(host)?);
         }
         // Name lookups go to the node's resolver, which would carry any name the tool makes
-        // up: they are open only when the policy grants a host by name.
-        let name_lookup = self
+        // up (a channel out through DNS): only the names the policy grants are looked up.
+        let mut lookup_names: Vec<String> = self
             .allow_hosts
             .iter()
-            .any(|host| host_and_port(host).0.parse::<IpAddr>().is_err());
+            .map(|host| host_and_port(host).0)
+            .filter(|host| host.parse::<IpAddr>().is_err())
+            .map(normalise_name)
+            .collect();
+        lookup_names.sort();
+        lookup_names.dedup();
         Ok(ResolvedPolicy {
             fs,
             env,
             network,
-            name_lookup,
+            lookup_names,
             limits: self.limits,
         })
     }
@@ -684,6 +689,19 @@ fn normalise_guest_path(guest: &str) -> Result<String, String> {
 }
 
 /// `HOST` or `HOST:PORT` (IPv6 in brackets when a port follows) split into host and port.
+/// A host name as lookups compare it: lower case, without a trailing dot.
+pub fn normalise_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl ResolvedPolicy {
+    /// Whether the tool may look `name` up.
+    pub fn may_look_up(&self, name: &str) -> bool {
+        let name = normalise_name(name);
+        self.lookup_names.iter().any(|allowed| *allowed == name)
+    }
+}
+
 fn host_and_port(spec: &str) -> (&str, Option<u16>) {
     let with_port = spec
         .rsplit_once(':')
@@ -767,8 +785,9 @@ pub struct ResolvedPolicy {
     pub env: Vec<(String, String)>,
     /// Addresses the tool may connect to; empty means no sockets at all.
     pub network: Vec<NetworkGrant>,
-    /// Whether the tool may look names up (only when a host is granted by name).
-    pub name_lookup: bool,
+    /// The names the tool may look up (the hosts granted by name, lower case, no trailing dot);
+    /// every other lookup is refused before it reaches the node's resolver.
+    pub lookup_names: Vec<String>,
     /// Limits.
     pub limits: Limits,
 }
@@ -1017,11 +1036,19 @@ max_output = 4096
             }
             .resolve(&[])
             .unwrap()
-            .name_lookup
         };
-        assert!(!resolved(&[]));
-        assert!(!resolved(&["127.0.0.1:80", "[::1]:80"]));
-        assert!(resolved(&["localhost:80"]));
+        assert!(resolved(&[]).lookup_names.is_empty());
+        assert!(
+            resolved(&["127.0.0.1:80", "[::1]:80"])
+                .lookup_names
+                .is_empty()
+        );
+        let by_name = resolved(&["LocalHost:80", "localhost."]);
+        assert_eq!(by_name.lookup_names, ["localhost"]);
+        assert!(by_name.may_look_up("localhost"));
+        assert!(by_name.may_look_up("LOCALHOST."));
+        assert!(!by_name.may_look_up("secret.exfil.example"));
+        assert!(!by_name.may_look_up("localhost.evil"));
     }
 
     #[test]

@@ -157,6 +157,8 @@ struct CallState {
     limiter: CallLimiter,
     logs: LogBuffer,
     disk: Arc<DiskQuota>,
+    /// The call's policy (the names it may look up).
+    policy: Arc<ResolvedPolicy>,
 }
 
 impl CallState {
@@ -168,6 +170,17 @@ impl CallState {
                 table: &mut self.table,
             },
             quota: &self.disk,
+        }
+    }
+
+    /// Name lookups as guests see them: wasmtime-wasi's, limited to the granted names.
+    fn guarded_lookup(&mut self) -> crate::guarded_net::GuardedLookupView<'_> {
+        crate::guarded_net::GuardedLookupView {
+            inner: wasmtime_wasi::sockets::WasiSocketsCtxView {
+                ctx: self.wasi.sockets(),
+                table: &mut self.table,
+            },
+            names: &self.policy,
         }
     }
 }
@@ -294,6 +307,8 @@ impl Sandbox {
             .map_err(|err| internal("cannot link WASI", err))?;
         crate::guarded_fs::add_to_linker(&mut linker, CallState::guarded_fs)
             .map_err(|err| internal("cannot link the guarded filesystem", err))?;
+        crate::guarded_net::add_to_linker(&mut linker, CallState::guarded_lookup)
+            .map_err(|err| internal("cannot link the guarded name lookup", err))?;
         wit_host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
             .map_err(|err| internal("cannot link outpost:guest/host", err))?;
         let ticker = config.epoch_interruption.then(|| {
@@ -632,7 +647,7 @@ impl LoadedTool {
         builder
             .allow_tcp(network_allowed)
             .allow_udp(network_allowed)
-            .allow_ip_name_lookup(network_allowed && policy.name_lookup);
+            .allow_ip_name_lookup(network_allowed && !policy.lookup_names.is_empty());
         if network_allowed {
             let grants = policy.network.clone();
             builder.socket_addr_check(move |addr, usage| {
@@ -703,6 +718,7 @@ impl LoadedTool {
                 dropped: 0,
             },
             disk: DiskQuota::new(limits.disk_write, limits.files_created),
+            policy: self.policy.clone(),
         };
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -690,6 +690,27 @@ async fn sockets_need_a_granted_host() {
     let tool = layout.load(&outpost_guests::hostile(), &by_name);
     let report = tool.invoke(&format!("connect localhost:{port}")).await;
     assert_eq!(report.result, Ok(format!("connected to localhost:{port}")));
+
+    // Only the granted name is looked up: any other (a name that carries data out through the
+    // resolver, or one the node's hosts file would answer) is refused before it is asked.
+    let report = tool.invoke("lookup LOCALHOST.").await;
+    assert!(
+        report
+            .result
+            .as_deref()
+            .is_ok_and(|ips| ips.contains("127.0.0.1")),
+        "{:?}",
+        report.result
+    );
+    for name in ["c2VjcmV0.exfil.example", "ip6-localhost", "localhost.evil"] {
+        let report = tool.invoke(&format!("lookup {name}")).await;
+        expect_error(
+            &report,
+            ErrorKind::PermissionDenied,
+            "permission denied",
+            &format!("lookup {name}"),
+        );
+    }
 }
 
 #[tokio::test]

@@ -246,6 +246,17 @@ fn attack(name: &str, args: &[&str]) -> Result<String, ToolError> {
                 .map_err(|err| denied(&format!("send to {addr}"), err))?;
             Ok(format!("connected to {addr}"))
         }
+        "lookup" => {
+            use std::net::ToSocketAddrs as _;
+            let name = arg(0)?;
+            let addrs = (name, 80)
+                .to_socket_addrs()
+                .map_err(|err| denied(&format!("lookup {name}"), err))?;
+            let mut ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            ips.sort();
+            ips.dedup();
+            Ok(ips.join(","))
+        }
         // Ways to end a call early.
         "panic" => panic!("hostile guest panicked on purpose"),
         "exit" => std::process::exit(7),
