@@ -698,7 +698,7 @@ impl ResolvedPolicy {
     /// Whether the tool may look `name` up.
     pub fn may_look_up(&self, name: &str) -> bool {
         let name = normalise_name(name);
-        self.lookup_names.iter().any(|allowed| *allowed == name)
+        self.lookup_names.contains(&name)
     }
 }
 
