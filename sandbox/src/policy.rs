@@ -1043,7 +1043,7 @@ max_output = 4096
                 .lookup_names
                 .is_empty()
         );
-        let by_name = resolved(&["LocalHost:80", "localhost."]);
+        let by_name = resolved(&["LocalHost:80", "localhost"]);
         assert_eq!(by_name.lookup_names, ["localhost"]);
         assert!(by_name.may_look_up("localhost"));
         assert!(by_name.may_look_up("LOCALHOST."));
