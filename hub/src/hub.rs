@@ -468,6 +468,7 @@ async fn recover(state: &HubState) -> Result<(), HubError> {
                 .await?;
         }
     }
+    crate::work::agents::recover(state).await?;
     let orphans = crate::work::tasks::recover_after_restart(state).await?;
     if orphans > 0 {
         tracing::warn!(
@@ -667,6 +668,7 @@ async fn liveness_ticker(
         }
         let changes = state.fleet.liveness().expire(state.monotonic_ms());
         state.publish(changes);
+        crate::work::agents::reconcile_pending(&state).await;
         state.fleet.liveness_pass_done();
         if last_flush.elapsed() >= Duration::from_secs(5) {
             last_flush = tokio::time::Instant::now();

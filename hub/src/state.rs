@@ -29,6 +29,8 @@ pub struct HubState {
     pub tools: ToolRegistry,
     /// What the hub issues and checks: JWTs, node certificates, the static bootstrap token.
     pub credentials: HubCredentials,
+    /// Agents: their output and reconciliation.
+    pub agents: crate::work::agents::AgentHub,
 }
 
 impl HubState {
@@ -48,6 +50,7 @@ impl HubState {
             tasks,
             tools,
             credentials,
+            agents: crate::work::agents::AgentHub::default(),
         }
     }
 

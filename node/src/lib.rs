@@ -8,6 +8,7 @@
 //! wrappers around it. What hub and node share lives in `outpost-config`, `outpost-trust` and
 //! `outpost-clock`; tools run in `outpost-sandbox`.
 
+pub mod agents;
 pub mod gpu;
 pub mod join;
 pub mod native;
@@ -323,6 +324,9 @@ fn session_context(
             require_landlock: config.sandbox.require_landlock,
             runs_dir: config.data_dir().join("native"),
         });
+    let agents = native_runner
+        .clone()
+        .map(|native| Arc::new(agents::AgentRunner::new(native)));
     let runner = match tasks::TaskRunner::new(&config.data_dir(), boundary) {
         Ok(runner) => Some(Arc::new(match native_runner {
             Some(native) => runner.with_native(native),
@@ -348,6 +352,7 @@ fn session_context(
         load: Mutex::new(system::LoadSampler::new(&config.data_dir())),
         stats: Arc::new(SessionStats::default()),
         runner,
+        agents,
     })
 }
 

@@ -78,6 +78,17 @@ fn text(tail: &Tail) -> String {
 }
 
 impl NativeRunner {
+    /// What every native program gets: PATH (the node's, or a default) and HOME (its workdir).
+    pub fn base_environment(&self, workdir: &Path) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()),
+        );
+        env.insert("HOME".to_string(), workdir.display().to_string());
+        env
+    }
+
     /// The environment of a command: PATH, HOME (its workdir), the allowed variables the node
     /// has, then what the hub adds (GPU devices, the task id).
     fn environment(

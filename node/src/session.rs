@@ -105,6 +105,8 @@ pub struct SessionContext {
     pub stats: Arc<SessionStats>,
     /// Runs the hub's tasks; `None` when this node cannot (the reason is in the log).
     pub runner: Option<Arc<TaskRunner>>,
+    /// Native agents (present where native programs run).
+    pub agents: Option<Arc<crate::agents::AgentRunner>>,
 }
 
 /// The credentials a session dials with, and when they were last renewed.
@@ -541,6 +543,19 @@ async fn session_once(
     let mut seq = 0u64;
     let mut next_beat = tokio::time::Instant::now();
     let runner = ctx.runner.clone();
+    // Agents send their output and status over this session while it lasts.
+    struct Detach(Option<Arc<crate::agents::AgentRunner>>);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            if let Some(agents) = &self.0 {
+                agents.detach();
+            }
+        }
+    }
+    if let Some(agents) = &ctx.agents {
+        agents.attach(connection.clone());
+    }
+    let _detach = Detach(ctx.agents.clone());
     loop {
         tokio::select! {
             _ = async { match &runner { Some(r) => r.results_ready().await, None => std::future::pending().await } } => {
@@ -584,6 +599,7 @@ async fn session_once(
                     gpus: Some(gpus.clone()),
                     capabilities_digest: capabilities_digest.as_bytes().to_vec(),
                     running_tasks: runner.as_ref().map(|r| r.running_tasks()).unwrap_or_default(),
+                    running_agents: ctx.agents.as_ref().map(|a| a.running()).unwrap_or_default(),
                 };
                 let current = mode.load(Ordering::Relaxed);
                 let on_channel = current != channel_mode::OFF
@@ -632,6 +648,14 @@ pub async fn send_heartbeat(
         kind: Some(node_event::Kind::Heartbeat(heartbeat)),
     };
     send_event(connection, &event).await
+}
+
+/// Sends one event on a uni stream of its own (for the agents' status events).
+pub(crate) async fn send_event_on(
+    connection: &quinn::Connection,
+    event: &NodeEvent,
+) -> Result<(), SessionError> {
+    send_event(connection, event).await
 }
 
 async fn send_event(connection: &quinn::Connection, event: &NodeEvent) -> Result<(), SessionError> {
@@ -752,6 +776,21 @@ async fn handle_command(
                 tracing::warn!(node_id = %ctx.node_id, error = %e, "renewed credentials refused");
                 node_reply::Kind::Error(format!("credentials: {e}"))
             }
+        },
+        Some(hub_command::Kind::StartAgent(start)) => match &ctx.agents {
+            Some(agents) => agents.start(start),
+            None => node_reply::Kind::Error(
+                "this node runs no native agents (its launcher did not answer; see [sandbox] launcher)"
+                    .into(),
+            ),
+        },
+        Some(hub_command::Kind::StopAgent(agent)) => match &ctx.agents {
+            Some(agents) => agents.stop(&agent),
+            None => node_reply::Kind::Ok(false),
+        },
+        Some(hub_command::Kind::AgentInput(input)) => match &ctx.agents {
+            Some(agents) => agents.input(input),
+            None => node_reply::Kind::Error("this node runs no native agents".into()),
         },
         None => node_reply::Kind::Error("unknown command (newer hub?)".into()),
     };

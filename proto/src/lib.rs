@@ -42,6 +42,12 @@ pub mod limits {
     /// for its other fields.
     pub const MAX_EVENT_FRAME: usize =
         MAX_RESULT_OUTPUT + 2 * MAX_RESULT_LOG + MAX_RESULT_MESSAGE + 64 * 1024;
+    /// Largest chunk of agent output one `AgentOutput` frame carries.
+    pub const MAX_AGENT_CHUNK: usize = 16 * 1024;
+    /// Largest `AgentOutput` frame the hub reads.
+    pub const MAX_AGENT_FRAME: usize = MAX_AGENT_CHUNK + 1024;
+    /// Most bytes of an agent's output the hub keeps for late subscribers (the tail).
+    pub const AGENT_TAIL_BYTES: usize = 256 * 1024;
 }
 
 /// Generated messages and services of package `outpost.v1`.

@@ -156,6 +156,8 @@ pub fn quic_client_config(
 
 /// Event streams (uni streams) a node may have open towards the hub at once.
 pub const MAX_NODE_EVENT_STREAMS: u32 = 16;
+/// Agents one node runs at once: each holds one output stream to the hub beside the events.
+pub const MAX_AGENTS_PER_NODE: u32 = 64;
 
 /// Idle timeout of a session: a peer gone without a word is noticed after this long.
 pub const SESSION_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
@@ -182,7 +184,8 @@ pub fn hub_session_transport() -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(SESSION_IDLE_TIMEOUT) {
         transport.max_idle_timeout(Some(idle));
     }
-    transport.max_concurrent_uni_streams(MAX_NODE_EVENT_STREAMS.into());
+    // Event streams, and one output stream per running agent.
+    transport.max_concurrent_uni_streams((MAX_NODE_EVENT_STREAMS + MAX_AGENTS_PER_NODE).into());
     transport
 }
 

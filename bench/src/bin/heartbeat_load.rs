@@ -234,6 +234,7 @@ async fn drive(
                     }),
                     capabilities_digest: vec![0xab; 64],
                     running_tasks: Vec::new(),
+                    running_agents: Vec::new(),
                 };
                 let ok = match &channel {
                     Some((channel_id, key)) => {

@@ -16,4 +16,5 @@ pub mod grpc;
 pub mod grpc_tasks;
 pub mod https;
 pub mod rest;
+pub mod rest_agents;
 pub mod views;

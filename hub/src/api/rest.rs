@@ -33,7 +33,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -75,7 +75,7 @@ impl From<RegistryError> for ApiError {
 }
 
 /// [`authorize`] for a read of `subject`.
-async fn read(
+pub(super) async fn read(
     state: &HubState,
     headers: &HeaderMap,
     subject: Subject<'_>,
@@ -85,7 +85,7 @@ async fn read(
 }
 
 /// [`authorize`] for a change to `subject`.
-async fn write(
+pub(super) async fn write(
     state: &HubState,
     headers: &HeaderMap,
     subject: Subject<'_>,
@@ -128,6 +128,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/admin/tasks/{id}/cancel", post(cancel_task))
         .route("/api/admin/tools", get(list_tools))
         .route("/api/admin/tools/{name}", get(get_tool))
+        .merge(super::rest_agents::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_credential,

@@ -230,3 +230,38 @@ pub fn task_json(task: &TaskView) -> serde_json::Value {
         "late_results": task.late_results,
     })
 }
+
+/// The JSON shape of an agent (REST and `--json`): the seed's card shows `node:<id>`.
+pub fn agent_json(agent: &crate::store::AgentRow) -> Value {
+    let spec: crate::work::agents::AgentSpec =
+        serde_json::from_str(&agent.spec).unwrap_or_default();
+    json!({
+        "id": agent.id,
+        "name": agent.name,
+        "node": agent.node_id,
+        "placement": format!("node:{}", agent.node_id),
+        "status": agent.status,
+        "run": agent.run,
+        "exit_code": agent.exit_code,
+        "signal": agent.signal,
+        "reason": agent.reason,
+        "landlock": agent.landlock,
+        "runtime": {
+            "kind": "native",
+            "command": spec.command,
+            "args": spec.args,
+            "env_allow": spec.env_allow,
+        },
+        "workdir": spec.workdir,
+        "limits": {
+            "memory_bytes": spec.memory_bytes,
+            "cpu_seconds": spec.cpu_seconds,
+            "timeout_ms": spec.timeout_ms,
+            "max_output_bytes": spec.max_output_bytes,
+        },
+        "created_at": time_json(agent.created_at_ms),
+        "updated_at": time_json(agent.updated_at_ms),
+        "started_at": time_json(agent.started_at_ms.unwrap_or(0)),
+        "finished_at": time_json(agent.finished_at_ms.unwrap_or(0)),
+    })
+}

@@ -41,6 +41,27 @@ pub enum RunAnswer {
     MissingComponent(String),
 }
 
+/// What the hub asks of a node's agents.
+#[derive(Debug, Clone)]
+pub enum AgentCommand {
+    /// Start a run.
+    Start(outpost_proto::v1::StartAgent),
+    /// Stop a run.
+    Stop(outpost_proto::v1::AgentRef),
+    /// A line of input for a run.
+    Input(outpost_proto::v1::AgentInput),
+}
+
+impl AgentCommand {
+    fn into_kind(self) -> hub_command::Kind {
+        match self {
+            Self::Start(start) => hub_command::Kind::StartAgent(start),
+            Self::Stop(agent) => hub_command::Kind::StopAgent(agent),
+            Self::Input(input) => hub_command::Kind::AgentInput(input),
+        }
+    }
+}
+
 /// A way to send commands to one node.
 #[async_trait]
 pub trait NodeLink: Send + Sync + std::fmt::Debug {
@@ -59,6 +80,8 @@ pub trait NodeLink: Send + Sync + std::fmt::Debug {
     async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError>;
     /// Hands the node a renewed certificate and a fresh JWT; Ok once it kept them.
     async fn send_credentials(&self, credentials: NodeCredentials) -> Result<(), LinkError>;
+    /// Starts, stops or feeds an agent; the node's `ok` answer (false: nothing to stop).
+    async fn agent(&self, command: AgentCommand) -> Result<bool, LinkError>;
     /// The transport's own round-trip estimate.
     fn rtt(&self) -> Option<Duration>;
     /// Where the node's session comes from.
@@ -217,6 +240,15 @@ impl NodeLink for QuicLink {
         }
     }
 
+    async fn agent(&self, command: AgentCommand) -> Result<bool, LinkError> {
+        match self.command(command.into_kind()).await? {
+            node_reply::Kind::Ok(done) => Ok(done),
+            other => Err(LinkError::Transport(format!(
+                "unexpected answer to an agent command: {other:?}"
+            ))),
+        }
+    }
+
     fn rtt(&self) -> Option<Duration> {
         Some(self.connection.rtt())
     }
@@ -346,6 +378,13 @@ impl NodeLink for LoopbackLink {
 
     async fn send_credentials(&self, _credentials: NodeCredentials) -> Result<(), LinkError> {
         Ok(())
+    }
+
+    async fn agent(&self, _command: AgentCommand) -> Result<bool, LinkError> {
+        tokio::time::sleep(self.delay * 2).await;
+        Err(LinkError::Refused(
+            "this in-process node runs no agents".into(),
+        ))
     }
 
     fn rtt(&self) -> Option<Duration> {

@@ -301,6 +301,9 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
                 let (state, node_id, session) = (state.clone(), node_id.clone(), session.clone());
                 tokio::spawn(async move {
                     match framing::read_frame::<NodeEvent>(&mut recv, MAX_EVENT).await {
+                        Ok(NodeEvent {
+                            kind: Some(node_event::Kind::AgentOutputStream(header)),
+                        }) => read_agent_output(&state, &node_id, header, recv).await,
                         Ok(event) => on_event(&state, &node_id, &session, event).await,
                         Err(e) => {
                             // Told at once (not by a silent drop), so the node can report
@@ -388,6 +391,7 @@ pub fn on_heartbeat(
     }
     let monotonic = state.monotonic_ms();
     crate::work::tasks::observe_heartbeat(state, node_id, &heartbeat, monotonic);
+    state.agents.heartbeat(node_id, &heartbeat.running_agents);
     let fence = fence_reason(heartbeat.gpus.as_ref());
     let (came_back, fence_change) = {
         let mut fleet = state.fleet.liveness();
@@ -461,6 +465,47 @@ async fn renew_certificate(
         .map_err(|e| format!("handing over the new certificate: {e}"))
 }
 
+/// Reads one agent's output stream (opened by `header`) to its end, into the agent's log. The
+/// stream's QUIC flow control is the backpressure: the hub reads one frame at a time.
+async fn read_agent_output(
+    state: &HubState,
+    node_id: &str,
+    header: outpost_proto::v1::AgentOutputStream,
+    mut recv: quinn::RecvStream,
+) {
+    let owned = matches!(
+        state.store().get_agent(&header.agent_id).await,
+        Ok(Some(row)) if row.node_id == node_id && u64::try_from(row.run).ok() == Some(header.run)
+    );
+    if !owned {
+        let _ = recv.stop(EVENT_REFUSED.into());
+        tracing::warn!(node_id = %node_id, agent_id = %header.agent_id, "output of an agent this node does not run refused");
+        return;
+    }
+    loop {
+        match framing::read_frame::<outpost_proto::v1::AgentOutput>(
+            &mut recv,
+            outpost_proto::limits::MAX_AGENT_FRAME,
+        )
+        .await
+        {
+            Ok(chunk) => {
+                let stream = if chunk.stream == "stderr" {
+                    "stderr"
+                } else {
+                    "stdout"
+                };
+                state.agents.logs.push(
+                    &header.agent_id,
+                    stream,
+                    String::from_utf8_lossy(&chunk.data).into_owned(),
+                );
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 async fn on_event(state: &HubState, node_id: &str, session: &SessionPeer, event: NodeEvent) {
     match event.kind {
         Some(node_event::Kind::CertificateRequest(request)) => {
@@ -494,6 +539,12 @@ async fn on_event(state: &HubState, node_id: &str, session: &SessionPeer, event:
         }
         Some(node_event::Kind::TaskResult(result)) => {
             crate::work::tasks::on_result(state, node_id, result).await;
+        }
+        Some(node_event::Kind::AgentStatus(status)) => {
+            crate::work::agents::on_status(state, node_id, status).await;
+        }
+        Some(node_event::Kind::AgentOutputStream(_)) => {
+            tracing::debug!(node_id = %node_id, "an agent output stream header out of place dropped");
         }
         None => tracing::debug!(node_id = %node_id, "empty event dropped"),
     }

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    AttemptRow, BindOutcome, ChallengeRow, Guard, JoinedNode, NodeRow, Store, StoreError, TaskRow,
-    TaskStatus, TokenRow, ToolRow,
+    ACTIVE_AGENT_STATUSES, AgentRow, AttemptRow, BindOutcome, ChallengeRow, Guard, JoinedNode,
+    NodeRow, Store, StoreError, TaskRow, TaskStatus, TokenRow, ToolRow,
 };
 
 #[derive(Debug, Default)]
@@ -16,8 +16,8 @@ struct Tables {
     nodes: BTreeMap<String, NodeRow>,
     tokens: BTreeMap<String, TokenRow>,
     challenges: BTreeMap<String, ChallengeRow>,
-    /// agent id → (node id, status)
-    agents: BTreeMap<String, (String, String)>,
+    /// agent id → agent
+    agents: BTreeMap<String, AgentRow>,
     tools: BTreeMap<String, ToolRow>,
     tasks: BTreeMap<String, TaskRow>,
     /// (task id, attempt) → attempt
@@ -104,7 +104,7 @@ impl Store for MemoryStore {
         let active = t
             .agents
             .values()
-            .filter(|(n, s)| n == id && s != "stopped")
+            .filter(|a| a.node_id == id && ACTIVE_AGENT_STATUSES.contains(&a.status.as_str()))
             .count();
         if active > 0 {
             return Err(StoreError::Conflict(format!(
@@ -112,7 +112,7 @@ impl Store for MemoryStore {
             )));
         }
         t.nodes.remove(id).ok_or_else(|| not_found(id))?;
-        t.agents.retain(|_, (n, _)| n != id);
+        t.agents.retain(|_, a| a.node_id != id);
         Ok(())
     }
 
@@ -191,30 +191,64 @@ impl Store for MemoryStore {
             .lock()
             .agents
             .values()
-            .filter(|(n, s)| n == node_id && s != "stopped")
+            .filter(|a| a.node_id == node_id && ACTIVE_AGENT_STATUSES.contains(&a.status.as_str()))
             .count() as i64)
     }
 
-    async fn insert_agent(
-        &self,
-        id: &str,
-        node_id: &str,
-        _name: &str,
-        status: &str,
-        _now_ms: i64,
-    ) -> Result<(), StoreError> {
+    async fn insert_agent(&self, agent: &AgentRow) -> Result<(), StoreError> {
         let mut t = self.tables.lock();
-        if !t.nodes.contains_key(node_id) {
-            return Err(not_found(node_id));
+        if !t.nodes.contains_key(&agent.node_id) {
+            return Err(not_found(&agent.node_id));
         }
-        if t.agents.contains_key(id) {
+        if t.agents.contains_key(&agent.id) {
             return Err(StoreError::Duplicate {
                 what: "agent",
-                id: id.into(),
+                id: agent.id.clone(),
             });
         }
-        t.agents.insert(id.into(), (node_id.into(), status.into()));
+        t.agents.insert(agent.id.clone(), agent.clone());
         Ok(())
+    }
+
+    async fn update_agent(&self, agent: &AgentRow) -> Result<(), StoreError> {
+        let mut t = self.tables.lock();
+        match t.agents.get_mut(&agent.id) {
+            Some(row) => {
+                *row = agent.clone();
+                Ok(())
+            }
+            None => Err(StoreError::NotFound {
+                what: "agent",
+                id: agent.id.clone(),
+            }),
+        }
+    }
+
+    async fn get_agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
+        Ok(self.tables.lock().agents.get(id).cloned())
+    }
+
+    async fn list_agents(&self, node: Option<&str>) -> Result<Vec<AgentRow>, StoreError> {
+        Ok(self
+            .tables
+            .lock()
+            .agents
+            .values()
+            .filter(|a| node.is_none_or(|n| a.node_id == n))
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_agent(&self, id: &str) -> Result<(), StoreError> {
+        self.tables
+            .lock()
+            .agents
+            .remove(id)
+            .map(|_| ())
+            .ok_or(StoreError::NotFound {
+                what: "agent",
+                id: id.into(),
+            })
     }
 
     async fn put_tool(&self, tool: &ToolRow) -> Result<(), StoreError> {

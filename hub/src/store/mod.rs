@@ -85,6 +85,42 @@ pub struct NodeRow {
     pub updated_at_ms: i64,
 }
 
+/// The statuses of an agent that hold a node (it may not be deleted while one does).
+pub const ACTIVE_AGENT_STATUSES: [&str; 2] = ["starting", "running"];
+
+/// An agent: a long-running program bound to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AgentRow {
+    /// Unique id (`agent-…`).
+    pub id: String,
+    /// The node it runs on.
+    pub node_id: String,
+    /// Display name.
+    pub name: String,
+    /// created | starting | running | exited | stopped | failed | lost
+    pub status: String,
+    /// What to run and under which limits (`work::agents::AgentSpec`, JSON).
+    pub spec: String,
+    /// Its starts so far (the current run's number).
+    pub run: i64,
+    /// How the last run exited.
+    pub exit_code: Option<i64>,
+    /// The signal that ended the last run.
+    pub signal: Option<i64>,
+    /// Why it failed, was lost or stopped.
+    pub reason: String,
+    /// Landlock as applied to the last run.
+    pub landlock: String,
+    /// Created.
+    pub created_at_ms: i64,
+    /// Last changed.
+    pub updated_at_ms: i64,
+    /// The current run started.
+    pub started_at_ms: Option<i64>,
+    /// The last run ended.
+    pub finished_at_ms: Option<i64>,
+}
+
 /// A one-shot or multi-use bootstrap token (the secret itself is never stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {
@@ -268,17 +304,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn set_capabilities(&self, id: &str, capabilities: &[u8]) -> Result<(), StoreError>;
     /// Binds a joined key to a node id, creating the node when new; refuses another key.
     async fn bind_joined_node(&self, node: &JoinedNode<'_>) -> Result<BindOutcome, StoreError>;
-    /// Agents on a node that are not stopped.
+    /// Agents on a node that are starting or running.
     async fn count_active_agents(&self, node_id: &str) -> Result<i64, StoreError>;
-    /// Records an agent (the agents API builds on this).
-    async fn insert_agent(
-        &self,
-        id: &str,
-        node_id: &str,
-        name: &str,
-        status: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError>;
+    /// Adds an agent (Duplicate when the id is taken, NotFound when the node is unknown).
+    async fn insert_agent(&self, agent: &AgentRow) -> Result<(), StoreError>;
+    /// Replaces an agent's row (NotFound when it is gone).
+    async fn update_agent(&self, agent: &AgentRow) -> Result<(), StoreError>;
+    /// One agent.
+    async fn get_agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError>;
+    /// Agents, by id; only those on `node` when given.
+    async fn list_agents(&self, node: Option<&str>) -> Result<Vec<AgentRow>, StoreError>;
+    /// Removes an agent (NotFound when it is gone).
+    async fn delete_agent(&self, id: &str) -> Result<(), StoreError>;
     /// Adds or replaces a tool (its first push time is kept).
     async fn put_tool(&self, tool: &ToolRow) -> Result<(), StoreError>;
     /// One tool, component included.
@@ -468,13 +505,56 @@ mod conformance {
             (Some("kb"), "https://n:1", Some(10))
         );
 
-        // Agents block deletion.
-        store
-            .insert_agent("ag", "a", "builder", "running", 5)
-            .await
-            .unwrap();
+        // Agents: round trip, update, list by node; active ones block deletion.
+        let agent = AgentRow {
+            id: "ag".into(),
+            node_id: "a".into(),
+            name: "builder".into(),
+            status: "created".into(),
+            spec: r#"{"command":"sh"}"#.into(),
+            created_at_ms: 5,
+            updated_at_ms: 5,
+            ..AgentRow::default()
+        };
+        store.insert_agent(&agent).await.unwrap();
         assert!(matches!(
-            store.insert_agent("ag2", "zz", "x", "running", 5).await,
+            store.insert_agent(&agent).await,
+            Err(StoreError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            store
+                .insert_agent(&AgentRow {
+                    id: "ag2".into(),
+                    node_id: "zz".into(),
+                    ..agent.clone()
+                })
+                .await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert_eq!(store.count_active_agents("a").await.unwrap(), 0);
+        let running = AgentRow {
+            status: "running".into(),
+            run: 2,
+            exit_code: Some(-1),
+            signal: Some(9),
+            reason: "r".into(),
+            landlock: "full".into(),
+            updated_at_ms: 7,
+            started_at_ms: Some(6),
+            finished_at_ms: Some(7),
+            ..agent.clone()
+        };
+        store.update_agent(&running).await.unwrap();
+        assert_eq!(store.get_agent("ag").await.unwrap(), Some(running.clone()));
+        assert_eq!(store.list_agents(Some("a")).await.unwrap(), vec![running]);
+        assert!(store.list_agents(Some("b")).await.unwrap().is_empty());
+        assert!(matches!(
+            store
+                .update_agent(&AgentRow {
+                    id: "nope".into(),
+                    ..agent.clone()
+                })
+                .await,
             Err(StoreError::NotFound { .. })
         ));
         assert_eq!(store.count_active_agents("a").await.unwrap(), 1);

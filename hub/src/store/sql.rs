@@ -6,8 +6,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::{
-    AttemptRow, BindOutcome, ChallengeRow, Guard, JoinedNode, NodeRow, Store, StoreError, TaskRow,
-    TaskStatus, TokenRow, ToolRow, UnknownStatus,
+    AgentRow, AttemptRow, BindOutcome, ChallengeRow, Guard, JoinedNode, NodeRow, Store, StoreError,
+    TaskRow, TaskStatus, TokenRow, ToolRow, UnknownStatus,
 };
 
 /// Which database the URL names.
@@ -62,6 +62,47 @@ fn labels_from_json(text: &str) -> Result<std::collections::BTreeMap<String, Str
 
 fn labels_json(labels: &std::collections::BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
+}
+
+const AGENT_COLUMNS: &str = "id, node_id, name, status, spec, run, exit_code, signal, reason, \
+    landlock, created_at_ms, updated_at_ms, started_at_ms, finished_at_ms";
+
+fn agent_from_row(row: &AnyRow) -> Result<AgentRow, sqlx::Error> {
+    Ok(AgentRow {
+        id: row.try_get("id")?,
+        node_id: row.try_get("node_id")?,
+        name: row.try_get("name")?,
+        status: row.try_get("status")?,
+        spec: row.try_get("spec")?,
+        run: row.try_get("run")?,
+        exit_code: row.try_get("exit_code")?,
+        signal: row.try_get("signal")?,
+        reason: row.try_get("reason")?,
+        landlock: row.try_get("landlock")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+        started_at_ms: row.try_get("started_at_ms")?,
+        finished_at_ms: row.try_get("finished_at_ms")?,
+    })
+}
+
+/// Binds an agent's columns in [`AGENT_COLUMNS`] order.
+fn bind_agent<'q>(query: AnyQuery<'q>, agent: &'q AgentRow) -> AnyQuery<'q> {
+    query
+        .bind(&agent.id)
+        .bind(&agent.node_id)
+        .bind(&agent.name)
+        .bind(&agent.status)
+        .bind(&agent.spec)
+        .bind(agent.run)
+        .bind(agent.exit_code)
+        .bind(agent.signal)
+        .bind(&agent.reason)
+        .bind(&agent.landlock)
+        .bind(agent.created_at_ms)
+        .bind(agent.updated_at_ms)
+        .bind(agent.started_at_ms)
+        .bind(agent.finished_at_ms)
 }
 
 /// Every tool column but the component itself.
@@ -628,12 +669,13 @@ impl Store for SqlStore {
 
     async fn delete_node(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.write_transaction().await?;
-        let active: i64 =
-            sqlx::query("SELECT COUNT(*) FROM agents WHERE node_id = $1 AND status <> 'stopped'")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+        let active: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM agents WHERE node_id = $1 AND status IN ('starting', 'running')",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
         if active > 0 {
             return Err(StoreError::Conflict(format!(
                 "node {id:?} has {active} active agent(s); stop or move them first"
@@ -773,46 +815,101 @@ impl Store for SqlStore {
     }
 
     async fn count_active_agents(&self, node_id: &str) -> Result<i64, StoreError> {
-        let row =
-            sqlx::query("SELECT COUNT(*) FROM agents WHERE node_id = $1 AND status <> 'stopped'")
-                .bind(node_id)
-                .fetch_one(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM agents WHERE node_id = $1 AND status IN ('starting', 'running')",
+        )
+        .bind(node_id)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(row.try_get(0)?)
     }
 
-    async fn insert_agent(
-        &self,
-        id: &str,
-        node_id: &str,
-        name: &str,
-        status: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let result = sqlx::query("INSERT INTO agents (id, node_id, name, status, created_at_ms) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(node_id)
-            .bind(name)
-            .bind(status)
-            .bind(now_ms)
+    async fn insert_agent(&self, agent: &AgentRow) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO agents ({AGENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        );
+        let result = bind_agent(sqlx::query(sqlx::AssertSqlSafe(sql)), agent)
             .execute(&self.writer)
             .await;
         match result {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
                 what: "agent",
-                id: id.into(),
+                id: agent.id.clone(),
             }),
             Err(sqlx::Error::Database(db))
                 if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation =>
             {
                 Err(StoreError::NotFound {
                     what: "node",
-                    id: node_id.into(),
+                    id: agent.node_id.clone(),
                 })
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn update_agent(&self, agent: &AgentRow) -> Result<(), StoreError> {
+        let done = bind_agent(
+            sqlx::query(
+                "UPDATE agents SET node_id = $2, name = $3, status = $4, spec = $5, run = $6, \
+                 exit_code = $7, signal = $8, reason = $9, landlock = $10, created_at_ms = $11, \
+                 updated_at_ms = $12, started_at_ms = $13, finished_at_ms = $14 WHERE id = $1",
+            ),
+            agent,
+        )
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "agent",
+                id: agent.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn get_agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(agent_from_row).transpose()?)
+    }
+
+    async fn list_agents(&self, node: Option<&str>) -> Result<Vec<AgentRow>, StoreError> {
+        let rows = match node {
+            Some(node) => {
+                let sql =
+                    format!("SELECT {AGENT_COLUMNS} FROM agents WHERE node_id = $1 ORDER BY id");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(node)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                let sql = format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY id");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows.iter().map(agent_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn delete_agent(&self, id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "agent",
+                id: id.into(),
+            });
+        }
+        Ok(())
     }
 
     async fn put_tool(&self, tool: &ToolRow) -> Result<(), StoreError> {

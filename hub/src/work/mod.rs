@@ -1,6 +1,8 @@
 //! Work and where it runs: placement as pure logic ([`scheduler`]), the task engine (submit,
-//! dispatch, results, requeue: [`tasks`]) and the tool registry ([`tools`]).
+//! dispatch, results, requeue: [`tasks`]), the tool registry ([`tools`]) and the agents that
+//! run on nodes ([`agents`]).
 
+pub mod agents;
 pub mod scheduler;
 pub mod tasks;
 pub mod tools;

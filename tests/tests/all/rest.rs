@@ -160,7 +160,13 @@ async fn registry_crud_and_every_error() {
     hub.hub()
         .state
         .store()
-        .insert_agent("agent-1", "node-01", "builder", "running", 0)
+        .insert_agent(&outpost_hub::store::AgentRow {
+            id: "agent-1".into(),
+            node_id: "node-01".into(),
+            name: "builder".into(),
+            status: "running".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let (status, err) = http_json("DELETE", &format!("{base}/node-01"), Some(&admin), None).await;

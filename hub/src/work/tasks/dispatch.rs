@@ -68,6 +68,9 @@ pub async fn recover_after_restart(state: &HubState) -> Result<usize, StoreError
 /// One pass: lost nodes first, then the queue in submit order.
 pub async fn dispatch_once(state: &Arc<HubState>) -> Result<(), StoreError> {
     let lost = state.fleet.take_lost_nodes();
+    for (node_id, reason) in &lost {
+        crate::work::agents::node_lost(state, node_id, reason).await;
+    }
     if !lost.is_empty() {
         let active = state.store().queue(&ACTIVE, u32::MAX).await?;
         let lost: HashMap<String, String> = lost.into_iter().collect();

@@ -1,0 +1,435 @@
+//! Native agents on the node: long-running processes the hub starts, feeds, watches and stops.
+//!
+//! Each run goes through the launcher like a native command ([`crate::native`]): workdir inside
+//! `safe_paths`, cleared environment, rlimits, Landlock, a pids cgroup, the whole tree stopped.
+//! Its output goes to the hub on a QUIC uni stream of its own (an `AgentOutputStream` frame, then
+//! `AgentOutput` frames), so one chatty agent never waits for another; a pump holds at most one
+//! chunk, so when the hub reads slowly (or the session is down) the pipe fills and the agent's
+//! own writes wait: backpressure, never unbounded buffering. Status changes go as events and are
+//! sent again until a session takes them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use outpost_proto::framing;
+use outpost_proto::limits::MAX_AGENT_CHUNK;
+use outpost_proto::v1::{
+    AgentInput, AgentOutput, AgentOutputStream, AgentRef, AgentStatus, NodeEvent, StartAgent,
+    node_event, node_reply,
+};
+use outpost_runner::{Confinement, LaunchSpec, NativeProcess, Rlimits};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{mpsc, watch};
+
+use crate::native::{MAX_COMMAND_PROCESSES, NativeRunner, STOP_GRACE};
+
+/// Output one run forwards when its start names no limit.
+pub const DEFAULT_MAX_OUTPUT: u64 = 16 << 20;
+/// Lines of input waiting for an agent's stdin.
+const INPUT_QUEUE: usize = 64;
+/// Longest line of input.
+pub const MAX_INPUT_LINE: usize = 64 * 1024;
+
+struct Run {
+    run: u64,
+    pid: i32,
+    input: mpsc::Sender<String>,
+    stopping: Arc<AtomicBool>,
+}
+
+/// The agents running on this node.
+pub struct AgentRunner {
+    native: NativeRunner,
+    runs: Mutex<HashMap<String, Run>>,
+    connection: watch::Sender<Option<quinn::Connection>>,
+}
+
+impl std::fmt::Debug for AgentRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRunner")
+            .field("running", &self.runs.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn error(message: String) -> node_reply::Kind {
+    node_reply::Kind::Error(message)
+}
+
+impl AgentRunner {
+    /// Agents run with `native`'s launcher, paths and environment rules.
+    pub fn new(native: NativeRunner) -> Self {
+        Self {
+            native,
+            runs: Mutex::new(HashMap::new()),
+            connection: watch::channel(None).0,
+        }
+    }
+
+    /// The session is up: output and status go over `connection` from now on.
+    pub fn attach(&self, connection: quinn::Connection) {
+        self.connection.send_replace(Some(connection));
+    }
+
+    /// The session ended: output and status wait for the next one.
+    pub fn detach(&self) {
+        self.connection.send_replace(None);
+    }
+
+    /// Ids of the agents running now (for heartbeats).
+    pub fn running(&self) -> Vec<String> {
+        self.runs.lock().keys().cloned().collect()
+    }
+
+    /// Starts a run: answers once its process started (or why it did not).
+    pub fn start(self: &Arc<Self>, start: StartAgent) -> node_reply::Kind {
+        if start.agent_id.is_empty() || start.agent_id.len() > 128 {
+            return error("start_agent: agent_id must be 1 to 128 bytes".into());
+        }
+        if let Some(run) = self.runs.lock().get(&start.agent_id) {
+            return if run.run == start.run {
+                node_reply::Kind::Ok(true)
+            } else {
+                error(format!(
+                    "start_agent: {} already runs (run {}); stop it first",
+                    start.agent_id, run.run
+                ))
+            };
+        }
+        if self.runs.lock().len() >= outpost_trust::tls::MAX_AGENTS_PER_NODE as usize {
+            return error(format!(
+                "start_agent: this node runs {} agents, the most it runs at once",
+                outpost_trust::tls::MAX_AGENTS_PER_NODE
+            ));
+        }
+        if let Some(key) = start
+            .env_allow
+            .iter()
+            .find(|key| !self.native.env_allow.contains(key))
+        {
+            return error(format!(
+                "start_agent: {key} is not in this node's [node] env_allow"
+            ));
+        }
+        if start.command.is_empty() || start.command.contains('\0') {
+            return error("start_agent: the command is empty or holds a NUL byte".into());
+        }
+        let native = &self.native;
+        let asked = if start.workdir.is_empty() {
+            match native.safe_paths.first() {
+                Some(first) => first.clone(),
+                None => return error("start_agent: this node has no safe_paths".into()),
+            }
+        } else {
+            PathBuf::from(&start.workdir)
+        };
+        let workdir =
+            match outpost_runner::workdir::resolve(&asked, &native.safe_paths, &native.protected) {
+                Ok(workdir) => workdir,
+                Err(e) => return error(format!("start_agent: {e}")),
+            };
+        if let Err(e) = std::fs::create_dir_all(&native.runs_dir) {
+            return error(format!("start_agent: {}: {e}", native.runs_dir.display()));
+        }
+        let name = format!("agent-{}", safe_name(&start.agent_id));
+        let mut env = native.base_environment(&workdir);
+        for key in &start.env_allow {
+            if let Ok(value) = std::env::var(key) {
+                env.insert(key.clone(), value);
+            }
+        }
+        env.insert("OUTPOST_AGENT_ID".into(), start.agent_id.clone());
+        env.insert("OUTPOST_RUN_ID".into(), start.run.to_string());
+        let nonzero = |v: u64| (v > 0).then_some(v);
+        let spec = LaunchSpec {
+            program: start.command.clone(),
+            args: start.args.clone(),
+            env,
+            workdir: workdir.clone(),
+            rlimits: Rlimits {
+                address_space: nonzero(start.memory_bytes),
+                cpu_seconds: nonzero(start.cpu_seconds),
+                ..Rlimits::default()
+            },
+            confinement: Confinement {
+                enabled: native.landlock || native.require_landlock,
+                read: native.safe_paths.clone(),
+                write: vec![workdir],
+                tcp_connect: None,
+                require_full: native.require_landlock,
+            },
+            max_processes: Some(MAX_COMMAND_PROCESSES),
+            grace: STOP_GRACE,
+            status_file: native.runs_dir.join(format!("{name}.status")),
+        };
+        let mut process = match NativeProcess::spawn(&native.launcher, &spec) {
+            Ok(process) => process,
+            Err(e) => return error(format!("start_agent: {e}")),
+        };
+        let pid_file = native.runs_dir.join(format!("{name}.pid"));
+        let _ = std::fs::write(&pid_file, process.pid().to_string());
+        let (input, mut lines) = mpsc::channel::<String>(INPUT_QUEUE);
+        let stopping = Arc::new(AtomicBool::new(false));
+        self.runs.lock().insert(
+            start.agent_id.clone(),
+            Run {
+                run: start.run,
+                pid: process.pid(),
+                input,
+                stopping: stopping.clone(),
+            },
+        );
+        if let Some(mut stdin) = process.take_stdin() {
+            tokio::spawn(async move {
+                while let Some(line) = lines.recv().await {
+                    if stdin.write_all(line.as_bytes()).await.is_err()
+                        || stdin.write_all(b"\n").await.is_err()
+                        || stdin.flush().await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        // Both pipes feed one bounded channel; one forwarder writes the agent's stream.
+        let (chunks, chunks_rx) = mpsc::channel::<AgentOutput>(8);
+        for (stream, reader) in [
+            (
+                "stdout",
+                process
+                    .take_stdout()
+                    .map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
+            (
+                "stderr",
+                process
+                    .take_stderr()
+                    .map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
+        ] {
+            if let Some(reader) = reader {
+                tokio::spawn(pump(stream, reader, chunks.clone()));
+            }
+        }
+        drop(chunks);
+        let limit = if start.max_output_bytes == 0 {
+            DEFAULT_MAX_OUTPUT
+        } else {
+            start.max_output_bytes
+        };
+        let dropped = Arc::new(AtomicU64::new(0));
+        let forwarder = tokio::spawn(forward(
+            self.connection.subscribe(),
+            start.agent_id.clone(),
+            start.run,
+            chunks_rx,
+            limit,
+            dropped.clone(),
+        ));
+        let runner = self.clone();
+        let (agent_id, run) = (start.agent_id.clone(), start.run);
+        let timeout = nonzero(start.timeout_ms).map(Duration::from_millis);
+        tokio::spawn(async move {
+            runner
+                .deliver(AgentStatus {
+                    agent_id: agent_id.clone(),
+                    run,
+                    status: "running".into(),
+                    ..AgentStatus::default()
+                })
+                .await;
+            let (exit, timed_out) = match timeout {
+                Some(limit) => match tokio::time::timeout(limit, process.wait()).await {
+                    Ok(exit) => (exit, false),
+                    Err(_) => (process.stop().await, true),
+                },
+                None => (process.wait().await, false),
+            };
+            // The output is all forwarded before the end is reported.
+            let _ = forwarder.await;
+            runner.runs.lock().remove(&agent_id);
+            let _ = std::fs::remove_file(&pid_file);
+            let _ = std::fs::remove_file(&spec.status_file);
+            let mut status = AgentStatus {
+                agent_id,
+                run,
+                exit_code: exit.code.unwrap_or(0),
+                signal: exit.signal.unwrap_or(0),
+                landlock: exit
+                    .enforcement
+                    .map(|e| e.as_str().to_string())
+                    .unwrap_or_default(),
+                output_dropped: dropped.load(Ordering::Relaxed),
+                ..AgentStatus::default()
+            };
+            if timed_out {
+                status.status = "failed".into();
+                status.reason = format!(
+                    "ran past its wall-time limit of {}s and was stopped",
+                    timeout.map_or(0.0, |t| t.as_secs_f64())
+                );
+            } else if stopping.load(Ordering::Relaxed) {
+                status.status = "stopped".into();
+            } else if let Some(error) = exit.error {
+                status.status = "failed".into();
+                status.reason = error;
+            } else {
+                status.status = "exited".into();
+            }
+            runner.deliver(status).await;
+        });
+        node_reply::Kind::Ok(true)
+    }
+
+    /// Stops a run (SIGTERM to its tree, SIGKILL after the grace); false when it does not run.
+    pub fn stop(&self, agent: &AgentRef) -> node_reply::Kind {
+        let runs = self.runs.lock();
+        match runs.get(&agent.agent_id) {
+            Some(run) if agent.run == 0 || run.run == agent.run => {
+                run.stopping.store(true, Ordering::Relaxed);
+                outpost_runner::process::signal_stop(run.pid);
+                node_reply::Kind::Ok(true)
+            }
+            _ => node_reply::Kind::Ok(false),
+        }
+    }
+
+    /// Queues a line for a run's stdin.
+    pub fn input(&self, input: AgentInput) -> node_reply::Kind {
+        if input.line.len() > MAX_INPUT_LINE || input.line.contains('\n') {
+            return error(format!(
+                "agent_input: one line of at most {MAX_INPUT_LINE} bytes"
+            ));
+        }
+        let runs = self.runs.lock();
+        match runs.get(&input.agent_id) {
+            Some(run) if input.run == 0 || run.run == input.run => {
+                match run.input.try_send(input.line) {
+                    Ok(()) => node_reply::Kind::Ok(true),
+                    Err(_) => error(format!(
+                        "agent_input: {} has {INPUT_QUEUE} lines waiting already",
+                        input.agent_id
+                    )),
+                }
+            }
+            _ => error(format!(
+                "agent_input: {} is not running here",
+                input.agent_id
+            )),
+        }
+    }
+
+    /// Sends a status event, again on each new session until one takes it.
+    async fn deliver(&self, status: AgentStatus) {
+        let event = NodeEvent {
+            kind: Some(node_event::Kind::AgentStatus(status)),
+        };
+        let mut connection = self.connection.subscribe();
+        loop {
+            let current = connection.borrow_and_update().clone();
+            if let Some(conn) = current
+                && crate::session::send_event_on(&conn, &event).await.is_ok()
+            {
+                return;
+            }
+            if connection.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one pipe into chunks.
+async fn pump(
+    stream: &'static str,
+    mut reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    chunks: mpsc::Sender<AgentOutput>,
+) {
+    let mut buf = vec![0_u8; MAX_AGENT_CHUNK];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let chunk = AgentOutput {
+                    stream: stream.into(),
+                    data: buf[..n].to_vec(),
+                };
+                if chunks.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes a run's chunks to its stream on the current session, opening it again after a
+/// reconnect; past `limit` bytes the rest is counted in `dropped`.
+async fn forward(
+    mut connection: watch::Receiver<Option<quinn::Connection>>,
+    agent_id: String,
+    run: u64,
+    mut chunks: mpsc::Receiver<AgentOutput>,
+    limit: u64,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut stream: Option<quinn::SendStream> = None;
+    let mut sent = 0_u64;
+    while let Some(chunk) = chunks.recv().await {
+        let len = u64::try_from(chunk.data.len()).unwrap_or(u64::MAX);
+        if sent + len > limit {
+            dropped.fetch_add(len, Ordering::Relaxed);
+            continue;
+        }
+        loop {
+            if stream.is_none() {
+                let current = connection.borrow_and_update().clone();
+                if let Some(conn) = current
+                    && let Ok(mut send) = conn.open_uni().await
+                {
+                    let header = NodeEvent {
+                        kind: Some(node_event::Kind::AgentOutputStream(AgentOutputStream {
+                            agent_id: agent_id.clone(),
+                            run,
+                        })),
+                    };
+                    if framing::write_frame(&mut send, &header).await.is_ok() {
+                        stream = Some(send);
+                    }
+                }
+            }
+            if let Some(send) = stream.as_mut() {
+                if framing::write_frame(send, &chunk).await.is_ok() {
+                    sent += len;
+                    break;
+                }
+                stream = None;
+            }
+            // No session (or it broke): wait for the next one, holding this one chunk.
+            if connection.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+    if let Some(mut send) = stream {
+        let _ = send.finish();
+        // Finished means written to QUIC, not read: wait until the hub has it all.
+        let _ = send.stopped().await;
+    }
+}
+
+/// An agent id as a file name.
+fn safe_name(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

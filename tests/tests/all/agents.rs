@@ -1,0 +1,333 @@
+//! Native agents end to end over REST: created on a node, started, fed lines on stdin, their
+//! output followed live as Server-Sent Events, stopped (the tree goes), restarted as a new run,
+//! exiting by themselves; the node cannot be deleted while one runs; a hub restart keeps a
+//! running agent running; a crashed node's agent is `lost` and the restarted node kills it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::BodyExt as _;
+use outpost_config::{Config, TlsMode};
+use outpost_tests::{STATIC_TOKEN, TestHub, eventually, http_json, start_node};
+use outpost_trust::auth::Role;
+use serde_json::{Value, json};
+
+fn launcher() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_outpost-test-launcher"))
+}
+
+fn agent_node(hub: &TestHub, id: &str) -> (Config, PathBuf) {
+    let mut config = hub.node_config(id, STATIC_TOKEN);
+    let safe = hub.dir.path().join(format!("{id}-safe"));
+    std::fs::create_dir_all(&safe).unwrap();
+    config.node.safe_paths = vec![safe.clone()];
+    config.sandbox.launcher = Some(launcher());
+    (config, std::fs::canonicalize(safe).unwrap())
+}
+
+/// An SSE subscription: the raw text received so far.
+struct Events {
+    body: hyper::body::Incoming,
+    text: String,
+}
+
+impl Events {
+    async fn open(url: &str, token: &str) -> Self {
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        let client: Client<_, http_body_util::Empty<bytes::Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let request = http::Request::get(url)
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Self {
+            body: response.into_body(),
+            text: String::new(),
+        }
+    }
+
+    /// Reads until the received text contains `needle` (15 s at most).
+    async fn until(&mut self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !self.text.contains(needle) {
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("{needle:?} not in the events: {}", self.text));
+            let frame = frame.expect("stream open").unwrap();
+            if let Some(data) = frame.data_ref() {
+                self.text.push_str(&String::from_utf8_lossy(data));
+            }
+        }
+    }
+}
+
+async fn agent(hub: &TestHub, token: &str, id: &str) -> Value {
+    let (status, body) = http_json(
+        "GET",
+        &format!("{}/api/agents/{id}", hub.http_url()),
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn wait_agent(hub: &TestHub, token: &str, id: &str, status: &str) -> Value {
+    eventually(
+        &format!("agent {id} {status}"),
+        Duration::from_secs(20),
+        async || {
+            let body = agent(hub, token, id).await;
+            if body["status"] == status {
+                Ok(body)
+            } else {
+                Err(body.to_string())
+            }
+        },
+    )
+    .await
+}
+
+async fn post(hub: &TestHub, token: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let text = body.map(|b| b.to_string());
+    http_json(
+        "POST",
+        &format!("{}{path}", hub.http_url()),
+        Some(token),
+        text.as_deref(),
+    )
+    .await
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists() && !outpost_runner::tree::is_zombie(pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_is_started_fed_followed_stopped_and_restarted() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let admin = hub.token("admin", Role::Admin);
+    let viewer = hub.token("viewer", Role::Viewer);
+    let (config, safe) = agent_node(&hub, "ag-n");
+    let _node = start_node(config).await;
+    hub.wait_status("ag-n", "online", Duration::from_secs(15))
+        .await;
+
+    let pid_file = safe.join("echoer.pid");
+    let script = format!(
+        "echo $$ > {}; echo ready; while read line; do echo got:$line; echo warn:$line >&2; done",
+        pid_file.display()
+    );
+    let (status, created) = post(
+        &hub,
+        &admin,
+        "/api/agents",
+        Some(
+            json!({"name": "echoer", "node": "ag-n", "command": "/bin/sh", "args": ["-c", script]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "created");
+    assert_eq!(created["placement"], "node:ag-n");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // A viewer reads but does not start; bad creates name the field.
+    let (status, _) = post(&hub, &viewer, &format!("/api/agents/{id}/start"), None).await;
+    assert_eq!(status, 403);
+    for (body, field) in [
+        (
+            json!({"name": "x", "node": "ag-n", "command": ""}),
+            "command",
+        ),
+        (
+            json!({"name": "x", "node": "ag-n", "command": "sh", "workdir": "rel"}),
+            "workdir",
+        ),
+        (
+            json!({"name": "x", "node": "nope", "command": "sh"}),
+            "nope",
+        ),
+        (
+            json!({"name": "x", "node": "ag-n", "command": "sh", "colour": 1}),
+            "colour",
+        ),
+    ] {
+        let (status, err) = post(&hub, &admin, "/api/agents", Some(body)).await;
+        assert!(status == 400 || status == 404, "{status} {err}");
+        assert!(err.to_string().contains(field), "{err}");
+    }
+
+    let (status, started) = post(&hub, &admin, &format!("/api/agents/{id}/start"), None).await;
+    assert_eq!(status, 200, "{started}");
+    let running = wait_agent(&hub, &admin, &id, "running").await;
+    assert_eq!(running["run"], 1);
+    let mut events = Events::open(
+        &format!("{}/api/agents/{id}/events", hub.http_url()),
+        &viewer,
+    )
+    .await;
+    events.until("ready").await;
+
+    // A line on stdin comes back on stdout and stderr, live.
+    let (status, err) = post(
+        &hub,
+        &admin,
+        &format!("/api/agents/{id}/input"),
+        Some(json!({"text": "hello"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{err}");
+    events.until("got:hello").await;
+    events.until("warn:hello").await;
+    assert!(
+        events.text.contains(r#""stream":"stderr""#),
+        "{}",
+        events.text
+    );
+
+    // While it runs, neither it nor its node can be deleted.
+    let (status, err) = http_json(
+        "DELETE",
+        &format!("{}/api/admin/agent-nodes/ag-n", hub.http_url()),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{err}");
+    let (status, _) = http_json(
+        "DELETE",
+        &format!("{}/api/agents/{id}", hub.http_url()),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
+
+    // Stop: the process goes, the agent reads stopped, the event stream says so.
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (status, _) = post(&hub, &admin, &format!("/api/agents/{id}/stop"), None).await;
+    assert_eq!(status, 200);
+    let stopped = wait_agent(&hub, &admin, &id, "stopped").await;
+    assert!(!alive(pid), "the agent's process survived its stop");
+    assert!(stopped["signal"].as_i64().is_some() || stopped["exit_code"].as_i64().is_some());
+    events.until("stopped").await;
+
+    // Restart: a new run.
+    let (status, _) = post(&hub, &admin, &format!("/api/agents/{id}/restart"), None).await;
+    assert_eq!(status, 200);
+    let again = wait_agent(&hub, &admin, &id, "running").await;
+    assert_eq!(again["run"], 2, "{again}");
+    let (status, _) = post(&hub, &admin, &format!("/api/agents/{id}/stop"), None).await;
+    assert_eq!(status, 200);
+    wait_agent(&hub, &admin, &id, "stopped").await;
+    let (status, _) = http_json(
+        "DELETE",
+        &format!("{}/api/agents/{id}", hub.http_url()),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+
+    // An agent that ends by itself reads exited, with its code; one that cannot start, failed.
+    let (_, quick) = post(
+        &hub,
+        &admin,
+        "/api/agents",
+        Some(json!({"name": "quick", "node": "ag-n", "command": "/bin/sh", "args": ["-c", "echo bye; exit 4"]})),
+    )
+    .await;
+    let quick_id = quick["id"].as_str().unwrap();
+    post(&hub, &admin, &format!("/api/agents/{quick_id}/start"), None).await;
+    let exited = wait_agent(&hub, &admin, quick_id, "exited").await;
+    assert_eq!(exited["exit_code"], 4, "{exited}");
+    let (_, outside) = post(
+        &hub,
+        &admin,
+        "/api/agents",
+        Some(json!({"name": "outside", "node": "ag-n", "command": "/bin/true", "workdir": "/etc"})),
+    )
+    .await;
+    let outside_id = outside["id"].as_str().unwrap();
+    let (status, failed) = post(
+        &hub,
+        &admin,
+        &format!("/api/agents/{outside_id}/start"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{failed}");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("outside the node's safe_paths"),
+        "{failed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_survive_a_hub_restart_and_a_crashed_nodes_agent_is_lost() {
+    let mut hub = TestHub::start(TlsMode::Tls).await;
+    let admin = hub.token("admin", Role::Admin);
+    let (config, safe) = agent_node(&hub, "ag-r");
+    let node = start_node(config.clone()).await;
+    hub.wait_status("ag-r", "online", Duration::from_secs(15))
+        .await;
+    let pid_file = safe.join("sleeper.pid");
+    let script = format!("echo $$ > {}; exec sleep 300", pid_file.display());
+    let (_, created) = post(
+        &hub,
+        &admin,
+        "/api/agents",
+        Some(json!({"name": "sleeper", "node": "ag-r", "command": "/bin/sh", "args": ["-c", script]})),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    post(&hub, &admin, &format!("/api/agents/{id}/start"), None).await;
+    wait_agent(&hub, &admin, &id, "running").await;
+
+    // The hub restarts: the node comes back and still reports the agent, which stays running.
+    hub.restart().await;
+    hub.wait_status("ag-r", "online", Duration::from_secs(20))
+        .await;
+    // A few liveness passes reconcile the node's heartbeats.
+    hub.liveness_passes(5).await;
+    let after = agent(&hub, &admin, &id).await;
+    assert_eq!(after["status"], "running", "{after}");
+
+    // The node crashes: the agent is lost once the node is offline; the restarted node finds
+    // the agent's process by its pid file and kills it.
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    node.crash();
+    let lost = wait_agent(&hub, &admin, &id, "lost").await;
+    assert!(!lost["reason"].as_str().unwrap().is_empty(), "{lost}");
+    assert!(alive(pid), "the process outlived its node");
+    let _again = start_node(config).await;
+    eventually("the orphan killed", Duration::from_secs(15), async || {
+        if alive(pid) {
+            Err(format!("{pid} alive"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+}
