@@ -6,6 +6,7 @@
 //! certificate in `cert_dir` is presented. Exit codes: 0 ok, 1 failure, 2 usage, 3 stopped by a
 //! sandbox or policy limit.
 
+pub mod agents;
 pub mod demo;
 pub mod tool_run;
 pub mod work;
@@ -83,6 +84,11 @@ enum Command {
     Nodes {
         #[command(subcommand)]
         command: NodesCommand,
+    },
+    /// Agents: long-running native programs on nodes.
+    Agents {
+        #[command(subcommand)]
+        command: crate::agents::AgentsCommand,
     },
     /// Tasks: work the hub places on nodes by requirement.
     Tasks {
@@ -402,6 +408,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         } => crate::work::nodes_result(&global, &task_id, wait, out).await,
         Command::Nodes { command } => nodes(&global, command, out).await,
         Command::Tasks { command } => crate::work::tasks(&global, command, out).await,
+        Command::Agents { command } => crate::agents::agents(&global, command, out).await,
         Command::Tool {
             command: ToolCommand::Push(args),
         } => crate::work::tool_push(&global, args, out).await,
@@ -842,6 +849,20 @@ pub fn terminal_safe(text: &str) -> String {
         }
     }
     safe
+}
+
+/// A program's output for the terminal: lines and tabs kept, every other control or
+/// formatting character escaped (an agent cannot repaint the operator's terminal).
+pub fn terminal_safe_output(text: &str) -> String {
+    text.split('\n')
+        .map(|line| {
+            line.split('\t')
+                .map(terminal_safe)
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Prints rows (the first is the header) in aligned columns, each cell [`terminal_safe`].

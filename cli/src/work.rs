@@ -315,7 +315,7 @@ pub(crate) fn keys_create(
     Ok(())
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 30s, 5m)"))
 }
 
@@ -330,7 +330,7 @@ pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 /// `16GiB` → 16384; a bare number is MiB.
-fn parse_mib(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_mib(text: &str) -> Result<u64, String> {
     if let Ok(mib) = text.trim().parse::<u64>() {
         return Ok(mib);
     }
@@ -338,7 +338,7 @@ fn parse_mib(text: &str) -> Result<u64, String> {
     Ok(bytes.div_ceil(1024 * 1024))
 }
 
-async fn channel(global: &GlobalArgs) -> anyhow::Result<(Channel, String)> {
+pub(crate) async fn channel(global: &GlobalArgs) -> anyhow::Result<(Channel, String)> {
     let config = load_config(global, ServerRole::Hub)?;
     let ctx = ClientContext::discover(&config, global.hub.as_deref())?;
     Ok((ctx.channel().await?, ctx.jwt))

@@ -509,6 +509,9 @@ async fn serve_grpc(
     health_reporter
         .set_serving::<outpost_proto::v1::tool_service_server::ToolServiceServer<HubGrpc>>()
         .await;
+    health_reporter
+        .set_serving::<outpost_proto::v1::agent_service_server::AgentServiceServer<HubGrpc>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(outpost_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -536,7 +539,8 @@ async fn serve_grpc(
         .add_service(grpc.token_service())
         .add_service(grpc.registry_service())
         .add_service(grpc.task_service())
-        .add_service(grpc.tool_service());
+        .add_service(grpc.tool_service())
+        .add_service(grpc.agent_service());
     let incoming = crate::api::connections::LimitedIncoming::new(
         TcpIncoming::from(listener).with_nodelay(Some(true)),
         GRPC_MAX_CONNECTIONS,

@@ -13,6 +13,7 @@ pub mod access;
 pub mod connections;
 pub mod gate;
 pub mod grpc;
+pub mod grpc_agents;
 pub mod grpc_tasks;
 pub mod https;
 pub mod rest;

@@ -14,9 +14,13 @@ use serde_json::Value;
 
 use super::access::Subject;
 use super::rest::{ApiError, read, write};
-use super::views::agent_json;
+use super::views::{agent_json as view_json, agent_view};
 use crate::state::HubState;
 use crate::work::agents::{self, CreateAgent};
+
+fn agent_json(agent: &crate::store::AgentRow) -> Value {
+    view_json(&agent_view(agent))
+}
 
 /// The agents' routes (merged into the REST router, behind its credential check).
 pub fn routes() -> Router<Arc<HubState>> {

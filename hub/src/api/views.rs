@@ -231,15 +231,42 @@ pub fn task_json(task: &TaskView) -> serde_json::Value {
     })
 }
 
-/// The JSON shape of an agent (REST and `--json`): the seed's card shows `node:<id>`.
-pub fn agent_json(agent: &crate::store::AgentRow) -> Value {
+/// The protobuf view of an agent.
+pub fn agent_view(agent: &crate::store::AgentRow) -> outpost_proto::v1::AgentView {
     let spec: crate::work::agents::AgentSpec =
         serde_json::from_str(&agent.spec).unwrap_or_default();
+    outpost_proto::v1::AgentView {
+        id: agent.id.clone(),
+        name: agent.name.clone(),
+        node: agent.node_id.clone(),
+        status: agent.status.clone(),
+        run: agent.run,
+        exit_code: agent.exit_code,
+        signal: agent.signal,
+        reason: agent.reason.clone(),
+        landlock: agent.landlock.clone(),
+        command: spec.command,
+        args: spec.args,
+        env_allow: spec.env_allow,
+        workdir: spec.workdir,
+        memory_bytes: spec.memory_bytes,
+        cpu_seconds: spec.cpu_seconds,
+        timeout_ms: spec.timeout_ms,
+        max_output_bytes: spec.max_output_bytes,
+        created_at_ms: agent.created_at_ms,
+        updated_at_ms: agent.updated_at_ms,
+        started_at_ms: agent.started_at_ms.unwrap_or(0),
+        finished_at_ms: agent.finished_at_ms.unwrap_or(0),
+    }
+}
+
+/// The JSON shape of an agent (REST and `--json`): the seed's card shows `node:<id>`.
+pub fn agent_json(agent: &outpost_proto::v1::AgentView) -> Value {
     json!({
         "id": agent.id,
         "name": agent.name,
-        "node": agent.node_id,
-        "placement": format!("node:{}", agent.node_id),
+        "node": agent.node,
+        "placement": format!("node:{}", agent.node),
         "status": agent.status,
         "run": agent.run,
         "exit_code": agent.exit_code,
@@ -248,20 +275,20 @@ pub fn agent_json(agent: &crate::store::AgentRow) -> Value {
         "landlock": agent.landlock,
         "runtime": {
             "kind": "native",
-            "command": spec.command,
-            "args": spec.args,
-            "env_allow": spec.env_allow,
+            "command": agent.command,
+            "args": agent.args,
+            "env_allow": agent.env_allow,
         },
-        "workdir": spec.workdir,
+        "workdir": agent.workdir,
         "limits": {
-            "memory_bytes": spec.memory_bytes,
-            "cpu_seconds": spec.cpu_seconds,
-            "timeout_ms": spec.timeout_ms,
-            "max_output_bytes": spec.max_output_bytes,
+            "memory_bytes": agent.memory_bytes,
+            "cpu_seconds": agent.cpu_seconds,
+            "timeout_ms": agent.timeout_ms,
+            "max_output_bytes": agent.max_output_bytes,
         },
         "created_at": time_json(agent.created_at_ms),
         "updated_at": time_json(agent.updated_at_ms),
-        "started_at": time_json(agent.started_at_ms.unwrap_or(0)),
-        "finished_at": time_json(agent.finished_at_ms.unwrap_or(0)),
+        "started_at": time_json(agent.started_at_ms),
+        "finished_at": time_json(agent.finished_at_ms),
     })
 }

@@ -331,3 +331,109 @@ async fn agents_survive_a_hub_restart_and_a_crashed_nodes_agent_is_lost() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_cli_drives_an_agent_placed_by_requirement() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let (config, _safe) = agent_node(&hub, "cli-n");
+    let _node = start_node(outpost_tests::with_simulated_gpu(config)).await;
+    hub.wait_status("cli-n", "online", Duration::from_secs(15))
+        .await;
+    let parse = |out: &str| -> Value { serde_json::from_str(out).unwrap() };
+
+    // `--auto` with a GPU requirement: the GPU node that runs native programs.
+    let (code, out, err) = hub
+        .cli(&[
+            "agents",
+            "create",
+            "--name",
+            "talker",
+            "--auto",
+            "--gpus",
+            "1",
+            "--command",
+            "/bin/sh",
+            "--arg",
+            "-c",
+            "--arg",
+            "echo gpu=$CUDA_VISIBLE_DEVICES:$OUTPOST_AGENT_ID; while read l; do echo said:$l; done",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let created = parse(&out);
+    assert_eq!(created["node"], "cli-n", "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let (code, out, err) = hub.cli(&["agents", "start", &id, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(parse(&out)["run"], 1);
+    let admin = hub.token("admin", Role::Admin);
+    wait_agent(&hub, &admin, &id, "running").await;
+    let (code, _, err) = hub
+        .cli(&["agents", "input", &id, "--text", "hi there"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let logs = eventually(
+        "the reply in the logs",
+        Duration::from_secs(15),
+        async || {
+            let (code, out, err) = hub.cli(&["agents", "logs", &id, "--json"]).await;
+            if code != 0 {
+                return Err(err);
+            }
+            if out.contains("said:hi there") {
+                Ok(out)
+            } else {
+                Err(out)
+            }
+        },
+    )
+    .await;
+    // One JSON event per line, in order, with the agent's own id in its environment.
+    let entries: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        entries
+            .windows(2)
+            .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64())
+    );
+    assert!(logs.contains(&format!(":{id}")), "{logs}");
+    let (code, out, _) = hub.cli(&["agents", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("node:cli-n") && out.contains("running"),
+        "{out}"
+    );
+    let (code, _, err) = hub.cli(&["agents", "stop", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    wait_agent(&hub, &admin, &id, "stopped").await;
+    let (code, out, err) = hub.cli(&["agents", "delete", &id, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(parse(&out)["deleted"], id.as_str());
+
+    // No node fits: refused with the reason; WASM agents are not there yet.
+    let (code, _, err) = hub
+        .cli(&[
+            "agents",
+            "create",
+            "--name",
+            "big",
+            "--auto",
+            "--gpus",
+            "8",
+            "--command",
+            "sh",
+        ])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no node fits"), "{err}");
+    let (code, _, err) = hub
+        .cli(&[
+            "agents", "create", "--name", "w", "--node", "cli-n", "--tool", "echo",
+        ])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not supported yet"), "{err}");
+}
