@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use outpost_proto::framing;
-use outpost_proto::limits::MAX_AGENT_CHUNK;
+use outpost_proto::limits::{MAX_AGENT_CHUNK, MAX_AGENT_INPUT_LINE as MAX_INPUT_LINE};
 use outpost_proto::v1::{
     AgentInput, AgentOutput, AgentOutputStream, AgentRef, AgentStatus, NodeEvent, StartAgent,
     node_event, node_reply,
@@ -25,14 +25,12 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 
-use crate::native::{MAX_COMMAND_PROCESSES, NativeRunner, STOP_GRACE};
+use crate::native::{MAX_COMMAND_PROCESSES, NativeRunner, STOP_GRACE, safe_name};
 
 /// Output one run forwards when its start names no limit.
 pub const DEFAULT_MAX_OUTPUT: u64 = 16 << 20;
 /// Lines of input waiting for an agent's stdin.
 const INPUT_QUEUE: usize = 64;
-/// Longest line of input.
-pub const MAX_INPUT_LINE: usize = 64 * 1024;
 
 struct Run {
     run: u64,
@@ -419,17 +417,4 @@ async fn forward(
         // Finished means written to QUIC, not read: wait until the hub has it all.
         let _ = send.stopped().await;
     }
-}
-
-/// An agent id as a file name.
-fn safe_name(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

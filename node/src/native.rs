@@ -278,8 +278,8 @@ impl NativeRunner {
     }
 }
 
-/// A task id as a file name: letters, digits, `-` and `_` kept, everything else `_`.
-fn safe_name(id: &str) -> String {
+/// A task or agent id as a file name: letters, digits, `-` and `_` kept, everything else `_`.
+pub(crate) fn safe_name(id: &str) -> String {
     id.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

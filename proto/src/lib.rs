@@ -46,6 +46,10 @@ pub mod limits {
     pub const MAX_AGENT_CHUNK: usize = 16 * 1024;
     /// Largest `AgentOutput` frame the hub reads.
     pub const MAX_AGENT_FRAME: usize = MAX_AGENT_CHUNK + 1024;
+    /// Longest line of input for an agent (checked by the hub and again by the node).
+    pub const MAX_AGENT_INPUT_LINE: usize = 64 * 1024;
+    /// Longest reason an agent's status carries (a node's longer text is cut).
+    pub const MAX_AGENT_REASON: usize = 4 * 1024;
     /// Most bytes of an agent's output the hub keeps for late subscribers (the tail).
     pub const AGENT_TAIL_BYTES: usize = 256 * 1024;
 }

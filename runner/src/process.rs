@@ -134,7 +134,7 @@ impl NativeProcess {
         match tokio::time::timeout(patience, self.child.wait()).await {
             Ok(status) => self.exit(status.ok()),
             Err(_) => {
-                kill_tree_from_outside(self.pid);
+                kill_tree_off_runtime(self.pid).await;
                 let status = self.child.wait().await;
                 self.exit(status.ok())
             }
@@ -183,6 +183,11 @@ fn signal(pid: i32, which: Signal) {
 #[cfg(not(target_os = "linux"))]
 fn signal(_: i32, _: Signal) {}
 
+/// [`kill_tree_from_outside`] on a blocking thread (it reads `/proc` and sleeps between rounds).
+async fn kill_tree_off_runtime(pid: i32) {
+    let _ = tokio::task::spawn_blocking(move || kill_tree_from_outside(pid)).await;
+}
+
 /// SIGKILLs every descendant of `pid`, then `pid`.
 #[cfg(target_os = "linux")]
 fn kill_tree_from_outside(pid: i32) {
@@ -226,7 +231,7 @@ pub async fn stop_orphaned_supervisor(pid: i32, grace: Duration) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    kill_tree_from_outside(pid);
+    kill_tree_off_runtime(pid).await;
     true
 }
 

@@ -130,26 +130,12 @@ impl AgentService for HubGrpc {
         let state = self.state_arc();
         agents::get(state, &r.id).await?;
         let (tail, live) = state.agents.logs.subscribe(&r.id);
-        let retained = futures::stream::iter(tail.into_iter().map(|e| Ok(entry(e))));
-        if !r.follow {
-            return Ok(Response::new(Box::pin(retained)));
-        }
-        let following = futures::stream::unfold(live, |mut live| async move {
-            use tokio::sync::broadcast::error::RecvError;
-            match live.recv().await {
-                Ok(e) => Some((Ok(entry(e)), live)),
-                Err(RecvError::Lagged(missed)) => Some((
-                    Ok(AgentLogEntry {
-                        stream: "event".into(),
-                        data: format!("{missed} entries missed"),
-                        ..AgentLogEntry::default()
-                    }),
-                    live,
-                )),
-                Err(RecvError::Closed) => None,
-            }
-        });
         use futures::StreamExt as _;
-        Ok(Response::new(Box::pin(retained.chain(following))))
+        let retained = futures::stream::iter(tail);
+        if !r.follow {
+            return Ok(Response::new(Box::pin(retained.map(|e| Ok(entry(e))))));
+        }
+        let all = retained.chain(agents::log::follow(live));
+        Ok(Response::new(Box::pin(all.map(|e| Ok(entry(e))))))
     }
 }

@@ -144,29 +144,16 @@ async fn events(
     read(&state, &headers, Subject::Fleet, "read agent output").await?;
     agents::get(&state, &id).await?;
     let (tail, live) = state.agents.logs.subscribe(&id);
-    let to_event = |entry: &agents::log::LogEntry| {
-        Event::default()
-            .id(entry.seq.to_string())
-            .data(serde_json::to_string(entry).unwrap_or_default())
+    let to_event = |entry: agents::log::LogEntry| {
+        Ok::<_, Infallible>(
+            Event::default()
+                .id(entry.seq.to_string())
+                .data(serde_json::to_string(&entry).unwrap_or_default()),
+        )
     };
-    let retained = futures::stream::iter(
-        tail.iter()
-            .map(|entry| Ok(to_event(entry)))
-            .collect::<Vec<_>>(),
-    );
-    let following = futures::stream::unfold(live, move |mut live| async move {
-        use tokio::sync::broadcast::error::RecvError;
-        match live.recv().await {
-            Ok(entry) => Some((Ok(to_event(&entry)), live)),
-            Err(RecvError::Lagged(missed)) => {
-                let note = Event::default().data(format!(
-                    r#"{{"stream":"event","data":"{missed} entries missed"}}"#
-                ));
-                Some((Ok(note), live))
-            }
-            Err(RecvError::Closed) => None,
-        }
-    });
     use futures::StreamExt as _;
-    Ok(Sse::new(retained.chain(following)).keep_alive(KeepAlive::default()))
+    let stream = futures::stream::iter(tail)
+        .chain(agents::log::follow(live))
+        .map(to_event);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

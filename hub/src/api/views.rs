@@ -233,8 +233,7 @@ pub fn task_json(task: &TaskView) -> serde_json::Value {
 
 /// The protobuf view of an agent.
 pub fn agent_view(agent: &crate::store::AgentRow) -> outpost_proto::v1::AgentView {
-    let spec: crate::work::agents::AgentSpec =
-        serde_json::from_str(&agent.spec).unwrap_or_default();
+    let spec = crate::work::agents::spec_of(agent);
     outpost_proto::v1::AgentView {
         id: agent.id.clone(),
         name: agent.name.clone(),

@@ -187,6 +187,18 @@ async fn an_agent_is_started_fed_followed_stopped_and_restarted() {
     .await;
     assert_eq!(status, 202, "{err}");
     events.until("got:hello").await;
+    // More than one line, or a line past the limit, is refused at the hub.
+    for text in ["two\nlines".to_string(), "x".repeat(64 * 1024 + 1)] {
+        let (status, err) = post(
+            &hub,
+            &admin,
+            &format!("/api/agents/{id}/input"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+        assert_eq!(status, 400, "{err}");
+        assert!(err.to_string().contains("one line"), "{err}");
+    }
     events.until("warn:hello").await;
     assert!(
         events.text.contains(r#""stream":"stderr""#),

@@ -132,7 +132,16 @@ pub fn observe(row: &AgentRow, event: &AgentStatus, now_ms: i64) -> Option<Agent
         _ => return None,
     };
     let ended = next != AgentState::Running;
+    // What a node says is bounded before it is stored.
     let mut reason = event.reason.clone();
+    let max = outpost_proto::limits::MAX_AGENT_REASON;
+    if reason.len() > max {
+        let mut end = max;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
     if event.output_dropped > 0 {
         let note = format!(
             "{} bytes of output past its limit dropped",
@@ -247,6 +256,11 @@ mod tests {
         assert_eq!((stopped.exit_code, stopped.signal), (None, Some(15)));
         assert!(stopped.reason.contains("99 bytes"), "{}", stopped.reason);
         assert_eq!(describe(&stopped, &killed), "stopped: signal 15");
+        let mut chatty = event(1, "failed");
+        chatty.reason = "é".repeat(outpost_proto::limits::MAX_AGENT_REASON);
+        let failed = observe(&running, &chatty, 3).unwrap();
+        assert!(failed.reason.len() <= outpost_proto::limits::MAX_AGENT_REASON);
+        assert!(!failed.reason.is_empty());
         let gone = lost(&running, "node offline", 4);
         assert_eq!(gone.status, "lost");
         assert!(!AgentState::parse(&gone.status).is_active());

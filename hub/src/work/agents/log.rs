@@ -44,6 +44,27 @@ impl AgentLog {
     }
 }
 
+/// The entries `live` receives, as a stream ending when the agent's log goes; a subscriber that
+/// fell more than the live backlog behind gets an `event` entry saying how many it missed.
+pub fn follow(live: broadcast::Receiver<LogEntry>) -> impl futures::Stream<Item = LogEntry> {
+    futures::stream::unfold(live, |mut live| async move {
+        use tokio::sync::broadcast::error::RecvError;
+        match live.recv().await {
+            Ok(entry) => Some((entry, live)),
+            Err(RecvError::Lagged(missed)) => Some((
+                LogEntry {
+                    seq: 0,
+                    stream: "event".into(),
+                    data: format!("{missed} entries missed"),
+                    at: now_rfc3339(),
+                },
+                live,
+            )),
+            Err(RecvError::Closed) => None,
+        }
+    })
+}
+
 /// Every agent's output.
 #[derive(Debug, Default)]
 pub struct AgentLogs {

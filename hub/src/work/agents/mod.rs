@@ -117,7 +117,8 @@ impl AgentSpec {
     }
 }
 
-fn spec_of(row: &AgentRow) -> AgentSpec {
+/// The spec stored with an agent.
+pub fn spec_of(row: &AgentRow) -> AgentSpec {
     serde_json::from_str(&row.spec).unwrap_or_default()
 }
 
@@ -372,6 +373,12 @@ pub async fn restart(state: &Arc<HubState>, id: &str) -> Result<AgentRow, TaskEr
 
 /// Sends a line to the current run's stdin.
 pub async fn input(state: &Arc<HubState>, id: &str, line: &str) -> Result<(), TaskError> {
+    let max = outpost_proto::limits::MAX_AGENT_INPUT_LINE;
+    if line.len() > max || line.contains('\n') {
+        return Err(invalid(format!(
+            "input: one line (no newline) of at most {max} bytes"
+        )));
+    }
     let row = load(state, id).await?;
     if AgentState::parse(&row.status) != AgentState::Running {
         return Err(TaskError::Conflict(format!(
