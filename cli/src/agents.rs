@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use outpost_proto::v1::agent_service_client::AgentServiceClient;
 use outpost_proto::v1::{
-    AgentId, AgentInputRequest, AgentLogsRequest, AgentView, CreateAgentRequest, ListAgentsRequest,
-    TaskRequirements,
+    AgentId, AgentInputRequest, AgentLogsRequest, AgentView, CreateAgentRequest,
+    DeleteAgentRequest, ListAgentsRequest, TaskRequirements,
 };
 use outpost_trust::grpc_channel::with_bearer;
 
@@ -35,10 +35,13 @@ pub enum AgentsCommand {
         /// Agent id.
         id: String,
     },
-    /// Delete an agent that is not running.
+    /// Delete an agent that is not running (and the worktree the node made for it).
     Delete {
         /// Agent id.
         id: String,
+        /// Leave the worktree the node created for it in place.
+        #[arg(long)]
+        keep_worktree: bool,
     },
     /// One agent.
     Get {
@@ -108,9 +111,17 @@ pub struct CreateArgs {
     /// A variable of the node's environment to pass on (in its env_allow); repeatable.
     #[arg(long = "env-allow")]
     env_allow: Vec<String>,
-    /// Working directory on the node, inside its safe_paths (default: the first).
+    /// Working directory on the node, inside its safe_paths (default: the first; with
+    /// create_worktree, `<repo>-<name>-<id>` under the node's default worktree root).
     #[arg(long)]
     workdir: Option<String>,
+    /// How the workdir comes to be: use_existing (it must exist), create_worktree (a new git
+    /// worktree of --repo, removed on delete) or reuse_worktree (an existing worktree).
+    #[arg(long, value_parser = ["use_existing", "create_worktree", "reuse_worktree"])]
+    workdir_mode: Option<String>,
+    /// create_worktree: the git repository on the node (inside its safe_paths).
+    #[arg(long)]
+    repo: Option<String>,
     /// Address space per process (512MiB).
     #[arg(long, value_parser = outpost_sandbox::policy::parse_bytes)]
     memory: Option<u64>,
@@ -169,6 +180,8 @@ pub(crate) async fn agents(
                     .timeout
                     .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
                 max_output_bytes: args.max_output.unwrap_or(0),
+                workdir_mode: args.workdir_mode.unwrap_or_default(),
+                repo: args.repo.unwrap_or_default(),
             };
             let agent = client
                 .create_agent(with_bearer(request, &jwt))
@@ -198,9 +211,9 @@ pub(crate) async fn agents(
                 .map_err(status_error)?;
             print_agent(&agent.into_inner(), json_out, out)
         }
-        AgentsCommand::Delete { id } => {
+        AgentsCommand::Delete { id, keep_worktree } => {
             let deleted = client
-                .delete_agent(id_request(id))
+                .delete_agent(with_bearer(DeleteAgentRequest { id, keep_worktree }, &jwt))
                 .await
                 .map_err(status_error)?
                 .into_inner();

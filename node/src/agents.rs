@@ -9,7 +9,7 @@
 //! sent again until a session takes them.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,8 +17,8 @@ use std::time::Duration;
 use outpost_proto::framing;
 use outpost_proto::limits::{MAX_AGENT_CHUNK, MAX_AGENT_INPUT_LINE as MAX_INPUT_LINE};
 use outpost_proto::v1::{
-    AgentInput, AgentOutput, AgentOutputStream, AgentRef, AgentStatus, NodeEvent, StartAgent,
-    node_event, node_reply,
+    AgentInput, AgentOutput, AgentOutputStream, AgentRef, AgentStatus, NodeEvent, RemoveWorktree,
+    StartAgent, node_event, node_reply,
 };
 use outpost_runner::{Confinement, LaunchSpec, NativeProcess, Rlimits};
 use parking_lot::Mutex;
@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 
 use crate::native::{MAX_COMMAND_PROCESSES, NativeRunner, STOP_GRACE, safe_name};
+use crate::worktree::{self, PathRules, WorkdirMode};
 
 /// Output one run forwards when its start names no limit.
 pub const DEFAULT_MAX_OUTPUT: u64 = 16 << 20;
@@ -35,6 +36,7 @@ const INPUT_QUEUE: usize = 64;
 struct Run {
     run: u64,
     pid: i32,
+    workdir: PathBuf,
     input: mpsc::Sender<String>,
     stopping: Arc<AtomicBool>,
 }
@@ -43,6 +45,8 @@ struct Run {
 pub struct AgentRunner {
     native: NativeRunner,
     runs: Mutex<HashMap<String, Run>>,
+    /// Held while a start prepares its workdir (git may take a while): starts one at a time.
+    preparing: tokio::sync::Mutex<()>,
     connection: watch::Sender<Option<quinn::Connection>>,
 }
 
@@ -64,6 +68,7 @@ impl AgentRunner {
         Self {
             native,
             runs: Mutex::new(HashMap::new()),
+            preparing: tokio::sync::Mutex::new(()),
             connection: watch::channel(None).0,
         }
     }
@@ -84,7 +89,8 @@ impl AgentRunner {
     }
 
     /// Starts a run: answers once its process started (or why it did not).
-    pub fn start(self: &Arc<Self>, start: StartAgent) -> node_reply::Kind {
+    pub async fn start(self: &Arc<Self>, start: StartAgent) -> node_reply::Kind {
+        let _preparing = self.preparing.lock().await;
         if start.agent_id.is_empty() || start.agent_id.len() > 128 {
             return error("start_agent: agent_id must be 1 to 128 bytes".into());
         }
@@ -117,7 +123,14 @@ impl AgentRunner {
             return error("start_agent: the command is empty or holds a NUL byte".into());
         }
         let native = &self.native;
+        let mode = match WorkdirMode::parse(&start.workdir_mode) {
+            Ok(mode) => mode,
+            Err(e) => return error(format!("start_agent: {e}")),
+        };
         let asked = if start.workdir.is_empty() {
+            if mode != WorkdirMode::UseExisting {
+                return error("start_agent: a worktree mode needs a workdir".into());
+            }
             match native.safe_paths.first() {
                 Some(first) => first.clone(),
                 None => return error("start_agent: this node has no safe_paths".into()),
@@ -125,11 +138,28 @@ impl AgentRunner {
         } else {
             PathBuf::from(&start.workdir)
         };
-        let workdir =
-            match outpost_runner::workdir::resolve(&asked, &native.safe_paths, &native.protected) {
-                Ok(workdir) => workdir,
+        let rules = PathRules {
+            safe_paths: &native.safe_paths,
+            protected: &native.protected,
+        };
+        let prepared =
+            match worktree::prepare(mode, &asked, &start.repo, &start.agent_id, rules).await {
+                Ok(prepared) => prepared,
                 Err(e) => return error(format!("start_agent: {e}")),
             };
+        let workdir = prepared.workdir;
+        if mode != WorkdirMode::UseExisting
+            && let Some((other, _)) = self
+                .runs
+                .lock()
+                .iter()
+                .find(|(_, run)| run.workdir == workdir)
+        {
+            return error(format!(
+                "start_agent: agent {other} works in {} now",
+                workdir.display()
+            ));
+        }
         if let Err(e) = std::fs::create_dir_all(&native.runs_dir) {
             return error(format!("start_agent: {}: {e}", native.runs_dir.display()));
         }
@@ -156,7 +186,7 @@ impl AgentRunner {
             confinement: Confinement {
                 enabled: native.landlock || native.require_landlock,
                 read: native.safe_paths.clone(),
-                write: vec![workdir],
+                write: std::iter::once(workdir).chain(prepared.git_dir).collect(),
                 tcp_connect: None,
                 require_full: native.require_landlock,
             },
@@ -177,6 +207,7 @@ impl AgentRunner {
             Run {
                 run: start.run,
                 pid: process.pid(),
+                workdir: spec.workdir.clone(),
                 input,
                 stopping: stopping.clone(),
             },
@@ -281,6 +312,32 @@ impl AgentRunner {
             runner.deliver(status).await;
         });
         node_reply::Kind::Ok(true)
+    }
+
+    /// Removes the worktree the node created for an agent (which must not be running).
+    pub async fn remove_worktree(&self, remove: RemoveWorktree) -> node_reply::Kind {
+        let _preparing = self.preparing.lock().await;
+        if self.runs.lock().contains_key(&remove.agent_id) {
+            return error(format!(
+                "remove_worktree: {} is running; stop it first",
+                remove.agent_id
+            ));
+        }
+        let rules = PathRules {
+            safe_paths: &self.native.safe_paths,
+            protected: &self.native.protected,
+        };
+        match worktree::remove(
+            Path::new(&remove.workdir),
+            &remove.repo,
+            &remove.agent_id,
+            rules,
+        )
+        .await
+        {
+            Ok(removed) => node_reply::Kind::Ok(removed),
+            Err(e) => error(format!("remove_worktree: {e}")),
+        }
     }
 
     /// Stops a run (SIGTERM to its tree, SIGKILL after the grace); false when it does not run.

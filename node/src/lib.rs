@@ -15,6 +15,7 @@ pub mod native;
 pub mod session;
 pub mod system;
 pub mod tasks;
+pub mod worktree;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -303,6 +304,12 @@ fn session_context(
     };
     let labels = config.node.labels.clone();
     let safe_paths = config.node.safe_paths.clone();
+    let worktree_root = config
+        .worktree
+        .default_root
+        .as_ref()
+        .map(|root| root.display().to_string())
+        .unwrap_or_default();
     let boundary = tasks::ToolBoundary {
         safe_paths: safe_paths.clone(),
         protected: state_dirs(config),
@@ -347,7 +354,11 @@ fn session_context(
         gpu_probe,
         gpu_refresh: config.gpu.refresh_interval,
         capabilities: Box::new(move |gpus| {
-            system::capabilities(&labels, &safe_paths, native, gpus)
+            let mut capabilities = system::capabilities(&labels, &safe_paths, native, gpus);
+            capabilities
+                .default_worktree_root
+                .clone_from(&worktree_root);
+            capabilities
         }),
         load: Mutex::new(system::LoadSampler::new(&config.data_dir())),
         stats: Arc::new(SessionStats::default()),

@@ -778,7 +778,7 @@ async fn handle_command(
             }
         },
         Some(hub_command::Kind::StartAgent(start)) => match &ctx.agents {
-            Some(agents) => agents.start(start),
+            Some(agents) => agents.start(start).await,
             None => node_reply::Kind::Error(
                 "this node runs no native agents (its launcher did not answer; see [sandbox] launcher)"
                     .into(),
@@ -790,6 +790,10 @@ async fn handle_command(
         },
         Some(hub_command::Kind::AgentInput(input)) => match &ctx.agents {
             Some(agents) => agents.input(input),
+            None => node_reply::Kind::Error("this node runs no native agents".into()),
+        },
+        Some(hub_command::Kind::RemoveWorktree(remove)) => match &ctx.agents {
+            Some(agents) => agents.remove_worktree(remove).await,
             None => node_reply::Kind::Error("this node runs no native agents".into()),
         },
         None => node_reply::Kind::Error("unknown command (newer hub?)".into()),

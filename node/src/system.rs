@@ -207,6 +207,7 @@ pub fn capabilities(
         gpus: Some(gpus),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         safe_paths: safe_paths.iter().map(|p| p.display().to_string()).collect(),
+        default_worktree_root: String::new(),
     }
 }
 

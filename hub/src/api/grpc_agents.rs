@@ -6,7 +6,7 @@ use futures::Stream;
 use outpost_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use outpost_proto::v1::{
     AgentId, AgentInputRequest, AgentLogEntry, AgentLogsRequest, AgentView, CreateAgentRequest,
-    ListAgentsRequest, ListAgentsResponse,
+    DeleteAgentRequest, ListAgentsRequest, ListAgentsResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -53,6 +53,8 @@ impl AgentService for HubGrpc {
                 cpu_seconds: r.cpu_seconds,
                 timeout_ms: r.timeout_ms,
                 max_output_bytes: r.max_output_bytes,
+                workdir_mode: r.workdir_mode,
+                repo: r.repo,
             },
         };
         let agent = agents::create(self.state_arc(), create).await?;
@@ -100,12 +102,15 @@ impl AgentService for HubGrpc {
         Ok(Response::new(agent_view(&agent)))
     }
 
-    async fn delete_agent(&self, request: Request<AgentId>) -> Result<Response<AgentId>, Status> {
+    async fn delete_agent(
+        &self,
+        request: Request<DeleteAgentRequest>,
+    ) -> Result<Response<AgentId>, Status> {
         self.write(&request, Subject::Fleet, "delete agents")
             .await?;
-        let id = request.into_inner().id;
-        agents::delete(self.state_arc(), &id).await?;
-        Ok(Response::new(AgentId { id }))
+        let request = request.into_inner();
+        agents::delete(self.state_arc(), &request.id, request.keep_worktree).await?;
+        Ok(Response::new(AgentId { id: request.id }))
     }
 
     async fn send_agent_input(

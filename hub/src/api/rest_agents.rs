@@ -77,13 +77,21 @@ async fn get_one(
     Ok(axum::Json(agent_json(&agents::get(&state, &id).await?)))
 }
 
+/// `DELETE /api/agents/{id}?keep_worktree=true` leaves the worktree the node made for it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DeleteQuery {
+    keep_worktree: bool,
+}
+
 async fn delete(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     write(&state, &headers, Subject::Fleet, "delete agents").await?;
-    agents::delete(&state, &id).await?;
+    agents::delete(&state, &id, query.keep_worktree).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

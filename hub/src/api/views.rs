@@ -234,6 +234,7 @@ pub fn task_json(task: &TaskView) -> serde_json::Value {
 /// The protobuf view of an agent.
 pub fn agent_view(agent: &crate::store::AgentRow) -> outpost_proto::v1::AgentView {
     let spec = crate::work::agents::spec_of(agent);
+    let workdir_mode = spec.mode().to_string();
     outpost_proto::v1::AgentView {
         id: agent.id.clone(),
         name: agent.name.clone(),
@@ -256,6 +257,8 @@ pub fn agent_view(agent: &crate::store::AgentRow) -> outpost_proto::v1::AgentVie
         updated_at_ms: agent.updated_at_ms,
         started_at_ms: agent.started_at_ms.unwrap_or(0),
         finished_at_ms: agent.finished_at_ms.unwrap_or(0),
+        workdir_mode,
+        repo: spec.repo,
     }
 }
 
@@ -279,6 +282,8 @@ pub fn agent_json(agent: &outpost_proto::v1::AgentView) -> Value {
             "env_allow": agent.env_allow,
         },
         "workdir": agent.workdir,
+        "workdir_mode": agent.workdir_mode,
+        "repo": agent.repo,
         "limits": {
             "memory_bytes": agent.memory_bytes,
             "cpu_seconds": agent.cpu_seconds,

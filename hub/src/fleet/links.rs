@@ -50,7 +50,13 @@ pub enum AgentCommand {
     Stop(outpost_proto::v1::AgentRef),
     /// A line of input for a run.
     Input(outpost_proto::v1::AgentInput),
+    /// Remove the worktree the node made for an agent.
+    RemoveWorktree(outpost_proto::v1::RemoveWorktree),
 }
+
+/// Time allowed for a command that runs git on the node (worktree add or remove): the node
+/// gives git two minutes.
+const GIT_COMMAND_TIMEOUT: Duration = Duration::from_secs(130);
 
 impl AgentCommand {
     fn into_kind(self) -> hub_command::Kind {
@@ -58,6 +64,16 @@ impl AgentCommand {
             Self::Start(start) => hub_command::Kind::StartAgent(start),
             Self::Stop(agent) => hub_command::Kind::StopAgent(agent),
             Self::Input(input) => hub_command::Kind::AgentInput(input),
+            Self::RemoveWorktree(remove) => hub_command::Kind::RemoveWorktree(remove),
+        }
+    }
+
+    /// Whether the node runs git for it (and so may take longer than a plain command).
+    fn runs_git(&self) -> bool {
+        match self {
+            Self::Start(start) => !matches!(start.workdir_mode.as_str(), "" | "use_existing"),
+            Self::RemoveWorktree(_) => true,
+            Self::Stop(_) | Self::Input(_) => false,
         }
     }
 }
@@ -123,12 +139,21 @@ impl QuicLink {
     }
 
     async fn command(&self, kind: hub_command::Kind) -> Result<node_reply::Kind, LinkError> {
+        self.command_within(kind, Duration::ZERO).await
+    }
+
+    /// Sends a command and waits for its answer, at least `at_least` (more for large commands).
+    async fn command_within(
+        &self,
+        kind: hub_command::Kind,
+        at_least: Duration,
+    ) -> Result<node_reply::Kind, LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let command = HubCommand {
             id,
             kind: Some(kind),
         };
-        let timeout = command_timeout(prost::Message::encoded_len(&command));
+        let timeout = command_timeout(prost::Message::encoded_len(&command)).max(at_least);
         let exchange = async {
             let (mut send, mut recv) = self
                 .connection
@@ -241,7 +266,12 @@ impl NodeLink for QuicLink {
     }
 
     async fn agent(&self, command: AgentCommand) -> Result<bool, LinkError> {
-        match self.command(command.into_kind()).await? {
+        let at_least = if command.runs_git() {
+            GIT_COMMAND_TIMEOUT
+        } else {
+            Duration::ZERO
+        };
+        match self.command_within(command.into_kind(), at_least).await? {
             node_reply::Kind::Ok(done) => Ok(done),
             other => Err(LinkError::Transport(format!(
                 "unexpected answer to an agent command: {other:?}"

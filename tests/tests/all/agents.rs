@@ -448,4 +448,217 @@ async fn the_agents_cli_drives_an_agent_placed_by_requirement() {
         .await;
     assert_eq!(code, 1);
     assert!(err.contains("not supported yet"), "{err}");
+    // A new worktree without a workdir needs the node's default root, and it has none.
+    let (code, _, err) = hub
+        .cli(&[
+            "agents",
+            "create",
+            "--name",
+            "wt",
+            "--node",
+            "cli-n",
+            "--workdir-mode",
+            "create_worktree",
+            "--repo",
+            "/srv/repo",
+            "--command",
+            "sh",
+        ])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no default worktree root"), "{err}");
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {:?}", out);
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_works_in_a_fresh_worktree_followed_over_grpc_and_sse() {
+    use outpost_proto::v1::AgentLogsRequest;
+    use outpost_proto::v1::agent_service_client::AgentServiceClient;
+
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let admin = hub.token("admin", Role::Admin);
+    let (mut config, safe) = agent_node(&hub, "wt-n");
+    config.worktree.default_root = Some(safe.join("worktrees"));
+    let repo = safe.join("project");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "--quiet", "-b", "main"]);
+    std::fs::write(repo.join("README"), "the project\n").unwrap();
+    git(&repo, &["add", "README"]);
+    git(&repo, &["commit", "--quiet", "-m", "first"]);
+    let _node = start_node(config).await;
+    hub.wait_status("wt-n", "online", Duration::from_secs(15))
+        .await;
+
+    // No workdir: `<repo>-<name>-<short id>` under the node's [worktree] default_root.
+    let script = "pwd; cat README; git -c user.name=agent -c user.email=agent@example.invalid \
+                  commit --quiet --allow-empty -m from-agent && echo committed; \
+                  while read l; do echo line:$l; done";
+    let repo_text = repo.display().to_string();
+    let (code, out, err) = hub
+        .cli(&[
+            "agents",
+            "create",
+            "--name",
+            "coder",
+            "--node",
+            "wt-n",
+            "--workdir-mode",
+            "create_worktree",
+            "--repo",
+            &repo_text,
+            "--command",
+            "/bin/sh",
+            "--arg",
+            "-c",
+            "--arg",
+            script,
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let short = &id["agent-".len().."agent-".len() + 6];
+    let workdir = safe.join(format!("worktrees/project-coder-{short}"));
+    assert_eq!(
+        created["workdir"],
+        workdir.display().to_string(),
+        "{created}"
+    );
+    assert_eq!(created["workdir_mode"], "create_worktree");
+    assert!(!workdir.exists(), "made at the first start, not before");
+
+    // Followers before the start: SSE, and gRPC server streaming.
+    let mut events = Events::open(
+        &format!("{}/api/agents/{id}/events", hub.http_url()),
+        &admin,
+    )
+    .await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let channel = outpost_trust::grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
+        .await
+        .unwrap();
+    let mut stream = AgentServiceClient::new(channel)
+        .agent_logs(outpost_trust::grpc_channel::with_bearer(
+            AgentLogsRequest {
+                id: id.clone(),
+                follow: true,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (grpc_tx, mut grpc_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok(Some(entry)) = stream.message().await {
+            if grpc_tx.send(entry.data).is_err() {
+                return;
+            }
+        }
+    });
+    let mut grpc_text = String::new();
+    let mut grpc_until = async |needle: &str| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !grpc_text.contains(needle) {
+            match tokio::time::timeout_at(deadline, grpc_rx.recv()).await {
+                Ok(Some(data)) => grpc_text.push_str(&data),
+                _ => panic!("{needle:?} not in the gRPC stream: {grpc_text}"),
+            }
+        }
+    };
+
+    let (status, started) = post(&hub, &admin, &format!("/api/agents/{id}/start"), None).await;
+    assert_eq!(status, 200, "{started}");
+    wait_agent(&hub, &admin, &id, "running").await;
+    for needle in [
+        workdir.display().to_string().as_str(),
+        "the project",
+        "committed",
+    ] {
+        events.until(needle).await;
+        grpc_until(needle).await;
+    }
+    let (status, body) = post(
+        &hub,
+        &admin,
+        &format!("/api/agents/{id}/input"),
+        Some(json!({"text": "hello"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    events.until("line:hello").await;
+    grpc_until("line:hello").await;
+    // The agent committed on its own branch of the repository.
+    let branch = format!("project-coder-{short}");
+    assert!(git(&repo, &["log", "--format=%s", &branch]).starts_with("from-agent"));
+
+    // Another agent cannot take the worktree; a non-empty directory is no new worktree.
+    let (status, body) = post(
+        &hub,
+        &admin,
+        "/api/agents",
+        Some(
+            json!({"name": "thief", "node": "wt-n", "command": "/bin/true",
+                    "workdir_mode": "reuse_worktree", "workdir": workdir.display().to_string()}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains(&id), "{body}");
+    let busy = safe.join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("notes"), "mine").unwrap();
+    let (status, body) = post(
+        &hub,
+        &admin,
+        "/api/agents",
+        Some(
+            json!({"name": "busy", "node": "wt-n", "command": "/bin/true",
+                    "workdir_mode": "create_worktree", "repo": repo_text,
+                    "workdir": busy.display().to_string()}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let busy_id = body["id"].as_str().unwrap().to_string();
+    let (status, body) = post(&hub, &admin, &format!("/api/agents/{busy_id}/start"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "failed", "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("not empty"),
+        "{body}"
+    );
+    assert_eq!(std::fs::read_to_string(busy.join("notes")).unwrap(), "mine");
+
+    // Delete while running is refused; after the stop it removes the worktree (the branch and
+    // its commit stay in the repository).
+    let (code, _, err) = hub.cli(&["agents", "delete", &id]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("stop it first"), "{err}");
+    let (code, _, err) = hub.cli(&["agents", "stop", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    wait_agent(&hub, &admin, &id, "stopped").await;
+    let (code, _, err) = hub.cli(&["agents", "delete", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!workdir.exists());
+    assert!(
+        !git(&repo, &["worktree", "list"]).contains(&branch),
+        "worktree still listed"
+    );
+    assert!(git(&repo, &["log", "--format=%s", &branch]).starts_with("from-agent"));
 }

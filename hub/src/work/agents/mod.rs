@@ -13,7 +13,7 @@ pub mod log;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use outpost_proto::v1::{AgentInput, AgentRef, AgentStatus, StartAgent};
+use outpost_proto::v1::{AgentInput, AgentRef, AgentStatus, RemoveWorktree, StartAgent};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -41,8 +41,14 @@ pub struct AgentSpec {
     pub args: Vec<String>,
     /// Variables of the node's environment it gets (each in the node's `env_allow`).
     pub env_allow: Vec<String>,
-    /// Its working directory on the node, inside `safe_paths` (empty: the first).
+    /// Its working directory on the node, inside `safe_paths` (empty: the first; for
+    /// `create_worktree`, a new directory under the node's default worktree root).
     pub workdir: String,
+    /// How the workdir comes to be: `use_existing` (empty: the same), `create_worktree` (a new
+    /// `git worktree` of `repo`, removed on delete) or `reuse_worktree` (an existing one).
+    pub workdir_mode: String,
+    /// `create_worktree`: the git repository on the node the worktree is added to.
+    pub repo: String,
     /// Bytes of address space per process; 0: no limit.
     pub memory_bytes: u64,
     /// CPU seconds per process; 0: no limit.
@@ -110,11 +116,133 @@ impl AgentSpec {
                 )));
             }
         }
+        match self.workdir_mode.as_str() {
+            "" | USE_EXISTING => {
+                if !self.repo.is_empty() {
+                    return Err(invalid(
+                        "repo: only --workdir-mode create_worktree adds a worktree to a repository"
+                            .into(),
+                    ));
+                }
+            }
+            CREATE_WORKTREE => {
+                check_text("repo", &self.repo)?;
+                if !self.repo.starts_with('/') {
+                    return Err(invalid(
+                        "repo: create_worktree needs the repository's absolute path on the node"
+                            .into(),
+                    ));
+                }
+            }
+            REUSE_WORKTREE => {
+                if self.workdir.is_empty() {
+                    return Err(invalid(
+                        "workdir: reuse_worktree needs the worktree's path".into(),
+                    ));
+                }
+                if !self.repo.is_empty() {
+                    return Err(invalid(
+                        "repo: reuse_worktree takes the worktree as it is; drop --repo".into(),
+                    ));
+                }
+            }
+            other => {
+                return Err(invalid(format!(
+                    "workdir_mode {other:?}: use use_existing, create_worktree or reuse_worktree"
+                )));
+            }
+        }
         if self.timeout_ms > 30 * 24 * 3600 * 1000 {
             return Err(invalid("timeout_ms: at most 30 days".into()));
         }
         Ok(())
     }
+}
+
+/// `workdir_mode` names.
+pub const USE_EXISTING: &str = "use_existing";
+/// A new worktree, made for the agent.
+pub const CREATE_WORKTREE: &str = "create_worktree";
+/// An existing worktree, taken over by the agent.
+pub const REUSE_WORKTREE: &str = "reuse_worktree";
+
+impl AgentSpec {
+    /// The workdir mode's name (`use_existing` when none was given).
+    pub fn mode(&self) -> &str {
+        if self.workdir_mode.is_empty() {
+            USE_EXISTING
+        } else {
+            &self.workdir_mode
+        }
+    }
+
+    /// Whether its workdir is a worktree bound to it.
+    pub fn in_worktree(&self) -> bool {
+        matches!(self.mode(), CREATE_WORKTREE | REUSE_WORKTREE)
+    }
+}
+
+/// The workdir of a new worktree when none is given: `<root>/<repo>-<agent name>-<short id>`
+/// under the node's registered default root, else the one its configuration reports.
+async fn default_worktree_dir(
+    state: &HubState,
+    node: &str,
+    id: &str,
+    name: &str,
+    repo: &str,
+) -> Result<String, TaskError> {
+    let registered = state
+        .store()
+        .get_node(node)
+        .await?
+        .map(|row| row.default_worktree_root)
+        .unwrap_or_default();
+    let root = if registered.is_empty() {
+        state
+            .fleet
+            .live(node)
+            .and_then(|live| live.capabilities)
+            .map(|caps| caps.default_worktree_root)
+            .unwrap_or_default()
+    } else {
+        registered
+    };
+    if root.is_empty() {
+        return Err(invalid(format!(
+            "workdir: node {node} has no default worktree root (set one with `outpost nodes update \
+             {node} --default-worktree-root P` or the node's [worktree] default_root), so \
+             create_worktree needs --workdir"
+        )));
+    }
+    let repo_name = std::path::Path::new(repo.trim_end_matches('/'))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "repo".into());
+    let short = id.trim_start_matches("agent-").get(..6).unwrap_or(id);
+    Ok(format!(
+        "{}/{repo_name}-{name}-{short}",
+        root.trim_end_matches('/')
+    ))
+}
+
+/// Refuses a worktree another agent of the same node is bound to.
+async fn check_worktree_free(
+    state: &HubState,
+    node: &str,
+    id: &str,
+    workdir: &str,
+) -> Result<(), TaskError> {
+    let wanted = workdir.trim_end_matches('/');
+    for other in state.store().list_agents(Some(node)).await? {
+        let spec = spec_of(&other);
+        if other.id != id && spec.in_worktree() && spec.workdir.trim_end_matches('/') == wanted {
+            return Err(TaskError::Conflict(format!(
+                "workdir {workdir}: the worktree is bound to agent {} ({})",
+                other.id, other.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The spec stored with an agent.
@@ -236,14 +364,20 @@ pub async fn create(state: &Arc<HubState>, request: CreateAgent) -> Result<Agent
     } else {
         request.node.clone()
     };
+    let mut spec = request.spec.clone();
+    if spec.mode() == CREATE_WORKTREE && spec.workdir.is_empty() {
+        spec.workdir = default_worktree_dir(state, &node, &id, name, &spec.repo).await?;
+    }
+    if spec.in_worktree() {
+        check_worktree_free(state, &node, &id, &spec.workdir).await?;
+    }
     let now = state.now_ms();
     let row = AgentRow {
         id,
         node_id: node.clone(),
         name: name.to_string(),
         status: AgentState::Created.as_str().into(),
-        spec: serde_json::to_string(&request.spec)
-            .map_err(|e| TaskError::Internal(e.to_string()))?,
+        spec: serde_json::to_string(&spec).map_err(|e| TaskError::Internal(e.to_string()))?,
         created_at_ms: now,
         updated_at_ms: now,
         ..AgentRow::default()
@@ -281,6 +415,7 @@ pub async fn start(state: &Arc<HubState>, id: &str) -> Result<AgentRow, TaskErro
     state.store().update_agent(&starting).await?;
     state.agents.watch_node(&starting.node_id);
     let spec = spec_of(&starting);
+    let workdir_mode = spec.mode().to_string();
     let command = StartAgent {
         agent_id: starting.id.clone(),
         run: u64::try_from(starting.run).unwrap_or(0),
@@ -292,6 +427,8 @@ pub async fn start(state: &Arc<HubState>, id: &str) -> Result<AgentRow, TaskErro
         cpu_seconds: spec.cpu_seconds,
         timeout_ms: spec.timeout_ms,
         max_output_bytes: spec.max_output_bytes,
+        workdir_mode,
+        repo: spec.repo,
     };
     state.agents.logs.push(
         &starting.id,
@@ -399,14 +536,39 @@ pub async fn input(state: &Arc<HubState>, id: &str, line: &str) -> Result<(), Ta
     Ok(())
 }
 
-/// Deletes an agent (refused while it is active: stop it first).
-pub async fn delete(state: &Arc<HubState>, id: &str) -> Result<(), TaskError> {
+/// Deletes an agent (refused while it is active: stop it first). A worktree the node created
+/// for it is removed first unless `keep_worktree`; while its node is away that is refused, so
+/// nothing is left behind unnoticed.
+pub async fn delete(state: &Arc<HubState>, id: &str, keep_worktree: bool) -> Result<(), TaskError> {
     let row = load(state, id).await?;
     if AgentState::parse(&row.status).is_active() {
         return Err(TaskError::Conflict(format!(
             "agent {id} is {}; stop it first",
             row.status
         )));
+    }
+    let spec = spec_of(&row);
+    // Only a run can have made the worktree.
+    if spec.mode() == CREATE_WORKTREE && !keep_worktree && row.run > 0 {
+        let link = state.fleet.links().get(&row.node_id).ok_or_else(|| {
+            TaskError::Conflict(format!(
+                "node {} has no session to this hub, so its worktree {} cannot be removed now; \
+                 delete with keep_worktree to leave it",
+                row.node_id, spec.workdir
+            ))
+        })?;
+        link.agent(AgentCommand::RemoveWorktree(RemoveWorktree {
+            agent_id: row.id.clone(),
+            workdir: spec.workdir.clone(),
+            repo: spec.repo.clone(),
+        }))
+        .await
+        .map_err(|e| {
+            TaskError::Conflict(format!(
+                "the node did not remove the worktree {}: {e}",
+                spec.workdir
+            ))
+        })?;
     }
     state.store().delete_agent(id).await?;
     state.agents.logs.remove(id);
