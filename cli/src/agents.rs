@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use outpost_proto::v1::agent_service_client::AgentServiceClient;
 use outpost_proto::v1::{
-    AgentId, AgentInputRequest, AgentLogsRequest, AgentView, CreateAgentRequest,
+    AgentId, AgentInputRequest, AgentLogEntry, AgentLogsRequest, AgentView, CreateAgentRequest,
     DeleteAgentRequest, ListAgentsRequest, TaskRequirements,
 };
 use outpost_trust::grpc_channel::with_bearer;
@@ -134,6 +134,32 @@ pub struct CreateArgs {
     /// Output forwarded per run (16MiB).
     #[arg(long, value_parser = outpost_sandbox::policy::parse_bytes)]
     max_output: Option<u64>,
+}
+
+/// Prints a log stream as it arrives: output as is (made safe for the terminal), events on
+/// lines of their own; with `--json`, one entry per line.
+pub(crate) async fn print_log(
+    stream: &mut tonic::Streaming<AgentLogEntry>,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    while let Some(entry) = stream.message().await.map_err(status_error)? {
+        if json_out {
+            let line = serde_json::json!({
+                "seq": entry.seq,
+                "stream": entry.stream,
+                "data": entry.data,
+                "at": entry.at,
+            });
+            writeln!(out, "{line}")?;
+        } else if entry.stream == "event" {
+            writeln!(out, "[{}] {}", entry.at, crate::terminal_safe(&entry.data))?;
+        } else {
+            write!(out, "{}", crate::terminal_safe_output(&entry.data))?;
+        }
+        out.flush()?;
+    }
+    Ok(())
 }
 
 fn print_agent(agent: &AgentView, json_out: bool, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -282,23 +308,7 @@ pub(crate) async fn agents(
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            while let Some(entry) = stream.message().await.map_err(status_error)? {
-                if json_out {
-                    let line = serde_json::json!({
-                        "seq": entry.seq,
-                        "stream": entry.stream,
-                        "data": entry.data,
-                        "at": entry.at,
-                    });
-                    writeln!(out, "{line}")?;
-                } else if entry.stream == "event" {
-                    writeln!(out, "[{}] {}", entry.at, crate::terminal_safe(&entry.data))?;
-                } else {
-                    write!(out, "{}", crate::terminal_safe_output(&entry.data))?;
-                }
-                out.flush()?;
-            }
-            Ok(())
+            print_log(&mut stream, json_out, out).await
         }
     }
 }

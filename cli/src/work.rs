@@ -15,8 +15,8 @@ use outpost_config::ServerRole;
 use outpost_proto::v1::task_service_client::TaskServiceClient;
 use outpost_proto::v1::tool_service_client::ToolServiceClient;
 use outpost_proto::v1::{
-    ListTasksRequest, ListToolsRequest, PushToolRequest, SubmitTaskRequest, TaskRef,
-    TaskRequirements, TaskView, ToolRef, WaitTaskRequest,
+    ListTasksRequest, ListToolsRequest, PushToolRequest, SubmitTaskRequest, TaskLogsRequest,
+    TaskRef, TaskRequirements, TaskView, ToolRef, WaitTaskRequest,
 };
 use outpost_trust::grpc_channel::with_bearer;
 use serde_json::Value;
@@ -84,6 +84,14 @@ pub enum TasksCommand {
     Cancel {
         /// Task id.
         id: String,
+    },
+    /// Its output and state changes; with `-f`, live until it has finished.
+    Logs {
+        /// Task id.
+        id: String,
+        /// Follow until the task has finished.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
 }
 
@@ -545,6 +553,14 @@ pub(crate) async fn tasks(
                 .map_err(status_error)?
                 .into_inner();
             print_task(&task, json_out, out)?;
+        }
+        TasksCommand::Logs { id, follow } => {
+            let mut stream = client
+                .task_logs(with_bearer(TaskLogsRequest { id, follow }, &jwt))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            crate::agents::print_log(&mut stream, json_out, out).await?;
         }
     }
     Ok(())

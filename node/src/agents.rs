@@ -14,18 +14,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use outpost_proto::framing;
-use outpost_proto::limits::{MAX_AGENT_CHUNK, MAX_AGENT_INPUT_LINE as MAX_INPUT_LINE};
+use outpost_proto::limits::MAX_AGENT_INPUT_LINE as MAX_INPUT_LINE;
 use outpost_proto::v1::{
     AgentInput, AgentOutput, AgentOutputStream, AgentRef, AgentStatus, NodeEvent, RemoveWorktree,
     StartAgent, node_event, node_reply,
 };
 use outpost_runner::{Confinement, LaunchSpec, NativeProcess, Rlimits};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::{mpsc, watch};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
 
 use crate::native::{MAX_COMMAND_PROCESSES, NativeRunner, STOP_GRACE, safe_name};
+use crate::output::{self, SessionLink};
 use crate::worktree::{self, PathRules, WorkdirMode};
 
 /// Output one run forwards when its start names no limit.
@@ -47,7 +47,7 @@ pub struct AgentRunner {
     runs: Mutex<HashMap<String, Run>>,
     /// Held while a start prepares its workdir (git may take a while): starts one at a time.
     preparing: tokio::sync::Mutex<()>,
-    connection: watch::Sender<Option<quinn::Connection>>,
+    link: SessionLink,
 }
 
 impl std::fmt::Debug for AgentRunner {
@@ -63,24 +63,16 @@ fn error(message: String) -> node_reply::Kind {
 }
 
 impl AgentRunner {
-    /// Agents run with `native`'s launcher, paths and environment rules.
+    /// Agents run with `native`'s launcher, paths and environment rules, and send their
+    /// output and status over its session link.
     pub fn new(native: NativeRunner) -> Self {
+        let link = native.link.clone();
         Self {
             native,
             runs: Mutex::new(HashMap::new()),
             preparing: tokio::sync::Mutex::new(()),
-            connection: watch::channel(None).0,
+            link,
         }
-    }
-
-    /// The session is up: output and status go over `connection` from now on.
-    pub fn attach(&self, connection: quinn::Connection) {
-        self.connection.send_replace(Some(connection));
-    }
-
-    /// The session ended: output and status wait for the next one.
-    pub fn detach(&self) {
-        self.connection.send_replace(None);
     }
 
     /// Ids of the agents running now (for heartbeats).
@@ -241,7 +233,7 @@ impl AgentRunner {
             ),
         ] {
             if let Some(reader) = reader {
-                tokio::spawn(pump(stream, reader, chunks.clone()));
+                tokio::spawn(output::pump(stream, reader, chunks.clone()));
             }
         }
         drop(chunks);
@@ -251,10 +243,14 @@ impl AgentRunner {
             start.max_output_bytes
         };
         let dropped = Arc::new(AtomicU64::new(0));
-        let forwarder = tokio::spawn(forward(
-            self.connection.subscribe(),
-            start.agent_id.clone(),
-            start.run,
+        let forwarder = tokio::spawn(output::forward(
+            self.link.subscribe(),
+            NodeEvent {
+                kind: Some(node_event::Kind::AgentOutputStream(AgentOutputStream {
+                    agent_id: start.agent_id.clone(),
+                    run: start.run,
+                })),
+            },
             chunks_rx,
             limit,
             dropped.clone(),
@@ -383,7 +379,7 @@ impl AgentRunner {
         let event = NodeEvent {
             kind: Some(node_event::Kind::AgentStatus(status)),
         };
-        let mut connection = self.connection.subscribe();
+        let mut connection = self.link.subscribe();
         loop {
             let current = connection.borrow_and_update().clone();
             if let Some(conn) = current
@@ -395,83 +391,5 @@ impl AgentRunner {
                 return;
             }
         }
-    }
-}
-
-/// Reads one pipe into chunks.
-async fn pump(
-    stream: &'static str,
-    mut reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-    chunks: mpsc::Sender<AgentOutput>,
-) {
-    let mut buf = vec![0_u8; MAX_AGENT_CHUNK];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let chunk = AgentOutput {
-                    stream: stream.into(),
-                    data: buf[..n].to_vec(),
-                };
-                if chunks.send(chunk).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Writes a run's chunks to its stream on the current session, opening it again after a
-/// reconnect; past `limit` bytes the rest is counted in `dropped`.
-async fn forward(
-    mut connection: watch::Receiver<Option<quinn::Connection>>,
-    agent_id: String,
-    run: u64,
-    mut chunks: mpsc::Receiver<AgentOutput>,
-    limit: u64,
-    dropped: Arc<AtomicU64>,
-) {
-    let mut stream: Option<quinn::SendStream> = None;
-    let mut sent = 0_u64;
-    while let Some(chunk) = chunks.recv().await {
-        let len = u64::try_from(chunk.data.len()).unwrap_or(u64::MAX);
-        if sent + len > limit {
-            dropped.fetch_add(len, Ordering::Relaxed);
-            continue;
-        }
-        loop {
-            if stream.is_none() {
-                let current = connection.borrow_and_update().clone();
-                if let Some(conn) = current
-                    && let Ok(mut send) = conn.open_uni().await
-                {
-                    let header = NodeEvent {
-                        kind: Some(node_event::Kind::AgentOutputStream(AgentOutputStream {
-                            agent_id: agent_id.clone(),
-                            run,
-                        })),
-                    };
-                    if framing::write_frame(&mut send, &header).await.is_ok() {
-                        stream = Some(send);
-                    }
-                }
-            }
-            if let Some(send) = stream.as_mut() {
-                if framing::write_frame(send, &chunk).await.is_ok() {
-                    sent += len;
-                    break;
-                }
-                stream = None;
-            }
-            // No session (or it broke): wait for the next one, holding this one chunk.
-            if connection.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-    if let Some(mut send) = stream {
-        let _ = send.finish();
-        // Finished means written to QUIC, not read: wait until the hub has it all.
-        let _ = send.stopped().await;
     }
 }

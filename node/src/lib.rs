@@ -12,6 +12,7 @@ pub mod agents;
 pub mod gpu;
 pub mod join;
 pub mod native;
+pub mod output;
 pub mod session;
 pub mod system;
 pub mod tasks;
@@ -317,6 +318,7 @@ fn session_context(
         allow_hosts: config.node.allow_hosts.clone(),
         trusted_publishers: config.node.trusted_publishers.clone(),
     };
+    let link = output::SessionLink::default();
     let open_files = system::raise_open_file_limit();
     tracing::debug!(?open_files, "open-file limit");
     let native_runner = (native.available)
@@ -330,6 +332,7 @@ fn session_context(
             landlock: native.landlock.enforcement != outpost_runner::Enforcement::None,
             require_landlock: config.sandbox.require_landlock,
             runs_dir: config.data_dir().join("native"),
+            link: link.clone(),
         });
     let agents = native_runner
         .clone()
@@ -364,6 +367,7 @@ fn session_context(
         stats: Arc::new(SessionStats::default()),
         runner,
         agents,
+        link,
     })
 }
 

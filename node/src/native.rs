@@ -6,16 +6,24 @@
 //! Each attempt leaves a pid file in `<data dir>/native/` while it runs. A node that crashed
 //! leaves its supervisors running; the next start finds them by those files and stops them
 //! ([`NativeRunner::stop_orphans`]), so an attempt the hub placed again never runs twice.
+//!
+//! An attempt's output goes to the hub live on a stream of its own ([`crate::output`]) while
+//! its tails are kept for the result.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use outpost_proto::limits::{MAX_RESULT_LOG, MAX_RESULT_OUTPUT};
-use outpost_proto::v1::{RunTask, TaskResult};
-use outpost_runner::process::{Tail, read_tail};
+use outpost_proto::v1::{
+    AgentOutput, NodeEvent, RunTask, TaskOutputStream, TaskResult, node_event,
+};
+use outpost_runner::process::Tail;
 use outpost_runner::{Confinement, LaunchSpec, NativeProcess, Rlimits};
 use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
 
 /// Wall-time limit of a command that names none.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
@@ -45,6 +53,47 @@ pub struct NativeRunner {
     pub require_landlock: bool,
     /// Pid and status files of running attempts.
     pub runs_dir: PathBuf,
+    /// The hub session live output goes over.
+    pub link: crate::output::SessionLink,
+}
+
+/// How long a finished attempt waits for its live output to reach the hub before reporting.
+const LIVE_DRAIN: Duration = Duration::from_secs(5);
+
+/// Reads a pipe to its end keeping the last `cap` bytes, and sends what it reads on `live` as
+/// `stream` chunks while `live` takes them (it waits when `live` is full: backpressure).
+async fn read_tail_live(
+    mut reader: impl tokio::io::AsyncRead + Unpin,
+    cap: usize,
+    stream: &'static str,
+    live: mpsc::Sender<AgentOutput>,
+) -> Tail {
+    use tokio::io::AsyncReadExt as _;
+    let mut live = Some(live);
+    let mut tail = Tail::default();
+    let mut buf = vec![0_u8; outpost_proto::limits::MAX_AGENT_CHUNK];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return tail,
+            Ok(n) => {
+                if let Some(sender) = &live {
+                    let chunk = AgentOutput {
+                        stream: stream.into(),
+                        data: buf[..n].to_vec(),
+                    };
+                    if sender.send(chunk).await.is_err() {
+                        live = None;
+                    }
+                }
+                tail.bytes.extend_from_slice(&buf[..n]);
+                if tail.bytes.len() > cap {
+                    let excess = tail.bytes.len() - cap;
+                    tail.bytes.drain(..excess);
+                    tail.dropped += u64::try_from(excess).unwrap_or(u64::MAX);
+                }
+            }
+        }
+    }
 }
 
 /// Sends SIGTERM to a supervisor when dropped while armed: an attempt aborted (cancelled, or the
@@ -184,12 +233,38 @@ impl NativeRunner {
                 let _ = stdin.write_all(&input).await;
             });
         }
-        let stdout = process
-            .take_stdout()
-            .map(|out| tokio::spawn(read_tail(out, MAX_RESULT_OUTPUT)));
-        let stderr = process
-            .take_stderr()
-            .map(|err| tokio::spawn(read_tail(err, MAX_RESULT_LOG)));
+        // The output goes live to the hub (as far as the result holds it) while the tails
+        // for the result are kept here.
+        let (chunks, chunks_rx) = mpsc::channel::<AgentOutput>(8);
+        let forwarder = tokio::spawn(crate::output::forward(
+            self.link.subscribe(),
+            NodeEvent {
+                kind: Some(node_event::Kind::TaskOutputStream(TaskOutputStream {
+                    task_id: command.task_id.clone(),
+                    attempt: command.attempt,
+                })),
+            },
+            chunks_rx,
+            u64::try_from(MAX_RESULT_OUTPUT + MAX_RESULT_LOG).unwrap_or(u64::MAX),
+            Arc::new(AtomicU64::new(0)),
+        ));
+        let stdout = process.take_stdout().map(|out| {
+            tokio::spawn(read_tail_live(
+                out,
+                MAX_RESULT_OUTPUT,
+                "stdout",
+                chunks.clone(),
+            ))
+        });
+        let stderr = process.take_stderr().map(|err| {
+            tokio::spawn(read_tail_live(
+                err,
+                MAX_RESULT_LOG,
+                "stderr",
+                chunks.clone(),
+            ))
+        });
+        drop(chunks);
         let (exit, timed_out) = match tokio::time::timeout(timeout, process.wait()).await {
             Ok(exit) => (exit, false),
             Err(_) => (process.stop().await, true),
@@ -203,6 +278,8 @@ impl NativeRunner {
         };
         let stdout = collect(stdout).await;
         let stderr = collect(stderr).await;
+        // Everything live is with the hub before the result, so a follower sees it all.
+        let _ = tokio::time::timeout(LIVE_DRAIN, forwarder).await;
         let mut result = TaskResult {
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             output: text(&stdout),

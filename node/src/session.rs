@@ -107,6 +107,8 @@ pub struct SessionContext {
     pub runner: Option<Arc<TaskRunner>>,
     /// Native agents (present where native programs run).
     pub agents: Option<Arc<crate::agents::AgentRunner>>,
+    /// The session live output and agent status go over (attached while a session is up).
+    pub link: crate::output::SessionLink,
 }
 
 /// The credentials a session dials with, and when they were last renewed.
@@ -543,19 +545,15 @@ async fn session_once(
     let mut seq = 0u64;
     let mut next_beat = tokio::time::Instant::now();
     let runner = ctx.runner.clone();
-    // Agents send their output and status over this session while it lasts.
-    struct Detach(Option<Arc<crate::agents::AgentRunner>>);
+    // Agents and native commands send their output and status over this session while it lasts.
+    struct Detach(crate::output::SessionLink);
     impl Drop for Detach {
         fn drop(&mut self) {
-            if let Some(agents) = &self.0 {
-                agents.detach();
-            }
+            self.0.detach();
         }
     }
-    if let Some(agents) = &ctx.agents {
-        agents.attach(connection.clone());
-    }
-    let _detach = Detach(ctx.agents.clone());
+    ctx.link.attach(connection.clone());
+    let _detach = Detach(ctx.link.clone());
     loop {
         tokio::select! {
             _ = async { match &runner { Some(r) => r.results_ready().await, None => std::future::pending().await } } => {

@@ -22,7 +22,8 @@ impl HubGrpc {
     }
 }
 
-fn entry(entry: agents::log::LogEntry) -> AgentLogEntry {
+/// A log entry on the wire.
+pub(crate) fn entry(entry: crate::work::output::LogEntry) -> AgentLogEntry {
     AgentLogEntry {
         seq: entry.seq,
         stream: entry.stream,
@@ -140,7 +141,7 @@ impl AgentService for HubGrpc {
         if !r.follow {
             return Ok(Response::new(Box::pin(retained.map(|e| Ok(entry(e))))));
         }
-        let all = retained.chain(agents::log::follow(live));
+        let all = retained.chain(crate::work::output::follow(live));
         Ok(Response::new(Box::pin(all.map(|e| Ok(entry(e))))))
     }
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 use outpost_proto::v1::task_service_server::{TaskService, TaskServiceServer};
 use outpost_proto::v1::tool_service_server::{ToolService, ToolServiceServer};
 use outpost_proto::v1::{
-    ListTasksRequest, ListTasksResponse, ListToolsRequest, ListToolsResponse, PushToolRequest,
-    SubmitTaskRequest, TaskRef, TaskView, ToolRef, ToolView, WaitTaskRequest,
+    AgentLogEntry, ListTasksRequest, ListTasksResponse, ListToolsRequest, ListToolsResponse,
+    PushToolRequest, SubmitTaskRequest, TaskLogsRequest, TaskRef, TaskView, ToolRef, ToolView,
+    WaitTaskRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -93,6 +94,27 @@ impl TaskService for HubGrpc {
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         let task = tasks::wait(self.state(), &r.id, wait).await?;
         Ok(Response::new(views::task_view(&task)))
+    }
+
+    type TaskLogsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<AgentLogEntry, Status>> + Send>>;
+
+    async fn task_logs(
+        &self,
+        request: Request<TaskLogsRequest>,
+    ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        self.read(&request, Subject::Fleet, "read task output")
+            .await?;
+        let r = request.into_inner();
+        let (tail, live) = tasks::follow_log(self.state(), &r.id).await?;
+        use futures::StreamExt as _;
+        let retained = futures::stream::iter(tail);
+        let entry = crate::api::grpc_agents::entry;
+        if !r.follow {
+            return Ok(Response::new(Box::pin(retained.map(move |e| Ok(entry(e))))));
+        }
+        let all = retained.chain(crate::work::output::follow(live));
+        Ok(Response::new(Box::pin(all.map(move |e| Ok(entry(e))))))
     }
 }
 

@@ -12,6 +12,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
 use serde_json::Value;
 
+use crate::work::output::LogEntry;
+
 use super::access::Subject;
 use super::rest::{ApiError, read, write};
 use super::views::{agent_json as view_json, agent_view};
@@ -32,6 +34,8 @@ pub fn routes() -> Router<Arc<HubState>> {
         .route("/api/agents/{id}/restart", post(restart))
         .route("/api/agents/{id}/input", post(input))
         .route("/api/agents/{id}/events", get(events))
+        .route("/api/tasks/{id}/events", get(task_events))
+        .route("/api/admin/tasks/{id}/events", get(task_events))
 }
 
 fn body_error(e: serde_json::Error) -> ApiError {
@@ -152,7 +156,28 @@ async fn events(
     read(&state, &headers, Subject::Fleet, "read agent output").await?;
     agents::get(&state, &id).await?;
     let (tail, live) = state.agents.logs.subscribe(&id);
-    let to_event = |entry: agents::log::LogEntry| {
+    Ok(log_events(tail, live))
+}
+
+/// A task's output and state changes as Server-Sent Events, like an agent's; the stream ends
+/// when the task has finished.
+async fn task_events(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    read(&state, &headers, Subject::Fleet, "read task output").await?;
+    let (tail, live) = crate::work::tasks::follow_log(&state, &id).await?;
+    Ok(log_events(tail, live))
+}
+
+/// Entries as Server-Sent Events: each an event whose id is its `seq` and whose data is the
+/// entry as JSON.
+fn log_events(
+    tail: Vec<LogEntry>,
+    live: Option<tokio::sync::broadcast::Receiver<LogEntry>>,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let to_event = |entry: LogEntry| {
         Ok::<_, Infallible>(
             Event::default()
                 .id(entry.seq.to_string())
@@ -161,7 +186,7 @@ async fn events(
     };
     use futures::StreamExt as _;
     let stream = futures::stream::iter(tail)
-        .chain(agents::log::follow(live))
+        .chain(crate::work::output::follow(live))
         .map(to_event);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -304,6 +304,9 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
                         Ok(NodeEvent {
                             kind: Some(node_event::Kind::AgentOutputStream(header)),
                         }) => read_agent_output(&state, &node_id, header, recv).await,
+                        Ok(NodeEvent {
+                            kind: Some(node_event::Kind::TaskOutputStream(header)),
+                        }) => read_task_output(&state, &node_id, header, recv).await,
                         Ok(event) => on_event(&state, &node_id, &session, event).await,
                         Err(e) => {
                             // Told at once (not by a silent drop), so the node can report
@@ -465,8 +468,7 @@ async fn renew_certificate(
         .map_err(|e| format!("handing over the new certificate: {e}"))
 }
 
-/// Reads one agent's output stream (opened by `header`) to its end, into the agent's log. The
-/// stream's QUIC flow control is the backpressure: the hub reads one frame at a time.
+/// Reads one agent's output stream (opened by `header`) to its end, into the agent's log.
 async fn read_agent_output(
     state: &HubState,
     node_id: &str,
@@ -482,27 +484,52 @@ async fn read_agent_output(
         tracing::warn!(node_id = %node_id, agent_id = %header.agent_id, "output of an agent this node does not run refused");
         return;
     }
-    loop {
-        match framing::read_frame::<outpost_proto::v1::AgentOutput>(
-            &mut recv,
-            outpost_proto::limits::MAX_AGENT_FRAME,
-        )
-        .await
-        {
-            Ok(chunk) => {
-                let stream = if chunk.stream == "stderr" {
-                    "stderr"
-                } else {
-                    "stdout"
-                };
-                state.agents.logs.push(
-                    &header.agent_id,
-                    stream,
-                    String::from_utf8_lossy(&chunk.data).into_owned(),
-                );
-            }
-            Err(_) => return,
-        }
+    read_output(recv, |stream, text| {
+        state.agents.logs.push(&header.agent_id, stream, text);
+    })
+    .await;
+}
+
+/// Reads one native task attempt's output stream to its end, into the task's log (refused
+/// unless the attempt is this node's and still going).
+async fn read_task_output(
+    state: &HubState,
+    node_id: &str,
+    header: outpost_proto::v1::TaskOutputStream,
+    mut recv: quinn::RecvStream,
+) {
+    let owned = matches!(
+        state.store().get_task(&header.task_id).await,
+        Ok(Some(row)) if row.node_id == node_id
+            && row.attempts == i64::from(header.attempt)
+            && !row.status.is_terminal()
+    );
+    if !owned {
+        let _ = recv.stop(EVENT_REFUSED.into());
+        tracing::warn!(node_id = %node_id, task_id = %header.task_id, "output of a task attempt this node does not run refused");
+        return;
+    }
+    read_output(recv, |stream, text| {
+        state.tasks.logs.push(&header.task_id, stream, text);
+    })
+    .await;
+}
+
+/// Reads `AgentOutput` frames to the stream's end. The stream's QUIC flow control is the
+/// backpressure: the hub reads one frame at a time.
+async fn read_output(mut recv: quinn::RecvStream, mut keep: impl FnMut(&str, String)) {
+    while let Ok(chunk) = framing::read_frame::<outpost_proto::v1::AgentOutput>(
+        &mut recv,
+        outpost_proto::limits::MAX_AGENT_FRAME,
+    )
+    .await
+    {
+        let stream = if chunk.stream == "stderr" {
+            "stderr"
+        } else {
+            "stdout"
+        };
+        keep(stream, String::from_utf8_lossy(&chunk.data).into_owned());
     }
 }
 
@@ -543,8 +570,8 @@ async fn on_event(state: &HubState, node_id: &str, session: &SessionPeer, event:
         Some(node_event::Kind::AgentStatus(status)) => {
             crate::work::agents::on_status(state, node_id, status).await;
         }
-        Some(node_event::Kind::AgentOutputStream(_)) => {
-            tracing::debug!(node_id = %node_id, "an agent output stream header out of place dropped");
+        Some(node_event::Kind::AgentOutputStream(_) | node_event::Kind::TaskOutputStream(_)) => {
+            tracing::debug!(node_id = %node_id, "an output stream header out of place dropped");
         }
         None => tracing::debug!(node_id = %node_id, "empty event dropped"),
     }

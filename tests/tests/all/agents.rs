@@ -26,13 +26,13 @@ fn agent_node(hub: &TestHub, id: &str) -> (Config, PathBuf) {
 }
 
 /// An SSE subscription: the raw text received so far.
-struct Events {
+pub(crate) struct Events {
     body: hyper::body::Incoming,
     text: String,
 }
 
 impl Events {
-    async fn open(url: &str, token: &str) -> Self {
+    pub(crate) async fn open(url: &str, token: &str) -> Self {
         use hyper_util::client::legacy::Client;
         use hyper_util::rt::TokioExecutor;
         let client: Client<_, http_body_util::Empty<bytes::Bytes>> =
@@ -53,8 +53,26 @@ impl Events {
         }
     }
 
+    /// Reads to the end of the stream (15 s at most).
+    pub(crate) async fn read_to_end(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("the stream did not end: {}", self.text));
+            match frame {
+                None => return,
+                Some(frame) => {
+                    if let Some(data) = frame.unwrap().data_ref() {
+                        self.text.push_str(&String::from_utf8_lossy(data));
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads until the received text contains `needle` (15 s at most).
-    async fn until(&mut self, needle: &str) {
+    pub(crate) async fn until(&mut self, needle: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while !self.text.contains(needle) {
             let frame = tokio::time::timeout_at(deadline, self.body.frame())

@@ -292,3 +292,77 @@ async fn a_node_restarted_after_a_crash_stops_the_commands_it_left() {
     wait_gone(pid).await;
     let _ = hub.cli(&["tasks", "cancel", &id]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_output_is_followed_live_until_it_ends() {
+    use crate::agents::Events;
+    use outpost_trust::auth::Role;
+
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let admin = hub.token("admin", Role::Admin);
+    let (config, safe) = native_node(&hub, "live-n");
+    let _node = start_node(config).await;
+    hub.wait_status("live-n", "online", Duration::from_secs(15))
+        .await;
+
+    // It prints, then waits for the test before it prints again and ends.
+    let gate = safe.join("project/go");
+    let command = format!(
+        "echo first; echo to-stderr >&2; while [ ! -e {} ]; do sleep 0.05; done; echo second",
+        gate.display()
+    );
+    let task = submit(&hub, &["--command", &command]).await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let mut events =
+        Events::open(&format!("{}/api/tasks/{id}/events", hub.http_url()), &admin).await;
+    events.until("first").await;
+    events.until("to-stderr").await;
+    // Live: the task has not ended yet.
+    let status = task_json(&hub, &id).await["status"].clone();
+    assert!(status == "placed" || status == "running", "{status}");
+
+    // A CLI follower joins midway (the tail, then live) and returns when the task ends.
+    let follow_args = ["tasks", "logs", &id, "-f"];
+    let follow = hub.cli(&follow_args);
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(&gate, "").unwrap();
+    };
+    let ((code, followed, err), ()) = tokio::join!(follow, release);
+    assert_eq!(code, 0, "{err}");
+    for needle in ["first", "to-stderr", "second", "succeeded on live-n"] {
+        assert!(followed.contains(needle), "{needle:?} not in: {followed}");
+    }
+    events.until("second").await;
+    events.until("succeeded on live-n").await;
+    events.read_to_end().await;
+
+    // After the end the log is still there, and so is a task nobody followed (from the store).
+    let (code, out, _) = hub.cli(&["tasks", "logs", &id, "--json"]).await;
+    assert_eq!(code, 0);
+    let entries: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["stream"] == "stderr" && e["data"] == "to-stderr\n"),
+        "{out}"
+    );
+    let quiet = submit_ending(&hub, &["--command", "echo quietly"], 0).await;
+    let (code, out, _) = hub
+        .cli(&["tasks", "logs", quiet["id"].as_str().unwrap()])
+        .await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("quietly") && out.contains("succeeded"),
+        "{out}"
+    );
+    let (code, _, err) = hub.cli(&["tasks", "logs", "task-nope"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not found") || err.contains("task-nope"),
+        "{err}"
+    );
+}

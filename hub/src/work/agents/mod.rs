@@ -8,7 +8,6 @@
 //! every active agent of a node that goes offline.
 
 pub mod lifecycle;
-pub mod log;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -273,7 +272,7 @@ const MISSES_BEFORE_LOST: u32 = 2;
 #[derive(Debug, Default)]
 pub struct AgentHub {
     /// Output tails and live subscribers.
-    pub logs: log::AgentLogs,
+    pub logs: crate::work::output::OutputLogs,
     misses: Mutex<HashMap<String, u32>>,
     nodes_with_agents: Mutex<std::collections::HashSet<String>>,
     /// The latest heartbeat's agents of each watched node, waiting for [`reconcile_pending`].

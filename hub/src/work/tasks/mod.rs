@@ -65,7 +65,13 @@ pub struct TaskEngine {
     in_flight: Mutex<HashMap<String, TaskRow>>,
     /// The last task that finished on this hub, as written (waiters take it from here).
     last_finished: watch::Sender<Option<Arc<TaskRow>>>,
+    /// Live output and state changes of the tasks someone follows (or whose node streams
+    /// output), and the tails of the last ones that ended.
+    pub logs: crate::work::output::OutputLogs,
 }
+
+/// Ended task logs whose tails stay for late readers (older ones are told from the store).
+const TASK_LOGS_KEPT: usize = 256;
 
 impl TaskEngine {
     /// An engine placing with `scheduler`, giving tasks `default_max_attempts` unless they say.
@@ -80,6 +86,7 @@ impl TaskEngine {
             queue_backlog: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             last_finished: watch::channel(None).0,
+            logs: crate::work::output::OutputLogs::keeping(TASK_LOGS_KEPT),
         }
     }
 
@@ -123,6 +130,14 @@ fn new_task_id() -> Result<String, TaskError> {
 /// Writes a transition: the task under its guard, with its attempt row in the same transaction.
 /// False when the guard no longer holds (another writer got there first).
 async fn commit(state: &HubState, transition: &Transition) -> Result<bool, StoreError> {
+    let written = write(state, transition).await?;
+    if written {
+        log_transition(state, &transition.task);
+    }
+    Ok(written)
+}
+
+async fn write(state: &HubState, transition: &Transition) -> Result<bool, StoreError> {
     match &transition.attempt {
         Some(attempt) => {
             state
@@ -137,6 +152,91 @@ async fn commit(state: &HubState, transition: &Transition) -> Result<bool, Store
                 .await
         }
     }
+}
+
+/// What a task's log says of its state.
+pub fn describe(task: &TaskRow) -> String {
+    let attempt = format!("attempt {}/{}", task.attempts, task.max_attempts);
+    match task.status {
+        TaskStatus::Queued if task.attempts == 0 => format!("queued: {}", task.reason),
+        TaskStatus::Queued => format!("queued again ({attempt} done): {}", task.reason),
+        TaskStatus::Placed => format!("placed on {} ({attempt})", task.node_id),
+        TaskStatus::Running => format!("running on {} ({attempt})", task.node_id),
+        TaskStatus::Succeeded => format!(
+            "succeeded on {} in {} ms ({attempt})",
+            task.node_id,
+            task.duration_us / 1000
+        ),
+        TaskStatus::Failed | TaskStatus::Cancelled => format!(
+            "{} ({attempt}): {}: {}",
+            task.status.as_str(),
+            task.error_kind,
+            task.error_message
+        ),
+    }
+}
+
+/// Notes a task's new state in its log when it has one (someone follows it), and ends the log
+/// once the task ended. A tool's output arrives with its result, so it goes in then; a
+/// command's went live already.
+fn log_transition(state: &HubState, task: &TaskRow) {
+    let logs = &state.tasks.logs;
+    if !logs.contains(&task.id) {
+        return;
+    }
+    if task.status.is_terminal() {
+        let mut last = Vec::new();
+        if task.command.is_empty()
+            && let Some(output) = task.output.as_ref().filter(|o| !o.is_empty())
+        {
+            last.push(("stdout", output.clone()));
+        }
+        last.push(("event", describe(task)));
+        logs.finish_with(&task.id, last);
+    } else {
+        logs.push_if_present(&task.id, "event", describe(task));
+    }
+}
+
+/// A task's log for a follower: what it holds so far, and the live rest (none when the task
+/// ended). A task that ended before anyone followed it is told from the store.
+pub async fn follow_log(
+    state: &HubState,
+    id: &str,
+) -> Result<
+    (
+        Vec<crate::work::output::LogEntry>,
+        Option<tokio::sync::broadcast::Receiver<crate::work::output::LogEntry>>,
+    ),
+    TaskError,
+> {
+    use crate::work::output::LogEntry;
+    let task = get(state, id).await?;
+    let logs = &state.tasks.logs;
+    if task.status.is_terminal() && !logs.contains(id) {
+        let mut entries = Vec::new();
+        if let Some(output) = task.output.as_ref().filter(|o| !o.is_empty()) {
+            entries.push(LogEntry {
+                seq: 1,
+                stream: "stdout".into(),
+                data: output.clone(),
+                at: String::new(),
+            });
+        }
+        entries.push(LogEntry::note(describe(&task)));
+        return Ok((entries, None));
+    }
+    let (mut tail, live) = logs.subscribe(id);
+    // It may have ended between the read and the subscription: read again, and end the log
+    // here when it did (finishing twice is harmless).
+    let now = get(state, id).await?;
+    if now.status.is_terminal() && live.is_some() {
+        log_transition(state, &now);
+        let (tail, _) = logs.subscribe(id);
+        return Ok((tail, None));
+    }
+    tail.insert(0, LogEntry::note(describe(&now)));
+    Ok((tail, live))
 }
 
 /// Validates and stores a task, then wakes the dispatcher.
