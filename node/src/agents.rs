@@ -30,6 +30,8 @@ use crate::worktree::{self, PathRules, WorkdirMode};
 
 /// Output one run forwards when its start names no limit.
 pub const DEFAULT_MAX_OUTPUT: u64 = 16 << 20;
+/// How long a run that ended waits for the rest of its output to reach the hub.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
 /// Lines of input waiting for an agent's stdin.
 const INPUT_QUEUE: usize = 64;
 
@@ -274,8 +276,11 @@ impl AgentRunner {
                 },
                 None => (process.wait().await, false),
             };
-            // The output is all forwarded before the end is reported.
-            let _ = forwarder.await;
+            // The output is all forwarded before the end is reported, unless something the
+            // supervisor did not take with it still holds the pipes open.
+            if tokio::time::timeout(OUTPUT_DRAIN, forwarder).await.is_err() {
+                tracing::warn!(agent_id = %agent_id, "the agent's output did not end with it");
+            }
             runner.runs.lock().remove(&agent_id);
             let _ = std::fs::remove_file(&pid_file);
             let _ = std::fs::remove_file(&spec.status_file);

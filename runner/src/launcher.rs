@@ -110,6 +110,10 @@ fn supervise(spec: LaunchSpec) -> i32 {
     };
     let root = me.as_raw_nonzero().get();
     let code = runtime.block_on(async {
+        // Before there is a tree: a stop that comes earlier ends the supervisor while it has no
+        // children yet; one that comes later is handled, so no stop leaves a tree behind.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let Ok(exe) = std::env::current_exe() else {
             update_status(&spec.status_file, |s| {
                 s.error = Some("cannot find the launcher executable".into())
@@ -133,8 +137,6 @@ fn supervise(spec: LaunchSpec) -> i32 {
                 return 125;
             }
         };
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let stop = async {
             match terminate.as_mut() {
                 Some(signal) => {
