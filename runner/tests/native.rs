@@ -310,3 +310,31 @@ async fn a_supervisor_left_by_a_crashed_node_is_found_and_stopped() {
     }
     assert!(tree.iter().all(|&p| !alive(p)), "{tree:?} survived");
 }
+
+#[tokio::test]
+async fn a_stop_right_after_the_start_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..25_u64 {
+        let pid_file = dir.path().join(format!("pid-{round}"));
+        // It would wait for input forever, holding its pipes.
+        let script = format!("echo $$ > {}; while read l; do :; done", pid_file.display());
+        let mut process = NativeProcess::spawn(&launcher(), &spec(dir.path(), &script)).unwrap();
+        let _stdin = process.take_stdin();
+        let stdout = tokio::spawn(read_tail(process.take_stdout().unwrap(), 1 << 20));
+        tokio::time::sleep(Duration::from_millis(round % 5 * 3)).await;
+        process.request_stop();
+        tokio::time::timeout(Duration::from_secs(20), process.wait())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the supervisor did not end"));
+        tokio::time::timeout(Duration::from_secs(10), stdout)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: something still holds the output open"))
+            .unwrap();
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            assert!(!alive(pid), "round {round}: the program survived the stop");
+        }
+    }
+}
