@@ -81,7 +81,7 @@ pub struct CreateArgs {
     /// The node to run on.
     #[arg(long, conflicts_with = "auto", required_unless_present = "auto")]
     node: Option<String>,
-    /// Any node that fits the requirements below (and runs native programs).
+    /// Any node that fits the requirements below (and runs native programs, for --command).
     #[arg(long)]
     auto: bool,
     /// GPUs the node must have free.
@@ -102,8 +102,9 @@ pub struct CreateArgs {
     /// The program to run (a path, or a name on the node's PATH).
     #[arg(long, required_unless_present = "tool")]
     command: Option<String>,
-    /// A WASM tool as the agent (not yet: agents are native programs for now).
-    #[arg(long, conflicts_with = "command")]
+    /// A pushed WASM tool as the agent: each input line is one `invoke`, in its sandbox under
+    /// its policy (instead of --command).
+    #[arg(long, conflicts_with_all = ["command", "args", "env_allow", "workdir", "workdir_mode", "repo", "cpu_seconds"])]
     tool: Option<String>,
     /// An argument; repeatable.
     #[arg(long = "arg", allow_hyphen_values = true)]
@@ -179,11 +180,6 @@ pub(crate) async fn agents(
     match command {
         AgentsCommand::Create(args) => {
             let args = *args;
-            anyhow::ensure!(
-                args.tool.is_none(),
-                "--tool: WASM agents are not supported yet; run the tool as tasks, or give a \
-                 --command"
-            );
             let requirements = TaskRequirements {
                 gpus: args.gpus,
                 gpu_memory_mb: args.gpu_memory.unwrap_or(0),
@@ -197,6 +193,7 @@ pub(crate) async fn agents(
                 node: args.node.unwrap_or_default(),
                 requirements: Some(requirements),
                 command: args.command.unwrap_or_default(),
+                tool: args.tool.unwrap_or_default(),
                 args: args.args,
                 env_allow: args.env_allow,
                 workdir: args.workdir.unwrap_or_default(),

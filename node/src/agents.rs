@@ -1,12 +1,19 @@
-//! Native agents on the node: long-running processes the hub starts, feeds, watches and stops.
+//! Agents on the node: long-running processes the hub starts, feeds, watches and stops, and WASM
+//! agents, a tool invoked once per line of input.
 //!
-//! Each run goes through the launcher like a native command ([`crate::native`]): workdir inside
+//! Each native run goes through the launcher like a native command ([`crate::native`]): workdir inside
 //! `safe_paths`, cleared environment, rlimits, Landlock, a pids cgroup, the whole tree stopped.
 //! Its output goes to the hub on a QUIC uni stream of its own (an `AgentOutputStream` frame, then
 //! `AgentOutput` frames), so one chatty agent never waits for another; a pump holds at most one
 //! chunk, so when the hub reads slowly (or the session is down) the pipe fills and the agent's
 //! own writes wait: backpressure, never unbounded buffering. Status changes go as events and are
 //! sent again until a session takes them.
+//!
+//! A WASM agent's run holds no process: its tool (installed on the node before the start) is
+//! compiled once, and each input line is one `invoke` in a fresh instance under the tool's policy
+//! and limits; what the call printed and returned goes out on the agent's output stream like a
+//! native agent's output, and a failed call is reported there without ending the run. A stop or
+//! the run's wall-time limit interrupts a call in flight.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,10 +29,11 @@ use outpost_proto::v1::{
 use outpost_runner::{Confinement, LaunchSpec, NativeProcess, Rlimits};
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::native::{MAX_COMMAND_PROCESSES, NativeRunner, STOP_GRACE, safe_name};
 use crate::output::{self, SessionLink};
+use crate::tasks::TaskRunner;
 use crate::worktree::{self, PathRules, WorkdirMode};
 
 /// Output one run forwards when its start names no limit.
@@ -35,17 +43,35 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
 /// Lines of input waiting for an agent's stdin.
 const INPUT_QUEUE: usize = 64;
 
+/// How a stop reaches a run.
+enum StopHandle {
+    /// The supervisor's pid: SIGTERM to the tree, SIGKILL after the grace.
+    Process(i32),
+    /// The WASM run's loop, which drops a call in flight.
+    Tool(Arc<Notify>),
+}
+
 struct Run {
     run: u64,
-    pid: i32,
-    workdir: PathBuf,
+    stop: StopHandle,
+    /// A native run's workdir (worktrees are bound to one run at a time).
+    workdir: Option<PathBuf>,
     input: mpsc::Sender<String>,
     stopping: Arc<AtomicBool>,
 }
 
+/// How a WASM run ended.
+enum ToolRunEnd {
+    Stopped,
+    TimedOut,
+}
+
 /// The agents running on this node.
 pub struct AgentRunner {
-    native: NativeRunner,
+    /// Native programs, where this node runs them.
+    native: Option<NativeRunner>,
+    /// WASM tools, where this node's sandbox started.
+    tools: Option<Arc<TaskRunner>>,
     runs: Mutex<HashMap<String, Run>>,
     /// Held while a start prepares its workdir (git may take a while): starts one at a time.
     preparing: tokio::sync::Mutex<()>,
@@ -65,12 +91,16 @@ fn error(message: String) -> node_reply::Kind {
 }
 
 impl AgentRunner {
-    /// Agents run with `native`'s launcher, paths and environment rules, and send their
-    /// output and status over its session link.
-    pub fn new(native: NativeRunner) -> Self {
-        let link = native.link.clone();
+    /// Agents send their output and status over `link`; native ones run with `native`'s
+    /// launcher, paths and environment rules, WASM ones with `tools`' sandbox and store.
+    pub fn new(
+        link: SessionLink,
+        native: Option<NativeRunner>,
+        tools: Option<Arc<TaskRunner>>,
+    ) -> Self {
         Self {
             native,
+            tools,
             runs: Mutex::new(HashMap::new()),
             preparing: tokio::sync::Mutex::new(()),
             link,
@@ -104,10 +134,20 @@ impl AgentRunner {
                 outpost_trust::tls::MAX_AGENTS_PER_NODE
             ));
         }
+        if !start.tool.is_empty() {
+            return self.start_tool(start).await;
+        }
+        let Some(native) = &self.native else {
+            return error(
+                "start_agent: this node runs no native agents (its launcher did not answer; see \
+                 [sandbox] launcher)"
+                    .into(),
+            );
+        };
         if let Some(key) = start
             .env_allow
             .iter()
-            .find(|key| !self.native.env_allow.contains(key))
+            .find(|key| !native.env_allow.contains(key))
         {
             return error(format!(
                 "start_agent: {key} is not in this node's [node] env_allow"
@@ -116,7 +156,6 @@ impl AgentRunner {
         if start.command.is_empty() || start.command.contains('\0') {
             return error("start_agent: the command is empty or holds a NUL byte".into());
         }
-        let native = &self.native;
         let mode = match WorkdirMode::parse(&start.workdir_mode) {
             Ok(mode) => mode,
             Err(e) => return error(format!("start_agent: {e}")),
@@ -147,7 +186,7 @@ impl AgentRunner {
                 .runs
                 .lock()
                 .iter()
-                .find(|(_, run)| run.workdir == workdir)
+                .find(|(_, run)| run.workdir.as_ref() == Some(&workdir))
         {
             return error(format!(
                 "start_agent: agent {other} works in {} now",
@@ -200,8 +239,8 @@ impl AgentRunner {
             start.agent_id.clone(),
             Run {
                 run: start.run,
-                pid: process.pid(),
-                workdir: spec.workdir.clone(),
+                stop: StopHandle::Process(process.pid()),
+                workdir: Some(spec.workdir.clone()),
                 input,
                 stopping: stopping.clone(),
             },
@@ -239,36 +278,12 @@ impl AgentRunner {
             }
         }
         drop(chunks);
-        let limit = if start.max_output_bytes == 0 {
-            DEFAULT_MAX_OUTPUT
-        } else {
-            start.max_output_bytes
-        };
-        let dropped = Arc::new(AtomicU64::new(0));
-        let forwarder = tokio::spawn(output::forward(
-            self.link.subscribe(),
-            NodeEvent {
-                kind: Some(node_event::Kind::AgentOutputStream(AgentOutputStream {
-                    agent_id: start.agent_id.clone(),
-                    run: start.run,
-                })),
-            },
-            chunks_rx,
-            limit,
-            dropped.clone(),
-        ));
+        let (forwarder, dropped) = self.forward_output(&start, chunks_rx);
         let runner = self.clone();
         let (agent_id, run) = (start.agent_id.clone(), start.run);
         let timeout = nonzero(start.timeout_ms).map(Duration::from_millis);
         tokio::spawn(async move {
-            runner
-                .deliver(AgentStatus {
-                    agent_id: agent_id.clone(),
-                    run,
-                    status: "running".into(),
-                    ..AgentStatus::default()
-                })
-                .await;
+            runner.deliver(running(&agent_id, run)).await;
             let (exit, timed_out) = match timeout {
                 Some(limit) => match tokio::time::timeout(limit, process.wait()).await {
                     Ok(exit) => (exit, false),
@@ -315,8 +330,138 @@ impl AgentRunner {
         node_reply::Kind::Ok(true)
     }
 
+    /// Starts a WASM agent's run: its tool, installed here beforehand, invoked once per input.
+    async fn start_tool(self: &Arc<Self>, start: StartAgent) -> node_reply::Kind {
+        let Some(tools) = &self.tools else {
+            return error(
+                "start_agent: this node runs no WASM tools (its sandbox did not start; see the \
+                 node's log)"
+                    .into(),
+            );
+        };
+        if !start.command.is_empty()
+            || !start.args.is_empty()
+            || !start.env_allow.is_empty()
+            || !start.workdir.is_empty()
+            || !start.repo.is_empty()
+            || !matches!(start.workdir_mode.as_str(), "" | "use_existing")
+        {
+            return error(
+                "start_agent: a WASM agent takes its grants from its tool's policy: no command, \
+                 args, env_allow, workdir or worktree"
+                    .into(),
+            );
+        }
+        let tool = match tools.agent_tool(&start).await {
+            Ok(tool) => tool,
+            Err(e) => {
+                return error(format!(
+                    "start_agent: tool {:?} ({}): {}",
+                    start.tool,
+                    e.kind.as_str(),
+                    e.message
+                ));
+            }
+        };
+        let (input, mut lines) = mpsc::channel::<String>(INPUT_QUEUE);
+        let stop = Arc::new(Notify::new());
+        let stopping = Arc::new(AtomicBool::new(false));
+        self.runs.lock().insert(
+            start.agent_id.clone(),
+            Run {
+                run: start.run,
+                stop: StopHandle::Tool(stop.clone()),
+                workdir: None,
+                input,
+                stopping,
+            },
+        );
+        let (chunks, chunks_rx) = mpsc::channel::<AgentOutput>(8);
+        let (forwarder, dropped) = self.forward_output(&start, chunks_rx);
+        let runner = self.clone();
+        let (agent_id, run) = (start.agent_id.clone(), start.run);
+        let deadline = (start.timeout_ms > 0)
+            .then(|| tokio::time::Instant::now() + Duration::from_millis(start.timeout_ms));
+        tokio::spawn(async move {
+            runner.deliver(running(&agent_id, run)).await;
+            let end = loop {
+                let line = tokio::select! {
+                    biased;
+                    () = stop.notified() => break ToolRunEnd::Stopped,
+                    () = until(deadline) => break ToolRunEnd::TimedOut,
+                    line = lines.recv() => line,
+                };
+                // The sender lives in the run's entry, which only this task removes.
+                let Some(line) = line else {
+                    break ToolRunEnd::Stopped;
+                };
+                let report = tokio::select! {
+                    biased;
+                    () = stop.notified() => break ToolRunEnd::Stopped,
+                    () = until(deadline) => break ToolRunEnd::TimedOut,
+                    report = tool.invoke(&line) => report,
+                };
+                send_report(&chunks, report).await;
+            };
+            drop(chunks);
+            if tokio::time::timeout(OUTPUT_DRAIN, forwarder).await.is_err() {
+                tracing::warn!(agent_id = %agent_id, "the agent's output did not reach the hub in time");
+            }
+            runner.runs.lock().remove(&agent_id);
+            let mut status = AgentStatus {
+                agent_id,
+                run,
+                output_dropped: dropped.load(Ordering::Relaxed),
+                ..AgentStatus::default()
+            };
+            match end {
+                ToolRunEnd::Stopped => status.status = "stopped".into(),
+                ToolRunEnd::TimedOut => {
+                    status.status = "failed".into();
+                    status.reason = format!(
+                        "ran past its wall-time limit of {}s and was stopped",
+                        Duration::from_millis(start.timeout_ms).as_secs_f64()
+                    );
+                }
+            }
+            runner.deliver(status).await;
+        });
+        node_reply::Kind::Ok(true)
+    }
+
+    /// Forwards a run's output chunks on a stream of their own; the bytes dropped past the
+    /// run's limit are counted in the returned counter.
+    fn forward_output(
+        &self,
+        start: &StartAgent,
+        chunks: mpsc::Receiver<AgentOutput>,
+    ) -> (tokio::task::JoinHandle<()>, Arc<AtomicU64>) {
+        let limit = if start.max_output_bytes == 0 {
+            DEFAULT_MAX_OUTPUT
+        } else {
+            start.max_output_bytes
+        };
+        let dropped = Arc::new(AtomicU64::new(0));
+        let forwarder = tokio::spawn(output::forward(
+            self.link.subscribe(),
+            NodeEvent {
+                kind: Some(node_event::Kind::AgentOutputStream(AgentOutputStream {
+                    agent_id: start.agent_id.clone(),
+                    run: start.run,
+                })),
+            },
+            chunks,
+            limit,
+            dropped.clone(),
+        ));
+        (forwarder, dropped)
+    }
+
     /// Removes the worktree the node created for an agent (which must not be running).
     pub async fn remove_worktree(&self, remove: RemoveWorktree) -> node_reply::Kind {
+        let Some(native) = &self.native else {
+            return error("remove_worktree: this node runs no native agents".into());
+        };
         let _preparing = self.preparing.lock().await;
         if self.runs.lock().contains_key(&remove.agent_id) {
             return error(format!(
@@ -325,8 +470,8 @@ impl AgentRunner {
             ));
         }
         let rules = PathRules {
-            safe_paths: &self.native.safe_paths,
-            protected: &self.native.protected,
+            safe_paths: &native.safe_paths,
+            protected: &native.protected,
         };
         match worktree::remove(
             Path::new(&remove.workdir),
@@ -347,7 +492,11 @@ impl AgentRunner {
         match runs.get(&agent.agent_id) {
             Some(run) if agent.run == 0 || run.run == agent.run => {
                 run.stopping.store(true, Ordering::Relaxed);
-                outpost_runner::process::signal_stop(run.pid);
+                match &run.stop {
+                    StopHandle::Process(pid) => outpost_runner::process::signal_stop(*pid),
+                    // A permit is kept when the loop is not waiting right now.
+                    StopHandle::Tool(stop) => stop.notify_one(),
+                }
                 node_reply::Kind::Ok(true)
             }
             _ => node_reply::Kind::Ok(false),
@@ -397,4 +546,63 @@ impl AgentRunner {
             }
         }
     }
+}
+
+/// The `running` status of a run.
+fn running(agent_id: &str, run: u64) -> AgentStatus {
+    AgentStatus {
+        agent_id: agent_id.to_string(),
+        run,
+        status: "running".into(),
+        ..AgentStatus::default()
+    }
+}
+
+/// Waits until `deadline`, or forever when there is none.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends `text` as chunks of `stream`; false once the forwarder is gone.
+async fn send_text(chunks: &mpsc::Sender<AgentOutput>, stream: &str, text: &[u8]) -> bool {
+    for piece in text.chunks(outpost_proto::limits::MAX_AGENT_CHUNK) {
+        let chunk = AgentOutput {
+            stream: stream.into(),
+            data: piece.to_vec(),
+        };
+        if chunks.send(chunk).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// What one `invoke` of a WASM agent printed, logged and returned, as output chunks: its
+/// stdout and stderr, its log lines on stderr, then the returned value on stdout (a newline
+/// added) or the failure on stderr as `error: <kind>: <message>`.
+async fn send_report(chunks: &mpsc::Sender<AgentOutput>, report: outpost_sandbox::CallReport) {
+    let mut err = report.stderr.into_bytes();
+    for record in &report.logs {
+        err.extend_from_slice(
+            format!("{}: {}\n", record.level.as_str(), record.message).as_bytes(),
+        );
+    }
+    let ended = match report.result {
+        Ok(mut output) => {
+            if !output.ends_with('\n') {
+                output.push('\n');
+            }
+            ("stdout", output)
+        }
+        Err(e) => (
+            "stderr",
+            format!("error: {}: {}\n", e.kind.as_str(), e.message),
+        ),
+    };
+    let _ = send_text(chunks, "stdout", report.stdout.as_bytes()).await
+        && send_text(chunks, "stderr", &err).await
+        && send_text(chunks, ended.0, ended.1.as_bytes()).await;
 }

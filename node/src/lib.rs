@@ -334,11 +334,8 @@ fn session_context(
             runs_dir: config.data_dir().join("native"),
             link: link.clone(),
         });
-    let agents = native_runner
-        .clone()
-        .map(|native| Arc::new(agents::AgentRunner::new(native)));
     let runner = match tasks::TaskRunner::new(&config.data_dir(), boundary) {
-        Ok(runner) => Some(Arc::new(match native_runner {
+        Ok(runner) => Some(Arc::new(match native_runner.clone() {
             Some(native) => runner.with_native(native),
             None => runner,
         })),
@@ -347,6 +344,13 @@ fn session_context(
             None
         }
     };
+    let agents = (native_runner.is_some() || runner.is_some()).then(|| {
+        Arc::new(agents::AgentRunner::new(
+            link.clone(),
+            native_runner,
+            runner.clone(),
+        ))
+    });
     Ok(SessionContext {
         node_id: identity.node_id.clone(),
         credentials: Mutex::new(credentials),

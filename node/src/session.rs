@@ -778,7 +778,7 @@ async fn handle_command(
         Some(hub_command::Kind::StartAgent(start)) => match &ctx.agents {
             Some(agents) => agents.start(start).await,
             None => node_reply::Kind::Error(
-                "this node runs no native agents (its launcher did not answer; see [sandbox] launcher)"
+                "this node runs no agents (neither its launcher nor its sandbox started; see the node's log)"
                     .into(),
             ),
         },
@@ -788,11 +788,11 @@ async fn handle_command(
         },
         Some(hub_command::Kind::AgentInput(input)) => match &ctx.agents {
             Some(agents) => agents.input(input),
-            None => node_reply::Kind::Error("this node runs no native agents".into()),
+            None => node_reply::Kind::Error("this node runs no agents".into()),
         },
         Some(hub_command::Kind::RemoveWorktree(remove)) => match &ctx.agents {
             Some(agents) => agents.remove_worktree(remove).await,
-            None => node_reply::Kind::Error("this node runs no native agents".into()),
+            None => node_reply::Kind::Error("this node runs no agents".into()),
         },
         None => node_reply::Kind::Error("unknown command (newer hub?)".into()),
     };

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_proto::limits::{MAX_RESULT_LOG, MAX_RESULT_MESSAGE, MAX_RESULT_OUTPUT};
-use outpost_proto::v1::{InstallTool, RunTask, TaskResult, node_reply};
+use outpost_proto::v1::{InstallTool, RunTask, StartAgent, TaskResult, node_reply};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 
@@ -427,8 +427,58 @@ impl TaskRunner {
         result
     }
 
+    /// A WASM agent's tool, bound to its policy and ready to be invoked once per input. It comes
+    /// from this node's store (the hub installs it before the start) and is compiled once per
+    /// digest; the agent's memory limit, when it names one, lowers the policy's.
+    pub async fn agent_tool(&self, start: &StartAgent) -> Result<LoadedTool, SandboxError> {
+        if !is_digest(&start.tool_digest) {
+            return Err(SandboxError::new(
+                ErrorKind::InvalidComponent,
+                format!(
+                    "tool_digest {:?} is not a sha256 in lowercase hex",
+                    start.tool_digest
+                ),
+            ));
+        }
+        let path = self.tools_dir.join(format!("{}.wasm", start.tool_digest));
+        if !path.exists() {
+            return Err(SandboxError::new(
+                ErrorKind::InvalidComponent,
+                format!(
+                    "tool {:?} ({}) is not installed on this node",
+                    start.tool, start.tool_digest
+                ),
+            ));
+        }
+        let command = RunTask {
+            task_id: start.agent_id.clone(),
+            tool: start.tool.clone(),
+            tool_digest: start.tool_digest.clone(),
+            policy_toml: start.policy_toml.clone(),
+            signature: start.signature.clone(),
+            ..RunTask::default()
+        };
+        let memory = start.memory_bytes;
+        self.load_adjusted(&command, path, |limits| {
+            if memory > 0 {
+                limits.memory = limits.memory.min(memory);
+            }
+        })
+        .await
+    }
+
     /// The tool bound to this attempt's policy and environment (compiled once per digest).
     async fn load(&self, command: &RunTask, path: PathBuf) -> Result<LoadedTool, SandboxError> {
+        self.load_adjusted(command, path, |_| {}).await
+    }
+
+    /// [`Self::load`], with the resolved limits adjusted by `adjust` before they are bound.
+    async fn load_adjusted(
+        &self,
+        command: &RunTask,
+        path: PathBuf,
+        adjust: impl FnOnce(&mut outpost_sandbox::policy::Limits),
+    ) -> Result<LoadedTool, SandboxError> {
         check_publisher(&self.boundary.trusted_publishers, command)?;
         let policy = ToolPolicy::from_toml(
             &command.policy_toml,
@@ -460,6 +510,7 @@ impl TaskRunner {
         }
         // An output the result could not carry stops the tool as soon as it passes the limit.
         resolved.limits.max_output = resolved.limits.max_output.min(MAX_RESULT_OUTPUT as u64);
+        adjust(&mut resolved.limits);
         // Compiled and linked once per component; each attempt binds its own policy and env.
         Ok(self
             .compiled(&command.tool_digest, path)

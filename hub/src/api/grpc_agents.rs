@@ -47,6 +47,7 @@ impl AgentService for HubGrpc {
             requirements: RequirementsSpec::from_proto(r.requirements.as_ref()),
             spec: AgentSpec {
                 command: r.command,
+                tool: r.tool,
                 args: r.args,
                 env_allow: r.env_allow,
                 workdir: r.workdir,

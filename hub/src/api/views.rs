@@ -234,7 +234,11 @@ pub fn task_json(task: &TaskView) -> serde_json::Value {
 /// The protobuf view of an agent.
 pub fn agent_view(agent: &crate::store::AgentRow) -> outpost_proto::v1::AgentView {
     let spec = crate::work::agents::spec_of(agent);
-    let workdir_mode = spec.mode().to_string();
+    let workdir_mode = if spec.is_tool() {
+        String::new()
+    } else {
+        spec.mode().to_string()
+    };
     outpost_proto::v1::AgentView {
         id: agent.id.clone(),
         name: agent.name.clone(),
@@ -259,6 +263,7 @@ pub fn agent_view(agent: &crate::store::AgentRow) -> outpost_proto::v1::AgentVie
         finished_at_ms: agent.finished_at_ms.unwrap_or(0),
         workdir_mode,
         repo: spec.repo,
+        tool: spec.tool,
     }
 }
 
@@ -275,11 +280,15 @@ pub fn agent_json(agent: &outpost_proto::v1::AgentView) -> Value {
         "signal": agent.signal,
         "reason": agent.reason,
         "landlock": agent.landlock,
-        "runtime": {
-            "kind": "native",
-            "command": agent.command,
-            "args": agent.args,
-            "env_allow": agent.env_allow,
+        "runtime": if agent.tool.is_empty() {
+            json!({
+                "kind": "native",
+                "command": agent.command,
+                "args": agent.args,
+                "env_allow": agent.env_allow,
+            })
+        } else {
+            json!({ "kind": "wasm", "tool": agent.tool })
         },
         "workdir": agent.workdir,
         "workdir_mode": agent.workdir_mode,

@@ -45,7 +45,7 @@ pub enum RunAnswer {
 #[derive(Debug, Clone)]
 pub enum AgentCommand {
     /// Start a run.
-    Start(outpost_proto::v1::StartAgent),
+    Start(Box<outpost_proto::v1::StartAgent>),
     /// Stop a run.
     Stop(outpost_proto::v1::AgentRef),
     /// A line of input for a run.
@@ -61,7 +61,7 @@ const GIT_COMMAND_TIMEOUT: Duration = Duration::from_secs(130);
 impl AgentCommand {
     fn into_kind(self) -> hub_command::Kind {
         match self {
-            Self::Start(start) => hub_command::Kind::StartAgent(start),
+            Self::Start(start) => hub_command::Kind::StartAgent(*start),
             Self::Stop(agent) => hub_command::Kind::StopAgent(agent),
             Self::Input(input) => hub_command::Kind::AgentInput(input),
             Self::RemoveWorktree(remove) => hub_command::Kind::RemoveWorktree(remove),

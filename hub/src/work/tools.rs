@@ -356,6 +356,35 @@ async fn install_on_node(
     }
 }
 
+/// Installs the tool a WASM agent runs on its node before the start (its bytes go only if the
+/// node lacks them): the tool as installed, or why it could not be.
+pub async fn install_for_agent(
+    state: &HubState,
+    node_id: &str,
+    link: &dyn NodeLink,
+    name: &str,
+) -> Result<ToolRow, String> {
+    let tool = state
+        .tools
+        .meta(state.store().as_ref(), name)
+        .await
+        .map_err(|e| format!("reading tool {name:?}: {e}"))?
+        .ok_or_else(|| format!("tool {name:?} was removed from the hub"))?;
+    let digest = tool.digest.clone();
+    let from_store = async || match state.store().get_tool(name).await {
+        Ok(Some(full)) if full.digest == digest => Some(full.component),
+        _ => None,
+    };
+    if install_on_node(state, node_id, link, announcement(&tool), from_store).await {
+        Ok(tool)
+    } else {
+        Err(format!(
+            "tool {name:?} ({}) could not be installed on node {node_id}",
+            tool.digest
+        ))
+    }
+}
+
 /// One tool (without its component's bytes).
 pub async fn inspect(state: &HubState, name: &str) -> Result<ToolRow, TaskError> {
     state

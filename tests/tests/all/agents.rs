@@ -443,7 +443,7 @@ async fn the_agents_cli_drives_an_agent_placed_by_requirement() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(parse(&out)["deleted"], id.as_str());
 
-    // No node fits: refused with the reason; WASM agents are not there yet.
+    // No node fits: refused with the reason; a WASM agent needs its tool pushed first.
     let (code, _, err) = hub
         .cli(&[
             "agents",
@@ -465,7 +465,7 @@ async fn the_agents_cli_drives_an_agent_placed_by_requirement() {
         ])
         .await;
     assert_eq!(code, 1);
-    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("tool \"echo\" is not on the hub"), "{err}");
     // A new worktree without a workdir needs the node's default root, and it has none.
     let (code, _, err) = hub
         .cli(&[
@@ -679,4 +679,172 @@ async fn an_agent_works_in_a_fresh_worktree_followed_over_grpc_and_sse() {
         "worktree still listed"
     );
     assert!(git(&repo, &["log", "--format=%s", &branch]).starts_with("from-agent"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_agent_invokes_its_tool_once_per_line_until_stopped() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let admin = hub.token("admin", Role::Admin);
+    let viewer = hub.token("viewer", Role::Viewer);
+    // A node with no launcher configured: WASM agents need only its sandbox.
+    let _node = start_node(hub.node_config("wa-n", STATIC_TOKEN)).await;
+    hub.wait_status("wa-n", "online", Duration::from_secs(15))
+        .await;
+    crate::tasks::push(&hub, "echo", &outpost_guests::echo()).await;
+    crate::tasks::push_hostile_with_policy(&hub, "hostile", "[limits]\ntimeout = \"2s\"\n").await;
+
+    // Created from the CLI: the tool is the runtime.
+    let (code, out, err) = hub
+        .cli(&[
+            "agents", "create", "--name", "parrot", "--node", "wa-n", "--tool", "echo", "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let created = crate::tasks::parse(&out);
+    assert_eq!(created["runtime"]["kind"], "wasm", "{created}");
+    assert_eq!(created["runtime"]["tool"], "echo", "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // What only native agents have is refused, naming the field; so is a tool not on the hub.
+    for (body, field, code) in [
+        (
+            json!({"name": "x", "node": "wa-n", "tool": "echo", "command": "sh"}),
+            "command",
+            400,
+        ),
+        (
+            json!({"name": "x", "node": "wa-n", "tool": "echo", "workdir_mode": "create_worktree", "repo": "/r"}),
+            "workdir_mode",
+            400,
+        ),
+        (
+            json!({"name": "x", "node": "wa-n", "tool": "echo", "cpu_seconds": 5}),
+            "cpu_seconds",
+            400,
+        ),
+        (
+            json!({"name": "x", "node": "wa-n", "tool": "nope"}),
+            "nope",
+            404,
+        ),
+        (
+            json!({"name": "x", "node": "wa-n", "tool": "../echo"}),
+            "tool",
+            400,
+        ),
+    ] {
+        let (status, err) = post(&hub, &admin, "/api/agents", Some(body)).await;
+        assert_eq!(status, code, "{err}");
+        assert!(err.to_string().contains(field), "{err}");
+    }
+
+    let (status, started) = post(&hub, &admin, &format!("/api/agents/{id}/start"), None).await;
+    assert_eq!(status, 200, "{started}");
+    wait_agent(&hub, &admin, &id, "running").await;
+    let mut events = Events::open(
+        &format!("{}/api/agents/{id}/events", hub.http_url()),
+        &viewer,
+    )
+    .await;
+    for line in ["hello there", "second line"] {
+        let (status, err) = post(
+            &hub,
+            &admin,
+            &format!("/api/agents/{id}/input"),
+            Some(json!({ "text": line })),
+        )
+        .await;
+        assert_eq!(status, 202, "{err}");
+        events.until(line).await;
+    }
+    // The CLI reads the same tail.
+    let (code, out, err) = hub.cli(&["agents", "logs", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hello there\nsecond line\n"), "{out}");
+
+    // A failed call is reported on stderr and the run goes on; a stop ends a call in flight.
+    let (status, hostile) = post(
+        &hub,
+        &admin,
+        "/api/agents",
+        Some(json!({"name": "rowdy", "node": "wa-n", "tool": "hostile"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{hostile}");
+    let rowdy = hostile["id"].as_str().unwrap().to_string();
+    post(&hub, &admin, &format!("/api/agents/{rowdy}/start"), None).await;
+    wait_agent(&hub, &admin, &rowdy, "running").await;
+    let mut rowdy_events = Events::open(
+        &format!("{}/api/agents/{rowdy}/events", hub.http_url()),
+        &viewer,
+    )
+    .await;
+    for line in ["spin", "sleep 0"] {
+        let (status, err) = post(
+            &hub,
+            &admin,
+            &format!("/api/agents/{rowdy}/input"),
+            Some(json!({ "text": line })),
+        )
+        .await;
+        assert_eq!(status, 202, "{err}");
+    }
+    rowdy_events.until("slept 0s").await;
+    assert!(
+        rowdy_events.text.contains("error: out_of_fuel")
+            || rowdy_events.text.contains("error: timeout"),
+        "{}",
+        rowdy_events.text
+    );
+    let (status, _) = post(
+        &hub,
+        &admin,
+        &format!("/api/agents/{rowdy}/input"),
+        Some(json!({ "text": "sleep 600" })),
+    )
+    .await;
+    assert_eq!(status, 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    post(&hub, &admin, &format!("/api/agents/{rowdy}/stop"), None).await;
+    let stopped = wait_agent(&hub, &admin, &rowdy, "stopped").await;
+    assert!(!stopped.to_string().contains("slept 600s"), "{stopped}");
+    rowdy_events.until("stopped").await;
+
+    // Input to a stopped agent is refused; the echo agent still answers.
+    let (status, _) = post(
+        &hub,
+        &admin,
+        &format!("/api/agents/{rowdy}/input"),
+        Some(json!({ "text": "sleep 0" })),
+    )
+    .await;
+    assert_eq!(status, 409);
+    post(
+        &hub,
+        &admin,
+        &format!("/api/agents/{id}/input"),
+        Some(json!({ "text": "still here" })),
+    )
+    .await;
+    events.until("still here").await;
+
+    // The run's wall time ends it as failed, with the reason.
+    let (status, timed) = post(
+        &hub,
+        &admin,
+        "/api/agents",
+        Some(json!({"name": "brief", "node": "wa-n", "tool": "echo", "timeout_ms": 500})),
+    )
+    .await;
+    assert_eq!(status, 201, "{timed}");
+    let brief = timed["id"].as_str().unwrap().to_string();
+    post(&hub, &admin, &format!("/api/agents/{brief}/start"), None).await;
+    let failed = wait_agent(&hub, &admin, &brief, "failed").await;
+    assert!(
+        failed["reason"].as_str().unwrap().contains("wall-time"),
+        "{failed}"
+    );
+    // The heartbeat no longer names it; the echo agent is still running there.
+    post(&hub, &admin, &format!("/api/agents/{id}/stop"), None).await;
+    wait_agent(&hub, &admin, &id, "stopped").await;
 }

@@ -1,5 +1,5 @@
-//! Agents: long-running native programs bound to a node, which the hub creates, starts, feeds,
-//! watches and stops while their processes and data stay on the node.
+//! Agents: long-running native programs, or WASM tools invoked once per input, bound to a node,
+//! which the hub creates, starts, feeds, watches and stops while their processes and data stay on the node.
 //!
 //! The lifecycle is pure ([`lifecycle`]); this module wraps it with the store and the node's
 //! link. A start counts a new *run*: the node's status events name their run, so a late event of
@@ -34,8 +34,11 @@ const MAX_NAME_BYTES: usize = 128;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentSpec {
-    /// The program (a path, or a name found on the node's PATH).
+    /// A native agent's program (a path, or a name found on the node's PATH).
     pub command: String,
+    /// A WASM agent's tool (pushed to the hub): invoked once per input line, in its sandbox
+    /// under its policy; instead of `command`.
+    pub tool: String,
     /// Its arguments.
     pub args: Vec<String>,
     /// Variables of the node's environment it gets (each in the node's `env_allow`).
@@ -89,8 +92,13 @@ fn check_text(field: &str, text: &str) -> Result<(), TaskError> {
 impl AgentSpec {
     /// Checks what can be checked without the node.
     pub fn validate(&self) -> Result<(), TaskError> {
+        if !self.tool.is_empty() {
+            return self.validate_tool();
+        }
         if self.command.trim().is_empty() {
-            return Err(invalid("command: an agent needs a command".into()));
+            return Err(invalid(
+                "command: an agent needs a command (native) or a tool (WASM)".into(),
+            ));
         }
         check_text("command", &self.command)?;
         if self.args.len() > MAX_ARGS {
@@ -155,6 +163,40 @@ impl AgentSpec {
             return Err(invalid("timeout_ms: at most 30 days".into()));
         }
         Ok(())
+    }
+}
+
+impl AgentSpec {
+    /// A WASM agent: its tool's policy grants what it may reach, so nothing native applies.
+    fn validate_tool(&self) -> Result<(), TaskError> {
+        crate::work::tools::validate_name(&self.tool).map_err(|e| invalid(format!("tool: {e}")))?;
+        let native_only = [
+            ("command", !self.command.is_empty()),
+            ("args", !self.args.is_empty()),
+            ("env_allow", !self.env_allow.is_empty()),
+            ("workdir", !self.workdir.is_empty()),
+            (
+                "workdir_mode",
+                !matches!(self.workdir_mode.as_str(), "" | USE_EXISTING),
+            ),
+            ("repo", !self.repo.is_empty()),
+            ("cpu_seconds", self.cpu_seconds > 0),
+        ];
+        if let Some((field, _)) = native_only.iter().find(|(_, set)| *set) {
+            return Err(invalid(format!(
+                "{field}: a WASM agent takes its grants and CPU budget from its tool's policy; \
+                 {field} is for native agents"
+            )));
+        }
+        if self.timeout_ms > 30 * 24 * 3600 * 1000 {
+            return Err(invalid("timeout_ms: at most 30 days".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether it is a WASM agent.
+    pub fn is_tool(&self) -> bool {
+        !self.tool.is_empty()
     }
 }
 
@@ -327,6 +369,18 @@ pub async fn create(state: &Arc<HubState>, request: CreateAgent) -> Result<Agent
     }
     crate::fleet::registry::validate_name(name).map_err(|e| invalid(format!("name: {e}")))?;
     request.spec.validate()?;
+    if request.spec.is_tool()
+        && state
+            .tools
+            .meta(state.store().as_ref(), &request.spec.tool)
+            .await?
+            .is_none()
+    {
+        return Err(TaskError::NotFound(format!(
+            "tool {:?} is not on the hub (push it first)",
+            request.spec.tool
+        )));
+    }
     let id = new_agent_id()?;
     let node = if request.node.is_empty() {
         let requirements = request
@@ -334,10 +388,11 @@ pub async fn create(state: &Arc<HubState>, request: CreateAgent) -> Result<Agent
             .to_requirements()
             .map_err(|e| invalid(format!("requirements: {e}")))?;
         let mut requirements = requirements;
-        if !requirements
-            .capabilities
-            .iter()
-            .any(|c| c == crate::work::tasks::spec::NATIVE_CAPABILITY)
+        if !request.spec.is_tool()
+            && !requirements
+                .capabilities
+                .iter()
+                .any(|c| c == crate::work::tasks::spec::NATIVE_CAPABILITY)
         {
             requirements
                 .capabilities
@@ -414,8 +469,12 @@ pub async fn start(state: &Arc<HubState>, id: &str) -> Result<AgentRow, TaskErro
     state.store().update_agent(&starting).await?;
     state.agents.watch_node(&starting.node_id);
     let spec = spec_of(&starting);
-    let workdir_mode = spec.mode().to_string();
-    let command = StartAgent {
+    let workdir_mode = if spec.is_tool() {
+        String::new()
+    } else {
+        spec.mode().to_string()
+    };
+    let mut command = StartAgent {
         agent_id: starting.id.clone(),
         run: u64::try_from(starting.run).unwrap_or(0),
         command: spec.command,
@@ -428,13 +487,34 @@ pub async fn start(state: &Arc<HubState>, id: &str) -> Result<AgentRow, TaskErro
         max_output_bytes: spec.max_output_bytes,
         workdir_mode,
         repo: spec.repo,
+        ..StartAgent::default()
     };
     state.agents.logs.push(
         &starting.id,
         "event",
         format!("starting run {} on {}", starting.run, starting.node_id),
     );
-    match link.agent(AgentCommand::Start(command)).await {
+    let sent = match spec.tool.as_str() {
+        "" => Ok(()),
+        tool => {
+            crate::work::tools::install_for_agent(state, &starting.node_id, link.as_ref(), tool)
+                .await
+                .map(|installed| {
+                    command.tool = installed.name.clone();
+                    command.tool_digest = installed.digest.clone();
+                    command.policy_toml = installed.policy_toml.clone();
+                    command.signature = crate::work::tools::signature_of(&installed);
+                })
+        }
+    };
+    let answer = match sent {
+        Ok(()) => link
+            .agent(AgentCommand::Start(Box::new(command)))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    match answer {
         Ok(_) => Ok(load(state, id).await?),
         Err(e) => {
             let failed = lifecycle::fail(
