@@ -257,6 +257,8 @@ struct SharedCredentials {
     static_token_key: Option<[u8; 32]>,
     /// The names on the hub certificate (loopback, `localhost`, the host name, `server_names`).
     names: Vec<String>,
+    /// The hub certificate and key (PEM), presented on nodes' direct routes.
+    presented: (String, String),
 }
 
 impl Credentials {
@@ -273,6 +275,7 @@ impl Credentials {
             .shared_secret
             .clone()
             .unwrap_or_else(|| pki.auth_secret_file.clone());
+        let presented = (pki.hub_cert_pem.clone(), pki.hub_key_pem.clone());
         Ok(Self {
             serving: ServingTls {
                 ca_pem: pki.ca.ca_pem().to_string(),
@@ -296,6 +299,7 @@ impl Credentials {
                 names: crate::credentials::pki::hub_names(
                     &config.internal_grpc.security.server_names,
                 ),
+                presented,
             },
             secret,
         })
@@ -427,7 +431,8 @@ async fn build_state(
             certificate: config.internal_grpc.security.node_certificate_lifetime,
             token: config.internal_grpc.security.node_token_lifetime,
         },
-    );
+    )
+    .presenting(&credentials.presented.0, &credentials.presented.1);
     let state = HubState::new(store, clock, fleet, tasks, tools, credentials);
     let state = Arc::new(state);
     // Channel heartbeats are handled on the endpoint's receive path; the sink holds the state

@@ -9,6 +9,7 @@
 //! `outpost-clock`; tools run in `outpost-sandbox`.
 
 pub mod agents;
+pub mod direct;
 pub mod gpu;
 pub mod join;
 pub mod native;
@@ -58,6 +59,8 @@ pub struct NodeHandle {
     pub stats: Arc<SessionStats>,
     /// True when this start performed a join (false when a stored identity was reused).
     pub joined_now: bool,
+    /// Where the direct route (`NodeService`) listens, when this node serves it.
+    pub direct_route: Option<std::net::SocketAddr>,
     runner: Option<Arc<tasks::TaskRunner>>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -172,11 +175,21 @@ impl Node {
         let stats = ctx.stats.clone();
         let runner = ctx.runner.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(session::run(Arc::new(ctx), shutdown_rx));
+        let ctx = Arc::new(ctx);
+        // The direct route listens before the session starts, so the first capabilities name it.
+        let direct_route = match &config.node.grpc_target {
+            Some(_) => {
+                let listener = direct::bind(&config.internal_grpc.listen).await?;
+                Some(direct::serve(ctx.clone(), listener, shutdown_rx.clone())?.0)
+            }
+            None => None,
+        };
+        let task = tokio::spawn(session::run(ctx, shutdown_rx));
         Ok(NodeHandle {
             node_id,
             stats,
             joined_now,
+            direct_route,
             runner,
             shutdown,
             task,
@@ -372,6 +385,8 @@ fn session_context(
         runner,
         agents,
         link,
+        controls: Mutex::new(None),
+        direct_route: Mutex::new(None),
     })
 }
 

@@ -109,6 +109,10 @@ pub struct SessionContext {
     pub agents: Option<Arc<crate::agents::AgentRunner>>,
     /// The session live output and agent status go over (attached while a session is up).
     pub link: crate::output::SessionLink,
+    /// The current session's controls, for commands on the direct route.
+    pub controls: Mutex<Option<SessionControls>>,
+    /// Where the direct route (`NodeService`) listens, once bound; reported in capabilities.
+    pub direct_route: Mutex<Option<SocketAddr>>,
 }
 
 /// The credentials a session dials with, and when they were last renewed.
@@ -155,6 +159,15 @@ pub fn renewal_due(not_after_s: i64, now_s: i64, lifetime_ms: u64) -> bool {
 }
 
 impl SessionContext {
+    /// Capabilities for a GPU snapshot, with the direct route as bound.
+    pub fn capabilities_now(&self, gpus: GpuSnapshot) -> Capabilities {
+        let mut capabilities = (self.capabilities)(gpus);
+        if let Some(addr) = *self.direct_route.lock() {
+            capabilities.direct_route = addr.to_string();
+        }
+        capabilities
+    }
+
     /// Keeps a fresh JWT from the hub (saved with the identity).
     fn keep_jwt(&self, jwt: String) {
         let identity = {
@@ -479,7 +492,7 @@ async fn session_once(
 
     let mut gpus = gpu_cache.lock().clone();
     let mut shape = gpu_shape(&gpus);
-    let capabilities = (ctx.capabilities)(gpus.clone());
+    let capabilities = ctx.capabilities_now(gpus.clone());
     let mut capabilities_digest = outpost_trust::auth::sha256_hex(&capabilities.encode_to_vec());
 
     let (mut send, mut recv) = connection.open_bi().await?;
@@ -554,6 +567,19 @@ async fn session_once(
     }
     ctx.link.attach(connection.clone());
     let _detach = Detach(ctx.link.clone());
+    // Commands on the direct route change this session while it lasts.
+    struct Release(Arc<SessionContext>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            *self.0.controls.lock() = None;
+        }
+    }
+    let controls = SessionControls {
+        interval_ms: interval_ms.clone(),
+        mode: mode.clone(),
+    };
+    *ctx.controls.lock() = Some(controls.clone());
+    let _release = Release(ctx.clone());
     loop {
         tokio::select! {
             _ = async { match &runner { Some(r) => r.results_ready().await, None => std::future::pending().await } } => {
@@ -568,7 +594,7 @@ async fn session_once(
             e = connection.closed() => return Err(SessionError::Closed(e)),
             incoming = connection.accept_bi() => {
                 let (send, recv) = incoming?;
-                tokio::spawn(handle_command(send, recv, interval_ms.clone(), mode.clone(), ctx.clone(), runner.clone()));
+                tokio::spawn(handle_command(send, recv, controls.clone(), ctx.clone()));
             }
             _ = tokio::time::sleep_until(next_renewal_check) => {
                 next_renewal_check = tokio::time::Instant::now() + renewal_check;
@@ -582,7 +608,7 @@ async fn session_once(
                 let new_shape = gpu_shape(&gpus);
                 if new_shape != shape {
                     shape = new_shape;
-                    let capabilities = (ctx.capabilities)(gpus.clone());
+                    let capabilities = ctx.capabilities_now(gpus.clone());
                     capabilities_digest = outpost_trust::auth::sha256_hex(&capabilities.encode_to_vec());
                     let event = NodeEvent { kind: Some(node_event::Kind::Capabilities(capabilities)) };
                     send_event(&connection, &event).await?;
@@ -703,12 +729,9 @@ async fn send_results(
 async fn handle_command(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    interval_ms: Arc<AtomicU32>,
-    mode: Arc<AtomicU8>,
+    controls: SessionControls,
     ctx: Arc<SessionContext>,
-    runner: Option<Arc<TaskRunner>>,
 ) {
-    let stats = ctx.stats.clone();
     let command: HubCommand = match framing::read_frame(&mut recv, MAX_COMMAND_FRAME).await {
         Ok(c) => c,
         Err(e) => {
@@ -716,15 +739,52 @@ async fn handle_command(
             return;
         }
     };
-    let kind = match command.kind {
+    let kind = answer(command.kind, Some(&controls), &ctx).await;
+    let reply = NodeReply {
+        id: command.id,
+        kind: Some(kind),
+    };
+    if framing::write_frame(&mut send, &reply).await.is_ok() {
+        let _ = send.finish();
+        ctx.stats.commands_handled.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a session's commands change of it: the heartbeat interval and where heartbeats go.
+#[derive(Debug, Clone)]
+pub struct SessionControls {
+    interval_ms: Arc<AtomicU32>,
+    mode: Arc<AtomicU8>,
+}
+
+/// Answers one hub command, from the session or the direct route. `controls` is the current
+/// session's (none: the heartbeat commands are refused, as there is nothing to change).
+pub async fn answer(
+    kind: Option<hub_command::Kind>,
+    controls: Option<&SessionControls>,
+    ctx: &Arc<SessionContext>,
+) -> node_reply::Kind {
+    let stats = &ctx.stats;
+    let runner = &ctx.runner;
+    match kind {
         Some(hub_command::Kind::Ping(ping)) => node_reply::Kind::Pong(Pong {
             sent_at_us: ping.sent_at_us,
         }),
+        Some(
+            hub_command::Kind::SetHeartbeatIntervalMs(_) | hub_command::Kind::HeartbeatChannel(_),
+        ) if controls.is_none() => node_reply::Kind::Error(
+            "no session to the hub now: heartbeat settings belong to a session".into(),
+        ),
         Some(hub_command::Kind::SetHeartbeatIntervalMs(ms)) => {
-            interval_ms.store(ms.max(100), Ordering::Relaxed);
+            if let Some(controls) = controls {
+                controls.interval_ms.store(ms.max(100), Ordering::Relaxed);
+            }
             node_reply::Kind::Ok(true)
         }
         Some(hub_command::Kind::HeartbeatChannel(use_channel)) => {
+            let Some(SessionControls { mode, .. }) = controls else {
+                return node_reply::Kind::Ok(false);
+            };
             let to = if use_channel {
                 channel_mode::CONFIRMED
             } else {
@@ -795,14 +855,6 @@ async fn handle_command(
             None => node_reply::Kind::Error("this node runs no agents".into()),
         },
         None => node_reply::Kind::Error("unknown command (newer hub?)".into()),
-    };
-    let reply = NodeReply {
-        id: command.id,
-        kind: Some(kind),
-    };
-    if framing::write_frame(&mut send, &reply).await.is_ok() {
-        let _ = send.finish();
-        stats.commands_handled.fetch_add(1, Ordering::Relaxed);
     }
 }
 

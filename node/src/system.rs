@@ -208,6 +208,7 @@ pub fn capabilities(
         agent_version: env!("CARGO_PKG_VERSION").into(),
         safe_paths: safe_paths.iter().map(|p| p.display().to_string()).collect(),
         default_worktree_root: String::new(),
+        direct_route: String::new(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`signing`]: Ed25519 signatures of tools by their publishers.
 
 pub mod auth;
+pub mod direct_route;
 pub mod grpc_channel;
 pub mod identity;
 pub mod private_files;

@@ -156,6 +156,8 @@ pub fn health_json(health: &NodeHealth) -> Value {
         "heartbeats_received": health.heartbeats_received,
         "heartbeat_transport": if health.heartbeat_transport.is_empty() { Value::Null } else { Value::String(health.heartbeat_transport.clone()) },
         "session_reconnects": health.session_reconnects,
+        "route": if health.route.is_empty() { Value::Null } else { Value::String(health.route.clone()) },
+        "route_target": if health.route_target.is_empty() { Value::Null } else { Value::String(health.route_target.clone()) },
         "load": health.load.as_ref().map_or(Value::Null, load_json),
         "error": if health.error.is_empty() { Value::Null } else { Value::String(health.error.clone()) },
     })

@@ -22,6 +22,8 @@ pub struct HubCredentials {
     join_limiter: parking_lot::Mutex<join_limit::JoinLimiter>,
     /// How long node certificates and node JWTs last.
     lifetimes: NodeLifetimes,
+    /// The hub's certificate and key (PEM), which it presents on nodes' direct routes.
+    presented: Option<(String, String)>,
 }
 
 /// How long what the hub issues to a node lasts.
@@ -62,7 +64,21 @@ impl HubCredentials {
             hub_names: hub_names.iter().map(|n| n.to_ascii_lowercase()).collect(),
             join_limiter: parking_lot::Mutex::new(join_limiter),
             lifetimes,
+            presented: None,
         }
+    }
+
+    /// Presents `cert_pem` and `key_pem` (the hub's own certificate) on nodes' direct routes.
+    pub fn presenting(mut self, cert_pem: &str, key_pem: &str) -> Self {
+        self.presented = Some((cert_pem.to_string(), key_pem.to_string()));
+        self
+    }
+
+    /// The certificate and key the hub presents on a node's direct route (none: it dials none).
+    pub fn presented(&self) -> Option<(&str, &str)> {
+        self.presented
+            .as_ref()
+            .map(|(cert, key)| (cert.as_str(), key.as_str()))
     }
 
     /// Refuses a node id that is one of the hub's own names: a node certificate for it would name

@@ -24,8 +24,8 @@ pub enum LinkError {
     /// The node did not answer in time.
     #[error("node did not answer within {0:?}")]
     Timeout(Duration),
-    /// The session failed while sending or receiving.
-    #[error("session: {0}")]
+    /// The route (the session, or the direct route) failed while sending or receiving.
+    #[error("route: {0}")]
     Transport(String),
     /// The node answered with an error.
     #[error("node refused: {0}")]
@@ -78,34 +78,133 @@ impl AgentCommand {
     }
 }
 
-/// A way to send commands to one node.
+/// A way to send commands to one node. A route implements [`NodeLink::command_within`] (one
+/// command, one answer) and the session facts; the commands themselves are built on it.
 #[async_trait]
 pub trait NodeLink: Send + Sync + std::fmt::Debug {
+    /// Sends a command and waits for its answer, at least `at_least` (more for large
+    /// commands); a node's `error` answer is [`LinkError::Refused`].
+    async fn command_within(
+        &self,
+        kind: hub_command::Kind,
+        at_least: Duration,
+    ) -> Result<node_reply::Kind, LinkError>;
+
     /// Round trip of a ping command.
-    async fn ping(&self) -> Result<Duration, LinkError>;
+    async fn ping(&self) -> Result<Duration, LinkError> {
+        let start = Instant::now();
+        let sent_at_us = u64::try_from(outpost_clock::Clock::now_ms(&outpost_clock::SystemClock))
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        match self
+            .command_within(hub_command::Kind::Ping(Ping { sent_at_us }), Duration::ZERO)
+            .await?
+        {
+            node_reply::Kind::Pong(_) => Ok(start.elapsed()),
+            other => Err(unexpected("ping", &other)),
+        }
+    }
+
     /// Tells the node a new heartbeat interval.
-    async fn set_heartbeat_interval(&self, interval_ms: u32) -> Result<(), LinkError>;
+    async fn set_heartbeat_interval(&self, interval_ms: u32) -> Result<(), LinkError> {
+        self.command_within(
+            hub_command::Kind::SetHeartbeatIntervalMs(interval_ms),
+            Duration::ZERO,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Tells the node where to send heartbeats: only on the heartbeat channel (true) or as QUIC
     /// datagrams (false).
-    async fn set_heartbeat_channel(&self, use_channel: bool) -> Result<(), LinkError>;
+    async fn set_heartbeat_channel(&self, use_channel: bool) -> Result<(), LinkError> {
+        self.command_within(
+            hub_command::Kind::HeartbeatChannel(use_channel),
+            Duration::ZERO,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Starts an attempt of a task on the node.
-    async fn run_task(&self, command: RunTask) -> Result<RunAnswer, LinkError>;
+    async fn run_task(&self, command: RunTask) -> Result<RunAnswer, LinkError> {
+        match self
+            .command_within(hub_command::Kind::RunTask(command), Duration::ZERO)
+            .await?
+        {
+            node_reply::Kind::Ok(_) => Ok(RunAnswer::Accepted),
+            node_reply::Kind::MissingComponent(digest) => Ok(RunAnswer::MissingComponent(digest)),
+            other => Err(unexpected("run_task", &other)),
+        }
+    }
+
     /// Has the node store and compile a tool ahead of its first task.
-    async fn install_tool(&self, command: InstallTool) -> Result<RunAnswer, LinkError>;
+    async fn install_tool(&self, command: InstallTool) -> Result<RunAnswer, LinkError> {
+        match self
+            .command_within(hub_command::Kind::InstallTool(command), Duration::ZERO)
+            .await?
+        {
+            node_reply::Kind::Ok(_) => Ok(RunAnswer::Accepted),
+            node_reply::Kind::MissingComponent(digest) => Ok(RunAnswer::MissingComponent(digest)),
+            other => Err(unexpected("install_tool", &other)),
+        }
+    }
+
     /// Stops an attempt if it still runs; true when it did.
-    async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError>;
+    async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError> {
+        let cancel = CancelTask {
+            task_id: task_id.into(),
+            attempt,
+        };
+        match self
+            .command_within(hub_command::Kind::CancelTask(cancel), Duration::ZERO)
+            .await?
+        {
+            node_reply::Kind::Ok(stopped) => Ok(stopped),
+            other => Err(unexpected("cancel_task", &other)),
+        }
+    }
+
     /// Hands the node a renewed certificate and a fresh JWT; Ok once it kept them.
-    async fn send_credentials(&self, credentials: NodeCredentials) -> Result<(), LinkError>;
+    async fn send_credentials(&self, credentials: NodeCredentials) -> Result<(), LinkError> {
+        match self
+            .command_within(hub_command::Kind::Credentials(credentials), Duration::ZERO)
+            .await?
+        {
+            node_reply::Kind::Ok(true) => Ok(()),
+            other => Err(unexpected("credentials", &other)),
+        }
+    }
+
     /// Starts, stops or feeds an agent; the node's `ok` answer (false: nothing to stop).
-    async fn agent(&self, command: AgentCommand) -> Result<bool, LinkError>;
+    async fn agent(&self, command: AgentCommand) -> Result<bool, LinkError> {
+        let at_least = if command.runs_git() {
+            GIT_COMMAND_TIMEOUT
+        } else {
+            Duration::ZERO
+        };
+        match self.command_within(command.into_kind(), at_least).await? {
+            node_reply::Kind::Ok(done) => Ok(done),
+            other => Err(unexpected("an agent command", &other)),
+        }
+    }
+
+    /// Which route commands take: `session` or `direct`.
+    fn route(&self) -> &'static str {
+        "session"
+    }
     /// The transport's own round-trip estimate.
     fn rtt(&self) -> Option<Duration>;
-    /// Where the node's session comes from.
+    /// Where the node's commands go (the session's address, or the direct route's target).
     fn remote(&self) -> String;
-    /// Identifies the underlying connection (to tell a stale link from its successor).
+    /// Identifies the underlying session (to tell a stale link from its successor).
     fn connection_id(&self) -> u64;
-    /// Closes the link with a reason.
+    /// Closes the link's session with a reason.
     fn close(&self, reason: &str);
+}
+
+fn unexpected(command: &str, answer: &node_reply::Kind) -> LinkError {
+    LinkError::Transport(format!("unexpected answer to {command}: {answer:?}"))
 }
 
 /// Time allowed for a command's answer.
@@ -117,9 +216,19 @@ const SLOWEST_LINK_BYTES_PER_SEC: u64 = 256 * 1024;
 
 /// Time allowed for a command of `encoded_len` bytes: [`COMMAND_TIMEOUT`], plus the time its
 /// bytes take on the slowest link served.
-fn command_timeout(encoded_len: usize) -> Duration {
+pub(crate) fn command_timeout(encoded_len: usize) -> Duration {
     let bytes = u64::try_from(encoded_len).unwrap_or(u64::MAX);
     COMMAND_TIMEOUT + Duration::from_millis(bytes.saturating_mul(1000) / SLOWEST_LINK_BYTES_PER_SEC)
+}
+
+/// A node's answer: its `error` is a refusal.
+pub(crate) fn refusal_or(
+    reply: Result<node_reply::Kind, LinkError>,
+) -> Result<node_reply::Kind, LinkError> {
+    match reply {
+        Ok(node_reply::Kind::Error(message)) => Err(LinkError::Refused(message)),
+        other => other,
+    }
 }
 
 /// A link over the node's QUIC session: one bi stream per command.
@@ -137,12 +246,10 @@ impl QuicLink {
             next_id: AtomicU64::new(1),
         }
     }
+}
 
-    async fn command(&self, kind: hub_command::Kind) -> Result<node_reply::Kind, LinkError> {
-        self.command_within(kind, Duration::ZERO).await
-    }
-
-    /// Sends a command and waits for its answer, at least `at_least` (more for large commands).
+#[async_trait]
+impl NodeLink for QuicLink {
     async fn command_within(
         &self,
         kind: hub_command::Kind,
@@ -178,104 +285,8 @@ impl QuicLink {
                 .ok_or_else(|| LinkError::Transport("empty reply".into()))
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(node_reply::Kind::Error(message))) => Err(LinkError::Refused(message)),
-            Ok(result) => result,
+            Ok(result) => refusal_or(result),
             Err(_) => Err(LinkError::Timeout(timeout)),
-        }
-    }
-}
-
-#[async_trait]
-impl NodeLink for QuicLink {
-    async fn ping(&self) -> Result<Duration, LinkError> {
-        let start = Instant::now();
-        let sent_at_us = u64::try_from(outpost_clock::Clock::now_ms(&outpost_clock::SystemClock))
-            .unwrap_or(0)
-            .saturating_mul(1000);
-        match self
-            .command(hub_command::Kind::Ping(Ping { sent_at_us }))
-            .await?
-        {
-            node_reply::Kind::Pong(_) => Ok(start.elapsed()),
-            other => Err(LinkError::Transport(format!(
-                "expected pong, got {other:?}"
-            ))),
-        }
-    }
-
-    async fn set_heartbeat_interval(&self, interval_ms: u32) -> Result<(), LinkError> {
-        self.command(hub_command::Kind::SetHeartbeatIntervalMs(interval_ms))
-            .await
-            .map(|_| ())
-    }
-
-    async fn set_heartbeat_channel(&self, use_channel: bool) -> Result<(), LinkError> {
-        self.command(hub_command::Kind::HeartbeatChannel(use_channel))
-            .await
-            .map(|_| ())
-    }
-
-    async fn run_task(&self, command: RunTask) -> Result<RunAnswer, LinkError> {
-        match self.command(hub_command::Kind::RunTask(command)).await? {
-            node_reply::Kind::Ok(_) => Ok(RunAnswer::Accepted),
-            node_reply::Kind::MissingComponent(digest) => Ok(RunAnswer::MissingComponent(digest)),
-            other => Err(LinkError::Transport(format!(
-                "unexpected answer to run_task: {other:?}"
-            ))),
-        }
-    }
-
-    async fn install_tool(&self, command: InstallTool) -> Result<RunAnswer, LinkError> {
-        match self
-            .command(hub_command::Kind::InstallTool(command))
-            .await?
-        {
-            node_reply::Kind::Ok(_) => Ok(RunAnswer::Accepted),
-            node_reply::Kind::MissingComponent(digest) => Ok(RunAnswer::MissingComponent(digest)),
-            other => Err(LinkError::Transport(format!(
-                "unexpected answer to install_tool: {other:?}"
-            ))),
-        }
-    }
-
-    async fn cancel_task(&self, task_id: &str, attempt: u32) -> Result<bool, LinkError> {
-        match self
-            .command(hub_command::Kind::CancelTask(CancelTask {
-                task_id: task_id.into(),
-                attempt,
-            }))
-            .await?
-        {
-            node_reply::Kind::Ok(stopped) => Ok(stopped),
-            other => Err(LinkError::Transport(format!(
-                "unexpected answer to cancel_task: {other:?}"
-            ))),
-        }
-    }
-
-    async fn send_credentials(&self, credentials: NodeCredentials) -> Result<(), LinkError> {
-        match self
-            .command(hub_command::Kind::Credentials(credentials))
-            .await?
-        {
-            node_reply::Kind::Ok(true) => Ok(()),
-            other => Err(LinkError::Transport(format!(
-                "unexpected answer to credentials: {other:?}"
-            ))),
-        }
-    }
-
-    async fn agent(&self, command: AgentCommand) -> Result<bool, LinkError> {
-        let at_least = if command.runs_git() {
-            GIT_COMMAND_TIMEOUT
-        } else {
-            Duration::ZERO
-        };
-        match self.command_within(command.into_kind(), at_least).await? {
-            node_reply::Kind::Ok(done) => Ok(done),
-            other => Err(LinkError::Transport(format!(
-                "unexpected answer to an agent command: {other:?}"
-            ))),
         }
     }
 
@@ -369,6 +380,17 @@ impl LoopbackLink {
 
 #[async_trait]
 impl NodeLink for LoopbackLink {
+    async fn command_within(
+        &self,
+        _kind: hub_command::Kind,
+        _at_least: Duration,
+    ) -> Result<node_reply::Kind, LinkError> {
+        tokio::time::sleep(self.delay * 2).await;
+        Err(LinkError::Refused(
+            "this in-process node answers only the commands it simulates".into(),
+        ))
+    }
+
     async fn ping(&self) -> Result<Duration, LinkError> {
         let start = Instant::now();
         tokio::time::sleep(self.delay * 2).await;

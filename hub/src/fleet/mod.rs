@@ -11,6 +11,7 @@
 //! what heartbeats say of each node ([`LiveNode`]), the links, and the queues to the status
 //! persister and the task dispatcher.
 
+pub mod direct_route;
 pub mod heartbeat_channel;
 pub mod links;
 pub mod liveness;

@@ -400,6 +400,10 @@ pub async fn health(state: &HubState, id: &str) -> Result<NodeHealth, RegistryEr
             )
         }
         Some(link) => {
+            health.route = link.route().to_string();
+            if health.route == "direct" {
+                health.route_target = link.remote();
+            }
             health.session_rtt_us = link
                 .rtt()
                 .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));

@@ -18,6 +18,7 @@ use prost::Message;
 
 use crate::fleet::FleetState;
 use crate::fleet::HeartbeatTransport;
+use crate::fleet::direct_route::{DirectLink, DirectRoute};
 use crate::fleet::links::{NodeLink, QuicLink};
 use crate::state::HubState;
 
@@ -102,10 +103,61 @@ fn refuse(connection: &quinn::Connection, code: u32, reason: &str) {
 }
 
 /// Checks the peer certificate and hello; returns the node id on success.
+/// A session that proved its node: what the node said, and its registry route.
+struct Authenticated {
+    node_id: String,
+    hello: NodeHello,
+    send: quinn::SendStream,
+    /// Hex SHA-256 of the node's key.
+    key: String,
+    /// The registry's `grpc_target` and `tls_server_name`.
+    grpc_target: String,
+    tls_server_name: String,
+}
+
+/// The link to a node: over its direct route when the registry names one and the node says it
+/// serves it there, else over the session.
+fn link_for(
+    state: &HubState,
+    connection: &quinn::Connection,
+    node: &Authenticated,
+) -> Arc<dyn NodeLink> {
+    let session = QuicLink::new(connection.clone());
+    let serves = node
+        .hello
+        .capabilities
+        .as_ref()
+        .is_some_and(|caps| !caps.direct_route.is_empty());
+    if node.grpc_target.is_empty() || !serves {
+        return Arc::new(session);
+    }
+    let Some((hub_cert_pem, hub_key_pem)) = state.credentials.presented() else {
+        return Arc::new(session);
+    };
+    let route = DirectRoute {
+        node_id: &node.node_id,
+        target: &node.grpc_target,
+        tls_server_name: &node.tls_server_name,
+        key_sha256: &node.key,
+        hub_cert_pem,
+        hub_key_pem,
+    };
+    match DirectLink::new(session, route) {
+        Ok(direct) => {
+            tracing::info!(node_id = %node.node_id, target = %node.grpc_target, "commands go over the node's direct route");
+            Arc::new(direct)
+        }
+        Err(e) => {
+            tracing::warn!(node_id = %node.node_id, target = %node.grpc_target, error = %e, "the direct route is unusable; commands go over the session");
+            Arc::new(QuicLink::new(connection.clone()))
+        }
+    }
+}
+
 async fn authenticate(
     connection: &quinn::Connection,
     state: &HubState,
-) -> Result<(String, NodeHello, quinn::SendStream, String), (u32, String)> {
+) -> Result<Authenticated, (u32, String)> {
     let certs = connection
         .peer_identity()
         .and_then(|any| {
@@ -195,18 +247,32 @@ async fn authenticate(
     if left_s < lifetime_s / 3 {
         tracing::warn!(node_id = %cert_node_id, left_s, "the node's certificate expires soon; it renews it in this session");
     }
-    Ok((cert_node_id, hello, send, spki))
+    Ok(Authenticated {
+        node_id: cert_node_id,
+        hello,
+        send,
+        key: spki,
+        grpc_target: row.grpc_target,
+        tls_server_name: row.tls_server_name,
+    })
 }
 
 async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
-    let (node_id, hello, mut send, key) = match authenticate(&connection, &state).await {
+    let node = match authenticate(&connection, &state).await {
         Ok(ok) => ok,
         Err((code, reason)) => {
             refuse(&connection, code, &reason);
             return;
         }
     };
-    let link: Arc<dyn NodeLink> = Arc::new(QuicLink::new(connection.clone()));
+    let link = link_for(&state, &connection, &node);
+    let Authenticated {
+        node_id,
+        hello,
+        mut send,
+        key,
+        ..
+    } = node;
     let connection_id = link.connection_id();
     let (interval_ms, change) = {
         let mut fleet = state.fleet.liveness();

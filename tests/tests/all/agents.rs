@@ -16,7 +16,7 @@ fn launcher() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_outpost-test-launcher"))
 }
 
-fn agent_node(hub: &TestHub, id: &str) -> (Config, PathBuf) {
+pub(crate) fn agent_node(hub: &TestHub, id: &str) -> (Config, PathBuf) {
     let mut config = hub.node_config(id, STATIC_TOKEN);
     let safe = hub.dir.path().join(format!("{id}-safe"));
     std::fs::create_dir_all(&safe).unwrap();
@@ -98,7 +98,7 @@ async fn agent(hub: &TestHub, token: &str, id: &str) -> Value {
     body
 }
 
-async fn wait_agent(hub: &TestHub, token: &str, id: &str, status: &str) -> Value {
+pub(crate) async fn wait_agent(hub: &TestHub, token: &str, id: &str, status: &str) -> Value {
     eventually(
         &format!("agent {id} {status}"),
         Duration::from_secs(20),
@@ -114,7 +114,12 @@ async fn wait_agent(hub: &TestHub, token: &str, id: &str, status: &str) -> Value
     .await
 }
 
-async fn post(hub: &TestHub, token: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn post(
+    hub: &TestHub,
+    token: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let text = body.map(|b| b.to_string());
     http_json(
         "POST",

@@ -11,19 +11,13 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_and_health_answer_without_credentials() {
-    let hub = TestHub::start(TlsMode::Tls).await;
-    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
-    let channel = grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
-        .await
-        .unwrap();
-
+/// The services reflection lists (what `grpcurl list` prints).
+pub(crate) async fn service_names(channel: tonic::transport::Channel) -> Vec<String> {
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = ServerReflectionClient::new(channel.clone())
+    let mut responses = ServerReflectionClient::new(channel)
         .server_reflection_info(tokio_stream::iter(vec![request]))
         .await
         .unwrap()
@@ -32,7 +26,18 @@ async fn reflection_and_health_answer_without_credentials() {
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected {response:?}")
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_and_health_answer_without_credentials() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let channel = grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
+        .await
+        .unwrap();
+
+    let names = service_names(channel.clone()).await;
     for expected in [
         "outpost.v1.JoinService",
         "outpost.v1.NodeRegistry",

@@ -6,6 +6,7 @@ mod agents;
 mod auth;
 mod clocks;
 mod credentials;
+mod direct_route;
 mod fleet;
 mod fuzz;
 mod grpc_surface;
