@@ -40,6 +40,12 @@ use crate::worktree::{self, PathRules, WorkdirMode};
 pub const DEFAULT_MAX_OUTPUT: u64 = 16 << 20;
 /// How long a run that ended waits for the rest of its output to reach the hub.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
+/// What the hub's `env` may set: the devices it reserved for the run.
+const DEVICE_VARIABLES: [&str; 3] = [
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
+];
 /// Lines of input waiting for an agent's stdin.
 const INPUT_QUEUE: usize = 64;
 
@@ -203,6 +209,14 @@ impl AgentRunner {
                 env.insert(key.clone(), value);
             }
         }
+        for (key, value) in &start.env {
+            if !DEVICE_VARIABLES.contains(&key.as_str()) {
+                return error(format!(
+                    "start_agent: {key} is not a device variable the hub may set"
+                ));
+            }
+            env.insert(key.clone(), value.clone());
+        }
         env.insert("OUTPOST_AGENT_ID".into(), start.agent_id.clone());
         env.insert("OUTPOST_RUN_ID".into(), start.run.to_string());
         let nonzero = |v: u64| (v > 0).then_some(v);
@@ -340,6 +354,7 @@ impl AgentRunner {
             );
         };
         if !start.command.is_empty()
+            || !start.env.is_empty()
             || !start.args.is_empty()
             || !start.env_allow.is_empty()
             || !start.workdir.is_empty()

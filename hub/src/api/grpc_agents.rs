@@ -57,6 +57,8 @@ impl AgentService for HubGrpc {
                 max_output_bytes: r.max_output_bytes,
                 workdir_mode: r.workdir_mode,
                 repo: r.repo,
+                // From the requirements, in create.
+                ..AgentSpec::default()
             },
         };
         let agent = agents::create(self.state_arc(), create).await?;

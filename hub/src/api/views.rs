@@ -266,6 +266,9 @@ pub fn agent_view(agent: &crate::store::AgentRow) -> outpost_proto::v1::AgentVie
         workdir_mode,
         repo: spec.repo,
         tool: spec.tool,
+        gpu_milli: spec.gpu_milli,
+        gpu_memory_mb: spec.gpu_memory_mb,
+        compute_capability: spec.compute_capability,
     }
 }
 
@@ -295,6 +298,11 @@ pub fn agent_json(agent: &outpost_proto::v1::AgentView) -> Value {
         "workdir": agent.workdir,
         "workdir_mode": agent.workdir_mode,
         "repo": agent.repo,
+        "gpus": {
+            "count": f64::from(agent.gpu_milli) / 1000.0,
+            "memory_mb": agent.gpu_memory_mb,
+            "compute_capability": agent.compute_capability,
+        },
         "limits": {
             "memory_bytes": agent.memory_bytes,
             "cpu_seconds": agent.cpu_seconds,

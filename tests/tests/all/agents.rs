@@ -435,6 +435,32 @@ async fn the_agents_cli_drives_an_agent_placed_by_requirement() {
             .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64())
     );
     assert!(logs.contains(&format!(":{id}")), "{logs}");
+    assert_eq!(created["gpus"]["count"], 1.0, "{created}");
+
+    // The run holds the node's one GPU: its program was handed device 0; a task wanting a
+    // whole GPU waits for it, and another GPU agent fits nowhere, until the agent stops.
+    assert!(logs.contains("gpu=0:"), "{logs}");
+    let waiting =
+        crate::tasks::submit(&hub, &["--command", "echo got-the-gpu", "--gpus", "1"]).await;
+    let task_id = waiting["id"].as_str().unwrap().to_string();
+    let (code, _, err) = hub
+        .cli(&[
+            "agents",
+            "create",
+            "--name",
+            "rival",
+            "--auto",
+            "--gpus",
+            "1",
+            "--command",
+            "sh",
+        ])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no node fits"), "{err}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queued = crate::tasks::task_json(&hub, &task_id).await;
+    assert_eq!(queued["status"], "queued", "{queued}");
     let (code, out, _) = hub.cli(&["agents", "list"]).await;
     assert_eq!(code, 0);
     assert!(
@@ -444,6 +470,9 @@ async fn the_agents_cli_drives_an_agent_placed_by_requirement() {
     let (code, _, err) = hub.cli(&["agents", "stop", &id]).await;
     assert_eq!(code, 0, "{err}");
     wait_agent(&hub, &admin, &id, "stopped").await;
+    let ran =
+        crate::tasks::wait_task_status(&hub, &task_id, "succeeded", Duration::from_secs(20)).await;
+    assert!(ran.to_string().contains("got-the-gpu"), "{ran}");
     let (code, out, err) = hub.cli(&["agents", "delete", &id, "--json"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(parse(&out)["deleted"], id.as_str());

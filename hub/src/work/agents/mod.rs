@@ -59,6 +59,14 @@ pub struct AgentSpec {
     pub timeout_ms: u64,
     /// Output forwarded per run; 0: the node's default (16 MiB).
     pub max_output_bytes: u64,
+    /// GPU share reserved on its node for each run (1000: one whole GPU; 0: none), with the
+    /// free memory per GPU and the lowest compute capability: from the create's requirements
+    /// (whatever a create sent here directly is replaced by those).
+    pub gpu_milli: u32,
+    /// Free memory each reserved GPU must have, MiB.
+    pub gpu_memory_mb: u64,
+    /// Lowest compute capability of the reserved GPUs ("8.0"; empty: any).
+    pub compute_capability: String,
 }
 
 /// A create, from any surface.
@@ -343,6 +351,46 @@ impl AgentHub {
     }
 }
 
+/// Reserves the GPUs a run of `row` asks for on its node, under the agent's id (the scheduler
+/// keeps them from tasks and other agents until the run ends); the environment that hands them
+/// to the program. Refused, with the scheduler's reason, when they are not free now.
+fn reserve_devices(
+    state: &HubState,
+    row: &AgentRow,
+    spec: &AgentSpec,
+) -> Result<HashMap<String, String>, TaskError> {
+    if spec.gpu_milli == 0 {
+        return Ok(HashMap::new());
+    }
+    let requirements = RequirementsSpec {
+        gpus: f64::from(spec.gpu_milli) / 1000.0,
+        gpu_memory_mb: spec.gpu_memory_mb,
+        compute_capability: spec.compute_capability.clone(),
+        node: row.node_id.clone(),
+        ..RequirementsSpec::default()
+    }
+    .to_requirements()
+    .map_err(|e| invalid(format!("requirements: {e}")))?;
+    let mut scheduler = state.tasks.scheduler();
+    // A reservation left by an earlier run (its end not seen yet) goes first.
+    scheduler.release(&row.id);
+    match scheduler.place(&row.id, &requirements, state.monotonic_ms()) {
+        Ok(Ok(placement)) => Ok(crate::work::tasks::device_env(&placement)),
+        Ok(Err(no_fit)) => Err(TaskError::Conflict(format!(
+            "the GPUs agent {} asks for are not free on node {} now: {}",
+            row.id, row.node_id, no_fit.reason
+        ))),
+        Err(e) => Err(TaskError::Internal(e.to_string())),
+    }
+}
+
+/// Gives back the GPUs an agent's run held, so queued work may take them.
+fn release_devices(state: &HubState, id: &str) {
+    if state.tasks.scheduler().release(id) {
+        state.tasks.wake_dispatcher();
+    }
+}
+
 /// Reconciles the heartbeats that arrived since the last pass (the liveness ticker calls this).
 pub async fn reconcile_pending(state: &HubState) {
     let pending = std::mem::take(&mut *state.agents.pending.lock());
@@ -419,6 +467,26 @@ pub async fn create(state: &Arc<HubState>, request: CreateAgent) -> Result<Agent
         request.node.clone()
     };
     let mut spec = request.spec.clone();
+    let gpus = request
+        .requirements
+        .to_requirements()
+        .map_err(|e| invalid(format!("requirements: {e}")))?;
+    spec.gpu_milli = gpus.gpu_milli;
+    spec.gpu_memory_mb = if gpus.gpu_milli > 0 {
+        request.requirements.gpu_memory_mb
+    } else {
+        0
+    };
+    spec.compute_capability = if gpus.gpu_milli > 0 {
+        request.requirements.compute_capability.trim().to_string()
+    } else {
+        String::new()
+    };
+    if spec.is_tool() && spec.gpu_milli > 0 {
+        return Err(invalid(
+            "requirements: a WASM agent takes no GPUs (its tool has no device access)".into(),
+        ));
+    }
     if spec.mode() == CREATE_WORKTREE && spec.workdir.is_empty() {
         spec.workdir = default_worktree_dir(state, &node, &id, name, &spec.repo).await?;
     }
@@ -466,9 +534,13 @@ pub async fn start(state: &Arc<HubState>, id: &str) -> Result<AgentRow, TaskErro
             row.node_id
         )));
     };
-    state.store().update_agent(&starting).await?;
-    state.agents.watch_node(&starting.node_id);
     let spec = spec_of(&starting);
+    let devices = reserve_devices(state, &starting, &spec)?;
+    if let Err(e) = state.store().update_agent(&starting).await {
+        release_devices(state, &starting.id);
+        return Err(e.into());
+    }
+    state.agents.watch_node(&starting.node_id);
     let workdir_mode = if spec.is_tool() {
         String::new()
     } else {
@@ -487,6 +559,7 @@ pub async fn start(state: &Arc<HubState>, id: &str) -> Result<AgentRow, TaskErro
         max_output_bytes: spec.max_output_bytes,
         workdir_mode,
         repo: spec.repo,
+        env: devices,
         ..StartAgent::default()
     };
     state.agents.logs.push(
@@ -517,6 +590,7 @@ pub async fn start(state: &Arc<HubState>, id: &str) -> Result<AgentRow, TaskErro
     match answer {
         Ok(_) => Ok(load(state, id).await?),
         Err(e) => {
+            release_devices(state, &starting.id);
             let failed = lifecycle::fail(
                 &starting,
                 &format!("the node refused it: {e}"),
@@ -540,6 +614,7 @@ pub async fn stop(state: &Arc<HubState>, id: &str) -> Result<AgentRow, TaskError
         return Ok(row);
     }
     let stopped_here = || async {
+        release_devices(state, &row.id);
         let stopped = lifecycle::stopped_without_node(&row, state.now_ms());
         state.store().update_agent(&stopped).await?;
         Ok::<_, TaskError>(stopped)
@@ -670,6 +745,9 @@ pub async fn on_status(state: &HubState, node_id: &str, status: AgentStatus) {
         tracing::warn!(agent_id = %next.id, error = %e, "recording an agent's status failed");
         return;
     }
+    if !AgentState::parse(&next.status).is_active() {
+        release_devices(state, &next.id);
+    }
     state.agents.misses.lock().remove(&next.id);
     state.agents.watch_node(node_id);
     state
@@ -717,6 +795,7 @@ pub async fn node_lost(state: &HubState, node_id: &str, reason: &str) {
 }
 
 async fn lose(state: &HubState, row: &AgentRow, reason: &str) {
+    release_devices(state, &row.id);
     let lost = lifecycle::lost(row, reason, state.now_ms());
     if state.store().update_agent(&lost).await.is_ok() {
         state.agents.misses.lock().remove(&row.id);

@@ -68,16 +68,29 @@ pub fn observe_capabilities(state: &HubState, node_id: &str, caps: &Capabilities
     state.tasks.wake_dispatcher();
 }
 
-/// A heartbeat, arrived at monotonic `now_ms`: fresh free memory, and which tasks run
-/// (confirming their reservations).
+/// A heartbeat, arrived at monotonic `now_ms`: fresh free memory, and which tasks and agents
+/// run (confirming their reservations).
 pub fn observe_heartbeat(state: &HubState, node_id: &str, heartbeat: &Heartbeat, now_ms: i64) {
     let free = heartbeat
         .gpus
         .iter()
         .flat_map(|g| &g.devices)
         .map(|d| (d.uuid.as_str(), d.memory_free_mb));
+    // Agents hold reservations under their ids too.
+    let running: std::borrow::Cow<'_, [String]> = if heartbeat.running_agents.is_empty() {
+        std::borrow::Cow::Borrowed(&heartbeat.running_tasks)
+    } else {
+        std::borrow::Cow::Owned(
+            heartbeat
+                .running_tasks
+                .iter()
+                .chain(&heartbeat.running_agents)
+                .cloned()
+                .collect(),
+        )
+    };
     state
         .tasks
         .scheduler()
-        .observe_heartbeat(node_id, free, &heartbeat.running_tasks, now_ms);
+        .observe_heartbeat(node_id, free, &running, now_ms);
 }

@@ -198,6 +198,25 @@ pub(super) fn hand_over(state: &Arc<HubState>, placed: TaskRow, placement: Place
     });
 }
 
+/// The environment that hands a placement's GPU devices to a program: CUDA's and NVIDIA's
+/// device lists (none without GPUs).
+pub(crate) fn device_env(placement: &Placement) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    if !placement.devices.is_empty() {
+        env.insert(
+            "CUDA_VISIBLE_DEVICES".to_string(),
+            placement.cuda_visible_devices(),
+        );
+        // CUDA's own default order is fastest first; the indexes above are NVML's (PCI bus).
+        env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
+        env.insert(
+            "NVIDIA_VISIBLE_DEVICES".to_string(),
+            placement.device_uuids.join(","),
+        );
+    }
+    env
+}
+
 /// Sends a placed attempt to its node (with the component when the node lacks it).
 async fn send_to_node(
     state: &Arc<HubState>,
@@ -223,19 +242,7 @@ async fn send_to_node(
         )
         .await;
     };
-    let mut env = HashMap::new();
-    if !placement.devices.is_empty() {
-        env.insert(
-            "CUDA_VISIBLE_DEVICES".to_string(),
-            placement.cuda_visible_devices(),
-        );
-        // CUDA's own default order is fastest first; the indexes above are NVML's (PCI bus).
-        env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
-        env.insert(
-            "NVIDIA_VISIBLE_DEVICES".to_string(),
-            placement.device_uuids.join(","),
-        );
-    }
+    let mut env = device_env(placement);
     env.insert("OUTPOST_TASK_ID".to_string(), task.id.clone());
     let mut run = RunTask {
         task_id: task.id.clone(),

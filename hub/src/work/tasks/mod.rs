@@ -31,6 +31,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 
 pub use capacity::{node_report, observe_capabilities, observe_heartbeat};
+pub(crate) use dispatch::device_env;
 pub use dispatch::{dispatch_once, recover_after_restart, run_dispatcher};
 pub use lifecycle::{AttemptStatus, TaskStatus};
 pub use results::on_result;
