@@ -586,6 +586,10 @@ pub struct SandboxSection {
     pub launcher: Option<PathBuf>,
     /// Refuse native programs unless Landlock fully enforces their confinement here.
     pub require_landlock: bool,
+    /// TCP ports native programs may connect to, enforced by Landlock where the kernel's ABI
+    /// has network rules (4 and up; elsewhere the confinement reports `partial`). Absent: TCP
+    /// is not restricted; `[]`: no TCP connection at all.
+    pub tcp_connect: Option<Vec<u16>>,
 }
 
 /// Keys that `OUTPOST_<SECTION>_<KEY>` variables may set (dotted paths).
@@ -636,6 +640,7 @@ pub const ENV_KEYS: &[&str] = &[
     "tools.trusted_publishers",
     "sandbox.launcher",
     "sandbox.require_landlock",
+    "sandbox.tcp_connect",
 ];
 
 /// The environment variable that overrides a dotted key: `internal_grpc.auth.issuer` →
@@ -1086,6 +1091,7 @@ fn env_value(key: &str, raw: &str) -> toml::Value {
         || key.ends_with("env_allow")
         || key.ends_with("allow_hosts")
         || key.ends_with("trusted_publishers")
+        || key.ends_with("tcp_connect")
     {
         if trimmed.starts_with('[')
             && let Ok(v) = format!("v = {trimmed}").parse::<toml::Table>()
@@ -1101,8 +1107,13 @@ fn env_value(key: &str, raw: &str) -> toml::Value {
         return toml::Value::Array(
             trimmed
                 .split(sep)
+                .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.into()))
+                .map(|s| match s.parse::<i64>() {
+                    // Ports are numbers; a word stays text, so the error names it.
+                    Ok(n) if key.ends_with("tcp_connect") => toml::Value::Integer(n),
+                    _ => toml::Value::String(s.into()),
+                })
                 .collect(),
         );
     }

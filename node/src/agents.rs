@@ -234,7 +234,7 @@ impl AgentRunner {
                 enabled: native.landlock || native.require_landlock,
                 read: native.safe_paths.clone(),
                 write: std::iter::once(workdir).chain(prepared.git_dir).collect(),
-                tcp_connect: None,
+                tcp_connect: native.tcp_connect.clone(),
                 require_full: native.require_landlock,
             },
             max_processes: Some(MAX_COMMAND_PROCESSES),

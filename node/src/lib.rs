@@ -344,6 +344,7 @@ fn session_context(
             env_allow: config.node.env_allow.clone(),
             landlock: native.landlock.enforcement != outpost_runner::Enforcement::None,
             require_landlock: config.sandbox.require_landlock,
+            tcp_connect: config.sandbox.tcp_connect.clone(),
             runs_dir: config.data_dir().join("native"),
             link: link.clone(),
         });

@@ -51,6 +51,8 @@ pub struct NativeRunner {
     pub landlock: bool,
     /// `[sandbox] require_landlock`.
     pub require_landlock: bool,
+    /// `[sandbox] tcp_connect`: the TCP ports programs may connect to (`None`: any).
+    pub tcp_connect: Option<Vec<u16>>,
     /// Pid and status files of running attempts.
     pub runs_dir: PathBuf,
     /// The hub session live output goes over.
@@ -212,7 +214,7 @@ impl NativeRunner {
                 enabled: self.landlock || self.require_landlock,
                 read: self.safe_paths.clone(),
                 write: vec![workdir.clone()],
-                tcp_connect: None,
+                tcp_connect: self.tcp_connect.clone(),
                 require_full: self.require_landlock,
             },
             max_processes: Some(MAX_COMMAND_PROCESSES),

@@ -366,3 +366,38 @@ async fn a_commands_output_is_followed_live_until_it_ends() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_programs_connect_only_to_the_tcp_ports_the_node_allows() {
+    let support = outpost_runner::launcher::probe_landlock(&launcher()).await;
+    if support.abi < 4 {
+        eprintln!(
+            "skipped: this kernel's Landlock (ABI {}) has no network rules",
+            support.abi
+        );
+        return;
+    }
+    let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (allowed_port, other_port) = (
+        allowed.local_addr().unwrap().port(),
+        other.local_addr().unwrap().port(),
+    );
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let (mut config, _safe) = native_node(&hub, "tcp-n");
+    config.sandbox.tcp_connect = Some(vec![allowed_port]);
+    let _node = start_node(config).await;
+    hub.wait_status("tcp-n", "online", Duration::from_secs(15))
+        .await;
+    let script = format!(
+        "bash -c '(exec 3<>/dev/tcp/127.0.0.1/{allowed_port}) && echo allowed-connected; \
+         (exec 3<>/dev/tcp/127.0.0.1/{other_port}) 2>/dev/null && echo other-connected \
+         || echo other-refused'"
+    );
+    let task = submit(&hub, &["--command", &script, "--node", "tcp-n", "--wait"]).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let output = task["output"].as_str().unwrap();
+    assert!(output.contains("allowed-connected"), "{task}");
+    assert!(output.contains("other-refused"), "{task}");
+    assert!(!output.contains("other-connected"), "{task}");
+}
