@@ -261,26 +261,30 @@ async fn join_hub(config: &Config, node_id: &str) -> Result<JoinedIdentity, Node
 }
 
 /// The executable that launches this node's native programs: `[sandbox] launcher`; else the
-/// running binary when it is an Outpost binary (`outpost`, `outpost-node`: each contains the
-/// launcher); else an `outpost-launch` beside it or one directory up. `None` where there is
-/// none (a program embedding the node library must name one): a node never runs an unknown
+/// small `outpost-launch` when it lies beside the running binary (or one directory up): every
+/// run executes the launcher twice (supervisor, then the confined stage), and the small binary
+/// starts in about half the time of a full `outpost`; else the running binary when it is an
+/// Outpost binary (`outpost`, `outpost-node`: each contains the launcher). `None` where there
+/// is none (a program embedding the node library must name one): a node never runs an unknown
 /// executable as its launcher.
 pub fn launcher_path(config: &Config) -> Option<PathBuf> {
     if let Some(launcher) = &config.sandbox.launcher {
         return Some(launcher.clone());
     }
     let exe = std::env::current_exe().ok()?;
-    let name = exe.file_name()?.to_str()?;
-    if matches!(name, "outpost" | "outpost-node" | "outpost-launch") {
-        return Some(exe);
-    }
     let dir = exe.parent()?;
-    [
-        dir.join("outpost-launch"),
-        dir.parent()?.join("outpost-launch"),
+    let beside = [
+        Some(dir.join("outpost-launch")),
+        dir.parent().map(|d| d.join("outpost-launch")),
     ]
     .into_iter()
-    .find(|candidate| candidate.is_file())
+    .flatten()
+    .find(|candidate| candidate.is_file());
+    if beside.is_some() {
+        return beside;
+    }
+    let name = exe.file_name()?.to_str()?;
+    matches!(name, "outpost" | "outpost-node").then_some(exe)
 }
 
 /// Asks the launcher what this node can do with native programs.

@@ -43,7 +43,7 @@ pub mod limits {
     pub const MAX_EVENT_FRAME: usize =
         MAX_RESULT_OUTPUT + 2 * MAX_RESULT_LOG + MAX_RESULT_MESSAGE + 64 * 1024;
     /// Largest chunk of agent output one `AgentOutput` frame carries.
-    pub const MAX_AGENT_CHUNK: usize = 16 * 1024;
+    pub const MAX_AGENT_CHUNK: usize = 64 * 1024;
     /// Largest `AgentOutput` frame the hub reads.
     pub const MAX_AGENT_FRAME: usize = MAX_AGENT_CHUNK + 1024;
     /// Longest line of input for an agent (checked by the hub and again by the node).

@@ -36,6 +36,9 @@ struct Args {
     /// Seconds of the fairness run.
     #[arg(long, default_value_t = 10)]
     fairness_secs: u64,
+    /// Only this part: start, stream or fairness.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -122,19 +125,23 @@ impl Api {
             body: response.into_body(),
             window: String::new(),
             received: 0,
+            missed: 0,
         })
     }
 }
 
-/// An SSE stream read as text: a window of the latest text and the byte count.
+/// An SSE stream read as text: a window of the latest text, the byte count, and how many
+/// times the hub said this client missed entries (it fell behind the live backlog).
 struct Sse {
     body: hyper::body::Incoming,
     window: String,
     received: u64,
+    missed: u64,
 }
 
 impl Sse {
-    /// Reads until `needle` arrives; the instant it did.
+    /// Reads until `needle` arrives; the instant it did. What came before it is dropped (so
+    /// each frame is searched once, not the whole window again).
     async fn until(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<Instant> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -142,7 +149,24 @@ impl Sse {
                 self.window.drain(..at + needle.len());
                 return Ok(Instant::now());
             }
-            self.next_frame(deadline).await?;
+            // Kept: enough for a needle split across frames, and the last text for errors.
+            if self.window.len() > 8192 + needle.len() {
+                let cut = self.window.len() - 4096 - needle.len();
+                let cut = (cut..self.window.len())
+                    .find(|&i| self.window.is_char_boundary(i))
+                    .unwrap_or(0);
+                self.window.drain(..cut);
+            }
+            if let Err(e) = self.next_frame(deadline).await {
+                let from = self.window.len().saturating_sub(600);
+                let from = (from..self.window.len())
+                    .find(|&i| self.window.is_char_boundary(i))
+                    .unwrap_or(0);
+                bail!(
+                    "waiting for {needle}: {e}; last text: {}",
+                    &self.window[from..]
+                );
+            }
         }
     }
 
@@ -153,14 +177,15 @@ impl Sse {
             .context("the event stream ended")??;
         if let Some(data) = frame.data_ref() {
             self.received += data.len() as u64;
-            self.window.push_str(&String::from_utf8_lossy(data));
-            if self.window.len() > 1 << 20 {
-                let keep = self.window.len() - (64 << 10);
-                let cut = (keep..self.window.len())
-                    .find(|&i| self.window.is_char_boundary(i))
-                    .unwrap_or(keep);
-                self.window.drain(..cut);
+            let text = match std::str::from_utf8(data) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(data),
+            };
+            // The hub's note to a client that fell behind: `{"seq":0,…"N entries missed"`.
+            if text.contains("entries missed") {
+                self.missed += 1;
             }
+            self.window.push_str(&text);
         }
         Ok(())
     }
@@ -224,7 +249,7 @@ async fn bare_stream(bytes: u64) -> anyhow::Result<Duration> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // This binary is also the node's launcher (the default: the running executable).
+    // This binary is also the node's launcher (`[sandbox] launcher` names it below).
     if let Some(code) = outpost_runner::run_if_launcher() {
         std::process::exit(code);
     }
@@ -249,6 +274,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     node_config.gpu.probe = GpuProbeKind::None;
     node_config.node.safe_paths = vec![safe.canonicalize()?];
+    // The node's launcher: `outpost-launch` beside this binary as an installed node finds it
+    // (`cargo build --release -p outpost-runner`), else this binary (see `main`).
+    let exe = std::env::current_exe()?;
+    let small = exe.with_file_name("outpost-launch");
+    let launcher = if small.is_file() { small } else { exe };
+    println!("launcher: {}", launcher.display());
+    node_config.sandbox.launcher = Some(launcher);
     let node = outpost_node::Node::start(node_config).await?;
     if !node.wait_connected(Duration::from_secs(15)).await {
         bail!("node never connected");
@@ -280,9 +312,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Wait for the node to report capabilities (it takes agents once it has a link).
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    start_latency(&api, &args).await?;
-    streaming(&api, &args).await?;
-    fairness(&api, &args).await?;
+    let part = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
+    if part("start") {
+        start_latency(&api, &args).await?;
+    }
+    if part("stream") {
+        streaming(&api, &hub.state, &args).await?;
+    }
+    if part("fairness") {
+        fairness(&api, &args).await?;
+    }
     drop(node);
     drop(hub);
     Ok(())
@@ -304,7 +343,7 @@ async fn start_latency(api: &Api, args: &Args) -> anyhow::Result<()> {
     let mut run_no = 0_u64;
     let mut wasm_run = 0_u64;
     for run in 0..=args.runs {
-        let (mut n_us, mut s_us, mut w_us) = (vec![], vec![], vec![]);
+        let (mut n_us, mut s_us, mut w_us, mut call_us) = (vec![], vec![], vec![], vec![]);
         let mut native_events = api.events(&native).await?;
         let mut wasm_events = api.events(&wasm).await?;
         for _ in 0..args.rounds {
@@ -315,6 +354,7 @@ async fn start_latency(api: &Api, args: &Args) -> anyhow::Result<()> {
             let start = Instant::now();
             api.call("POST", &format!("/api/agents/{native}/start"), None)
                 .await?;
+            call_us.push(start.elapsed().as_micros() as u64);
             let at = native_events
                 .until(&needle, Duration::from_secs(10))
                 .await?;
@@ -344,7 +384,7 @@ async fn start_latency(api: &Api, args: &Args) -> anyhow::Result<()> {
         if run == 0 {
             continue; // warm-up
         }
-        for v in [&mut n_us, &mut s_us, &mut w_us] {
+        for v in [&mut n_us, &mut s_us, &mut w_us, &mut call_us] {
             v.sort_unstable();
         }
         let (n, s, w) = (
@@ -353,8 +393,9 @@ async fn start_latency(api: &Api, args: &Args) -> anyhow::Result<()> {
             percentile(&w_us, 0.5),
         );
         println!(
-            "  run {run}: native p50 {n} p99 {}, bare spawn p50 {s} p99 {}, native − spawn {} µs; wasm p50 {w} p99 {}",
+            "  run {run}: native p50 {n} p99 {} (the start call itself p50 {}), bare spawn p50 {s} p99 {}, native − spawn {} µs; wasm p50 {w} p99 {}",
             percentile(&n_us, 0.99),
+            percentile(&call_us, 0.5),
             percentile(&s_us, 0.99),
             n as i64 - s as i64,
             percentile(&w_us, 0.99)
@@ -374,7 +415,11 @@ async fn start_latency(api: &Api, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn streaming(api: &Api, args: &Args) -> anyhow::Result<()> {
+async fn streaming(
+    api: &Api,
+    state: &std::sync::Arc<outpost_hub::state::HubState>,
+    args: &Args,
+) -> anyhow::Result<()> {
     let bytes = args.stream_bytes;
     let script = format!("head -c {bytes} /dev/zero | tr '\\0' a; echo; echo end-$OUTPOST_RUN_ID");
     let id = api
@@ -393,6 +438,28 @@ async fn streaming(api: &Api, args: &Args) -> anyhow::Result<()> {
         let run_no = run + 1;
         let bare = bare_stream(bytes).await?;
         let mut events = api.events(&id).await?;
+        // What the hub itself receives, beside what reaches the SSE client.
+        let (_, live) = state.agents.logs.subscribe(&id);
+        let mut live = live.context("the agent's log has ended")?;
+        let end_marker = format!("end-{run_no}");
+        let hub_side = tokio::spawn(async move {
+            let (mut entries, mut bytes) = (0_u64, 0_u64);
+            loop {
+                match live.recv().await {
+                    Ok(entry) => {
+                        if entry.stream == "stdout" {
+                            entries += 1;
+                            bytes += entry.data.len() as u64;
+                        }
+                        if entry.data.contains(&end_marker) {
+                            return (entries, bytes, Instant::now());
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return (entries, bytes, Instant::now()),
+                }
+            }
+        });
         // The tail of earlier runs arrives first: skip it.
         let before = events.received;
         let start = Instant::now();
@@ -403,7 +470,9 @@ async fn streaming(api: &Api, args: &Args) -> anyhow::Result<()> {
             .await?;
         let elapsed = start.elapsed();
         let carried = events.received - before;
-        let missed = events.window.matches("entries missed").count();
+        let (entries, hub_bytes, hub_done) = hub_side.await?;
+        let hub_rate = hub_bytes as f64 / hub_done.duration_since(start).as_secs_f64() / 1e6;
+        let missed = events.missed;
         api.wait_status(&id, &["exited"]).await?;
         if run == 0 {
             continue;
@@ -411,7 +480,7 @@ async fn streaming(api: &Api, args: &Args) -> anyhow::Result<()> {
         let a = carried as f64 / elapsed.as_secs_f64() / 1e6;
         let b = bytes as f64 / bare.as_secs_f64() / 1e6;
         println!(
-            "  run {run}: agent → SSE {a:.0} MB/s ({} MB of events in {:.2} s{}), bare QUIC stream {b:.0} MB/s; ratio {:.2}",
+            "  run {run}: agent → SSE {a:.0} MB/s ({} MB of events in {:.2} s{}), at the hub {hub_rate:.0} MB/s ({entries} chunks of {} B on average), bare QUIC stream {b:.0} MB/s; ratio {:.2}",
             carried / 1_000_000,
             elapsed.as_secs_f64(),
             if missed > 0 {
@@ -419,6 +488,7 @@ async fn streaming(api: &Api, args: &Args) -> anyhow::Result<()> {
             } else {
                 ""
             },
+            hub_bytes / entries.max(1),
             a / b
         );
         agent_rate.push(a);

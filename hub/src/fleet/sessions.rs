@@ -595,7 +595,10 @@ async fn read_output(mut recv: quinn::RecvStream, mut keep: impl FnMut(&str, Str
         } else {
             "stdout"
         };
-        keep(stream, String::from_utf8_lossy(&chunk.data).into_owned());
+        // Valid UTF-8 (the usual case) is kept without a copy.
+        let text = String::from_utf8(chunk.data)
+            .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
+        keep(stream, text);
     }
 }
 
