@@ -882,3 +882,82 @@ async fn a_wasm_agent_invokes_its_tool_once_per_line_until_stopped() {
     post(&hub, &admin, &format!("/api/agents/{id}/stop"), None).await;
     wait_agent(&hub, &admin, &id, "stopped").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_agent_is_capped_while_another_agents_lines_still_arrive() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let admin = hub.token("admin", Role::Admin);
+    let (config, _safe) = agent_node(&hub, "flood-n");
+    let _node = start_node(config).await;
+    hub.wait_status("flood-n", "online", Duration::from_secs(15))
+        .await;
+    let (status, flood) = post(
+        &hub,
+        &admin,
+        "/api/agents",
+        Some(json!({"name": "flood", "node": "flood-n", "command": "yes",
+            "args": ["flooding"], "max_output_bytes": 1_048_576})),
+    )
+    .await;
+    assert_eq!(status, 201, "{flood}");
+    let flood = flood["id"].as_str().unwrap().to_string();
+    let (status, quiet) = post(
+        &hub,
+        &admin,
+        "/api/agents",
+        Some(
+            json!({"name": "quiet", "node": "flood-n", "command": "/bin/sh",
+            "args": ["-c", "while read l; do echo heard:$l; done"]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{quiet}");
+    let quiet = quiet["id"].as_str().unwrap().to_string();
+    for id in [&flood, &quiet] {
+        post(&hub, &admin, &format!("/api/agents/{id}/start"), None).await;
+        wait_agent(&hub, &admin, id, "running").await;
+    }
+    let mut flood_events = Events::open(
+        &format!("{}/api/agents/{flood}/events", hub.http_url()),
+        &admin,
+    )
+    .await;
+    flood_events.until("flooding").await;
+    let mut events = Events::open(
+        &format!("{}/api/agents/{quiet}/events", hub.http_url()),
+        &admin,
+    )
+    .await;
+    // While the flood runs (past its cap, the node drops and counts the rest), the quiet
+    // agent's lines still come through.
+    for i in 0..5 {
+        let (status, err) = post(
+            &hub,
+            &admin,
+            &format!("/api/agents/{quiet}/input"),
+            Some(json!({ "text": format!("line-{i}") })),
+        )
+        .await;
+        assert_eq!(status, 202, "{err}");
+        events.until(&format!("heard:line-{i}")).await;
+    }
+    post(&hub, &admin, &format!("/api/agents/{flood}/stop"), None).await;
+    let stopped = wait_agent(&hub, &admin, &flood, "stopped").await;
+    let reason = stopped["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("bytes of output past its limit dropped"),
+        "{stopped}"
+    );
+    let dropped: u64 = reason
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "{stopped}");
+    // What reached the hub stayed within the cap (its log keeps at most a 256 KiB tail).
+    let (code, out, err) = hub.cli(&["agents", "logs", &flood]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.len() <= 300 * 1024, "{} bytes of tail", out.len());
+    post(&hub, &admin, &format!("/api/agents/{quiet}/stop"), None).await;
+    wait_agent(&hub, &admin, &quiet, "stopped").await;
+}
