@@ -119,6 +119,45 @@ async fn insecure_channel(
         .await
 }
 
+/// Calls `method` on `addr` with curl (HTTP/2, no verification), the request message being a
+/// proto whose field 1 is `field`; the response body and the headers with trailers. `None`
+/// where no curl can speak HTTP/2.
+async fn curl_grpc(addr: SocketAddr, method: &str, field: &[u8]) -> Option<(Vec<u8>, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut message = Vec::new();
+    if !field.is_empty() {
+        message.push(0x0a);
+        message.push(u8::try_from(field.len()).unwrap());
+        message.extend_from_slice(field);
+    }
+    let mut frame = vec![0_u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&message);
+    let request = dir.path().join("request");
+    std::fs::write(&request, &frame).unwrap();
+    let (body, headers) = (dir.path().join("body"), dir.path().join("headers"));
+    let status = tokio::process::Command::new("curl")
+        .args(["-sk", "--http2", "-X", "POST"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("--data-binary")
+        .arg(format!("@{}", request.display()))
+        .arg("-o")
+        .arg(&body)
+        .arg("-D")
+        .arg(&headers)
+        .arg(format!("https://{addr}{method}"))
+        .status()
+        .await
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    Some((
+        std::fs::read(&body).unwrap_or_default(),
+        std::fs::read_to_string(&headers).unwrap_or_default(),
+    ))
+}
+
 fn ping() -> HubCommand {
     HubCommand {
         id: 7,
@@ -223,6 +262,49 @@ async fn agents_and_tasks_run_over_the_direct_route_and_only_the_hub_commands_it
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+
+    // Clients we did not write: curl without verification (what `grpcurl -insecure` does)
+    // calls the health service over HTTP/2 and is refused a command; `openssl s_client` (the
+    // seed's troubleshooting step) sees the node's certificate and h2.
+    match curl_grpc(
+        direct,
+        "/grpc.health.v1.Health/Check",
+        b"outpost.v1.NodeService",
+    )
+    .await
+    {
+        None => eprintln!("skipped the curl check: no curl with HTTP/2 here"),
+        Some((body, headers)) => {
+            assert!(headers.contains("grpc-status: 0"), "{headers}");
+            // HealthCheckResponse { status: SERVING }.
+            assert_eq!(body, [0, 0, 0, 0, 2, 0x08, 0x01], "{headers}");
+            let (_, headers) = curl_grpc(direct, "/outpost.v1.NodeService/Command", b"")
+                .await
+                .unwrap();
+            assert!(headers.contains("grpc-status: 16"), "{headers}");
+        }
+    }
+    match tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &direct.to_string(),
+            "-servername",
+            "dr-n",
+            "-alpn",
+            "h2",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+    {
+        Err(e) => eprintln!("skipped the openssl check: {e}"),
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("CN = dr-n"), "{text}");
+            assert!(text.contains("ALPN protocol: h2"), "{text}");
+        }
+    }
 
     // A node's own certificate is not the hub's: the node lets it do nothing.
     let identity = outpost_trust::identity::IdentityStore::new(&data_dir)
