@@ -580,6 +580,50 @@ impl Scheduler {
         true
     }
 
+    /// Takes back a hold that already runs (work a node reports after a hub restart): `id`
+    /// holds `share_milli` of each device in `device_uuids` (1000 or more: whole devices) with
+    /// `memory_mb` on each, on `node_id`, confirmed (the driver's numbers already include it).
+    /// Nothing is checked against capacity — the work runs there — but the node and every
+    /// device must be known; false (nothing held) otherwise, or when `id` holds something.
+    pub fn hold(
+        &mut self,
+        id: &str,
+        node_id: &str,
+        device_uuids: &[String],
+        share_milli: u32,
+        memory_mb: u64,
+        now_ms: i64,
+    ) -> bool {
+        if self.allocations.contains_key(id) || device_uuids.is_empty() {
+            return false;
+        }
+        let Some(&i) = self.index.get(node_id) else {
+            return false;
+        };
+        let node = &mut self.nodes[i];
+        if !device_uuids
+            .iter()
+            .all(|uuid| node.devices.iter().any(|d| &d.report.uuid == uuid))
+        {
+            return false;
+        }
+        node.tasks.push(id.into());
+        self.allocations.insert(
+            id.into(),
+            Allocation {
+                node_id: node_id.into(),
+                devices: device_uuids.to_vec(),
+                share_milli: share_milli.min(WHOLE_GPU_MILLI),
+                memory_mb,
+                confirmed: true,
+                placed_at_ms: now_ms,
+                missing_since_ms: None,
+            },
+        );
+        self.reapply_allocations(i);
+        true
+    }
+
     /// Re-derives a node's per-device accounting from the allocations it holds.
     fn reapply_allocations(&mut self, i: usize) {
         let node = &mut self.nodes[i];

@@ -961,3 +961,47 @@ async fn a_flooding_agent_is_capped_while_another_agents_lines_still_arrive() {
     post(&hub, &admin, &format!("/api/agents/{quiet}/stop"), None).await;
     wait_agent(&hub, &admin, &quiet, "stopped").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_gpu_agent_keeps_its_gpu_across_a_hub_restart() {
+    let mut hub = TestHub::start(TlsMode::Tls).await;
+    let admin = hub.token("admin", Role::Admin);
+    let (config, _safe) = agent_node(&hub, "gpu-r");
+    let _node = start_node(outpost_tests::with_simulated_gpu(config)).await;
+    hub.wait_status("gpu-r", "online", Duration::from_secs(15))
+        .await;
+    let (status, created) = post(
+        &hub,
+        &admin,
+        "/api/agents",
+        Some(json!({"name": "trainer", "requirements": {"gpus": 1.0},
+            "command": "/bin/sh", "args": ["-c", "echo gpu=$CUDA_VISIBLE_DEVICES; exec sleep 300"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["node"], "gpu-r", "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    post(&hub, &admin, &format!("/api/agents/{id}/start"), None).await;
+    wait_agent(&hub, &admin, &id, "running").await;
+
+    // The hub restarts; the agent runs on, and its GPU is held again once the node is back:
+    // a task wanting the node's one GPU waits.
+    hub.restart().await;
+    let admin = hub.token("admin", Role::Admin);
+    hub.wait_status("gpu-r", "online", Duration::from_secs(20))
+        .await;
+    hub.liveness_passes(3).await;
+    assert_eq!(agent(&hub, &admin, &id).await["status"], "running");
+    let waiting = crate::tasks::submit(&hub, &["--command", "echo mine-now", "--gpus", "1"]).await;
+    let task_id = waiting["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let queued = crate::tasks::task_json(&hub, &task_id).await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+
+    // Its end gives the GPU back.
+    post(&hub, &admin, &format!("/api/agents/{id}/stop"), None).await;
+    wait_agent(&hub, &admin, &id, "stopped").await;
+    let ran =
+        crate::tasks::wait_task_status(&hub, &task_id, "succeeded", Duration::from_secs(20)).await;
+    assert!(ran.to_string().contains("mine-now"), "{ran}");
+}

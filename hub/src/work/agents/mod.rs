@@ -67,6 +67,9 @@ pub struct AgentSpec {
     pub gpu_memory_mb: u64,
     /// Lowest compute capability of the reserved GPUs ("8.0"; empty: any).
     pub compute_capability: String,
+    /// The GPUs (uuids) the latest run was given, recorded at its start, so a restarted hub
+    /// holds them again for a run still going.
+    pub held_devices: Vec<String>,
 }
 
 /// A create, from any surface.
@@ -327,9 +330,20 @@ pub struct AgentHub {
     nodes_with_agents: Mutex<std::collections::HashSet<String>>,
     /// The latest heartbeat's agents of each watched node, waiting for [`reconcile_pending`].
     pending: Mutex<HashMap<String, Vec<String>>>,
+    /// GPUs of agents that ran when the hub started, by node, held again by [`restore_holds`].
+    pending_holds: Mutex<HashMap<String, Vec<PendingHold>>>,
 }
 
 impl AgentHub {
+    /// Drops a hold waiting for its node (the run ended first).
+    fn forget_hold(&self, agent_id: &str) {
+        let mut pending = self.pending_holds.lock();
+        for holds in pending.values_mut() {
+            holds.retain(|hold| hold.agent_id != agent_id);
+        }
+        pending.retain(|_, holds| !holds.is_empty());
+    }
+
     /// Notes that `node_id` may run agents, so its heartbeats are reconciled.
     pub fn watch_node(&self, node_id: &str) {
         self.nodes_with_agents.lock().insert(node_id.to_string());
@@ -353,14 +367,15 @@ impl AgentHub {
 
 /// Reserves the GPUs a run of `row` asks for on its node, under the agent's id (the scheduler
 /// keeps them from tasks and other agents until the run ends); the environment that hands them
-/// to the program. Refused, with the scheduler's reason, when they are not free now.
+/// to the program, and their uuids. Refused, with the scheduler's reason, when they are not
+/// free now.
 fn reserve_devices(
     state: &HubState,
     row: &AgentRow,
     spec: &AgentSpec,
-) -> Result<HashMap<String, String>, TaskError> {
+) -> Result<(HashMap<String, String>, Vec<String>), TaskError> {
     if spec.gpu_milli == 0 {
-        return Ok(HashMap::new());
+        return Ok((HashMap::new(), Vec::new()));
     }
     let requirements = RequirementsSpec {
         gpus: f64::from(spec.gpu_milli) / 1000.0,
@@ -375,7 +390,10 @@ fn reserve_devices(
     // A reservation left by an earlier run (its end not seen yet) goes first.
     scheduler.release(&row.id);
     match scheduler.place(&row.id, &requirements, state.monotonic_ms()) {
-        Ok(Ok(placement)) => Ok(crate::work::tasks::device_env(&placement)),
+        Ok(Ok(placement)) => Ok((
+            crate::work::tasks::device_env(&placement),
+            placement.device_uuids,
+        )),
         Ok(Err(no_fit)) => Err(TaskError::Conflict(format!(
             "the GPUs agent {} asks for are not free on node {} now: {}",
             row.id, row.node_id, no_fit.reason
@@ -386,8 +404,40 @@ fn reserve_devices(
 
 /// Gives back the GPUs an agent's run held, so queued work may take them.
 fn release_devices(state: &HubState, id: &str) {
+    state.agents.forget_hold(id);
     if state.tasks.scheduler().release(id) {
         state.tasks.wake_dispatcher();
+    }
+}
+
+/// A running agent's GPUs, to be held again once its node is back in the scheduler.
+#[derive(Debug, Clone)]
+struct PendingHold {
+    agent_id: String,
+    devices: Vec<String>,
+    share_milli: u32,
+    memory_mb: u64,
+}
+
+/// The node's capabilities reached the scheduler: the GPUs of its agents that ran when the hub
+/// started are held again (once).
+pub fn restore_holds(state: &HubState, node_id: &str) {
+    let holds = state.agents.pending_holds.lock().remove(node_id);
+    let Some(holds) = holds else {
+        return;
+    };
+    let mut scheduler = state.tasks.scheduler();
+    for hold in holds {
+        if !scheduler.hold(
+            &hold.agent_id,
+            node_id,
+            &hold.devices,
+            hold.share_milli,
+            hold.memory_mb,
+            state.monotonic_ms(),
+        ) {
+            tracing::warn!(agent_id = %hold.agent_id, node_id, "the GPUs a running agent held are not on its node any more");
+        }
     }
 }
 
@@ -399,11 +449,28 @@ pub async fn reconcile_pending(state: &HubState) {
     }
 }
 
-/// After a hub start: watch the nodes whose agents the store says are active.
+/// After a hub start: watch the nodes whose agents the store says are active, and keep the
+/// GPUs their runs hold to be held again when each node is back.
 pub async fn recover(state: &HubState) -> Result<(), StoreError> {
     for row in state.store().list_agents(None).await? {
         if AgentState::parse(&row.status).is_active() {
             state.agents.watch_node(&row.node_id);
+            let spec = spec_of(&row);
+            if spec.gpu_milli > 0 && !spec.held_devices.is_empty() {
+                let hold = PendingHold {
+                    agent_id: row.id.clone(),
+                    devices: spec.held_devices,
+                    share_milli: spec.gpu_milli,
+                    memory_mb: spec.gpu_memory_mb,
+                };
+                state
+                    .agents
+                    .pending_holds
+                    .lock()
+                    .entry(row.node_id.clone())
+                    .or_default()
+                    .push(hold);
+            }
         }
     }
     Ok(())
@@ -534,8 +601,14 @@ pub async fn start(state: &Arc<HubState>, id: &str) -> Result<AgentRow, TaskErro
             row.node_id
         )));
     };
-    let spec = spec_of(&starting);
-    let devices = reserve_devices(state, &starting, &spec)?;
+    let mut spec = spec_of(&starting);
+    let (devices, held) = reserve_devices(state, &starting, &spec)?;
+    let mut starting = starting;
+    if !held.is_empty() || !spec.held_devices.is_empty() {
+        spec.held_devices = held;
+        starting.spec =
+            serde_json::to_string(&spec).map_err(|e| TaskError::Internal(e.to_string()))?;
+    }
     if let Err(e) = state.store().update_agent(&starting).await {
         release_devices(state, &starting.id);
         return Err(e.into());

@@ -565,3 +565,33 @@ fn property_no_placement_exceeds_free_memory_or_share() {
         }
     }
 }
+
+#[test]
+fn a_hold_taken_back_after_a_restart_keeps_its_devices_from_new_work() {
+    let mut s = Scheduler::default();
+    s.upsert_node(node(
+        "n",
+        vec![
+            gpu("n", 0, 24_000, 24_000, "8.0"),
+            gpu("n", 1, 24_000, 24_000, "8.0"),
+        ],
+    ));
+    let devices = vec!["GPU-n-1".to_string()];
+    // Unknown node, unknown device, nothing to hold: nothing held.
+    assert!(!s.hold("agent", "other", &devices, 1000, 0, 0));
+    assert!(!s.hold("agent", "n", &["GPU-x".to_string()], 1000, 0, 0));
+    assert!(!s.hold("agent", "n", &[], 1000, 0, 0));
+    assert!(s.hold("agent", "n", &devices, 1000, 0, 0));
+    assert!(!s.hold("agent", "n", &devices, 1000, 0, 0), "held twice");
+    s.check_invariants().unwrap();
+    // The held device is taken: one whole GPU is left, not two.
+    let first = place(&mut s, "t1", &gpus(1.0)).unwrap();
+    assert_eq!(first.device_uuids, vec!["GPU-n-0".to_string()]);
+    assert!(place(&mut s, "t2", &gpus(1.0)).is_err());
+    // Confirmed: a heartbeat that lists it keeps it, and a release frees the device.
+    s.observe_heartbeat("n", [], &["agent".into(), "t1".into()], 10);
+    assert!(s.vanished(100_000, 5_000, 60_000).is_empty());
+    assert!(s.release("agent"));
+    place(&mut s, "t2", &gpus(1.0)).unwrap();
+    s.check_invariants().unwrap();
+}

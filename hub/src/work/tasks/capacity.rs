@@ -65,6 +65,7 @@ pub fn node_report(node_id: &str, caps: &Capabilities, state: &HubState) -> Node
 pub fn observe_capabilities(state: &HubState, node_id: &str, caps: &Capabilities) {
     let report = node_report(node_id, caps, state);
     state.tasks.scheduler().upsert_node(report);
+    crate::work::agents::restore_holds(state, node_id);
     state.tasks.wake_dispatcher();
 }
 
