@@ -8,7 +8,7 @@
 //! - [`credentials`]: the hub's CA and the join handshake with bootstrap tokens.
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite, PostgreSQL, in-memory).
 //! - [`hub`]: the composition root that starts and stops all of it; [`state`]: what the
-//!   subsystems share.
+//!   subsystems share; [`telemetry`]: the Prometheus metrics.
 
 pub mod api;
 pub mod credentials;
@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod hub;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod work;
 
 pub use hub::{HubAddrs, HubHandle, start};

@@ -31,6 +31,8 @@ pub struct HubState {
     pub credentials: HubCredentials,
     /// Agents: their output and reconciliation.
     pub agents: crate::work::agents::AgentHub,
+    /// Prometheus metrics.
+    pub metrics: crate::telemetry::HubMetrics,
 }
 
 impl HubState {
@@ -51,6 +53,7 @@ impl HubState {
             tools,
             credentials,
             agents: crate::work::agents::AgentHub::default(),
+            metrics: crate::telemetry::HubMetrics::new(),
         }
     }
 

@@ -116,14 +116,25 @@ where
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs)
             .is_some_and(|certs| !certs.is_empty());
+        let started = std::time::Instant::now();
+        let path = request.uri().path().to_string();
         match admit(
             &self.state,
             request.uri().path(),
             request.headers(),
             has_client_cert,
         ) {
-            Ok(()) => Box::pin(self.inner.call(request)),
+            Ok(()) => {
+                let state = self.state.clone();
+                let call = self.inner.call(request);
+                Box::pin(async move {
+                    let answer = call.await;
+                    state.metrics.grpc_call(&path, false, started.elapsed());
+                    answer
+                })
+            }
             Err(status) => {
+                self.state.metrics.grpc_call(&path, true, started.elapsed());
                 tracing::debug!(
                     path = request.uri().path(),
                     reason = status.message(),

@@ -117,6 +117,7 @@ async fn authorize(
 pub fn router(state: Arc<HubState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/api/admin/agent-nodes", get(list_nodes).post(create_node))
         .route(
             "/api/admin/agent-nodes/{id}",
@@ -134,6 +135,70 @@ pub fn router(state: Arc<HubState>) -> Router {
             require_credential,
         ))
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text (a viewer's bearer token or better: the fleet's names and
+/// load are in it).
+async fn metrics(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    read(&state, &headers, Subject::Fleet, "read metrics").await?;
+    let rows = state
+        .store()
+        .list_nodes()
+        .await
+        .map_err(crate::work::tasks::TaskError::from)?;
+    let live: Vec<Option<crate::fleet::LiveNode>> =
+        rows.iter().map(|row| state.fleet.live(&row.id)).collect();
+    let nodes: Vec<crate::telemetry::NodeGauges> = {
+        let liveness = state.fleet.liveness();
+        rows.iter()
+            .zip(&live)
+            .map(|(row, entry)| {
+                let entry = entry.as_ref();
+                let load = entry.and_then(|l| l.load.as_ref());
+                let status = liveness
+                    .status_with_reason(&row.id)
+                    .map_or_else(|| row.status.clone(), |(s, _)| s.as_str().to_string());
+                crate::telemetry::NodeGauges {
+                    node_id: row.id.clone(),
+                    status,
+                    disk_used_bytes: load.map_or(0, |l| l.disk_used_bytes),
+                    disk_total_bytes: load.map_or(0, |l| l.disk_total_bytes),
+                    gpus: entry
+                        .and_then(|l| l.gpus.as_ref())
+                        .map(|g| {
+                            g.devices
+                                .iter()
+                                .map(|d| crate::telemetry::GpuGauges {
+                                    index: d.index,
+                                    uuid: d.uuid.clone(),
+                                    name: d.name.clone(),
+                                    memory_used_mb: d
+                                        .memory_total_mb
+                                        .saturating_sub(d.memory_free_mb),
+                                    memory_total_mb: d.memory_total_mb,
+                                    utilization_percent: d.utilization_percent,
+                                    temperature_c: d.temperature_c,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    };
+    let mut body = state.metrics.render();
+    body.push_str(&crate::telemetry::fleet_text(&nodes, state.tasks.waiting()));
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// Refuses an `/api` call without a valid bearer JWT before its body is read (the handlers then

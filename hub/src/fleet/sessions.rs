@@ -261,10 +261,12 @@ async fn handle(connection: quinn::Connection, state: Arc<HubState>) {
     let node = match authenticate(&connection, &state).await {
         Ok(ok) => ok,
         Err((code, reason)) => {
+            state.metrics.session_refused(code);
             refuse(&connection, code, &reason);
             return;
         }
     };
+    state.metrics.session_accepted();
     let link = link_for(&state, &connection, &node);
     let Authenticated {
         node_id,
@@ -438,6 +440,7 @@ pub fn on_heartbeat(
     transport: HeartbeatTransport,
 ) {
     if heartbeat.node_id != node_id {
+        state.metrics.heartbeat_foreign();
         tracing::warn!(session = %node_id, claimed = %heartbeat.node_id, "heartbeat for another node dropped");
         return;
     }
@@ -447,6 +450,7 @@ pub fn on_heartbeat(
         let entry = live.entry(node_id.to_string()).or_default();
         // Datagrams may arrive out of order: keep the newest.
         if heartbeat.seq != 0 && heartbeat.seq <= entry.last_seq {
+            state.metrics.heartbeat_stale();
             return;
         }
         entry.last_seq = heartbeat.seq;
@@ -458,6 +462,7 @@ pub fn on_heartbeat(
             entry.gpus.clone_from(&heartbeat.gpus);
         }
     }
+    state.metrics.heartbeat_accepted();
     let monotonic = state.monotonic_ms();
     crate::work::tasks::observe_heartbeat(state, node_id, &heartbeat, monotonic);
     state.agents.heartbeat(node_id, &heartbeat.running_agents);

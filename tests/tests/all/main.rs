@@ -13,6 +13,7 @@ mod grpc_surface;
 mod heartbeat_channel;
 mod https;
 mod in_memory;
+mod metrics;
 mod native;
 mod nvml;
 mod own_state;

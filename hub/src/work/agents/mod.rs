@@ -823,6 +823,14 @@ pub async fn on_status(state: &HubState, node_id: &str, status: AgentStatus) {
     }
     state.agents.misses.lock().remove(&next.id);
     state.agents.watch_node(node_id);
+    if AgentState::parse(&next.status) == AgentState::Running
+        && let Some(started) = next.started_at_ms
+    {
+        let took = u64::try_from(state.now_ms() - started).unwrap_or(0);
+        state
+            .metrics
+            .agent_started(std::time::Duration::from_millis(took));
+    }
     state
         .agents
         .logs

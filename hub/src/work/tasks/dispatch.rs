@@ -109,10 +109,17 @@ pub async fn dispatch_once(state: &Arc<HubState>) -> Result<(), StoreError> {
         .queue(&[TaskStatus::Queued], QUEUE_BATCH)
         .await?;
     let full = queued.len() >= QUEUE_BATCH as usize;
-    let mut waiting = false;
+    let mut waiting = 0_u64;
     for task in queued {
-        waiting |= !place_queued(state, &task).await?;
+        if !place_queued(state, &task).await? {
+            waiting += 1;
+        }
     }
+    state
+        .tasks
+        .waiting
+        .store(waiting, std::sync::atomic::Ordering::Relaxed);
+    let waiting = waiting > 0;
     state
         .tasks
         .queue_backlog
@@ -147,6 +154,9 @@ async fn place_queued(state: &Arc<HubState>, task: &TaskRow) -> Result<bool, Sto
         .tasks
         .scheduler()
         .place(&task.id, &req, state.monotonic_ms());
+    if let Ok(outcome) = &placed {
+        state.metrics.placement(outcome.is_ok());
+    }
     match placed {
         Ok(Ok(placement)) => place(state, task, placement).await?,
         Ok(Err(no_fit)) => {

@@ -61,6 +61,8 @@ pub struct TaskEngine {
     /// True when the last dispatcher pass left tasks queued: a new task then waits its turn
     /// instead of being placed at submit.
     queue_backlog: AtomicBool,
+    /// Queued tasks the dispatcher's last pass found no node for (up to one batch).
+    waiting: std::sync::atomic::AtomicU64,
     /// The row of each attempt this hub placed and that has not ended, as last written: a
     /// result for it needs no read before its compare-and-set write (which still decides).
     in_flight: Mutex<HashMap<String, TaskRow>>,
@@ -85,6 +87,7 @@ impl TaskEngine {
             dispatch_passes: watch::channel(0).0,
             placing: tokio::sync::Mutex::new(()),
             queue_backlog: AtomicBool::new(false),
+            waiting: std::sync::atomic::AtomicU64::new(0),
             in_flight: Mutex::new(HashMap::new()),
             last_finished: watch::channel(None).0,
             logs: crate::work::output::OutputLogs::keeping(TASK_LOGS_KEPT),
@@ -94,6 +97,11 @@ impl TaskEngine {
     /// The scheduler (pure placement over what heartbeats say).
     pub fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
         self.scheduler.lock()
+    }
+
+    /// Queued tasks the dispatcher's last pass found no node for (up to one batch).
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Wakes the dispatcher for a pass.
@@ -291,6 +299,9 @@ pub async fn submit(state: &Arc<HubState>, mut spec: SubmitSpec) -> Result<Submi
             .scheduler()
             .place(&row.id, &requirements, state.monotonic_ms())
     });
+    if let Some(Ok(outcome)) = &planned {
+        state.metrics.placement(outcome.is_ok());
+    }
     let (stored, placement) = match planned {
         Some(Ok(Ok(placement))) => {
             let placed = lifecycle::place(&row, &placement, now);

@@ -15,6 +15,14 @@ use crate::store::StoreError;
 
 /// A node reported the outcome of an attempt.
 pub async fn on_result(state: &HubState, node_id: &str, result: TaskResult) {
+    let kind = if result.ok {
+        "ok"
+    } else {
+        result.error_kind.as_str()
+    };
+    state
+        .metrics
+        .task_result(std::time::Duration::from_micros(result.duration_us), kind);
     if let Err(e) = apply_result(state, node_id, &result).await {
         tracing::warn!(node_id = %node_id, error = %e, "task result not recorded");
     }
