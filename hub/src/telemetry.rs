@@ -105,7 +105,7 @@ impl HubMetrics {
             ),
             (
                 "outpost_node_sessions_total",
-                "Node sessions, by result (accepted, refused) and close code of a refusal.",
+                "Node sessions, by result (accepted; refused, with the close code; handshake_failed, handshake_timeout, busy).",
             ),
             (
                 "outpost_placements_total",
@@ -175,6 +175,17 @@ impl HubMetrics {
     /// A node session was accepted.
     pub fn session_accepted(&self) {
         self.sessions_accepted.increment(1);
+    }
+
+    /// A node's connection ended before it was a session: `why` is `handshake_failed`,
+    /// `handshake_timeout` or `busy` (too many handshakes in progress).
+    pub fn session_not_established(&self, why: &'static str) {
+        self.recorder
+            .register_counter(
+                &key("outpost_node_sessions_total", &[("result", why)]),
+                &METADATA,
+            )
+            .increment(1);
     }
 
     /// A node session was refused with close code `code`.
@@ -284,6 +295,27 @@ pub struct GpuGauges {
     pub utilization_percent: u32,
     /// Temperature, °C.
     pub temperature_c: u32,
+}
+
+/// The heartbeat channel's packet counts as a Prometheus counter, by result.
+pub fn channel_text(counts: &crate::fleet::heartbeat_channel::ChannelCounts) -> String {
+    let mut out = String::from(
+        "# HELP outpost_heartbeat_channel_packets_total Heartbeat channel packets, by result (accepted, or why refused).\n# TYPE outpost_heartbeat_channel_packets_total counter\n",
+    );
+    for (result, n) in [
+        ("accepted", counts.accepted),
+        ("malformed", counts.malformed),
+        ("unknown_channel", counts.unknown_channel),
+        ("unauthentic", counts.unauthentic),
+        ("replayed", counts.replayed),
+        ("undecodable", counts.undecodable),
+    ] {
+        let _ = writeln!(
+            out,
+            "outpost_heartbeat_channel_packets_total{{result=\"{result}\"}} {n}"
+        );
+    }
+    out
 }
 
 /// A label value in Prometheus text: backslash, quote and newline escaped.

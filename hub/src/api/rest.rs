@@ -191,6 +191,9 @@ async fn metrics(
     };
     let mut body = state.metrics.render();
     body.push_str(&crate::telemetry::fleet_text(&nodes, state.tasks.waiting()));
+    body.push_str(&crate::telemetry::channel_text(
+        &state.fleet.heartbeat_channels().counts(),
+    ));
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -76,6 +76,7 @@ pub async fn serve(endpoint: quinn::Endpoint, state: Arc<HubState>) {
             }
             Admission::Retry => {}
             Admission::Refuse => {
+                state.metrics.session_not_established("busy");
                 tracing::warn!(remote = %incoming.remote_address(), in_progress, "session handshake refused: too many in progress");
                 incoming.refuse();
                 continue;
@@ -90,8 +91,14 @@ pub async fn serve(endpoint: quinn::Endpoint, state: Arc<HubState>) {
             handshakes.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             match connected {
                 Ok(Ok(connection)) => handle(connection, state).await,
-                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "session handshake failed"),
-                Err(_) => tracing::debug!(%remote, "session handshake timed out"),
+                Ok(Err(e)) => {
+                    state.metrics.session_not_established("handshake_failed");
+                    tracing::debug!(%remote, error = %e, "session handshake failed");
+                }
+                Err(_) => {
+                    state.metrics.session_not_established("handshake_timeout");
+                    tracing::debug!(%remote, "session handshake timed out");
+                }
             }
         });
     }

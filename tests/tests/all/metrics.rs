@@ -65,6 +65,19 @@ async fn metrics_show_sessions_heartbeats_tasks_grpc_and_gpus() {
     };
     at_least("outpost_node_sessions_total{result=\"accepted\"}", 1.0);
     at_least("outpost_heartbeats_total{result=\"accepted\"}", 1.0);
+    // The node's heartbeats come on the authenticated channel.
+    at_least(
+        "outpost_heartbeat_channel_packets_total{result=\"accepted\"}",
+        1.0,
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "outpost_heartbeat_channel_packets_total{result=\"unauthentic\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
     at_least("outpost_placements_total{result=\"placed\"}", 1.0);
     at_least("outpost_sandbox_outcomes_total{kind=\"ok\"}", 1.0);
     at_least("outpost_task_duration_seconds_count", 1.0);
