@@ -54,9 +54,9 @@ pub enum AgentCommand {
     RemoveWorktree(outpost_proto::v1::RemoveWorktree),
 }
 
-/// Time allowed for a command that runs git on the node (worktree add or remove): the node
-/// gives git two minutes.
-const GIT_COMMAND_TIMEOUT: Duration = Duration::from_secs(130);
+/// Time allowed for a command the node may take long over: git for a worktree (the node gives
+/// git two minutes), or a WASM agent's tool compiled on its first start.
+const SLOW_COMMAND_TIMEOUT: Duration = Duration::from_secs(130);
 
 impl AgentCommand {
     fn into_kind(self) -> hub_command::Kind {
@@ -68,10 +68,14 @@ impl AgentCommand {
         }
     }
 
-    /// Whether the node runs git for it (and so may take longer than a plain command).
-    fn runs_git(&self) -> bool {
+    /// Whether the node may take long over it: it runs git (a worktree), or compiles a WASM
+    /// agent's tool that is not compiled yet.
+    fn is_slow(&self) -> bool {
         match self {
-            Self::Start(start) => !matches!(start.workdir_mode.as_str(), "" | "use_existing"),
+            Self::Start(start) => {
+                !start.tool.is_empty()
+                    || !matches!(start.workdir_mode.as_str(), "" | "use_existing")
+            }
             Self::RemoveWorktree(_) => true,
             Self::Stop(_) | Self::Input(_) => false,
         }
@@ -178,8 +182,8 @@ pub trait NodeLink: Send + Sync + std::fmt::Debug {
 
     /// Starts, stops or feeds an agent; the node's `ok` answer (false: nothing to stop).
     async fn agent(&self, command: AgentCommand) -> Result<bool, LinkError> {
-        let at_least = if command.runs_git() {
-            GIT_COMMAND_TIMEOUT
+        let at_least = if command.is_slow() {
+            SLOW_COMMAND_TIMEOUT
         } else {
             Duration::ZERO
         };
