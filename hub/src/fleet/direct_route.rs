@@ -5,6 +5,9 @@
 //! replaced or closed with it. Both routes are [`NodeLink`]s, so nothing above knows which one
 //! a node uses.
 //!
+//! The heartbeat settings (interval, channel) change the session itself, so they still go over
+//! it; every other command takes the direct route.
+//!
 //! TLS: the hub presents its own certificate and accepts only the key the node joined with
 //! ([`outpost_trust::direct_route`]); `tls_server_name`, when registered, is the SNI sent.
 
@@ -157,6 +160,16 @@ impl NodeLink for DirectLink {
                 .kind
                 .ok_or_else(|| LinkError::Transport("empty reply".into())),
         )
+    }
+
+    // The heartbeat settings belong to the session they change: they go over it, so they never
+    // reach the node before its session loop is ready for them.
+    async fn set_heartbeat_interval(&self, interval_ms: u32) -> Result<(), LinkError> {
+        self.session.set_heartbeat_interval(interval_ms).await
+    }
+
+    async fn set_heartbeat_channel(&self, use_channel: bool) -> Result<(), LinkError> {
+        self.session.set_heartbeat_channel(use_channel).await
     }
 
     fn route(&self) -> &'static str {
