@@ -105,6 +105,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// A completion script for a shell, on stdout (`outpost completions bash >
+    /// /etc/bash_completion.d/outpost`; zsh: into a directory on `$fpath` as `_outpost`).
+    Completions {
+        /// The shell.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -381,6 +388,19 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::Demo { keep_running } => {
             crate::demo::run(global.data_dir.as_deref(), keep_running, global.json, out).await
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let shell = match shell.as_str() {
+                "zsh" => clap_complete::Shell::Zsh,
+                "fish" => clap_complete::Shell::Fish,
+                _ => clap_complete::Shell::Bash,
+            };
+            let mut command = Cli::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "outpost", &mut script);
+            out.write_all(&script)?;
+            Ok(())
         }
         Command::Certs {
             command: CertsCommand::Init { dir, server_names },

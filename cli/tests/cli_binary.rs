@@ -317,3 +317,37 @@ fn the_binary_is_its_own_launcher_and_reports_landlock() {
     assert_eq!(code, 2);
     assert!(err.contains("OUTPOST_LAUNCH_SPEC"), "{err}");
 }
+
+#[test]
+fn completion_scripts_load_in_their_shells_and_complete_subcommands() {
+    let (code, script, err) = outpost(&["completions", "bash"]);
+    assert_eq!(code, 0, "{err}");
+    // Loaded by bash itself, the script completes `outpost ag` to `agents`.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("outpost.bash");
+    std::fs::write(&file, &script).unwrap();
+    let probe = format!(
+        "source {}; COMP_WORDS=(outpost ag); COMP_CWORD=1; _outpost outpost ag outpost; echo \"${{COMPREPLY[@]}}\"",
+        file.display()
+    );
+    match Command::new("bash").args(["-c", &probe]).output() {
+        Ok(output) => {
+            let words = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                words.split_whitespace().any(|w| w == "agents"),
+                "{words} / {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Err(e) => eprintln!("skipped the bash check: {e}"),
+    }
+    let (code, zsh, _) = outpost(&["completions", "zsh"]);
+    assert_eq!(code, 0);
+    assert!(zsh.starts_with("#compdef outpost"), "{zsh}");
+    let (code, fish, _) = outpost(&["completions", "fish"]);
+    assert_eq!(code, 0);
+    assert!(fish.contains("complete -c outpost"), "{fish}");
+    let (code, _, err) = outpost(&["completions", "tcsh"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bash, zsh, fish"), "{err}");
+}
