@@ -327,7 +327,10 @@ fn label_value(text: &str) -> String {
 
 /// The fleet gauges as Prometheus text: nodes by status, each node's disk use and GPUs, and the
 /// tasks waiting for a node.
-pub fn fleet_text(nodes: &[NodeGauges], tasks_waiting: u64) -> String {
+pub fn fleet_text(
+    nodes: &[NodeGauges],
+    tasks_waiting: &std::collections::BTreeMap<&'static str, u64>,
+) -> String {
     let mut out = String::new();
     let mut by_status = std::collections::BTreeMap::<&str, u64>::new();
     for node in nodes {
@@ -341,8 +344,14 @@ pub fn fleet_text(nodes: &[NodeGauges], tasks_waiting: u64) -> String {
             label_value(status)
         );
     }
-    out.push_str("# HELP outpost_tasks_waiting Queued tasks no node fits now (as of the dispatcher's last pass).\n# TYPE outpost_tasks_waiting gauge\n");
-    let _ = writeln!(out, "outpost_tasks_waiting {tasks_waiting}");
+    out.push_str("# HELP outpost_tasks_waiting Queued tasks no node fits now, by the cause that turned down the most nodes (as of the dispatcher's last pass).\n# TYPE outpost_tasks_waiting gauge\n");
+    for (cause, count) in tasks_waiting {
+        let _ = writeln!(
+            out,
+            "outpost_tasks_waiting{{cause=\"{}\"}} {count}",
+            label_value(cause)
+        );
+    }
     out.push_str("# HELP outpost_node_disk_used_ratio Share of the node's data disk in use (from its heartbeats).\n# TYPE outpost_node_disk_used_ratio gauge\n");
     for node in nodes.iter().filter(|n| n.disk_total_bytes > 0) {
         let _ = writeln!(
@@ -421,7 +430,11 @@ mod tests {
             disk_total_bytes: 2,
             gpus: Vec::new(),
         }];
-        let served = format!("{}{}", metrics.render(), fleet_text(&nodes, 0));
+        let served = format!(
+            "{}{}",
+            metrics.render(),
+            fleet_text(&nodes, &std::collections::BTreeMap::new())
+        );
         let mut named = 0;
         for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if word.starts_with("outpost_") {
@@ -491,12 +504,16 @@ mod tests {
                 temperature_c: 40,
             }],
         }];
-        let text = fleet_text(&nodes, 3);
+        let waiting = std::collections::BTreeMap::from([("too few GPUs", 3)]);
+        let text = fleet_text(&nodes, &waiting);
         assert!(
             text.contains("outpost_nodes{status=\"online\"} 1"),
             "{text}"
         );
-        assert!(text.contains("outpost_tasks_waiting 3"), "{text}");
+        assert!(
+            text.contains("outpost_tasks_waiting{cause=\"too few GPUs\"} 3"),
+            "{text}"
+        );
         assert!(
             text.contains("outpost_node_disk_used_ratio{node=\"gpu-\\\"1\\\"\"} 0.25"),
             "{text}"

@@ -190,7 +190,10 @@ async fn metrics(
             .collect()
     };
     let mut body = state.metrics.render();
-    body.push_str(&crate::telemetry::fleet_text(&nodes, state.tasks.waiting()));
+    body.push_str(&crate::telemetry::fleet_text(
+        &nodes,
+        &state.tasks.waiting(),
+    ));
     body.push_str(&crate::telemetry::channel_text(
         &state.fleet.heartbeat_channels().counts(),
     ));

@@ -109,6 +109,21 @@ async fn metrics_show_sessions_heartbeats_tasks_grpc_and_gpus() {
         .unwrap_or_else(|| panic!("no disk gauge in {text}"));
     assert!((0.0..=1.0).contains(&disk), "{disk}");
 
+    // A task that fits nowhere waits, counted by why.
+    crate::tasks::submit(&hub, &["--tool", "echo", "--input", "x", "--gpus", "8"]).await;
+    outpost_tests::eventually(
+        "the waiting task in the metrics",
+        Duration::from_secs(15),
+        async || {
+            let (_, _, text) = scrape(&hub, Some(&viewer)).await;
+            match sample(&text, "outpost_tasks_waiting{cause=\"too few GPUs\"}") {
+                Some(n) if n >= 1.0 => Ok(()),
+                _ => Err(text),
+            }
+        },
+    )
+    .await;
+
     // A join with a wrong token fails, and its call is counted with the others.
     let forged = hub.node_config("m-forged", "not-the-token-at-all-0000");
     assert!(outpost_node::Node::start(forged).await.is_err());

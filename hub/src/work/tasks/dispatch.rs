@@ -109,17 +109,15 @@ pub async fn dispatch_once(state: &Arc<HubState>) -> Result<(), StoreError> {
         .queue(&[TaskStatus::Queued], QUEUE_BATCH)
         .await?;
     let full = queued.len() >= QUEUE_BATCH as usize;
-    let mut waiting = 0_u64;
+    let mut waiting = std::collections::BTreeMap::<&'static str, u64>::new();
     for task in queued {
-        if !place_queued(state, &task).await? {
-            waiting += 1;
+        if let Some(cause) = place_queued(state, &task).await? {
+            *waiting.entry(cause).or_default() += 1;
         }
     }
-    state
-        .tasks
-        .waiting
-        .store(waiting, std::sync::atomic::Ordering::Relaxed);
-    let waiting = waiting > 0;
+    let any_waiting = !waiting.is_empty();
+    *state.tasks.waiting.lock() = waiting;
+    let waiting = any_waiting;
     state
         .tasks
         .queue_backlog
@@ -127,9 +125,22 @@ pub async fn dispatch_once(state: &Arc<HubState>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Tries to place one queued task; false when it stays queued (no node fits). Callers hold
-/// `state.tasks.placing`.
-async fn place_queued(state: &Arc<HubState>, task: &TaskRow) -> Result<bool, StoreError> {
+/// Why a queued task still waits, by the cause that turned down the most nodes (the scheduler's
+/// fixed cause names), or that there is no node to ask.
+fn waiting_cause(no_fit: &crate::work::scheduler::NoFit) -> &'static str {
+    no_fit
+        .by_cause
+        .iter()
+        .max_by_key(|(_, count)| **count)
+        .map_or("no node to place it on", |(cause, _)| *cause)
+}
+
+/// Tries to place one queued task; `Some(cause)` when it stays queued (no node fits, and why).
+/// Callers hold `state.tasks.placing`.
+async fn place_queued(
+    state: &Arc<HubState>,
+    task: &TaskRow,
+) -> Result<Option<&'static str>, StoreError> {
     let spec: RequirementsSpec = match serde_json::from_str(&task.requirements) {
         Ok(spec) => spec,
         Err(e) => {
@@ -140,14 +151,14 @@ async fn place_queued(state: &Arc<HubState>, task: &TaskRow) -> Result<bool, Sto
                 &format!("stored requirements unreadable: {e}"),
             )
             .await?;
-            return Ok(true);
+            return Ok(None);
         }
     };
     let req = match spec.to_requirements() {
         Ok(req) => req,
         Err(e) => {
             fail(state, task, "invalid_requirements", &e).await?;
-            return Ok(true);
+            return Ok(None);
         }
     };
     let placed = state
@@ -165,16 +176,16 @@ async fn place_queued(state: &Arc<HubState>, task: &TaskRow) -> Result<bool, Sto
             {
                 state.tasks.changed();
             }
-            return Ok(false);
+            return Ok(Some(waiting_cause(&no_fit)));
         }
         Err(PlaceError::AlreadyPlaced(_)) => {
             // A leftover reservation (a race with a cancel): free it; next pass places it.
             state.tasks.scheduler().release(&task.id);
-            return Ok(false);
+            return Ok(Some("placed again next pass"));
         }
         Err(PlaceError::Invalid(e)) => fail(state, task, "invalid_requirements", &e).await?,
     }
-    Ok(true)
+    Ok(None)
 }
 
 async fn place(

@@ -61,8 +61,8 @@ pub struct TaskEngine {
     /// True when the last dispatcher pass left tasks queued: a new task then waits its turn
     /// instead of being placed at submit.
     queue_backlog: AtomicBool,
-    /// Queued tasks the dispatcher's last pass found no node for (up to one batch).
-    waiting: std::sync::atomic::AtomicU64,
+    /// Queued tasks the dispatcher's last pass found no node for (up to one batch), by cause.
+    waiting: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// The row of each attempt this hub placed and that has not ended, as last written: a
     /// result for it needs no read before its compare-and-set write (which still decides).
     in_flight: Mutex<HashMap<String, TaskRow>>,
@@ -87,7 +87,7 @@ impl TaskEngine {
             dispatch_passes: watch::channel(0).0,
             placing: tokio::sync::Mutex::new(()),
             queue_backlog: AtomicBool::new(false),
-            waiting: std::sync::atomic::AtomicU64::new(0),
+            waiting: Mutex::new(std::collections::BTreeMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             last_finished: watch::channel(None).0,
             logs: crate::work::output::OutputLogs::keeping(TASK_LOGS_KEPT),
@@ -99,9 +99,10 @@ impl TaskEngine {
         self.scheduler.lock()
     }
 
-    /// Queued tasks the dispatcher's last pass found no node for (up to one batch).
-    pub fn waiting(&self) -> u64 {
-        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    /// Queued tasks the dispatcher's last pass found no node for (up to one batch), by the
+    /// cause that turned down the most nodes.
+    pub fn waiting(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.waiting.lock().clone()
     }
 
     /// Wakes the dispatcher for a pass.
