@@ -8,6 +8,7 @@
 
 pub mod agents;
 pub mod demo;
+mod doctor;
 pub mod tool_run;
 pub mod work;
 
@@ -104,6 +105,13 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Check the way to the hub (and to a node): reachable, TLS, gRPC health, the token, the
+    /// node's session; each check ok or the cause and the fix; exit 1 when one fails.
+    Doctor {
+        /// Also check this node's session.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// A completion script for a shell, on stdout (`outpost completions bash >
     /// /etc/bash_completion.d/outpost`; zsh: into a directory on `$fpath` as `_outpost`).
@@ -389,6 +397,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Demo { keep_running } => {
             crate::demo::run(global.data_dir.as_deref(), keep_running, global.json, out).await
         }
+        Command::Doctor { node } => crate::doctor::doctor(&global, node, out).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let shell = match shell.as_str() {

@@ -7,6 +7,7 @@ mod auth;
 mod clocks;
 mod credentials;
 mod direct_route;
+mod doctor;
 mod fleet;
 mod fuzz;
 mod grpc_surface;
