@@ -517,9 +517,16 @@ async fn serve_grpc(
     health_reporter
         .set_serving::<outpost_proto::v1::agent_service_server::AgentServiceServer<HubGrpc>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(outpost_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(outpost_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both revisions: older grpcurl builds and grpcio's reflection client speak only v1alpha.
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| HubError::Grpc(e.to_string()))?;
+    let reflection = reflection()
         .build_v1()
         .map_err(|e| HubError::Grpc(e.to_string()))?;
     let tls = ServerTlsConfig::new()
@@ -540,6 +547,7 @@ async fn serve_grpc(
         .layer(crate::api::gate::GateLayer::new(state.clone()))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(grpc.join_service())
         .add_service(grpc.token_service())
         .add_service(grpc.registry_service())

@@ -192,14 +192,20 @@ pub fn serve(
         .local_addr()
         .map_err(|e| crate::NodeError::Config(format!("direct route: {e}")))?;
     *ctx.direct_route.lock() = Some(addr);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(outpost_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("outpost.v1.NodeService")
-        .with_service_name("grpc.health.v1.Health")
-        .with_service_name("grpc.reflection.v1.ServerReflection")
-        .build_v1()
-        .map_err(|e| crate::NodeError::Config(format!("direct route: reflection: {e}")))?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(outpost_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("outpost.v1.NodeService")
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+    };
+    let reflection_error = |e: tonic_reflection::server::Error| {
+        crate::NodeError::Config(format!("direct route: reflection: {e}"))
+    };
+    // Both revisions: older grpcurl builds and grpcio's reflection client speak only v1alpha.
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    let reflection = reflection().build_v1().map_err(reflection_error)?;
     let service = NodeServiceServer::new(DirectService { ctx: ctx.clone() })
         .max_decoding_message_size(MAX_COMMAND_BYTES);
     let (ready, incoming) = mpsc::channel(MAX_CONNECTIONS);
@@ -219,6 +225,7 @@ pub fn serve(
             .http2_max_header_list_size(16 * 1024)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(service)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(incoming),

@@ -257,6 +257,11 @@ async fn agents_and_tasks_run_over_the_direct_route_and_only_the_hub_commands_it
         !names.iter().any(|n| n == "outpost.v1.TaskService"),
         "the node lists the hub's services: {names:?}"
     );
+    let older = crate::grpc_surface::service_names_v1alpha(anonymous.clone()).await;
+    assert!(
+        older.iter().any(|n| n == "outpost.v1.NodeService"),
+        "{older:?}"
+    );
     let refused = NodeServiceClient::new(anonymous)
         .command(ping())
         .await

@@ -29,6 +29,29 @@ pub(crate) async fn service_names(channel: tonic::transport::Channel) -> Vec<Str
     list.service.into_iter().map(|s| s.name).collect()
 }
 
+/// The services reflection lists over its older revision (`v1alpha`, which older grpcurl builds
+/// and grpcio's reflection client speak).
+pub(crate) async fn service_names_v1alpha(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected {response:?}")
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_and_health_answer_without_credentials() {
     let hub = TestHub::start(TlsMode::Tls).await;
@@ -38,6 +61,11 @@ async fn reflection_and_health_answer_without_credentials() {
         .unwrap();
 
     let names = service_names(channel.clone()).await;
+    let older = service_names_v1alpha(channel.clone()).await;
+    assert!(
+        older.iter().any(|n| n == "outpost.v1.TaskService"),
+        "{older:?}"
+    );
     for expected in [
         "outpost.v1.JoinService",
         "outpost.v1.NodeRegistry",
