@@ -128,3 +128,18 @@ pub fn bare_quic_client_config(cert_pem: &str) -> anyhow::Result<quinn::ClientCo
     client.transport_config(std::sync::Arc::new(outpost_trust::tls::session_transport()));
     Ok(client)
 }
+
+/// The value at quantile `p` (0..=1) of `sorted` (nearest rank); 0 when empty.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The median of `values` (the upper one of an even count); 0 when empty.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}

@@ -12,6 +12,7 @@
 //!
 //! `cargo run --release -p outpost-bench --bin agent-bench -- --rounds 50 --runs 5`
 
+use outpost_bench::{median, percentile};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -39,18 +40,6 @@ struct Args {
     /// Only this part: start, stream or fairness.
     #[arg(long)]
     only: Option<String>,
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 type Client = hyper_util::client::legacy::Client<

@@ -11,6 +11,7 @@
 //!
 //! `cargo run --release -p outpost-bench --bin placement-bench -- [throughput|churn|all]`
 
+use outpost_bench::{median, percentile};
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
@@ -108,19 +109,6 @@ fn request(rng: &mut Rng) -> Requirements {
             ..Default::default()
         },
     }
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn throughput(args: &Args) -> anyhow::Result<()> {

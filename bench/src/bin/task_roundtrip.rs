@@ -19,6 +19,7 @@
 //! installs pushed tools on its nodes and on one that does not (the node then fetches and
 //! compiles the tool when the task arrives).
 
+use outpost_bench::{median, percentile};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -114,18 +115,6 @@ struct Args {
     /// with `[tools] preinstall` on and as many with it off.
     #[arg(long)]
     first_task: Option<usize>,
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 async fn echo_server() -> anyhow::Result<(quinn::Endpoint, std::net::SocketAddr, String)> {

@@ -21,7 +21,7 @@ use outpost_proto::v1::{HubCommand, hub_command, node_reply};
 use rustls::pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::fleet::links::{LinkError, NodeLink, QuicLink, command_timeout, refusal_or};
+use crate::fleet::links::{LinkError, NodeLink, QuicLink, answer_to, command_timeout};
 
 /// Largest command sent (a 32 MiB component and its policy, with room to spare).
 const MAX_COMMAND_BYTES: usize = 40 * 1024 * 1024;
@@ -149,17 +149,7 @@ impl NodeLink for DirectLink {
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        if reply.id != id {
-            return Err(LinkError::Transport(format!(
-                "reply for command {} to command {id}",
-                reply.id
-            )));
-        }
-        refusal_or(
-            reply
-                .kind
-                .ok_or_else(|| LinkError::Transport("empty reply".into())),
-        )
+        answer_to(id, reply)
     }
 
     // The heartbeat settings belong to the session they change: they go over it, so they never

@@ -235,6 +235,22 @@ pub(crate) fn refusal_or(
     }
 }
 
+/// The answer `reply` carries for command `id` (a reply to another command, or none, is a
+/// transport fault), with the node's `error` as a refusal.
+pub(crate) fn answer_to(id: u64, reply: NodeReply) -> Result<node_reply::Kind, LinkError> {
+    if reply.id != id {
+        return Err(LinkError::Transport(format!(
+            "reply for command {} to command {id}",
+            reply.id
+        )));
+    }
+    refusal_or(
+        reply
+            .kind
+            .ok_or_else(|| LinkError::Transport("empty reply".into())),
+    )
+}
+
 /// A link over the node's QUIC session: one bi stream per command.
 #[derive(Debug)]
 pub struct QuicLink {
@@ -278,18 +294,10 @@ impl NodeLink for QuicLink {
             let reply: NodeReply = framing::read_frame(&mut recv, 1024 * 1024)
                 .await
                 .map_err(|e| LinkError::Transport(e.to_string()))?;
-            if reply.id != id {
-                return Err(LinkError::Transport(format!(
-                    "reply for command {} to command {id}",
-                    reply.id
-                )));
-            }
-            reply
-                .kind
-                .ok_or_else(|| LinkError::Transport("empty reply".into()))
+            answer_to(id, reply)
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => refusal_or(result),
+            Ok(result) => result,
             Err(_) => Err(LinkError::Timeout(timeout)),
         }
     }
