@@ -197,10 +197,16 @@ impl<'a> HubBuilder<'a> {
             .await?,
         );
         let https = https_config(config, &credentials.serving)?;
+        let console = crate::console::ConsoleSettings {
+            grpc_url: format!("https://{}", listeners.addrs.grpc),
+            https: https.is_some(),
+            live_interval: std::time::Duration::from_secs(1),
+        };
         tasks.push(serve_rest(
             &state,
             listeners.http,
             https,
+            console,
             shutdown_rx.clone(),
         )?);
         tasks.push(tokio::spawn(crate::fleet::sessions::serve(
@@ -596,14 +602,16 @@ fn https_config(
     Ok(Some(tls::https_server_config(chain, key)?))
 }
 
-/// Serves the REST API, over HTTPS when `tls` is given.
+/// Serves the REST API and the console, over HTTPS when `tls` is given.
 fn serve_rest(
     state: &Arc<HubState>,
     listener: tokio::net::TcpListener,
     tls: Option<rustls::ServerConfig>,
+    console: crate::console::ConsoleSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, HubError> {
-    let app = crate::api::rest::router(state.clone());
+    let app = crate::api::rest::router(state.clone())
+        .merge(crate::console::router(state.clone(), console));
     let signal = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };

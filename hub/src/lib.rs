@@ -5,12 +5,14 @@
 //! - [`fleet`]: node liveness (pure, injected clock), the QUIC session endpoint, heartbeat
 //!   channel, links down to nodes, and the node registry's rules.
 //! - [`work`]: placement (pure), the task engine and the tool registry.
+//! - [`console`]: the operator's web console (server-rendered pages, live over SSE).
 //! - [`credentials`]: the hub's CA and the join handshake with bootstrap tokens.
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite, PostgreSQL, in-memory).
 //! - [`hub`]: the composition root that starts and stops all of it; [`state`]: what the
 //!   subsystems share; [`telemetry`]: the Prometheus metrics.
 
 pub mod api;
+pub mod console;
 pub mod credentials;
 pub mod fleet;
 pub mod hub;

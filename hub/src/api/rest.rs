@@ -41,6 +41,11 @@ impl ApiError {
         }
     }
 
+    /// The status and the message, for surfaces that render errors their own way.
+    pub(crate) fn parts(self) -> (StatusCode, String) {
+        (self.status, self.message)
+    }
+
     fn field(field: &str, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,

@@ -173,7 +173,7 @@ async fn task_events(
 
 /// Entries as Server-Sent Events: each an event whose id is its `seq` and whose data is the
 /// entry as JSON.
-fn log_events(
+pub(crate) fn log_events(
     tail: Vec<LogEntry>,
     live: Option<tokio::sync::broadcast::Receiver<LogEntry>>,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {

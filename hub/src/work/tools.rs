@@ -46,6 +46,10 @@ pub struct ToolRegistry {
     /// `[tools] trusted_publishers`: when not empty, only tools signed by one of these are
     /// accepted.
     trusted_publishers: Vec<String>,
+    /// The digest of each tool each node took (installed and compiled), by tool name, then node.
+    installed: parking_lot::Mutex<
+        std::collections::HashMap<String, std::collections::BTreeMap<String, String>>,
+    >,
 }
 
 impl ToolRegistry {
@@ -56,7 +60,31 @@ impl ToolRegistry {
             preinstall,
             transfers: tokio::sync::Semaphore::new(TRANSFER_CONCURRENCY),
             trusted_publishers: Vec::new(),
+            installed: parking_lot::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Records that `node_id` took `digest` of the tool `name`.
+    pub fn note_installed(&self, name: &str, digest: &str, node_id: &str) {
+        self.installed
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .insert(node_id.to_string(), digest.to_string());
+    }
+
+    /// The nodes that took this `digest` of the tool `name` since the hub started, in order.
+    pub fn installed_on(&self, name: &str, digest: &str) -> Vec<String> {
+        self.installed
+            .lock()
+            .get(name)
+            .map_or_else(Vec::new, |nodes| {
+                nodes
+                    .iter()
+                    .filter(|(_, d)| d.as_str() == digest)
+                    .map(|(node, _)| node.clone())
+                    .collect()
+            })
     }
 
     /// A turn to send a component's bytes to a node: at most a few transfers (installs and
@@ -344,7 +372,12 @@ async fn install_on_node(
             .await;
     }
     match answer {
-        Ok(RunAnswer::Accepted) => true,
+        Ok(RunAnswer::Accepted) => {
+            state
+                .tools
+                .note_installed(&announce.tool, &announce.tool_digest, node_id);
+            true
+        }
         Ok(RunAnswer::MissingComponent(_)) => {
             tracing::warn!(node_id = %node_id, tool = %announce.tool, "the node still lacks the tool after it was sent");
             false
