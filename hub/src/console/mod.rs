@@ -82,6 +82,7 @@ pub fn router(hub: Arc<HubState>, settings: ConsoleSettings) -> Router {
         )
         .route("/ui/agents/{id}", get(work::agent_page))
         .route("/ui/agents/{id}/events", get(work::agent_events))
+        .route("/ui/agents/{id}/live", get(work::agent_live_part))
         .route("/ui/agents/{id}/{action}", post(work::agent_action))
         .route("/ui/tasks", get(work::tasks_page))
         .route("/ui/tools", get(work::tools_page))

@@ -402,27 +402,9 @@ pub(super) async fn agent_page(
     let row = agents::get(&console.hub, &id).await?;
     let agent = agent_view(&row);
     let base = agent_href(&agent.id);
-    let active = matches!(agent.status.as_str(), "starting" | "running");
     let body = html! {
-        dl.facts {
-            dt { "Status" } dd #agent-status { (layout::status(&agent.status)) " " (ended(&agent)) " " span.muted { (agent.reason) } }
-            dt { "Node" } dd { a href={ "/ui/nodes/" (fleet::encode(&agent.node)) } { code { "node:" (agent.node) } } }
-            dt { "Runtime" } dd { (runtime(&agent)) }
-            dt { "Workdir" } dd { code { (agent.workdir) } " (" (agent.workdir_mode) ")" }
-            dt { "Landlock" } dd { (agent.landlock) }
-            dt { "Run" } dd { (agent.run) " · started " (layout::time(agent.started_at_ms)) }
-            @if agent.gpu_milli > 0 { dt { "GPUs" } dd { (f64::from(agent.gpu_milli) / 1000.0) } }
-        }
+        (agent_live(&operator, &agent))
         @if operator.can_write() {
-            div.actions {
-                @if active {
-                    (layout::button_form(&operator, &format!("{base}/stop"), "Stop", ""))
-                } @else {
-                    (layout::button_form(&operator, &format!("{base}/start"), "Start", ""))
-                }
-                (layout::button_form(&operator, &format!("{base}/restart"), "Restart", ""))
-                (layout::button_form(&operator, &format!("{base}/delete"), "Delete", "danger"))
-            }
             form.input-line method="post" action={ (base) "/input" } {
                 (layout::csrf(&operator))
                 label for="text" { "Send a line" }
@@ -431,7 +413,7 @@ pub(super) async fn agent_page(
             }
         }
         h2 { "Output" }
-        pre #output .output data-events={ (base) "/events" } aria-live="polite" {}
+        pre #output .output data-events={ (base) "/events" } data-live={ (base) "/live" } aria-live="polite" {}
     };
     let page = layout::page(
         &operator,
@@ -440,6 +422,48 @@ pub(super) async fn agent_page(
         body,
     );
     Ok(Html(page.into_string()).into_response())
+}
+
+/// The part of the agent's page that changes with its status: the facts and the actions.
+fn agent_live(operator: &Operator, agent: &AgentView) -> Markup {
+    let base = agent_href(&agent.id);
+    let active = matches!(agent.status.as_str(), "starting" | "running");
+    html! {
+        div #agent-live {
+            dl.facts {
+                dt { "Status" } dd #agent-status { (layout::status(&agent.status)) " " (ended(agent)) " " span.muted { (agent.reason) } }
+                dt { "Node" } dd { a href={ "/ui/nodes/" (fleet::encode(&agent.node)) } { code { "node:" (agent.node) } } }
+                dt { "Runtime" } dd { (runtime(agent)) }
+                dt { "Workdir" } dd { code { (agent.workdir) } " (" (agent.workdir_mode) ")" }
+                dt { "Landlock" } dd { (agent.landlock) }
+                dt { "Run" } dd { (agent.run) " · started " (layout::time(agent.started_at_ms)) }
+                @if agent.gpu_milli > 0 { dt { "GPUs" } dd { (f64::from(agent.gpu_milli) / 1000.0) } }
+            }
+            @if operator.can_write() {
+                div.actions {
+                    @if active {
+                        (layout::button_form(operator, &format!("{base}/stop"), "Stop", ""))
+                    } @else {
+                        (layout::button_form(operator, &format!("{base}/start"), "Start", ""))
+                    }
+                    (layout::button_form(operator, &format!("{base}/restart"), "Restart", ""))
+                    (layout::button_form(operator, &format!("{base}/delete"), "Delete", "danger"))
+                }
+            }
+        }
+    }
+}
+
+/// `GET /ui/agents/{id}/live`: [`agent_live`] alone, fetched by the page when the agent's
+/// output says its status changed.
+pub(super) async fn agent_live_part(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let operator = console.operator(&headers, "/ui/agents")?;
+    let agent = agent_view(&agents::get(&console.hub, &id).await?);
+    Ok(Html(agent_live(&operator, &agent).into_string()).into_response())
 }
 
 /// `GET /ui/agents/{id}/events`: the output pane's feed (as `/api/agents/{id}/events`).

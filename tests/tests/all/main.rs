@@ -5,6 +5,7 @@
 mod agents;
 mod auth;
 mod clocks;
+mod console;
 mod credentials;
 mod direct_route;
 mod doctor;

@@ -18,9 +18,29 @@ function liveFleet(table) {
   });
 }
 
-// An output pane: the retained tail, then each entry as it arrives, as text.
+// Brings the part of the page that shows a status up to date (at most every 250 ms).
+function refresher(url, id) {
+  let pending = null;
+  return () => {
+    if (pending) return;
+    pending = setTimeout(async () => {
+      pending = null;
+      const response = await fetch(url, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const part = document.getElementById(id);
+      if (part) {
+        part.outerHTML = await response.text();
+        hookDanger(document.getElementById(id) || document);
+      }
+    }, 250);
+  };
+}
+
+// An output pane: the retained tail, then each entry as it arrives, as text. A status entry
+// (`event`) also refreshes the agent's status and actions.
 function liveOutput(pane) {
   const source = new EventSource(pane.dataset.events);
+  const refresh = pane.dataset.live ? refresher(pane.dataset.live, "agent-live") : () => {};
   let lines = 0;
   const maxLines = 5000;
   source.onmessage = (event) => {
@@ -43,6 +63,7 @@ function liveOutput(pane) {
     }
     pane.scrollTop = pane.scrollHeight;
     pane.dataset.entries = String(entry.seq);
+    if (entry.stream === "event") refresh();
   };
 }
 
@@ -58,5 +79,9 @@ document.addEventListener("DOMContentLoaded", () => {
   const fleet = document.querySelector("table[data-live]");
   if (fleet) liveFleet(fleet);
   document.querySelectorAll("pre[data-events]").forEach(liveOutput);
-  document.querySelectorAll("button.danger").forEach((b) => b.form && confirmDanger(b.form));
+  hookDanger(document);
 });
+
+function hookDanger(root) {
+  root.querySelectorAll("button.danger").forEach((b) => b.form && confirmDanger(b.form));
+}
