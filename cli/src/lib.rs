@@ -7,6 +7,7 @@
 //! sandbox or policy limit.
 
 pub mod agents;
+mod audit;
 pub mod demo;
 mod doctor;
 pub mod tool_run;
@@ -113,6 +114,11 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// The audit log: every write, who made it and how it ended.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// A completion script for a shell, on stdout (`outpost completions bash >
     /// /etc/bash_completion.d/outpost`; zsh: into a directory on `$fpath` as `_outpost`).
     Completions {
@@ -192,6 +198,19 @@ enum TokenCommand {
         /// Subject (who it is for).
         #[arg(long, default_value = "operator")]
         subject: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Entries newest first.
+    List {
+        /// Only entries from this long ago on, e.g. 1h, 7d.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
     },
 }
 
@@ -398,6 +417,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             crate::demo::run(global.data_dir.as_deref(), keep_running, global.json, out).await
         }
         Command::Doctor { node } => crate::doctor::doctor(&global, node, out).await,
+        Command::Audit {
+            command: AuditCommand::List { since, limit },
+        } => crate::audit::list(&global, since, limit, out).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let shell = match shell.as_str() {

@@ -209,6 +209,13 @@ impl<'a> HubBuilder<'a> {
             console,
             shutdown_rx.clone(),
         )?);
+        if let Some(queue) = state.audit.take_writer() {
+            tasks.push(tokio::spawn(crate::audit::run_writer(
+                state.store().clone(),
+                queue,
+                shutdown_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(crate::fleet::sessions::serve(
             listeners.endpoint.clone(),
             state.clone(),
@@ -559,7 +566,8 @@ async fn serve_grpc(
         .add_service(grpc.registry_service())
         .add_service(grpc.task_service())
         .add_service(grpc.tool_service())
-        .add_service(grpc.agent_service());
+        .add_service(grpc.agent_service())
+        .add_service(grpc.audit_service());
     let incoming = crate::api::connections::LimitedIncoming::new(
         TcpIncoming::from(listener).with_nodelay(Some(true)),
         GRPC_MAX_CONNECTIONS,

@@ -5,6 +5,7 @@
 //! - [`fleet`]: node liveness (pure, injected clock), the QUIC session endpoint, heartbeat
 //!   channel, links down to nodes, and the node registry's rules.
 //! - [`work`]: placement (pure), the task engine and the tool registry.
+//! - [`audit`]: the durable log of every write, who made it and how it ended.
 //! - [`console`]: the operator's web console (server-rendered pages, live over SSE).
 //! - [`credentials`]: the hub's CA and the join handshake with bootstrap tokens.
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite, PostgreSQL, in-memory).
@@ -12,6 +13,7 @@
 //!   subsystems share; [`telemetry`]: the Prometheus metrics.
 
 pub mod api;
+pub mod audit;
 pub mod console;
 pub mod credentials;
 pub mod fleet;

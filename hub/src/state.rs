@@ -33,6 +33,8 @@ pub struct HubState {
     pub agents: crate::work::agents::AgentHub,
     /// Prometheus metrics.
     pub metrics: crate::telemetry::HubMetrics,
+    /// Every write, queued for the store.
+    pub audit: crate::audit::AuditLog,
 }
 
 impl HubState {
@@ -54,7 +56,16 @@ impl HubState {
             credentials,
             agents: crate::work::agents::AgentHub::default(),
             metrics: crate::telemetry::HubMetrics::new(),
+            audit: crate::audit::AuditLog::default(),
         }
+    }
+
+    /// Records a write in the audit log, stamped now.
+    pub fn audit(&self, entry: crate::store::AuditRow) {
+        self.audit.record(crate::store::AuditRow {
+            at_ms: self.now_ms(),
+            ..entry
+        });
     }
 
     /// Durable state.

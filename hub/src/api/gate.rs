@@ -63,6 +63,20 @@ pub fn admit(
     Ok(())
 }
 
+/// Records a gRPC write in the audit log.
+fn audit_call(state: &HubState, claims: outpost_trust::auth::Claims, path: &str, code: i64) {
+    state.audit(crate::store::AuditRow {
+        subject: claims.sub,
+        role: claims.role.to_string(),
+        surface: "grpc".into(),
+        action: path.to_string(),
+        target: String::new(),
+        outcome: crate::audit::grpc_outcome(code).into(),
+        status: code,
+        ..crate::store::AuditRow::default()
+    });
+}
+
 /// The [`tower::Layer`] that puts a [`Gate`] in front of the gRPC services.
 #[derive(Debug, Clone)]
 pub struct GateLayer {
@@ -118,6 +132,18 @@ where
             .is_some_and(|certs| !certs.is_empty());
         let started = std::time::Instant::now();
         let path = request.uri().path().to_string();
+        // A write by an authenticated caller is recorded with how it ended.
+        let writer = crate::audit::is_grpc_write(&path)
+            .then(|| {
+                let header = request
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|value| value.to_str().unwrap_or_default());
+                crate::api::access::bearer_token(header)
+                    .ok()
+                    .and_then(|token| self.state.credentials.auth().verify(token).ok())
+            })
+            .flatten();
         match admit(
             &self.state,
             request.uri().path(),
@@ -130,11 +156,30 @@ where
                 Box::pin(async move {
                     let answer = call.await;
                     state.metrics.grpc_call(&path, false, started.elapsed());
+                    if let (Some(claims), Ok(response)) = (writer, &answer) {
+                        // A unary call that fails answers "trailers-only": the code is in the
+                        // headers; without one the call succeeded.
+                        let code = response
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<i64>().ok())
+                            .unwrap_or(0);
+                        audit_call(&state, claims, &path, code);
+                    }
                     answer
                 })
             }
             Err(status) => {
                 self.state.metrics.grpc_call(&path, true, started.elapsed());
+                if let Some(claims) = writer {
+                    audit_call(
+                        &self.state,
+                        claims,
+                        &path,
+                        i64::from(i32::from(status.code())),
+                    );
+                }
                 tracing::debug!(
                     path = request.uri().path(),
                     reason = status.message(),

@@ -130,9 +130,21 @@ impl JoinService for HubGrpc {
         &self,
         request: Request<CompleteJoinRequest>,
     ) -> Result<Response<CompleteJoinResponse>, Status> {
-        Ok(Response::new(
-            crate::credentials::join::complete(&self.state, request.get_ref()).await?,
-        ))
+        let joined = crate::credentials::join::complete(&self.state, request.get_ref()).await?;
+        // A join that succeeded is recorded with the node it admitted (one that failed had no
+        // credential to name).
+        let node_id = request.get_ref().node_id.clone();
+        self.state.audit(crate::store::AuditRow {
+            subject: node_id.clone(),
+            role: "node".into(),
+            surface: "grpc".into(),
+            action: "/outpost.v1.JoinService/CompleteJoin".into(),
+            target: node_id,
+            outcome: "ok".into(),
+            status: 0,
+            ..crate::store::AuditRow::default()
+        });
+        Ok(Response::new(joined))
     }
 }
 

@@ -14,6 +14,7 @@ pub mod connections;
 pub mod gate;
 pub mod grpc;
 pub mod grpc_agents;
+pub mod grpc_audit;
 pub mod grpc_tasks;
 pub mod https;
 pub mod rest;

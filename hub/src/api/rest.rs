@@ -134,8 +134,9 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/admin/tasks/{id}/cancel", post(cancel_task))
         .route("/api/admin/tools", get(list_tools))
         .route("/api/admin/tools/{name}", get(get_tool))
+        .route("/api/admin/audit", get(list_audit))
         .merge(super::rest_agents::routes())
-        .layer(axum::middleware::from_fn_with_state(
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_credential,
         ))
@@ -213,24 +214,50 @@ async fn metrics(
 }
 
 /// Refuses an `/api` call without a valid bearer JWT before its body is read (the handlers then
-/// apply the whole rule).
+/// apply the whole rule), and records every authenticated write in the audit log with how it
+/// ended.
 async fn require_credential(
     State(state): State<Arc<HubState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if request.uri().path().starts_with("/api/") {
+    let path = request.uri().path().to_string();
+    let mut caller = None;
+    if path.starts_with("/api/") {
         let header = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .map(|value| value.to_str().unwrap_or_default());
-        let verified = access::bearer_token(header)
-            .and_then(|token| state.credentials.auth().verify(token).map(|_| ()));
-        if let Err(e) = verified {
-            return unauthorized(&e).into_response();
+        match access::bearer_token(header).and_then(|token| state.credentials.auth().verify(token))
+        {
+            Ok(claims) => caller = Some(claims),
+            Err(e) => return unauthorized(&e).into_response(),
         }
     }
-    next.run(request).await
+    let method = request.method().clone();
+    let write = !matches!(
+        method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| path.clone(), |m| m.as_str().to_string());
+    let response = next.run(request).await;
+    if write && let Some(claims) = caller {
+        let status = response.status().as_u16();
+        state.audit(crate::store::AuditRow {
+            subject: claims.sub,
+            role: claims.role.to_string(),
+            surface: "rest".into(),
+            action: format!("{method} {route}"),
+            target: path,
+            outcome: crate::audit::http_outcome(status).into(),
+            status: i64::from(status),
+            ..crate::store::AuditRow::default()
+        });
+    }
+    response
 }
 
 /// The 401 for a credential that is missing or does not verify.
@@ -528,5 +555,47 @@ async fn get_tool(
     let tool = crate::work::tools::inspect(&state, &name).await?;
     Ok(axum::Json(crate::work::tools::view_json(
         &crate::work::tools::view(&tool),
+    )))
+}
+
+/// `?since=1h` (or `since_ms=…`) `&limit=…`
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuditQuery {
+    since: Option<String>,
+    since_ms: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/admin/audit`: the audit log, newest first.
+async fn list_audit(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    read(&state, &headers, Subject::Fleet, "read the audit log").await?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
+    let since_ms = match (&query.since, query.since_ms) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field("since", "give since or since_ms, not both"));
+        }
+        (Some(text), None) => {
+            let ago = humantime::parse_duration(text)
+                .map_err(|e| ApiError::field("since", format!("{e} (try 1h, 30m)")))?;
+            state
+                .now_ms()
+                .saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX))
+        }
+        (None, Some(ms)) => ms,
+        (None, None) => 0,
+    };
+    let rows = crate::audit::list(&state, since_ms, query.limit.unwrap_or(100))
+        .await
+        .map_err(TaskError::from)?;
+    Ok(axum::Json(Value::Array(
+        rows.iter()
+            .map(|row| views::audit_json(&views::audit_view(row)))
+            .collect(),
     )))
 }

@@ -315,3 +315,34 @@ pub fn agent_json(agent: &outpost_proto::v1::AgentView) -> Value {
         "finished_at": time_json(agent.finished_at_ms),
     })
 }
+
+/// An audit entry on the wire.
+pub fn audit_view(row: &crate::store::AuditRow) -> outpost_proto::v1::AuditEntry {
+    outpost_proto::v1::AuditEntry {
+        id: row.id,
+        at_ms: row.at_ms,
+        subject: row.subject.clone(),
+        role: row.role.clone(),
+        surface: row.surface.clone(),
+        action: row.action.clone(),
+        target: row.target.clone(),
+        outcome: row.outcome.clone(),
+        status: row.status,
+    }
+}
+
+/// An audit entry as JSON (REST and `outpost audit list --json`).
+pub fn audit_json(entry: &outpost_proto::v1::AuditEntry) -> Value {
+    json!({
+        "id": entry.id,
+        "at": time_json(entry.at_ms),
+        "at_ms": entry.at_ms,
+        "subject": entry.subject,
+        "role": entry.role,
+        "surface": entry.surface,
+        "action": entry.action,
+        "target": entry.target,
+        "outcome": entry.outcome,
+        "status": entry.status,
+    })
+}

@@ -13,6 +13,7 @@ pub enum Section {
     Agents,
     Tasks,
     Tools,
+    Audit,
     Join,
     Register,
 }
@@ -36,6 +37,7 @@ pub fn page(operator: &Operator, section: Section, title: &str, body: Markup) ->
         (Section::Agents, "/ui/agents", "Agents", false),
         (Section::Tasks, "/ui/tasks", "Tasks", false),
         (Section::Tools, "/ui/tools", "Tools", false),
+        (Section::Audit, "/ui/audit", "Audit", false),
         (Section::Join, "/ui/join", "Join node with token", true),
         (Section::Register, "/ui/register", "Register node", true),
     ];

@@ -86,8 +86,13 @@ pub fn router(hub: Arc<HubState>, settings: ConsoleSettings) -> Router {
         .route("/ui/agents/{id}/{action}", post(work::agent_action))
         .route("/ui/tasks", get(work::tasks_page))
         .route("/ui/tools", get(work::tools_page))
+        .route("/ui/audit", get(work::audit_page))
         .route("/ui/assets/console.js", get(script))
         .route("/ui/assets/console.css", get(style))
+        .route_layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            audit_posts,
+        ))
         .layer(axum::middleware::from_fn(page_headers))
         .with_state(console)
 }
@@ -350,6 +355,16 @@ async fn sign_in(
         Err(e) => return Ok(refused(e.to_string())),
     };
     tracing::info!(subject = %session.subject, role = %session.role, "console sign-in");
+    console.hub.audit(crate::store::AuditRow {
+        subject: session.subject.clone(),
+        role: session.role.to_string(),
+        surface: "console".into(),
+        action: "POST /ui/sign-in".into(),
+        target: "/ui/sign-in".into(),
+        outcome: "ok".into(),
+        status: 303,
+        ..crate::store::AuditRow::default()
+    });
     let max_age = (session.expires_at_ms - console.hub.now_ms()) / 1000;
     let mut response = Redirect::to(next).into_response();
     for value in [
@@ -396,6 +411,40 @@ async fn sign_out(
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     Ok(response)
+}
+
+/// Records each post of a signed-in operator (a write, or an attempt at one) in the audit log
+/// with how it ended; the sign-in records itself.
+async fn audit_posts(
+    State(console): State<Arc<Console>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.method() != axum::http::Method::POST || request.uri().path() == "/ui/sign-in" {
+        return next.run(request).await;
+    }
+    let session = cookie(request.headers(), SESSION_COOKIE)
+        .and_then(|id| console.sessions.get(id, console.hub.now_ms()));
+    let path = request.uri().path().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| path.clone(), |m| m.as_str().to_string());
+    let response = next.run(request).await;
+    if let Some(session) = session {
+        let status = response.status().as_u16();
+        console.hub.audit(crate::store::AuditRow {
+            subject: session.subject,
+            role: session.role.to_string(),
+            surface: "console".into(),
+            action: format!("POST {route}"),
+            target: path,
+            outcome: crate::audit::http_outcome(status).into(),
+            status: i64::from(status),
+            ..crate::store::AuditRow::default()
+        });
+    }
+    response
 }
 
 /// Headers on every console response: a strict CSP, no framing, no sniffing, no caching of

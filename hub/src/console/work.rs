@@ -579,6 +579,44 @@ pub(super) async fn tools_page(
     Ok(Html(page.into_string()).into_response())
 }
 
+/// `GET /ui/audit`: the newest writes, who made them and how they ended.
+pub(super) async fn audit_page(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+) -> Result<Response, PageError> {
+    let operator = console.operator(&headers, "/ui/audit")?;
+    crate::api::access::permit(
+        &operator.session.claims(),
+        crate::api::access::Access::Read,
+        Subject::Fleet,
+        "read the audit log",
+    )
+    .map_err(|e| PageError::forbidden(e.to_string()))?;
+    let rows = crate::audit::list(&console.hub, 0, 500)
+        .await
+        .map_err(|e| PageError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let body = html! {
+        p.muted { "The newest 500 writes; " code { "outpost audit list --since 24h" } " has the rest." }
+        table #audit {
+            thead { tr { th { "When" } th { "Who" } th { "Surface" } th { "What" } th { "Target" } th { "Outcome" } } }
+            tbody {
+                @for row in &rows {
+                    tr {
+                        td { (layout::time(row.at_ms)) }
+                        td { (row.subject) " (" (row.role) ")" }
+                        td { (row.surface) }
+                        td { code { (row.action) } }
+                        td { code { (row.target) } }
+                        td { (layout::status(&row.outcome)) " " small.muted { (row.status) } }
+                    }
+                }
+            }
+        }
+    };
+    let page = layout::page(&operator, Section::Audit, "Audit log", body);
+    Ok(Html(page.into_string()).into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    ACTIVE_AGENT_STATUSES, AgentRow, AttemptRow, BindOutcome, ChallengeRow, Guard, JoinedNode,
-    NodeRow, Store, StoreError, TaskRow, TaskStatus, TokenRow, ToolRow,
+    ACTIVE_AGENT_STATUSES, AgentRow, AttemptRow, AuditRow, BindOutcome, ChallengeRow, Guard,
+    JoinedNode, NodeRow, Store, StoreError, TaskRow, TaskStatus, TokenRow, ToolRow,
 };
 
 #[derive(Debug, Default)]
@@ -22,6 +22,7 @@ struct Tables {
     tasks: BTreeMap<String, TaskRow>,
     /// (task id, attempt) → attempt
     attempts: BTreeMap<(String, i64), AttemptRow>,
+    audit: Vec<AuditRow>,
 }
 
 /// In-memory store.
@@ -378,6 +379,29 @@ impl Store for MemoryStore {
             .attempts
             .values()
             .filter(|a| a.task_id == task_id)
+            .cloned()
+            .collect())
+    }
+
+    async fn append_audit(&self, entries: &[AuditRow]) -> Result<(), StoreError> {
+        let mut t = self.tables.lock();
+        for entry in entries {
+            let id = t.audit.last().map_or(1, |e| e.id + 1);
+            t.audit.push(AuditRow {
+                id,
+                ..entry.clone()
+            });
+        }
+        Ok(())
+    }
+
+    async fn list_audit(&self, since_ms: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let t = self.tables.lock();
+        Ok(t.audit
+            .iter()
+            .rev()
+            .filter(|e| e.at_ms >= since_ms)
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .cloned()
             .collect())
     }

@@ -121,6 +121,29 @@ pub struct AgentRow {
     pub finished_at_ms: Option<i64>,
 }
 
+/// One entry of the audit log: a write, who made it, through which surface, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditRow {
+    /// Assigned by the store, increasing (0 before it is stored).
+    pub id: i64,
+    /// When (Unix ms).
+    pub at_ms: i64,
+    /// The credential's subject.
+    pub subject: String,
+    /// Its role.
+    pub role: String,
+    /// `rest`, `grpc` or `console`.
+    pub surface: String,
+    /// What was asked: the route (`POST /api/agents/{id}/start`) or gRPC method.
+    pub action: String,
+    /// What it was asked of: the concrete path, or the node or token concerned.
+    pub target: String,
+    /// `ok`, `refused` (credential or role) or `failed`.
+    pub outcome: String,
+    /// The HTTP status, or the gRPC code.
+    pub status: i64,
+}
+
 /// A one-shot or multi-use bootstrap token (the secret itself is never stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {
@@ -388,6 +411,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn take_challenge(&self, id: &str) -> Result<Option<ChallengeRow>, StoreError>;
     /// Drops expired challenges; returns how many.
     async fn purge_challenges(&self, now_ms: i64) -> Result<u64, StoreError>;
+    /// Appends audit entries, in order (their ids are assigned here).
+    async fn append_audit(&self, entries: &[AuditRow]) -> Result<(), StoreError>;
+    /// Audit entries at or after `since_ms`, newest first, at most `limit`.
+    async fn list_audit(&self, since_ms: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
     /// Releases connections (waits for those in use); nothing for stores that hold none.
     async fn close(&self) {}
 }
@@ -415,6 +442,36 @@ mod conformance {
     }
 
     async fn exercise(store: &dyn Store) {
+        // The audit log: appended in order, listed newest first from a time on.
+        let entry = |at_ms: i64, action: &str| AuditRow {
+            at_ms,
+            subject: "ops".into(),
+            role: "admin".into(),
+            surface: "rest".into(),
+            action: action.into(),
+            target: "/api/x".into(),
+            outcome: "ok".into(),
+            status: 201,
+            ..AuditRow::default()
+        };
+        store
+            .append_audit(&[entry(10, "first"), entry(20, "second \"quoted\"")])
+            .await
+            .unwrap();
+        store.append_audit(&[entry(30, "third")]).await.unwrap();
+        let all = store.list_audit(0, 100).await.unwrap();
+        let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["third", "second \"quoted\"", "first"]);
+        assert!(all[0].id > all[1].id && all[1].id > all[2].id);
+        assert_eq!(
+            all[2],
+            AuditRow {
+                id: all[2].id,
+                ..entry(10, "first")
+            }
+        );
+        assert_eq!(store.list_audit(20, 100).await.unwrap().len(), 2);
+        assert_eq!(store.list_audit(0, 1).await.unwrap()[0].action, "third");
         // Registry CRUD.
         store.insert_node(&node("a")).await.unwrap();
         assert!(matches!(

@@ -6,8 +6,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::{
-    AgentRow, AttemptRow, BindOutcome, ChallengeRow, Guard, JoinedNode, NodeRow, Store, StoreError,
-    TaskRow, TaskStatus, TokenRow, ToolRow, UnknownStatus,
+    AgentRow, AttemptRow, AuditRow, BindOutcome, ChallengeRow, Guard, JoinedNode, NodeRow, Store,
+    StoreError, TaskRow, TaskStatus, TokenRow, ToolRow, UnknownStatus,
 };
 
 /// Which database the URL names.
@@ -1099,6 +1099,51 @@ impl Store for SqlStore {
             .iter()
             .map(attempt_from_row)
             .collect::<Result<_, _>>()?)
+    }
+
+    async fn append_audit(&self, entries: &[AuditRow]) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        for e in entries {
+            sqlx::query(
+                "INSERT INTO audit_log (at_ms, subject, role, surface, action, target, outcome, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(e.at_ms)
+            .bind(&e.subject)
+            .bind(&e.role)
+            .bind(&e.surface)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(&e.outcome)
+            .bind(e.status)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, since_ms: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at_ms, subject, role, surface, action, target, outcome, status FROM audit_log WHERE at_ms >= $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(since_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let entry = |row: &AnyRow| -> Result<AuditRow, sqlx::Error> {
+            Ok(AuditRow {
+                id: row.try_get("id")?,
+                at_ms: row.try_get("at_ms")?,
+                subject: row.try_get("subject")?,
+                role: row.try_get("role")?,
+                surface: row.try_get("surface")?,
+                action: row.try_get("action")?,
+                target: row.try_get("target")?,
+                outcome: row.try_get("outcome")?,
+                status: row.try_get("status")?,
+            })
+        };
+        Ok(rows.iter().map(entry).collect::<Result<_, _>>()?)
     }
 
     async fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError> {

@@ -103,14 +103,19 @@ impl Browser {
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// The text of the element `css` names, once there is one (a click's page may still be
+    /// loading).
     async fn text(&self, css: &str) -> String {
+        self.find(css).await.text().await.unwrap()
+    }
+
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.client
-            .find(Locator::Css(css))
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .text()
-            .await
-            .unwrap()
     }
 
     async fn body(&self) -> String {
@@ -307,10 +312,8 @@ async fn an_operator_runs_the_fleet_from_a_real_browser() {
         .click("form[action='/ui/join'] button[type=submit]")
         .await;
     let token = browser
-        .client
-        .find(Locator::Id("join-token"))
+        .find("#join-token")
         .await
-        .unwrap()
         .prop("value")
         .await
         .unwrap()
@@ -485,6 +488,47 @@ async fn an_operator_runs_the_fleet_from_a_real_browser() {
     let tool = browser.text("#tool-echo").await;
     assert!(tool.contains("echo") && tool.contains("gpu-node"), "{tool}");
     browser.shot("tools").await;
+
+    // What the operator did here is in the audit log, by surface.
+    let (_, log) = http_json(
+        "GET",
+        &format!("{base}/api/admin/audit?limit=1000"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    let console_actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["surface"] == "console" && e["subject"] == "ops")
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "POST /ui/sign-in",
+        "POST /ui/join",
+        "POST /ui/register",
+        "POST /ui/agents",
+        "POST /ui/agents/{id}/{action}",
+        "POST /ui/nodes/{id}/delete",
+    ] {
+        assert!(
+            console_actions.contains(&action),
+            "{action} not in {console_actions:?}"
+        );
+    }
+    browser
+        .client
+        .goto(&format!("{base}/ui/audit"))
+        .await
+        .unwrap();
+    assert!(
+        browser
+            .text("#audit")
+            .await
+            .contains("/ui/nodes/cpu-node/delete")
+    );
+    browser.shot("audit").await;
 
     // Sign out ends the session: its cookie no longer opens a page.
     let session = format!("outpost_session={}", cookie.value());

@@ -1,0 +1,212 @@
+//! The audit log: every write through REST, gRPC or the console — who (the credential's
+//! subject and role), what (the route or method, and its concrete target), when, and how it
+//! ended — stored durably beside the rest of the hub's state.
+//!
+//! Surfaces call [`AuditLog::record`], which never waits: entries go through a bounded queue
+//! ([`QUEUE`]) to one writer task ([`run_writer`]) that appends them in batches, in order. Only
+//! authenticated callers are recorded (an anonymous caller is refused before any work and could
+//! otherwise fill the log); a write refused for its role is recorded as `refused`. When the
+//! queue is full an entry is dropped and counted ([`AuditLog::dropped`]), never the write itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+use crate::store::{AuditRow, Store};
+
+/// Entries waiting for the writer at most.
+pub const QUEUE: usize = 8192;
+/// Entries the writer appends in one transaction at most.
+const BATCH: usize = 256;
+
+/// gRPC methods that change state: each call is recorded. (The join is recorded by its handler,
+/// with the node it admitted.)
+pub const GRPC_WRITES: [&str; 14] = [
+    "/outpost.v1.TokenService/CreateBootstrapToken",
+    "/outpost.v1.NodeRegistry/RegisterNode",
+    "/outpost.v1.NodeRegistry/UpdateNode",
+    "/outpost.v1.NodeRegistry/DeleteNode",
+    "/outpost.v1.NodeRegistry/DrainNode",
+    "/outpost.v1.ToolService/PushTool",
+    "/outpost.v1.TaskService/SubmitTask",
+    "/outpost.v1.TaskService/CancelTask",
+    "/outpost.v1.AgentService/CreateAgent",
+    "/outpost.v1.AgentService/StartAgent",
+    "/outpost.v1.AgentService/StopAgent",
+    "/outpost.v1.AgentService/RestartAgent",
+    "/outpost.v1.AgentService/DeleteAgent",
+    "/outpost.v1.AgentService/SendAgentInput",
+];
+
+/// Whether a gRPC call to `path` is a write.
+pub fn is_grpc_write(path: &str) -> bool {
+    GRPC_WRITES.contains(&path)
+}
+
+/// `ok`, `refused` or `failed` for an HTTP status.
+pub fn http_outcome(status: u16) -> &'static str {
+    match status {
+        401 | 403 => "refused",
+        400..=599 => "failed",
+        _ => "ok",
+    }
+}
+
+/// `ok`, `refused` or `failed` for a gRPC status code.
+pub fn grpc_outcome(code: i64) -> &'static str {
+    match code {
+        0 => "ok",
+        // PERMISSION_DENIED, UNAUTHENTICATED
+        7 | 16 => "refused",
+        _ => "failed",
+    }
+}
+
+/// Entries listed at most in one answer.
+pub const MAX_LIST: u32 = 10_000;
+
+/// Entries at or after `since_ms`, newest first; `limit` 0 means 100, and at most
+/// [`MAX_LIST`].
+pub async fn list(
+    state: &crate::state::HubState,
+    since_ms: i64,
+    limit: u32,
+) -> Result<Vec<AuditRow>, crate::store::StoreError> {
+    let limit = if limit == 0 { 100 } else { limit.min(MAX_LIST) };
+    state.store().list_audit(since_ms, limit).await
+}
+
+/// The queue to the writer.
+#[derive(Debug)]
+pub struct AuditLog {
+    queue: mpsc::Sender<AuditRow>,
+    writer: Mutex<Option<mpsc::Receiver<AuditRow>>>,
+    dropped: AtomicU64,
+}
+
+impl Default for AuditLog {
+    fn default() -> Self {
+        let (queue, writer) = mpsc::channel(QUEUE);
+        Self {
+            queue,
+            writer: Mutex::new(Some(writer)),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl AuditLog {
+    /// Queues an entry for the writer; drops (and counts) it when the queue is full.
+    pub fn record(&self, entry: AuditRow) {
+        if let Err(e) = self.queue.try_send(entry) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, error = %e, "audit entries dropped: the writer is behind");
+            }
+        }
+    }
+
+    /// Entries dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The writer's end of the queue (once).
+    pub fn take_writer(&self) -> Option<mpsc::Receiver<AuditRow>> {
+        self.writer.lock().take()
+    }
+}
+
+/// Appends queued entries to `store` until shutdown, then what is still queued.
+pub async fn run_writer(
+    store: Arc<dyn Store>,
+    mut queue: mpsc::Receiver<AuditRow>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            entry = queue.recv() => entry,
+            _ = shutdown.wait_for(|s| *s) => None,
+        };
+        let Some(first) = first else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match queue.try_recv() {
+                Ok(entry) => batch.push(entry),
+                Err(_) => break,
+            }
+        }
+        append(store.as_ref(), &batch).await;
+    }
+    let mut rest = Vec::new();
+    while let Ok(entry) = queue.try_recv() {
+        rest.push(entry);
+    }
+    for chunk in rest.chunks(BATCH) {
+        append(store.as_ref(), chunk).await;
+    }
+}
+
+async fn append(store: &dyn Store, batch: &[AuditRow]) {
+    for attempt in 0..3u64 {
+        match store.append_audit(batch).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, entries = batch.len(), attempt, "writing audit entries failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * (attempt + 1))).await;
+            }
+        }
+    }
+    tracing::error!(
+        entries = batch.len(),
+        "audit entries lost: the store refused them three times"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn outcomes_by_status() {
+        assert_eq!(http_outcome(201), "ok");
+        assert_eq!(http_outcome(303), "ok");
+        assert_eq!(http_outcome(403), "refused");
+        assert_eq!(http_outcome(409), "failed");
+        assert_eq!(grpc_outcome(0), "ok");
+        assert_eq!(grpc_outcome(7), "refused");
+        assert_eq!(grpc_outcome(5), "failed");
+    }
+
+    #[tokio::test]
+    async fn queued_entries_reach_the_store_in_order_and_a_full_queue_drops_not_blocks() {
+        let log = AuditLog::default();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        for i in 0..QUEUE + 10 {
+            log.record(AuditRow {
+                at_ms: i64::try_from(i).unwrap(),
+                action: format!("a{i}"),
+                ..AuditRow::default()
+            });
+        }
+        assert_eq!(log.dropped(), 10);
+        let (stop, stopped) = watch::channel(false);
+        let writer = tokio::spawn(run_writer(
+            store.clone(),
+            log.take_writer().unwrap(),
+            stopped,
+        ));
+        assert!(log.take_writer().is_none(), "one writer");
+        stop.send(true).unwrap();
+        writer.await.unwrap();
+        let stored = store.list_audit(0, u32::MAX).await.unwrap();
+        assert_eq!(stored.len(), QUEUE);
+        assert_eq!(stored.last().unwrap().action, "a0");
+        assert_eq!(stored[0].action, format!("a{}", QUEUE - 1));
+    }
+}
