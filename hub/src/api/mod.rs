@@ -7,6 +7,7 @@
 //! - [`grpc`]: internal gRPC (tonic over rustls): join, bootstrap tokens, the node registry,
 //!   health and reflection; [`grpc_tasks`]: the task and tool services.
 //! - [`rest`]: the REST API (axum) under `/api/admin/`.
+//! - [`openapi`]: the REST API's OpenAPI 3.1 document (the router is built from it).
 //! - [`views`]: JSON shapes shared by REST and the CLI's `--json` output.
 
 pub mod access;
@@ -17,6 +18,7 @@ pub mod grpc_agents;
 pub mod grpc_audit;
 pub mod grpc_tasks;
 pub mod https;
+pub mod openapi;
 pub mod rest;
 pub mod rest_agents;
 pub mod views;

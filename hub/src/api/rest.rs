@@ -13,12 +13,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use outpost_proto::v1::NodeRecord;
 use outpost_trust::auth::AuthError;
 use serde_json::{Map, Value, json};
 
 use crate::api::access::{self, Access, Subject};
+use crate::api::openapi::{
+    AuditJson, ErrorJson, HealthJson, NodeJson, NodeRecordBody, TaskJson, ToolJson,
+};
 use crate::api::views;
 use crate::fleet::registry::{self, NodePatch, RegistryError};
 use crate::state::HubState;
@@ -118,24 +120,12 @@ async fn authorize(
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
 }
 
-/// The router for the REST API.
+/// The router for the REST API, every route documented in its OpenAPI document (served at
+/// `/api/openapi.json`, without a credential).
 pub fn router(state: Arc<HubState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .route("/api/admin/agent-nodes", get(list_nodes).post(create_node))
-        .route(
-            "/api/admin/agent-nodes/{id}",
-            get(get_node).put(update_node).delete(delete_node),
-        )
-        .route("/api/admin/agent-nodes/{id}/health", get(node_health))
-        .route("/api/admin/tasks", get(list_tasks).post(submit_task))
-        .route("/api/admin/tasks/{id}", get(get_task))
-        .route("/api/admin/tasks/{id}/cancel", post(cancel_task))
-        .route("/api/admin/tools", get(list_tools))
-        .route("/api/admin/tools/{name}", get(get_tool))
-        .route("/api/admin/audit", get(list_audit))
-        .merge(super::rest_agents::routes())
+    let (routes, doc) = documented_routes().split_for_parts();
+    let _ = OPENAPI_JSON.set(doc.to_pretty_json().unwrap_or_default());
+    routes
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_credential,
@@ -143,8 +133,51 @@ pub fn router(state: Arc<HubState>) -> Router {
         .with_state(state)
 }
 
+/// The REST routes with their documentation.
+pub fn documented_routes() -> utoipa_axum::router::OpenApiRouter<Arc<HubState>> {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(crate::api::openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(list_nodes, create_node))
+        .routes(routes!(get_node, update_node, delete_node))
+        .routes(routes!(node_health))
+        .routes(routes!(list_tasks, submit_task))
+        .routes(routes!(get_task))
+        .routes(routes!(cancel_task))
+        .routes(routes!(list_tools))
+        .routes(routes!(get_tool))
+        .routes(routes!(list_audit))
+        .merge(super::rest_agents::routes())
+}
+
+/// The OpenAPI document of the REST API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes().into_openapi()
+}
+
+/// The document as served, made once.
+static OPENAPI_JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations", summary = "This document (no credential needed)", responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object)))]
+async fn openapi_json() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI_JSON.get().cloned().unwrap_or_default(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness (no credential needed)", responses((status = 200, description = "The hub answers", content_type = "text/plain", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
 /// `GET /metrics`: Prometheus text (a viewer's bearer token or better: the fleet's names and
 /// load are in it).
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics (viewer or admin)", responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn metrics(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -223,7 +256,7 @@ async fn require_credential(
 ) -> Response {
     let path = request.uri().path().to_string();
     let mut caller = None;
-    if path.starts_with("/api/") {
+    if path.starts_with("/api/") && path != "/api/openapi.json" {
         let header = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -340,6 +373,7 @@ fn string_field(map: &Map<String, Value>, field: &str) -> Result<Option<String>,
     }
 }
 
+#[utoipa::path(get, path = "/api/admin/agent-nodes", tag = "nodes", summary = "Every node with live state", responses((status = 200, body = [NodeJson]), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn list_nodes(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -351,6 +385,7 @@ async fn list_nodes(
     )))
 }
 
+#[utoipa::path(post, path = "/api/admin/agent-nodes", tag = "nodes", summary = "Register a node", request_body = NodeRecordBody, responses((status = 201, body = NodeJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn create_node(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -376,6 +411,7 @@ async fn create_node(
     Ok((StatusCode::CREATED, axum::Json(views::node_json(&view))))
 }
 
+#[utoipa::path(get, path = "/api/admin/agent-nodes/{id}", tag = "nodes", summary = "One node", params(("id" = String, Path, description = "Node id")), responses((status = 200, body = NodeJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn get_node(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -387,6 +423,7 @@ async fn get_node(
     )))
 }
 
+#[utoipa::path(put, path = "/api/admin/agent-nodes/{id}", tag = "nodes", summary = "Change a node's registry fields", params(("id" = String, Path, description = "Node id")), request_body = NodeRecordBody, responses((status = 200, body = NodeJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn update_node(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -415,6 +452,7 @@ async fn update_node(
     )))
 }
 
+#[utoipa::path(delete, path = "/api/admin/agent-nodes/{id}", tag = "nodes", summary = "Delete a node (409 while it has active agents)", params(("id" = String, Path, description = "Node id")), responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn delete_node(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -425,6 +463,7 @@ async fn delete_node(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/admin/agent-nodes/{id}/health", tag = "nodes", summary = "Ping the node over its session", params(("id" = String, Path, description = "Node id")), responses((status = 200, body = HealthJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn node_health(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -466,6 +505,7 @@ fn task_json(task: &crate::store::TaskRow) -> Value {
     views::task_json(&views::task_view(task))
 }
 
+#[utoipa::path(post, path = "/api/admin/tasks", tag = "tasks", summary = "Submit a task (200 when the idempotency key names an earlier one)", request_body = crate::work::tasks::SubmitSpec, responses((status = 201, body = TaskJson), (status = 200, body = TaskJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn submit_task(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -484,14 +524,16 @@ async fn submit_task(
 }
 
 /// `?status=…&limit=…`
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListTasksQuery {
     status: Option<String>,
     limit: Option<u32>,
     before: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/admin/tasks", tag = "tasks", summary = "Tasks, newest first (x-next-before: the next page)", params(ListTasksQuery), responses((status = 200, body = [TaskJson]), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn list_tasks(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -515,6 +557,7 @@ async fn list_tasks(
     })
 }
 
+#[utoipa::path(get, path = "/api/admin/tasks/{id}", tag = "tasks", summary = "One task", params(("id" = String, Path, description = "Task id")), responses((status = 200, body = TaskJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn get_task(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -524,6 +567,7 @@ async fn get_task(
     Ok(axum::Json(task_json(&tasks::get(&state, &id).await?)))
 }
 
+#[utoipa::path(post, path = "/api/admin/tasks/{id}/cancel", tag = "tasks", summary = "Cancel a task that has not finished", params(("id" = String, Path, description = "Task id")), responses((status = 200, body = TaskJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn cancel_task(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -533,6 +577,7 @@ async fn cancel_task(
     Ok(axum::Json(task_json(&tasks::cancel(&state, &id).await?)))
 }
 
+#[utoipa::path(get, path = "/api/admin/tools", tag = "tools", summary = "Every pushed tool", responses((status = 200, body = [ToolJson]), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn list_tools(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -546,6 +591,7 @@ async fn list_tools(
     )))
 }
 
+#[utoipa::path(get, path = "/api/admin/tools/{name}", tag = "tools", summary = "One tool", params(("name" = String, Path, description = "Tool name")), responses((status = 200, body = ToolJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn get_tool(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -559,15 +605,20 @@ async fn get_tool(
 }
 
 /// `?since=1h` (or `since_ms=…`) `&limit=…`
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields, default)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Only entries from this long ago on (`1h`, `7d`).
     since: Option<String>,
+    /// Only entries at or after this Unix time (ms).
     since_ms: Option<i64>,
+    /// At most this many (default 100, at most 10,000).
     limit: Option<u32>,
 }
 
 /// `GET /api/admin/audit`: the audit log, newest first.
+#[utoipa::path(get, path = "/api/admin/audit", tag = "audit", summary = "The audit log, newest first", params(AuditQuery), responses((status = 200, body = [AuditJson]), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn list_audit(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,

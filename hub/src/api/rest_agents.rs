@@ -4,14 +4,13 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::{get, post};
 use serde_json::Value;
 
+use crate::api::openapi::{AgentJson, ErrorJson};
 use crate::work::output::LogEntry;
 
 use super::access::Subject;
@@ -25,23 +24,25 @@ fn agent_json(agent: &crate::store::AgentRow) -> Value {
 }
 
 /// The agents' routes (merged into the REST router, behind its credential check).
-pub fn routes() -> Router<Arc<HubState>> {
-    Router::new()
-        .route("/api/agents", get(list).post(create))
-        .route("/api/agents/{id}", get(get_one).delete(delete))
-        .route("/api/agents/{id}/start", post(start))
-        .route("/api/agents/{id}/stop", post(stop))
-        .route("/api/agents/{id}/restart", post(restart))
-        .route("/api/agents/{id}/input", post(input))
-        .route("/api/agents/{id}/events", get(events))
-        .route("/api/tasks/{id}/events", get(task_events))
-        .route("/api/admin/tasks/{id}/events", get(task_events))
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<HubState>> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_one, delete))
+        .routes(routes!(start))
+        .routes(routes!(stop))
+        .routes(routes!(restart))
+        .routes(routes!(input))
+        .routes(routes!(events))
+        .routes(routes!(task_events))
+        .routes(routes!(admin_task_events))
 }
 
 fn body_error(e: serde_json::Error) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, format!("body: {e}"))
 }
 
+#[utoipa::path(post, path = "/api/agents", tag = "agents", summary = "Create an agent on a node, or on any node that fits", request_body = crate::work::agents::CreateAgent, responses((status = 201, body = AgentJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn create(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -54,12 +55,15 @@ async fn create(
 }
 
 /// `?node=ID`
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this node's agents.
     node: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/agents", tag = "agents", summary = "Every agent, or one node's", params(ListQuery), responses((status = 200, body = [AgentJson]), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn list(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -72,6 +76,7 @@ async fn list(
     )))
 }
 
+#[utoipa::path(get, path = "/api/agents/{id}", tag = "agents", summary = "One agent", params(("id" = String, Path, description = "Agent id")), responses((status = 200, body = AgentJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn get_one(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -82,12 +87,15 @@ async fn get_one(
 }
 
 /// `DELETE /api/agents/{id}?keep_worktree=true` leaves the worktree the node made for it.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields, default)]
+#[into_params(parameter_in = Query)]
 struct DeleteQuery {
+    /// Leave the worktree the node made for it.
     keep_worktree: bool,
 }
 
+#[utoipa::path(delete, path = "/api/agents/{id}", tag = "agents", summary = "Delete a stopped agent (and its worktree unless kept)", params(("id" = String, Path, description = "Agent id"), DeleteQuery), responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn delete(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -99,6 +107,7 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/agents/{id}/start", tag = "agents", summary = "Start a run", params(("id" = String, Path, description = "Agent id")), responses((status = 200, body = AgentJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn start(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -108,6 +117,7 @@ async fn start(
     Ok(axum::Json(agent_json(&agents::start(&state, &id).await?)))
 }
 
+#[utoipa::path(post, path = "/api/agents/{id}/stop", tag = "agents", summary = "Stop the run (graceful, then kill)", params(("id" = String, Path, description = "Agent id")), responses((status = 200, body = AgentJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn stop(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -117,6 +127,7 @@ async fn stop(
     Ok(axum::Json(agent_json(&agents::stop(&state, &id).await?)))
 }
 
+#[utoipa::path(post, path = "/api/agents/{id}/restart", tag = "agents", summary = "Stop, then start a new run", params(("id" = String, Path, description = "Agent id")), responses((status = 200, body = AgentJson), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn restart(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -127,12 +138,14 @@ async fn restart(
 }
 
 /// `{"text": "one line"}`
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InputBody {
+pub(crate) struct InputBody {
+    /// The line (native) or the invoke's input (WASM).
     text: String,
 }
 
+#[utoipa::path(post, path = "/api/agents/{id}/input", tag = "agents", summary = "A line on stdin (native) or one invoke (WASM)", params(("id" = String, Path, description = "Agent id")), request_body = InputBody, responses((status = 202, description = "Delivered to the node"), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn input(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -148,6 +161,7 @@ async fn input(
 /// The agent's output as Server-Sent Events: every retained entry, then what arrives, each an
 /// event whose id is its `seq` and whose data is the entry as JSON. A subscriber that falls
 /// behind by more than the live backlog gets an `event` entry saying how many it missed.
+#[utoipa::path(get, path = "/api/agents/{id}/events", tag = "agents", summary = "The output as Server-Sent Events: the retained tail, then live", params(("id" = String, Path, description = "Agent id")), responses((status = 200, description = "Each event: id = seq, data = {seq, stream, data, at}", content_type = "text/event-stream", body = String), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn events(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -161,6 +175,7 @@ async fn events(
 
 /// A task's output and state changes as Server-Sent Events, like an agent's; the stream ends
 /// when the task has finished.
+#[utoipa::path(get, path = "/api/tasks/{id}/events", tag = "tasks", summary = "A task's output and state changes as Server-Sent Events, until it ends", params(("id" = String, Path, description = "Task id")), responses((status = 200, description = "Each event: id = seq, data = {seq, stream, data, at}", content_type = "text/event-stream", body = String), (status = "4XX", description = "Refused: 400 names the field, 401 no valid token, 403 the role may not, 404 not found, 409 conflict", body = ErrorJson)), security(("bearer" = [])))]
 async fn task_events(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
@@ -169,6 +184,16 @@ async fn task_events(
     read(&state, &headers, Subject::Fleet, "read task output").await?;
     let (tail, live) = crate::work::tasks::follow_log(&state, &id).await?;
     Ok(log_events(tail, live))
+}
+
+/// `GET /api/admin/tasks/{id}/events`: the same as `/api/tasks/{id}/events`.
+#[utoipa::path(get, path = "/api/admin/tasks/{id}/events", tag = "tasks", summary = "The same as /api/tasks/{id}/events", params(("id" = String, Path, description = "Task id")), responses((status = 200, description = "Each event: id = seq, data = {seq, stream, data, at}", content_type = "text/event-stream", body = String), (status = "4XX", description = "Refused", body = ErrorJson)), security(("bearer" = [])))]
+async fn admin_task_events(
+    state: State<Arc<HubState>>,
+    headers: HeaderMap,
+    id: Path<String>,
+) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    task_events(state, headers, id).await
 }
 
 /// Entries as Server-Sent Events: each an event whose id is its `seq` and whose data is the

@@ -6,8 +6,8 @@
 //! - Every form carries the session's CSRF token and every write is judged by the same rule as
 //!   REST and gRPC ([`crate::api::access`]); a viewer sees no write controls and a viewer's post
 //!   is refused. A post whose `Origin` is not this hub is refused too.
-//! - Pages: the fleet ([`nodes`]: live rows, filters, sort, pages), one node, joining with a
-//!   token and registering a node; agents with a live output pane, tasks and tools ([`work`]).
+//! - Pages: the fleet (`nodes`: live rows, filters, sort, pages), one node, joining with a
+//!   token and registering a node; agents with a live output pane, tasks and tools (`work`).
 //! - Responses carry a strict Content-Security-Policy (no inline script or style), deny framing
 //!   and are not cached.
 

@@ -106,7 +106,25 @@ impl Browser {
     /// The text of the element `css` names, once there is one (a click's page may still be
     /// loading).
     async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.unwrap()
+        // A live update may replace the element between finding and reading it: find again.
+        for _ in 0..50 {
+            if let Ok(text) = self.find(css).await.text().await {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{css} kept going stale")
+    }
+
+    /// An attribute of the element `css` names (found again when a live update replaced it).
+    async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        for _ in 0..50 {
+            if let Ok(value) = self.find(css).await.attr(name).await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{css} kept going stale")
     }
 
     async fn find(&self, css: &str) -> fantoccini::elements::Element {
@@ -269,13 +287,9 @@ async fn an_operator_runs_the_fleet_from_a_real_browser() {
         "{gpu_row}"
     );
     assert!(gpu_row.contains("online"), "{gpu_row}");
-    let meter = browser
-        .client
-        .find(Locator::Css("#node-gpu-node meter"))
-        .await
-        .unwrap();
-    assert_eq!(meter.attr("value").await.unwrap().as_deref(), Some("1024"));
-    assert_eq!(meter.attr("max").await.unwrap().as_deref(), Some("81920"));
+    let meter = "#node-gpu-node meter";
+    assert_eq!(browser.attr(meter, "value").await.as_deref(), Some("1024"));
+    assert_eq!(browser.attr(meter, "max").await.as_deref(), Some("81920"));
     browser.shot("fleet").await;
     // Filters: by GPU model, and by a status nothing has.
     browser

@@ -275,3 +275,41 @@ async fn calls_without_a_credential_are_refused_before_their_body_is_read() {
     let admin = answer_without_body(&hub, tasks, Some(&admin), 1 << 20, short).await;
     assert_eq!(admin, "no answer");
 }
+
+/// The document at `/api/openapi.json` is served without a credential and matches the router:
+/// every documented operation answers (401 without a token, never 404 or 405), and the public
+/// ones answer without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_served_routes() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let base = hub.http_url();
+    let (code, doc) = http_json("GET", &format!("{base}/api/openapi.json"), None, None).await;
+    assert_eq!(code, 200);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    let mut checked = 0;
+    for (path, item) in paths {
+        let concrete = path
+            .split('/')
+            .map(|part| if part.starts_with('{') { "x" } else { part })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in item.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            let body = (method == "POST" || method == "PUT").then_some("{}");
+            let (code, answer) = http_json(&method, &format!("{base}{concrete}"), None, body).await;
+            let public = ["/healthz", "/api/openapi.json"].contains(&path.as_str());
+            let expected = if public { 200 } else { 401 };
+            assert_eq!(code, expected, "{method} {path}: {answer}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 26, "{checked}");
+    // An undocumented path is not served.
+    let (code, _) = http_json("GET", &format!("{base}/api/admin/nothing-here"), None, None).await;
+    assert_eq!(code, 404);
+}

@@ -31,7 +31,7 @@ const MAX_ARGS: usize = 256;
 const MAX_NAME_BYTES: usize = 128;
 
 /// What an agent runs and under which limits (stored as JSON with the agent).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentSpec {
     /// A native agent's program (a path, or a name found on the node's PATH).
@@ -73,7 +73,7 @@ pub struct AgentSpec {
 }
 
 /// A create, from any surface.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CreateAgent {
     /// Display name.

@@ -27,7 +27,7 @@ const MAX_WORKDIR_BYTES: usize = 4096;
 pub const NATIVE_CAPABILITY: &str = "native";
 
 /// Requirements as JSON (REST bodies, the store) — the same fields as the protobuf message.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequirementsSpec {
     /// GPUs: 0, a share below 1 (0.5), or whole devices.
@@ -101,7 +101,7 @@ impl RequirementsSpec {
 }
 
 /// A submit, from any surface.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SubmitSpec {
     /// Tool name.
