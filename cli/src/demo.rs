@@ -146,9 +146,26 @@ pub async fn run(
         writeln!(out)?;
     }
     let tasks = run_sample_tasks(&hub.state, json_out, out).await?;
+    // With --keep-running the console stays up: an admin token to sign in with, for the
+    // demo's lifetime (12 h at most).
+    let console_url = format!("{}/", hub.addrs.http_url());
+    let console_token = if keep_running {
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        Some(hub.state.credentials.auth().issue(
+            "demo",
+            outpost_trust::auth::Role::Admin,
+            now_s,
+            12 * 3600,
+        )?)
+    } else {
+        None
+    };
     if json_out {
         let value = json!({
             "hub": {"grpc": hub_url, "http": hub.addrs.http_url(), "quic": hub.addrs.quic.to_string()},
+            "console": {"url": console_url, "token": console_token},
             "nodes": fleet.iter().map(views::node_json).collect::<Vec<Value>>(),
             "tasks": tasks.iter().map(|t| views::task_json(&views::task_view(t))).collect::<Vec<Value>>(),
         });
@@ -156,6 +173,11 @@ pub async fn run(
     }
     if keep_running {
         if !json_out {
+            writeln!(
+                out,
+                "\nconsole  {console_url}\n         sign in with this admin token (valid 12 h):\n         {}",
+                console_token.as_deref().unwrap_or_default()
+            )?;
             writeln!(
                 out,
                 "\nserving until Ctrl-C; data in {}",

@@ -295,6 +295,62 @@ fn demo_routes_the_gpu_task_to_the_gpu_node_and_says_why_one_waits() {
     );
 }
 
+/// `demo --keep-running` serves the console until Ctrl-C and prints an admin token that works.
+#[test]
+fn demo_keep_running_serves_the_console_with_a_token_until_interrupted() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["demo", "--json", "--keep-running", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("OUTPOST_HUB")
+        .env_remove("OUTPOST_TOKEN")
+        .env_remove("OUTPOST_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let demo: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let url = demo["console"]["url"].as_str().unwrap();
+    let token = demo["console"]["token"].as_str().unwrap();
+    let authority = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let get = |path: &str, bearer: Option<&str>| -> String {
+        let mut stream = std::net::TcpStream::connect(&authority).unwrap();
+        let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let console = get("/", None);
+    assert!(console.starts_with("HTTP/1.1 303"), "{console}");
+    assert!(console.contains("location: /ui/sign-in"), "{console}");
+    let nodes = get("/api/admin/agent-nodes", Some(token));
+    assert!(nodes.starts_with("HTTP/1.1 200"), "{nodes}");
+    assert!(
+        nodes.contains("gpu-sim") && nodes.contains("edge-cpu"),
+        "{nodes}"
+    );
+    // Ctrl-C: the demo stops its nodes and hub and exits 0.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
 #[test]
 fn the_binary_is_its_own_launcher_and_reports_landlock() {
     let (code, out, err) = outpost(&["__outpost-launch", "probe"]);
