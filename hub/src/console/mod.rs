@@ -13,7 +13,7 @@
 
 pub mod fleet;
 mod layout;
-mod nodes;
+pub mod nodes;
 pub mod sessions;
 mod work;
 
@@ -53,6 +53,7 @@ pub struct Console {
     hub: Arc<HubState>,
     sessions: Sessions,
     settings: ConsoleSettings,
+    fleet: nodes::FleetCache,
 }
 
 /// The console's routes (`/` and `/ui/...`), merged into the hub's HTTP router.
@@ -61,6 +62,7 @@ pub fn router(hub: Arc<HubState>, settings: ConsoleSettings) -> Router {
         hub,
         sessions: Sessions::default(),
         settings,
+        fleet: nodes::FleetCache::default(),
     });
     Router::new()
         .route("/", get(nodes::fleet_page))

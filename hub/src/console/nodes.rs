@@ -126,58 +126,133 @@ pub(super) async fn fleet_page(
     Ok(Html(layout::page(&operator, Section::Fleet, "Fleet", body).into_string()).into_response())
 }
 
+/// One page of the fleet as rendered for one selection of one snapshot: shared by every
+/// subscriber with the same query.
+#[derive(Debug)]
+pub struct RenderedPage {
+    /// The snapshot it was made from.
+    generation: u64,
+    /// The node ids on it, in order.
+    order: Vec<String>,
+    /// Each row's HTML, by node id.
+    rows: HashMap<String, Arc<str>>,
+    /// The whole table body.
+    body: String,
+    /// "N of M nodes · page P of Q".
+    summary: String,
+}
+
+/// The fleet as the live pages see it: one registry read per half interval, whatever the number
+/// of subscribers, and one selection and render per query and snapshot.
+#[derive(Debug, Default)]
+pub struct FleetCache {
+    snapshot: tokio::sync::Mutex<Option<(tokio::time::Instant, u64, Arc<Vec<NodeView>>)>>,
+    pages: parking_lot::Mutex<HashMap<String, Arc<RenderedPage>>>,
+}
+
+/// Queries whose rendered page is kept at once (past that the cache starts again).
+const MAX_CACHED_QUERIES: usize = 256;
+
+impl Console {
+    /// The registry with live state, at most half an interval old.
+    async fn fleet_snapshot(&self) -> Result<(u64, Arc<Vec<NodeView>>), RegistryError> {
+        let mut snapshot = self.fleet.snapshot.lock().await;
+        let fresh_for = self.settings.live_interval / 2;
+        if let Some((at, generation, views)) = snapshot.as_ref()
+            && at.elapsed() < fresh_for
+        {
+            return Ok((*generation, views.clone()));
+        }
+        let views = Arc::new(registry::list(&self.hub).await?);
+        let generation = snapshot.as_ref().map_or(1, |(_, g, _)| g + 1);
+        *snapshot = Some((tokio::time::Instant::now(), generation, views.clone()));
+        Ok((generation, views))
+    }
+
+    /// The page `query` selects from the current snapshot, rendered once for everyone.
+    async fn fleet_page(&self, query: &FleetQuery) -> Result<Arc<RenderedPage>, RegistryError> {
+        let (generation, views) = self.fleet_snapshot().await?;
+        let key = query.to_query(query.page.max(1));
+        if let Some(page) = self.fleet.pages.lock().get(&key)
+            && page.generation == generation
+        {
+            return Ok(page.clone());
+        }
+        let page = Arc::new(render_page(generation, &views, query));
+        let mut pages = self.fleet.pages.lock();
+        if pages.len() >= MAX_CACHED_QUERIES {
+            pages.clear();
+        }
+        pages.insert(key, page.clone());
+        Ok(page)
+    }
+}
+
+/// Selects and renders one page of `views`.
+pub fn render_page(generation: u64, views: &[NodeView], query: &FleetQuery) -> RenderedPage {
+    let page = fleet::select(views, query);
+    RenderedPage {
+        generation,
+        order: page.rows.iter().map(|v| node_id(v).to_string()).collect(),
+        rows: page
+            .rows
+            .iter()
+            .map(|v| {
+                (
+                    node_id(v).to_string(),
+                    Arc::from(fleet_row(v).into_string()),
+                )
+            })
+            .collect(),
+        body: fleet_rows(&page).into_string(),
+        summary: summary(&page),
+    }
+}
+
+/// What brings a subscriber that was sent `last` up to date with `now`: the whole body when
+/// the rows on the page changed, else each row whose HTML changed (empty: nothing did).
+pub fn page_events(last: Option<&RenderedPage>, now: &RenderedPage) -> Vec<Event> {
+    let Some(last) = last.filter(|last| last.order == now.order) else {
+        let data = serde_json::json!({ "html": now.body, "summary": now.summary });
+        return vec![Event::default().event("rows").data(data.to_string())];
+    };
+    now.order
+        .iter()
+        .filter(|id| last.rows.get(*id) != now.rows.get(*id))
+        .map(|id| {
+            let data = serde_json::json!({
+                "id": format!("node-{id}"),
+                "html": now.rows.get(id).map_or("", |h| h.as_ref()),
+            });
+            Event::default().event("row").data(data.to_string())
+        })
+        .collect()
+}
+
 /// What one fleet subscriber has been sent.
 struct FleetFeed {
     console: Arc<Console>,
     session_id: String,
     query: FleetQuery,
-    rows: HashMap<String, String>,
-    order: Vec<String>,
-    first: bool,
+    sent: Option<Arc<RenderedPage>>,
 }
 
 impl FleetFeed {
-    /// The events that bring the subscriber's page up to date: the whole body when the rows on
-    /// it changed, else each row that changed. `None` when the session ended.
+    /// The events that bring the subscriber's page up to date. `None` when the session ended.
     async fn next_events(&mut self) -> Option<Vec<Event>> {
         loop {
-            if !self.first {
+            if self.sent.is_some() {
                 tokio::time::sleep(self.console.settings.live_interval).await;
             }
-            self.first = false;
             self.console
                 .sessions
                 .get(&self.session_id, self.console.hub.now_ms())?;
-            let Ok(views) = registry::list(&self.console.hub).await else {
+            let Ok(page) = self.console.fleet_page(&self.query).await else {
+                tokio::time::sleep(self.console.settings.live_interval).await;
                 continue;
             };
-            let page = fleet::select(&views, &self.query);
-            let order: Vec<String> = page.rows.iter().map(|v| node_id(v).to_string()).collect();
-            let rows: HashMap<String, String> = page
-                .rows
-                .iter()
-                .map(|v| (node_id(v).to_string(), fleet_row(v).into_string()))
-                .collect();
-            let mut events = Vec::new();
-            if order != self.order {
-                let data = serde_json::json!({
-                    "html": fleet_rows(&page).into_string(),
-                    "summary": summary(&page),
-                });
-                events.push(Event::default().event("rows").data(data.to_string()));
-            } else {
-                for id in &order {
-                    if rows.get(id) != self.rows.get(id) {
-                        let data = serde_json::json!({
-                            "id": format!("node-{id}"),
-                            "html": rows.get(id).cloned().unwrap_or_default(),
-                        });
-                        events.push(Event::default().event("row").data(data.to_string()));
-                    }
-                }
-            }
-            self.order = order;
-            self.rows = rows;
+            let events = page_events(self.sent.as_deref(), &page);
+            self.sent = Some(page);
             if !events.is_empty() {
                 return Some(events);
             }
@@ -200,9 +275,7 @@ pub(super) async fn fleet_events(
         console,
         session_id,
         query,
-        rows: HashMap::new(),
-        order: Vec::new(),
-        first: true,
+        sent: None,
     };
     use futures::StreamExt as _;
     let stream = futures::stream::unfold(feed, |mut feed| async move {
@@ -732,6 +805,68 @@ mod tests {
         assert_eq!(
             reachable_grpc_url("https://10.0.0.1:50051", &headers),
             "https://10.0.0.1:50051"
+        );
+    }
+
+    fn views(n: usize, cpu: f64) -> Vec<NodeView> {
+        (0..n)
+            .map(|i| NodeView {
+                record: Some(NodeRecord {
+                    id: format!("n-{i:05}"),
+                    name: format!("n-{i:05}"),
+                    ..NodeRecord::default()
+                }),
+                status: "online".into(),
+                load: Some(outpost_proto::v1::Load {
+                    cpu_percent: cpu,
+                    ..Default::default()
+                }),
+                ..NodeView::default()
+            })
+            .collect()
+    }
+
+    fn kinds(events: &[Event]) -> Vec<String> {
+        // An event's wire form starts with its name.
+        events
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .map(|text| {
+                if text.contains("rows") {
+                    "rows".into()
+                } else {
+                    "row".into()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn subscribers_get_the_body_once_then_only_the_rows_that_changed() {
+        let query = FleetQuery::default();
+        let mut fleet = views(120, 10.0);
+        let first = render_page(1, &fleet, &query);
+        assert_eq!(kinds(&page_events(None, &first)), ["rows"]);
+        let same = render_page(2, &fleet, &query);
+        assert!(
+            page_events(Some(&first), &same).is_empty(),
+            "nothing changed"
+        );
+        fleet[3].load = Some(outpost_proto::v1::Load {
+            cpu_percent: 99.0,
+            ..Default::default()
+        });
+        fleet[100].status = "offline".into(); // not on the first page
+        let changed = render_page(3, &fleet, &query);
+        let events = page_events(Some(&same), &changed);
+        assert_eq!(kinds(&events), ["row"]);
+        assert!(format!("{:?}", events[0]).contains("node-n-00003"));
+        fleet.remove(0);
+        let shifted = render_page(4, &fleet, &query);
+        assert_eq!(
+            kinds(&page_events(Some(&changed), &shifted)),
+            ["rows"],
+            "the page's rows moved"
         );
     }
 
