@@ -146,9 +146,12 @@ pub struct RenderedPage {
 /// of subscribers, and one selection and render per query and snapshot.
 #[derive(Debug, Default)]
 pub struct FleetCache {
-    snapshot: tokio::sync::Mutex<Option<(tokio::time::Instant, u64, Arc<Vec<NodeView>>)>>,
+    snapshot: tokio::sync::Mutex<Option<Snapshot>>,
     pages: parking_lot::Mutex<HashMap<String, Arc<RenderedPage>>>,
 }
+
+/// When a snapshot was read, its generation, and the views.
+type Snapshot = (tokio::time::Instant, u64, Arc<Vec<NodeView>>);
 
 /// Queries whose rendered page is kept at once (past that the cache starts again).
 const MAX_CACHED_QUERIES: usize = 256;
