@@ -14,6 +14,8 @@ pub struct HubProcess {
     pub child: Child,
     /// gRPC URL.
     pub grpc_url: String,
+    /// The REST API's and console's base URL (`http://…`).
+    pub http_url: String,
     /// Config file it runs with.
     pub config: PathBuf,
 }
@@ -39,9 +41,15 @@ impl HubProcess {
             .find(|w| w.starts_with("https://"))
             .with_context(|| format!("no gRPC URL in the hub's first line: {line:?}"))?
             .to_string();
+        let http_url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://") || w.starts_with("https://") && *w != grpc_url)
+            .unwrap_or_default()
+            .to_string();
         Ok(Self {
             child,
             grpc_url,
+            http_url,
             config,
         })
     }

@@ -8,7 +8,14 @@
 //! cargo build --release -p outpost-hub -p outpost-node -p outpost-bench
 //! target/release/heartbeat-load --nodes 1000 --window 20s
 //! target/release/heartbeat-load rss
+//! target/release/heartbeat-load --nodes 10000 --console-clients 200   # + the console (below)
 //! ```
+//!
+//! With `--console-clients K` it also measures the web console under that fleet: the fleet page's
+//! response time (median of `--page-requests`, against `/healthz` and the REST node list in the
+//! same run), then the hub's CPU with every node's load changing each heartbeat, first with no
+//! browser, then with K clients following `/ui/fleet/events` (each row of their page changes
+//! every second), and what each delivered row update cost.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +70,12 @@ struct Args {
     /// Release binaries directory.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
+    /// Also measure the console with this many clients on the fleet page's live feed.
+    #[arg(long, default_value_t = 0)]
+    console_clients: usize,
+    /// Fleet page requests timed (each of the three kinds).
+    #[arg(long, default_value_t = 20)]
+    page_requests: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -179,6 +192,7 @@ async fn drive(
     transport: Transport,
     receiver_pid: u32,
     run: u64,
+    vary_load: bool,
 ) -> anyhow::Result<Measurement> {
     let n = nodes.len().max(1);
     let sent = Arc::new(AtomicU64::new(0));
@@ -219,7 +233,8 @@ async fn drive(
                     seq,
                     sent_at_ms: 0,
                     load: Some(Load {
-                        cpu_percent: 12.5,
+                        // Varied: each heartbeat changes the node's row on the console.
+                        cpu_percent: if vary_load { (seq % 97) as f64 } else { 12.5 },
                         memory_used_bytes: 3 << 30,
                         memory_total_bytes: 16 << 30,
                         disk_used_bytes: 100 << 30,
@@ -348,10 +363,10 @@ async fn load(
     let connect_s = started.elapsed().as_secs_f64();
     let with_channel = nodes.iter().filter(|n| n.channel.is_some()).count();
 
-    let outpost = drive(args, &nodes, args.transport, hub.pid(), 1).await?;
+    let outpost = drive(args, &nodes, args.transport, hub.pid(), 1, false).await?;
     let online = online_count(args, hub).await?;
     let datagram = if args.compare_datagram && args.transport == Transport::Channel {
-        Some(drive(args, &nodes, Transport::Datagram, hub.pid(), 2).await?)
+        Some(drive(args, &nodes, Transport::Datagram, hub.pid(), 2, false).await?)
     } else {
         None
     };
@@ -400,6 +415,17 @@ async fn load(
             (outpost.receiver_cores / bare.receiver_cores).into(),
         );
     }
+    if args.console_clients > 0
+        && let serde_json::Value::Object(map) = &mut report
+    {
+        map.insert(
+            "console".into(),
+            console::measure(args, hub, &nodes, |run| {
+                drive(args, &nodes, args.transport, hub.pid(), run, true)
+            })
+            .await?,
+        );
+    }
     println!("{report}");
     if online != n {
         bail!("only {online} of {n} nodes online at the end: heartbeats are being lost");
@@ -444,7 +470,7 @@ async fn measure_bare_sink(
         .collect()
         .await;
     let nodes: Vec<SimNode> = nodes.into_iter().collect::<anyhow::Result<_>>()?;
-    let measurement = drive(args, &nodes, Transport::Datagram, child.id(), 1).await;
+    let measurement = drive(args, &nodes, Transport::Datagram, child.id(), 1, false).await;
     for node in &nodes {
         node.connection
             .close(outpost_proto::close_code::SHUTDOWN.into(), b"baseline done");
@@ -541,4 +567,181 @@ async fn online_count(args: &Args, hub: &HubProcess) -> anyhow::Result<usize> {
     Ok(nodes
         .as_array()
         .map_or(0, |a| a.iter().filter(|n| n["status"] == "online").count()))
+}
+
+/// The console under the simulated fleet.
+mod console {
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context as _, bail};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Empty, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use outpost_bench::{HubProcess, median};
+
+    use super::{Args, Measurement, SimNode};
+
+    type Http = Client<HttpConnector, Full<Bytes>>;
+
+    fn client() -> Http {
+        Client::builder(TokioExecutor::new()).build_http()
+    }
+
+    fn cookie_of(response: &http::Response<hyper::body::Incoming>, name: &str) -> Option<String> {
+        response
+            .headers()
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| {
+                v.split(';')
+                    .next()
+                    .and_then(|pair| pair.strip_prefix(&format!("{name}=")))
+                    .map(String::from)
+            })
+    }
+
+    /// Signs in with an admin token minted by the CLI; the session cookie.
+    async fn sign_in(args: &Args, hub: &HubProcess) -> anyhow::Result<String> {
+        let output = std::process::Command::new(args.bin_dir.join("outpost"))
+            .args(["token", "api", "--role", "admin", "--config"])
+            .arg(&hub.config)
+            .output()?;
+        if !output.status.success() {
+            bail!("token api: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let token = String::from_utf8(output.stdout)?.trim().to_string();
+        let http = client();
+        let page = http
+            .request(
+                http::Request::get(format!("{}/ui/sign-in", hub.http_url)).body(Full::default())?,
+            )
+            .await?;
+        let nonce = cookie_of(&page, "outpost_sign_in").context("no sign-in cookie")?;
+        let form = format!("token={token}&csrf={nonce}&next=%2F");
+        let signed = http
+            .request(
+                http::Request::post(format!("{}/ui/sign-in", hub.http_url))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .header("cookie", format!("outpost_sign_in={nonce}"))
+                    .body(Full::new(Bytes::from(form)))?,
+            )
+            .await?;
+        let session = cookie_of(&signed, "outpost_session")
+            .with_context(|| format!("sign-in answered {}", signed.status()))?;
+        Ok(format!("outpost_session={session}"))
+    }
+
+    /// Median milliseconds of `n` GETs of `url` (each read to the end).
+    async fn timed_gets(
+        http: &Http,
+        url: &str,
+        headers: &[(&str, &str)],
+        n: usize,
+    ) -> anyhow::Result<(f64, usize)> {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..n {
+            let mut request = http::Request::get(url);
+            for (k, v) in headers {
+                request = request.header(*k, *v);
+            }
+            let started = Instant::now();
+            let response = http.request(request.body(Full::default())?).await?;
+            if !response.status().is_success() {
+                bail!("{url}: {}", response.status());
+            }
+            bytes = response.into_body().collect().await?.to_bytes().len();
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok((median(times), bytes))
+    }
+
+    pub(super) async fn measure<F, Fut>(
+        args: &Args,
+        hub: &HubProcess,
+        nodes: &[SimNode],
+        drive: F,
+    ) -> anyhow::Result<serde_json::Value>
+    where
+        F: Fn(u64) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Measurement>>,
+    {
+        let cookie = sign_in(args, hub).await?;
+        let http = client();
+        let n = args.page_requests.max(1);
+        let base = &hub.http_url;
+        let (page_ms, page_bytes) =
+            timed_gets(&http, &format!("{base}/"), &[("cookie", &cookie)], n).await?;
+        let (healthz_ms, _) = timed_gets(&http, &format!("{base}/healthz"), &[], n).await?;
+        let (list_ms, list_bytes) = {
+            let output = std::process::Command::new(args.bin_dir.join("outpost"))
+                .args(["token", "api", "--role", "viewer", "--config"])
+                .arg(&hub.config)
+                .output()?;
+            let bearer = format!("Bearer {}", String::from_utf8(output.stdout)?.trim());
+            timed_gets(
+                &http,
+                &format!("{base}/api/admin/agent-nodes"),
+                &[("authorization", &bearer)],
+                n,
+            )
+            .await?
+        };
+
+        // Hub CPU with every row changing each second: no browser, then K following the page.
+        let quiet = drive(10).await?;
+        let events = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut readers = Vec::new();
+        let streaming: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        for _ in 0..args.console_clients {
+            let request = http::Request::get(format!("{base}/ui/fleet/events"))
+                .header("cookie", &cookie)
+                .body(Empty::new())?;
+            let response = streaming.request(request).await?;
+            if !response.status().is_success() {
+                bail!("fleet events: {}", response.status());
+            }
+            let events = events.clone();
+            readers.push(tokio::spawn(async move {
+                let mut body = response.into_body();
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Some(data) = frame.data_ref() {
+                        let rows = data.windows(10).filter(|w| w == b"event: row").count();
+                        events.fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = events.load(std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let busy = drive(11).await?;
+        let delivered = events.load(std::sync::atomic::Ordering::Relaxed) - before;
+        let elapsed = started.elapsed().as_secs_f64();
+        for reader in readers {
+            reader.abort();
+        }
+        let row_events_per_s = delivered as f64 / elapsed;
+        let extra_cores = busy.receiver_cores - quiet.receiver_cores;
+        Ok(serde_json::json!({
+            "nodes": nodes.len(),
+            "fleet_page_ms_median": page_ms,
+            "fleet_page_bytes": page_bytes,
+            "healthz_ms_median": healthz_ms,
+            "rest_node_list_ms_median": list_ms,
+            "rest_node_list_bytes": list_bytes,
+            "page_requests": n,
+            "clients": args.console_clients,
+            "hub_cpu_percent_no_clients": quiet.receiver_cores * 100.0,
+            "hub_cpu_percent_with_clients": busy.receiver_cores * 100.0,
+            "row_events_per_s_delivered": row_events_per_s,
+            "hub_cpu_percent_per_client": extra_cores * 100.0 / args.console_clients as f64,
+            "hub_cpu_us_per_row_event": if row_events_per_s > 0.0 { extra_cores * 1e6 / row_events_per_s } else { f64::NAN },
+            "generator_cpu_percent_with_clients": busy.generator_cores * 100.0,
+        }))
+    }
 }
