@@ -108,6 +108,78 @@ async fn tls_check(host: &str, port: u16, ca_pem: &str) -> Result<i64, String> {
     Ok((not_after - now) / 86_400)
 }
 
+/// How far the hub's clock may be from this one before tokens and certificates misbehave.
+const MAX_SKEW_S: i64 = 30;
+
+/// The hub's clock against this machine's, from a response's `date` header: seconds the hub is
+/// ahead (negative: behind), to the header's one-second resolution.
+fn clock_skew_s(
+    date: &str,
+    sent: std::time::SystemTime,
+    received: std::time::SystemTime,
+) -> Option<i64> {
+    let hub = httpdate::parse_http_date(date).ok()?;
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    // The hub stamped the answer between the request and the reply; its header drops the
+    // fraction of its second, so compare against the midpoint shifted by half a second.
+    let local = (unix(sent) + unix(received)) / 2.0 - 0.5;
+    Some((unix(hub) - local).round() as i64)
+}
+
+/// Whether the hub's QUIC port answers over UDP: a handshake without a node certificate is
+/// refused by the hub, and any answer at all shows the path is open.
+async fn udp_check(host: &str, port: u16, ca_pem: &str) -> Result<String, String> {
+    let roots = outpost_trust::tls::roots_from_pem(ca_pem).map_err(|e| e.to_string())?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(outpost_trust::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![outpost_trust::tls::SESSION_ALPN.to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(CHECK_TIMEOUT).map_err(|e| e.to_string())?,
+    ));
+    client.transport_config(Arc::new(transport));
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| format!("{host} resolves to no address"))?;
+    let bind: std::net::SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+            .parse()
+            .map_err(|e: std::net::AddrParseError| e.to_string())?
+    } else {
+        "0.0.0.0:0"
+            .parse()
+            .map_err(|e: std::net::AddrParseError| e.to_string())?
+    };
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+    let connecting = endpoint
+        .connect_with(client, addr, host)
+        .map_err(|e| e.to_string())?;
+    let answer = match tokio::time::timeout(CHECK_TIMEOUT, connecting).await {
+        Err(_) | Ok(Err(quinn::ConnectionError::TimedOut)) => Err(format!(
+            "no answer from {addr} over UDP within {CHECK_TIMEOUT:?}. Fix: open UDP {port} between here and the hub (nodes hold their sessions over QUIC), or check [server] quic_listen"
+        )),
+        Ok(Ok(connection)) => {
+            connection.close(0u32.into(), b"doctor");
+            Ok(format!("{addr} (UDP) answered a QUIC handshake"))
+        }
+        Ok(Err(e)) => Ok(format!("{addr} (UDP) answered a QUIC handshake ({e})")),
+    };
+    endpoint.close(0u32.into(), b"doctor");
+    answer
+}
+
 /// `outpost doctor`
 pub(crate) async fn doctor(
     global: &GlobalArgs,
@@ -208,14 +280,52 @@ async fn run_checks(global: &GlobalArgs, node: Option<&str>, report: &mut Report
         Ok(Err(e)) => return report.fail("tls", e),
         Err(_) => return report.fail("tls", "the TLS handshake did not finish in time".into()),
     }
+    // The QUIC port: the config's [server] quic_listen when it names one, else the gRPC port
+    // number (the hub's default, UDP beside TCP).
+    let quic_port = config
+        .server
+        .quic_listen
+        .as_deref()
+        .and_then(|listen| listen.rsplit(':').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|p| *p != 0)
+        .unwrap_or(port);
+    match udp_check(&host, quic_port, &ctx.ca_pem).await {
+        Ok(detail) => report.ok("hub reachable (UDP)", detail),
+        Err(detail) => report.fail("hub reachable (UDP)", detail),
+    }
     let channel = match ctx.channel().await {
         Ok(channel) => channel,
         Err(e) => return report.fail("grpc", format!("{e:#}")),
     };
-    match tonic_health::pb::health_client::HealthClient::new(channel.clone())
+    let sent = std::time::SystemTime::now();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
         .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-    {
+        .await;
+    let received = std::time::SystemTime::now();
+    if let Ok(answer) = &health {
+        let skew = answer
+            .metadata()
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|date| clock_skew_s(date, sent, received));
+        match skew {
+            Some(s) if s.abs() <= MAX_SKEW_S => report.ok(
+                "clock skew",
+                format!("the hub's clock is within {}s of this one (±1 s)", s.abs()),
+            ),
+            Some(s) => report.fail(
+                "clock skew",
+                format!(
+                    "the hub's clock is {}s {} this one: tokens may read as expired or not yet valid. Fix: run NTP (chrony, systemd-timesyncd) on both",
+                    s.abs(),
+                    if s > 0 { "ahead of" } else { "behind" }
+                ),
+            ),
+            None => report.ok("clock skew", "the hub sent no date to compare".into()),
+        }
+    }
+    match health {
         Ok(answer)
             if answer.get_ref().status
                 == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
@@ -281,5 +391,82 @@ async fn run_checks(global: &GlobalArgs, node: Option<&str>, report: &mut Report
             }
         }
         Err(status) => report.fail("node session", format!("{node}: {}", status.message())),
+    }
+    if let Ok(view) = registry
+        .get_node(with_bearer(NodeRef { id: node.into() }, &ctx.jwt))
+        .await
+    {
+        let record = view.into_inner().record.unwrap_or_default();
+        report_server_name(report, node, &record.grpc_target, &record.tls_server_name);
+    }
+}
+
+/// The registry's `tls_server_name` against the name on the node's certificate: the hub issues
+/// each node a certificate whose only SAN is its id, and that is what its direct route serves.
+fn report_server_name(report: &mut Report, node: &str, grpc_target: &str, server_name: &str) {
+    if server_name.is_empty() || server_name == node {
+        let route = if grpc_target.is_empty() {
+            "no direct route".to_string()
+        } else {
+            format!("direct route {grpc_target}")
+        };
+        report.ok(
+            "tls server name",
+            format!("{route}; the node's certificate names {node}"),
+        );
+    } else {
+        report.fail(
+            "tls server name",
+            format!(
+                "the registry's tls_server_name {server_name:?} is not on the node's certificate, which names only {node:?}. Fix: outpost nodes update {node} --tls-server-name {node} (or leave it empty)"
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn skew_is_read_from_the_date_header_to_the_second() {
+        let at = |s: u64| UNIX_EPOCH + Duration::from_millis(s);
+        // The hub stamped 1000 s; the call went out at 999.9 s and came back at 1000.3 s.
+        let date = httpdate::fmt_http_date(at(1_000_000));
+        assert_eq!(clock_skew_s(&date, at(999_900), at(1_000_300)), Some(0));
+        assert_eq!(
+            clock_skew_s(&date, at(940_000), at(940_200)),
+            Some(60),
+            "hub ahead"
+        );
+        assert_eq!(
+            clock_skew_s(&date, at(1_100_000), at(1_100_100)),
+            Some(-100),
+            "hub behind"
+        );
+        assert_eq!(clock_skew_s("yesterday", at(0), at(0)), None);
+    }
+
+    #[test]
+    fn a_server_name_the_node_certificate_lacks_is_reported_with_the_fix() {
+        let mut report = Report::default();
+        report_server_name(&mut report, "gpu-01", "", "");
+        report_server_name(&mut report, "gpu-01", "https://10.0.0.5:50051", "gpu-01");
+        report_server_name(
+            &mut report,
+            "gpu-01",
+            "https://10.0.0.5:50051",
+            "gpu01.internal",
+        );
+        assert_eq!(report.failed(), 1);
+        let failed = &report.checks[2];
+        assert!(!failed.ok);
+        assert!(
+            failed.detail.contains("--tls-server-name gpu-01"),
+            "{}",
+            failed.detail
+        );
     }
 }

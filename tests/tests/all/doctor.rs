@@ -18,9 +18,13 @@ async fn doctor_checks_the_way_to_the_hub_and_a_node() {
         "ok   config",
         "ok   hub reachable",
         "ok   tls: hub certificate signed by the CA",
+        "ok   hub reachable (UDP): ",
+        "answered a QUIC handshake",
+        "ok   clock skew: the hub's clock is within",
         "ok   grpc health: SERVING",
         "ok   token accepted: 1 nodes registered",
         "ok   node session: doc-n: status online",
+        "ok   tls server name: no direct route; the node's certificate names doc-n",
     ] {
         assert!(out.contains(check), "{check} missing from {out}");
     }
