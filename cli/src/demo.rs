@@ -104,6 +104,10 @@ pub async fn run(
         }
         nodes.push(node);
     }
+    let spinner = crate::progress::Spinner::start(
+        json_out,
+        "waiting for the nodes' sessions and first heartbeats".into(),
+    );
     for node in &nodes {
         if !node.wait_connected(Duration::from_secs(15)).await {
             bail!(
@@ -127,6 +131,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(spinner);
 
     // Ask the hub the way an operator would: the CLI's gRPC client with the generated credentials.
     let ctx = ClientContext::discover(&config, Some(&hub_url))?;

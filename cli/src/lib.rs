@@ -10,6 +10,7 @@ pub mod agents;
 mod audit;
 pub mod demo;
 mod doctor;
+mod progress;
 pub mod tool_run;
 pub mod work;
 

@@ -419,8 +419,10 @@ async fn wait_for(
     jwt: &str,
     id: &str,
     max: Duration,
+    json: bool,
 ) -> anyhow::Result<TaskView> {
     let deadline = tokio::time::Instant::now() + max;
+    let spinner = crate::progress::Spinner::start(json, format!("waiting for task {id}"));
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         // Short server-side waits keep each call well under proxies' idle limits.
@@ -439,6 +441,11 @@ async fn wait_for(
         if is_terminal(&task) || left.is_zero() {
             return Ok(task);
         }
+        let mut status = format!("task {id}: {}", task.status);
+        if !task.reason.is_empty() {
+            status.push_str(&format!(" ({})", task.reason));
+        }
+        spinner.say(status);
     }
 }
 
@@ -479,7 +486,8 @@ pub(crate) async fn tasks(
                 .map_err(status_error)?
                 .into_inner();
             if args.wait {
-                task = wait_for(&mut client, &jwt, &task.id, args.wait_timeout).await?;
+                task =
+                    wait_for(&mut client, &jwt, &task.id, args.wait_timeout, global.json).await?;
                 print_task(&task, json_out, out)?;
                 return outcome(&task);
             }
@@ -608,7 +616,14 @@ pub(crate) async fn nodes_result(
     let (channel, jwt) = channel(global).await?;
     let mut client = task_client(channel);
     let task = if wait {
-        wait_for(&mut client, &jwt, task_id, Duration::from_secs(600)).await?
+        wait_for(
+            &mut client,
+            &jwt,
+            task_id,
+            Duration::from_secs(600),
+            global.json,
+        )
+        .await?
     } else {
         client
             .get_task(with_bearer(TaskRef { id: task_id.into() }, &jwt))
@@ -651,6 +666,14 @@ pub(crate) async fn tool_push(
     let (channel, jwt) = channel(global).await?;
     let mut client = ToolServiceClient::new(channel)
         .max_encoding_message_size(outpost_hub::work::tools::MAX_COMPONENT_BYTES + 1024 * 1024);
+    let spinner = crate::progress::Spinner::start(
+        global.json,
+        format!(
+            "pushing {} ({} bytes; the hub checks it under the nodes' sandbox)",
+            args.name,
+            component.len()
+        ),
+    );
     let tool = client
         .push_tool(with_bearer(
             PushToolRequest {
@@ -664,6 +687,7 @@ pub(crate) async fn tool_push(
         .await
         .map_err(status_error)?
         .into_inner();
+    drop(spinner);
     if global.json {
         print_value(&outpost_hub::work::tools::view_json(&tool), true, out)?;
     } else {
