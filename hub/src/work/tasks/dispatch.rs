@@ -281,6 +281,7 @@ async fn send_to_node(
         run.policy_toml = tool.policy_toml.clone();
         run.signature = crate::work::tools::signature_of(tool);
     }
+    let mut sent_tool = (run.tool.clone(), run.tool_digest.clone());
     let mut answer = link.run_task(run.clone()).await;
     if let Ok(RunAnswer::MissingComponent(_)) = &answer {
         // The bytes go within the hub-wide transfer limit, as installs do.
@@ -290,12 +291,19 @@ async fn send_to_node(
         };
         // Cached metadata may predate a push through another hub: the bytes read now decide.
         run.tool_digest = full.digest;
+        sent_tool.1 = run.tool_digest.clone();
         run.policy_toml = full.policy_toml;
         run.component = full.component;
         answer = link.run_task(run).await;
     }
     let why = match answer {
         Ok(RunAnswer::Accepted) => {
+            if !sent_tool.0.is_empty() {
+                // The node took the task, so it holds (and compiled) this component.
+                state
+                    .tools
+                    .note_installed(&sent_tool.0, &sent_tool.1, &task.node_id);
+            }
             mark_running_soon(state, task);
             return Ok(());
         }
