@@ -202,6 +202,14 @@ pub(crate) fn log_events(
     tail: Vec<LogEntry>,
     live: Option<tokio::sync::broadcast::Receiver<LogEntry>>,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    Sse::new(log_stream(tail, live)).keep_alive(KeepAlive::default())
+}
+
+/// The events of [`log_events`], as a stream.
+pub(crate) fn log_stream(
+    tail: Vec<LogEntry>,
+    live: Option<tokio::sync::broadcast::Receiver<LogEntry>>,
+) -> impl futures::Stream<Item = Result<Event, Infallible>> {
     let to_event = |entry: LogEntry| {
         Ok::<_, Infallible>(
             Event::default()
@@ -210,8 +218,7 @@ pub(crate) fn log_events(
         )
     };
     use futures::StreamExt as _;
-    let stream = futures::stream::iter(tail)
+    futures::stream::iter(tail)
         .chain(crate::work::output::follow(live))
-        .map(to_event);
-    Sse::new(stream).keep_alive(KeepAlive::default())
+        .map(to_event)
 }

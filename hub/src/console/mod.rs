@@ -54,7 +54,12 @@ pub struct Console {
     sessions: Sessions,
     settings: ConsoleSettings,
     fleet: nodes::FleetCache,
+    /// Live feeds (fleet rows, agent output) open at once, hub-wide.
+    live_feeds: Arc<tokio::sync::Semaphore>,
 }
+
+/// Live feeds the console holds open at most; past that a page gets 503 and stays static.
+pub const MAX_LIVE_FEEDS: usize = 1024;
 
 /// The console's routes (`/` and `/ui/...`), merged into the hub's HTTP router.
 pub fn router(hub: Arc<HubState>, settings: ConsoleSettings) -> Router {
@@ -63,6 +68,7 @@ pub fn router(hub: Arc<HubState>, settings: ConsoleSettings) -> Router {
         sessions: Sessions::default(),
         settings,
         fleet: nodes::FleetCache::default(),
+        live_feeds: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE_FEEDS)),
     });
     Router::new()
         .route("/", get(nodes::fleet_page))
@@ -199,6 +205,16 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl Console {
+    /// A turn for one more live feed, or 503.
+    fn live_feed(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PageError> {
+        self.live_feeds.clone().try_acquire_owned().map_err(|_| {
+            PageError::Status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{MAX_LIVE_FEEDS} live pages are open on this hub; close some and reload"),
+            )
+        })
+    }
+
     /// The operator signed in on this request; else sign in first and return to `path`.
     fn operator(&self, headers: &HeaderMap, path: &str) -> Result<Operator, PageError> {
         cookie(headers, SESSION_COOKIE)

@@ -238,6 +238,8 @@ struct FleetFeed {
     session_id: String,
     query: FleetQuery,
     sent: Option<Arc<RenderedPage>>,
+    /// Held while the feed is open.
+    _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl FleetFeed {
@@ -271,6 +273,7 @@ pub(super) async fn fleet_events(
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, PageError> {
     console.operator(&headers, "/")?;
     let Query(query) = query.map_err(|e| PageError::bad_request(e.body_text()))?;
+    let turn = console.live_feed()?;
     let session_id = super::cookie(&headers, super::SESSION_COOKIE)
         .unwrap_or_default()
         .to_string();
@@ -279,6 +282,7 @@ pub(super) async fn fleet_events(
         session_id,
         query,
         sent: None,
+        _turn: turn,
     };
     use futures::StreamExt as _;
     let stream = futures::stream::unfold(feed, |mut feed| async move {

@@ -474,8 +474,15 @@ pub(super) async fn agent_events(
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, PageError> {
     console.operator(&headers, "/ui/agents")?;
     agents::get(&console.hub, &id).await?;
+    let turn = console.live_feed()?;
     let (tail, live) = console.hub.agents.logs.subscribe(&id);
-    Ok(crate::api::rest_agents::log_events(tail, live))
+    use futures::StreamExt as _;
+    let stream = crate::api::rest_agents::log_stream(tail, live).map(move |event| {
+        // The feed's turn is given back when the stream is dropped.
+        let _held = &turn;
+        event
+    });
+    Ok(Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 
 /// The action forms: the CSRF token, and the line for `input`.
