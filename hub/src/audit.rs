@@ -20,6 +20,10 @@ use crate::store::{AuditRow, Store};
 pub const QUEUE: usize = 8192;
 /// Entries the writer appends in one transaction at most.
 const BATCH: usize = 256;
+/// How long entries are kept.
+pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
+/// How often the writer drops entries past [`RETENTION`].
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// gRPC methods that change state: each call is recorded. (The join is recorded by its handler,
 /// with the node it admitted.)
@@ -119,16 +123,42 @@ impl AuditLog {
     }
 }
 
-/// Appends queued entries to `store` until shutdown, then what is still queued.
+/// Appends queued entries to `store` until shutdown, then what is still queued; once an hour
+/// (the first a minute after start) drops entries older than [`RETENTION`] by `clock`.
 pub async fn run_writer(
     store: Arc<dyn Store>,
+    clock: Arc<dyn outpost_clock::Clock>,
     mut queue: mpsc::Receiver<AuditRow>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The first pass a minute after start, then hourly.
+    let mut prune = tokio::time::interval_at(
+        tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        PRUNE_EVERY,
+    );
     loop {
-        let first = tokio::select! {
-            entry = queue.recv() => entry,
-            _ = shutdown.wait_for(|s| *s) => None,
+        enum Next {
+            Entry(Option<AuditRow>),
+            Prune,
+        }
+        let next = tokio::select! {
+            entry = queue.recv() => Next::Entry(entry),
+            _ = prune.tick() => Next::Prune,
+            _ = shutdown.wait_for(|s| *s) => Next::Entry(None),
+        };
+        let first = match next {
+            Next::Entry(entry) => entry,
+            Next::Prune => {
+                let keep = i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
+                match store.prune_audit(clock.now_ms().saturating_sub(keep)).await {
+                    Ok(0) => {}
+                    Ok(dropped) => {
+                        tracing::info!(dropped, "audit entries past their retention dropped");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "dropping old audit entries failed"),
+                }
+                continue;
+            }
         };
         let Some(first) = first else {
             break;
@@ -196,8 +226,10 @@ mod tests {
         }
         assert_eq!(log.dropped(), 10);
         let (stop, stopped) = watch::channel(false);
+        let clock: Arc<dyn outpost_clock::Clock> = Arc::new(outpost_clock::SystemClock);
         let writer = tokio::spawn(run_writer(
             store.clone(),
+            clock,
             log.take_writer().unwrap(),
             stopped,
         ));

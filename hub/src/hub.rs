@@ -212,6 +212,7 @@ impl<'a> HubBuilder<'a> {
         if let Some(queue) = state.audit.take_writer() {
             tasks.push(tokio::spawn(crate::audit::run_writer(
                 state.store().clone(),
+                state.clock().clone(),
                 queue,
                 shutdown_rx.clone(),
             )));

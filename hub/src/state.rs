@@ -68,6 +68,11 @@ impl HubState {
         });
     }
 
+    /// The injected clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Durable state.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

@@ -395,6 +395,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut t = self.tables.lock();
+        let before = t.audit.len();
+        t.audit.retain(|e| e.at_ms >= before_ms);
+        Ok(u64::try_from(before - t.audit.len()).unwrap_or(0))
+    }
+
     async fn list_audit(&self, since_ms: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
         let t = self.tables.lock();
         Ok(t.audit

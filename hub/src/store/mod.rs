@@ -415,6 +415,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn append_audit(&self, entries: &[AuditRow]) -> Result<(), StoreError>;
     /// Audit entries at or after `since_ms`, newest first, at most `limit`.
     async fn list_audit(&self, since_ms: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
+    /// Drops audit entries older than `before_ms`; how many.
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError>;
     /// Releases connections (waits for those in use); nothing for stores that hold none.
     async fn close(&self) {}
 }
@@ -472,6 +474,9 @@ mod conformance {
         );
         assert_eq!(store.list_audit(20, 100).await.unwrap().len(), 2);
         assert_eq!(store.list_audit(0, 1).await.unwrap()[0].action, "third");
+        assert_eq!(store.prune_audit(20).await.unwrap(), 1);
+        assert_eq!(store.list_audit(0, 100).await.unwrap().len(), 2);
+        assert_eq!(store.prune_audit(20).await.unwrap(), 0);
         // Registry CRUD.
         store.insert_node(&node("a")).await.unwrap();
         assert!(matches!(

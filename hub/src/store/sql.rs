@@ -1122,6 +1122,14 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM audit_log WHERE at_ms < $1")
+            .bind(before_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn list_audit(&self, since_ms: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, at_ms, subject, role, surface, action, target, outcome, status FROM audit_log WHERE at_ms >= $1 ORDER BY id DESC LIMIT $2",
