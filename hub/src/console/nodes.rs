@@ -93,7 +93,9 @@ pub(super) async fn fleet_page(
 ) -> Result<Response, PageError> {
     let operator = console.operator(&headers, &path_of(&uri))?;
     let Query(query) = query.map_err(|e| PageError::bad_request(e.body_text()))?;
-    let views = registry::list(&console.hub).await?;
+    // The snapshot the live feeds share (at most half an interval old; they bring it up to
+    // date within one interval).
+    let (_, views) = console.fleet_snapshot().await?;
     let page = fleet::select(&views, &query);
     let live = format!("/ui/fleet/events?{}", query.to_query(page.page));
     let body = html! {

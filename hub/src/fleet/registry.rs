@@ -426,14 +426,15 @@ fn view(state: &HubState, row: NodeRow) -> NodeView {
     };
     let live = state.fleet.live.lock().get(&row.id).cloned();
     let last_seen = live.as_ref().and_then(|l| l.last_heartbeat_ms);
-    let stored_caps = row
-        .capabilities
-        .as_deref()
-        .and_then(|bytes| Capabilities::decode(bytes).ok());
+    // The stored capabilities are decoded only for a node without live ones.
     let mut capabilities = live
         .as_ref()
         .and_then(|l| l.capabilities.clone())
-        .or(stored_caps);
+        .or_else(|| {
+            row.capabilities
+                .as_deref()
+                .and_then(|bytes| Capabilities::decode(bytes).ok())
+        });
     // The latest heartbeat's GPU snapshot is fresher than the one in the capabilities.
     if let (Some(caps), Some(gpus)) = (
         capabilities.as_mut(),
