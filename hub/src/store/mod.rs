@@ -527,6 +527,13 @@ mod conformance {
         assert_eq!(got.status, "online");
         assert_eq!(got.last_heartbeat_ms, Some(77));
         assert_eq!(got.capabilities.as_deref(), Some(&[1u8, 2, 3][..]));
+        // The list reads every field as a single read does (b without capabilities).
+        let listed = store.list_nodes().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        for row in &listed {
+            assert_eq!(Some(row), store.get_node(&row.id).await.unwrap().as_ref());
+        }
+        assert!(listed[1].capabilities.is_none());
         assert!(matches!(
             store.set_draining("zz", true, 3).await,
             Err(StoreError::NotFound { .. })
