@@ -135,10 +135,6 @@ impl PageError {
     fn forbidden(message: impl Into<String>) -> Self {
         Self::Status(StatusCode::FORBIDDEN, message.into())
     }
-
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::Status(StatusCode::BAD_REQUEST, message.into())
-    }
 }
 
 impl IntoResponse for PageError {
@@ -333,7 +329,7 @@ async fn sign_in(
     headers: HeaderMap,
     form: Result<axum::Form<SignInForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, PageError> {
-    let axum::Form(form) = form.map_err(|e| PageError::bad_request(e.body_text()))?;
+    let axum::Form(form) = form.map_err(|e| PageError::Status(e.status(), e.body_text()))?;
     same_origin(&headers)?;
     let expected = cookie(&headers, SIGN_IN_COOKIE).unwrap_or_default();
     if expected.is_empty() || !sessions::same_secret(&form.csrf, expected) {

@@ -92,7 +92,7 @@ pub(super) async fn fleet_page(
     query: Result<Query<FleetQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
     let operator = console.operator(&headers, &path_of(&uri))?;
-    let Query(query) = query.map_err(|e| PageError::bad_request(e.body_text()))?;
+    let Query(query) = query.map_err(|e| PageError::Status(e.status(), e.body_text()))?;
     // The snapshot the live feeds share (at most half an interval old; they bring it up to
     // date within one interval).
     let (_, views) = console.fleet_snapshot().await?;
@@ -274,7 +274,7 @@ pub(super) async fn fleet_events(
     query: Result<Query<FleetQuery>, QueryRejection>,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, PageError> {
     console.operator(&headers, "/")?;
-    let Query(query) = query.map_err(|e| PageError::bad_request(e.body_text()))?;
+    let Query(query) = query.map_err(|e| PageError::Status(e.status(), e.body_text()))?;
     let turn = console.live_feed()?;
     let session_id = super::cookie(&headers, super::SESSION_COOKIE)
         .unwrap_or_default()
@@ -413,7 +413,7 @@ pub(super) struct CsrfOnly {
 
 fn form<T>(form: Result<axum::Form<T>, FormRejection>) -> Result<T, PageError> {
     form.map(|axum::Form(f)| f)
-        .map_err(|e| PageError::bad_request(e.body_text()))
+        .map_err(|e| PageError::Status(e.status(), e.body_text()))
 }
 
 /// `POST /ui/nodes/{id}/health`: pings the node and shows the answer on its page.

@@ -362,7 +362,7 @@ pub(super) async fn create_agent(
 ) -> Result<Response, PageError> {
     let typed = body
         .map(|axum::Form(f)| f)
-        .map_err(|e| PageError::bad_request(e.body_text()))?;
+        .map_err(|e| PageError::Status(e.status(), e.body_text()))?;
     let operator =
         console.authorize_post(&headers, &typed.csrf, Subject::Fleet, "create agents")?;
     let outcome = match typed.to_create() {
@@ -502,7 +502,7 @@ pub(super) async fn agent_action(
 ) -> Result<Response, PageError> {
     let body = body
         .map(|axum::Form(f)| f)
-        .map_err(|e| PageError::bad_request(e.body_text()))?;
+        .map_err(|e| PageError::Status(e.status(), e.body_text()))?;
     let what = match action.as_str() {
         "start" => "start agents",
         "stop" => "stop agents",

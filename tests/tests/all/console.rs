@@ -699,3 +699,182 @@ async fn a_viewer_sees_no_write_controls_and_forged_posts_are_refused() {
     assert!(body.contains("id=\"join-token\""), "{body}");
     browser.close().await;
 }
+
+/// A raw HTTP request to the console: (status, headers, body).
+async fn raw(
+    method: &str,
+    url: &str,
+    cookie: Option<&str>,
+    form: Option<String>,
+) -> (u16, http::HeaderMap, String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::builder().method(method).uri(url);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    if form.is_some() {
+        request = request.header("content-type", "application/x-www-form-urlencoded");
+    }
+    let response = client
+        .request(
+            request
+                .body(Full::new(form.unwrap_or_default().into()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn set_cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';')
+                .next()?
+                .strip_prefix(&format!("{name}="))
+                .map(String::from)
+        })
+}
+
+/// Signs in over plain HTTP; the `Cookie` header value of the session.
+async fn sign_in_raw(base: &str, token: &str) -> (u16, String, String) {
+    let (_, headers, _) = raw("GET", &format!("{base}/ui/sign-in"), None, None).await;
+    let nonce = set_cookie(&headers, "outpost_sign_in").unwrap();
+    let (status, headers, body) = raw(
+        "POST",
+        &format!("{base}/ui/sign-in"),
+        Some(&format!("outpost_sign_in={nonce}")),
+        Some(format!("token={token}&csrf={nonce}&next=%2F")),
+    )
+    .await;
+    let session = set_cookie(&headers, "outpost_session")
+        .map(|s| format!("outpost_session={s}"))
+        .unwrap_or_default();
+    (status, session, body)
+}
+
+/// Hostile and mistaken requests get a clear answer and change nothing; runs without a browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_console_requests_get_clear_errors() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let base = hub.http_url();
+    let admin = hub.token("ops", Role::Admin);
+
+    // Unsigned: pages and feeds send to sign-in, keeping where they were going.
+    for path in ["/", "/ui/agents", "/ui/fleet/events"] {
+        let (status, headers, _) = raw("GET", &format!("{base}{path}"), None, None).await;
+        assert_eq!(status, 303, "{path}");
+        let location = headers["location"].to_str().unwrap();
+        assert!(location.starts_with("/ui/sign-in?next="), "{location}");
+    }
+    // A sign-in without its nonce cookie, and with a node's credential, are refused.
+    let (status, _, body) = raw(
+        "POST",
+        &format!("{base}/ui/sign-in"),
+        None,
+        Some(format!("token={admin}&csrf=guess&next=%2F")),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let node_token = hub
+        .authority()
+        .issue_bound("n-1", Role::Node, "k", outpost_tests::now_s(), 600)
+        .unwrap();
+    let (status, session, body) = sign_in_raw(&base, &node_token).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(session.is_empty());
+    assert!(body.contains("node credential cannot sign in"), "{body}");
+    // An open redirect through `next` goes nowhere but here.
+    let (_, headers, _) = raw("GET", &format!("{base}/ui/sign-in"), None, None).await;
+    let nonce = set_cookie(&headers, "outpost_sign_in").unwrap();
+    let (status, headers, _) = raw(
+        "POST",
+        &format!("{base}/ui/sign-in"),
+        Some(&format!("outpost_sign_in={nonce}")),
+        Some(format!(
+            "token={admin}&csrf={nonce}&next=%2F%2Fevil.example%2F"
+        )),
+    )
+    .await;
+    assert_eq!((status, headers["location"].to_str().unwrap()), (303, "/"));
+
+    let (status, session, _) = sign_in_raw(&base, &admin).await;
+    assert_eq!(status, 303);
+    let cookie = Some(session.as_str());
+    // Every page answers with the strict policy; text from the fleet is escaped.
+    let (code, _) = http_json(
+        "POST",
+        &format!("{base}/api/admin/agent-nodes"),
+        Some(&admin),
+        Some(r#"{"id":"n-x","name":"<script>alert(1)</script>","grpc_target":"https://127.0.0.1:1"}"#),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (status, headers, body) = raw("GET", &format!("{base}/"), cookie, None).await;
+    assert_eq!(status, 200);
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(
+        body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "escaped"
+    );
+    assert!(!body.contains("<script>alert(1)"), "not markup");
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+
+    // Bad queries, unknown pages and actions, a huge form: each named, nothing changed.
+    let (status, _, body) = raw("GET", &format!("{base}/?page=abc"), cookie, None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _, body) = raw("GET", &format!("{base}/ui/nodes/nobody"), cookie, None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("nobody"), "{body}");
+    let (status, _, body) = raw(
+        "POST",
+        &format!("{base}/ui/agents/agent-x/dance"),
+        cookie,
+        Some(format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("not an agent action"), "{body}");
+    let huge = format!("csrf={csrf}&name=big&command={}", "x".repeat(3 << 20));
+    let (status, _, _) = raw("POST", &format!("{base}/ui/agents"), cookie, Some(huge)).await;
+    assert_eq!(status, 413, "a form past the body limit");
+    let (status, _, body) = raw(
+        "POST",
+        &format!("{base}/ui/join"),
+        cookie,
+        Some(format!("csrf={csrf}&ttl=forever&uses=1")),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("valid for"), "{body}");
+    let (status, _, body) = raw(
+        "POST",
+        &format!("{base}/ui/join"),
+        cookie,
+        Some(format!("csrf={csrf}&ttl=1h&uses=1000")),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (_, agents) = http_json("GET", &format!("{base}/api/agents"), Some(&admin), None).await;
+    assert_eq!(agents, serde_json::json!([]), "no agent was made");
+}
