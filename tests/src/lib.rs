@@ -412,3 +412,79 @@ pub fn now_s() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+/// A Python interpreter with `packages` installed, for tests that drive Outpost with clients it
+/// did not write: `OUTPOST_TEST_PYTHON` when set, else a virtualenv made once under `dir`
+/// (the tests' target dir) from PyPI. `None`, with the reason printed, when neither can be had
+/// (no `python3`, or no way to the package index).
+pub fn python_with(dir: &Path, name: &str, packages: &[&str]) -> Option<PathBuf> {
+    if let Some(python) = std::env::var_os("OUTPOST_TEST_PYTHON") {
+        return Some(PathBuf::from(python));
+    }
+    let venv = dir.join(format!("pyenv-{name}"));
+    let python = venv.join("bin").join("python");
+    let done = venv.join(".installed");
+    if done.exists() {
+        return Some(python);
+    }
+    // One test at a time makes it; the others wait for the marker.
+    let lock = dir.join(format!("pyenv-{name}.lock"));
+    std::fs::create_dir_all(dir).ok()?;
+    let started = std::time::Instant::now();
+    while std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lock)
+        .is_err()
+    {
+        if done.exists() {
+            return Some(python);
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            let _ = std::fs::remove_file(&lock);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let run = |program: &Path, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())
+            .and_then(|o| {
+                if o.status.success() {
+                    Ok(())
+                } else {
+                    Err(String::from_utf8_lossy(&o.stderr).into_owned())
+                }
+            })
+    };
+    let made = run(
+        Path::new("python3"),
+        &["-m", "venv", venv.to_str().unwrap_or_default()],
+    )
+    .and_then(|()| {
+        let mut args = vec![
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ];
+        args.extend_from_slice(packages);
+        run(&python, &args)
+    });
+    let _ = std::fs::remove_file(&lock);
+    match made {
+        Ok(()) => {
+            let _ = std::fs::write(&done, packages.join("\n"));
+            Some(python)
+        }
+        Err(e) => {
+            eprintln!(
+                "skipped: no Python with {packages:?} (set OUTPOST_TEST_PYTHON, or let pip reach PyPI): {e}"
+            );
+            let _ = std::fs::remove_dir_all(&venv);
+            None
+        }
+    }
+}

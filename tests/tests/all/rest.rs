@@ -313,3 +313,39 @@ async fn the_openapi_document_matches_the_served_routes() {
     let (code, _) = http_json("GET", &format!("{base}/api/admin/nothing-here"), None, None).await;
     assert_eq!(code, 404);
 }
+
+/// The document passes the OpenAPI project's reference validator (`openapi-spec-validator`
+/// from PyPI), a checker Outpost did not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_passes_the_reference_validator() {
+    let Some(python) = outpost_tests::python_with(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "openapi",
+        &["openapi-spec-validator==0.7.1"],
+    ) else {
+        return;
+    };
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let (code, doc) = http_json(
+        "GET",
+        &format!("{}/api/openapi.json", hub.http_url()),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let file = hub.dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let output = std::process::Command::new(&python)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("OK"), "{said}");
+}
