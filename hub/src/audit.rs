@@ -2,6 +2,9 @@
 //! subject and role), what (the route or method, and its concrete target), when, and how it
 //! ended — stored durably beside the rest of the hub's state.
 //!
+//! A gRPC handler names what it acts on with [`note_target`] (a task-local the gate sets up
+//! around each write it audits, since the gate cannot read the request body).
+//!
 //! Surfaces call [`AuditLog::record`], which never waits: entries go through a bounded queue
 //! ([`QUEUE`]) to one writer task ([`run_writer`]) that appends them in batches, in order. Only
 //! authenticated callers are recorded (an anonymous caller is refused before any work and could
@@ -43,6 +46,28 @@ pub const GRPC_WRITES: [&str; 14] = [
     "/outpost.v1.AgentService/DeleteAgent",
     "/outpost.v1.AgentService/SendAgentInput",
 ];
+
+tokio::task_local! {
+    /// What the gRPC write being handled acts on, as its handler names it.
+    static TARGET: std::cell::RefCell<String>;
+}
+
+/// Names what the gRPC write being handled acts on (a node, agent, task or tool), for its
+/// audit entry; nothing outside a call the gate audits.
+pub fn note_target(target: &str) {
+    let _ = TARGET.try_with(|t| target.clone_into(&mut t.borrow_mut()));
+}
+
+/// Runs `call` where [`note_target`] can be heard; its output and the target it named.
+pub async fn hearing_target<F: std::future::Future>(call: F) -> (F::Output, String) {
+    TARGET
+        .scope(std::cell::RefCell::new(String::new()), async move {
+            let output = call.await;
+            let target = TARGET.with(|t| t.take());
+            (output, target)
+        })
+        .await
+}
 
 /// Whether a gRPC call to `path` is a write.
 pub fn is_grpc_write(path: &str) -> bool {

@@ -64,13 +64,19 @@ pub fn admit(
 }
 
 /// Records a gRPC write in the audit log.
-fn audit_call(state: &HubState, claims: outpost_trust::auth::Claims, path: &str, code: i64) {
+fn audit_call(
+    state: &HubState,
+    claims: outpost_trust::auth::Claims,
+    path: &str,
+    target: &str,
+    code: i64,
+) {
     state.audit(crate::store::AuditRow {
         subject: claims.sub,
         role: claims.role.to_string(),
         surface: "grpc".into(),
         action: path.to_string(),
-        target: String::new(),
+        target: target.to_string(),
         outcome: crate::audit::grpc_outcome(code).into(),
         status: code,
         ..crate::store::AuditRow::default()
@@ -154,7 +160,7 @@ where
                 let state = self.state.clone();
                 let call = self.inner.call(request);
                 Box::pin(async move {
-                    let answer = call.await;
+                    let (answer, target) = crate::audit::hearing_target(call).await;
                     state.metrics.grpc_call(&path, false, started.elapsed());
                     if let (Some(claims), Ok(response)) = (writer, &answer) {
                         // A unary call that fails answers "trailers-only": the code is in the
@@ -165,7 +171,7 @@ where
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.parse::<i64>().ok())
                             .unwrap_or(0);
-                        audit_call(&state, claims, &path, code);
+                        audit_call(&state, claims, &path, &target, code);
                     }
                     answer
                 })
@@ -177,6 +183,7 @@ where
                         &self.state,
                         claims,
                         &path,
+                        "",
                         i64::from(i32::from(status.code())),
                     );
                 }

@@ -96,6 +96,9 @@ impl HubGrpc {
         subject: Subject<'_>,
         action: &str,
     ) -> Result<Claims, Status> {
+        if let Subject::Node(id) = subject {
+            crate::audit::note_target(id);
+        }
         authorize(&self.state, request, Access::Write, subject, action).await
     }
 
@@ -157,9 +160,10 @@ impl TokenService for HubGrpc {
         self.write(&request, Subject::Fleet, "create bootstrap tokens")
             .await?;
         let r = request.get_ref();
-        Ok(Response::new(
-            crate::credentials::join::create_token(&self.state, r.ttl_seconds, r.uses).await?,
-        ))
+        let created =
+            crate::credentials::join::create_token(&self.state, r.ttl_seconds, r.uses).await?;
+        crate::audit::note_target(&format!("token {}", created.token_id));
+        Ok(Response::new(created))
     }
 }
 
@@ -207,6 +211,7 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<NodeRecord>,
     ) -> Result<Response<NodeView>, Status> {
+        crate::audit::note_target(&request.get_ref().id);
         self.write(&request, Subject::Fleet, "register nodes")
             .await?;
         Ok(Response::new(

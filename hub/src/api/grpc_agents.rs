@@ -62,6 +62,7 @@ impl AgentService for HubGrpc {
             },
         };
         let agent = agents::create(self.state_arc(), create).await?;
+        crate::audit::note_target(&agent.id);
         Ok(Response::new(agent_view(&agent)))
     }
 
@@ -85,12 +86,14 @@ impl AgentService for HubGrpc {
     }
 
     async fn start_agent(&self, request: Request<AgentId>) -> Result<Response<AgentView>, Status> {
+        crate::audit::note_target(&request.get_ref().id);
         self.write(&request, Subject::Fleet, "start agents").await?;
         let agent = agents::start(self.state_arc(), &request.get_ref().id).await?;
         Ok(Response::new(agent_view(&agent)))
     }
 
     async fn stop_agent(&self, request: Request<AgentId>) -> Result<Response<AgentView>, Status> {
+        crate::audit::note_target(&request.get_ref().id);
         self.write(&request, Subject::Fleet, "stop agents").await?;
         let agent = agents::stop(self.state_arc(), &request.get_ref().id).await?;
         Ok(Response::new(agent_view(&agent)))
@@ -100,6 +103,7 @@ impl AgentService for HubGrpc {
         &self,
         request: Request<AgentId>,
     ) -> Result<Response<AgentView>, Status> {
+        crate::audit::note_target(&request.get_ref().id);
         self.write(&request, Subject::Fleet, "restart agents")
             .await?;
         let agent = agents::restart(self.state_arc(), &request.get_ref().id).await?;
@@ -110,6 +114,7 @@ impl AgentService for HubGrpc {
         &self,
         request: Request<DeleteAgentRequest>,
     ) -> Result<Response<AgentId>, Status> {
+        crate::audit::note_target(&request.get_ref().id);
         self.write(&request, Subject::Fleet, "delete agents")
             .await?;
         let request = request.into_inner();
@@ -121,6 +126,7 @@ impl AgentService for HubGrpc {
         &self,
         request: Request<AgentInputRequest>,
     ) -> Result<Response<AgentId>, Status> {
+        crate::audit::note_target(&request.get_ref().id);
         self.write(&request, Subject::Fleet, "feed agents").await?;
         let r = request.into_inner();
         agents::input(self.state_arc(), &r.id, &r.text).await?;

@@ -51,6 +51,7 @@ impl TaskService for HubGrpc {
             workdir: r.workdir,
         };
         let submitted = tasks::submit(self.state_arc(), spec).await?;
+        crate::audit::note_target(&submitted.task.id);
         Ok(Response::new(views::task_view(&submitted.task)))
     }
 
@@ -80,6 +81,7 @@ impl TaskService for HubGrpc {
     }
 
     async fn cancel_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
+        crate::audit::note_target(&request.get_ref().id);
         self.write(&request, Subject::Fleet, "cancel tasks").await?;
         let task = tasks::cancel(self.state_arc(), &request.get_ref().id).await?;
         Ok(Response::new(views::task_view(&task)))
@@ -124,6 +126,7 @@ impl ToolService for HubGrpc {
         &self,
         request: Request<PushToolRequest>,
     ) -> Result<Response<ToolView>, Status> {
+        crate::audit::note_target(&request.get_ref().name);
         self.write(&request, Subject::Fleet, "push tools").await?;
         let r = request.into_inner();
         let signature = r

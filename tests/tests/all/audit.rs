@@ -89,6 +89,10 @@ async fn every_write_is_recorded_with_who_and_how_it_ended() {
     assert_eq!(grpc[0]["surface"], "grpc");
     assert_eq!(grpc[0]["role"], "admin");
     assert_eq!(grpc[0]["outcome"], "ok");
+    assert_eq!(
+        grpc[0]["target"], "n-cli",
+        "the handler names what it acted on"
+    );
     let created = find(&entries, "POST /api/admin/agent-nodes");
     assert_eq!(created.len(), 1, "{entries:#?}");
     assert_eq!(
