@@ -535,20 +535,63 @@ pub(super) async fn agent_action(
 pub(super) async fn tasks_page(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
+    query: Result<axum::extract::Query<TasksQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, PageError> {
-    let operator = console.operator(&headers, "/ui/tasks")?;
-    let page = crate::work::tasks::list(&console.hub, None, 200, None).await?;
+    let operator = console.operator(&headers, &uri.to_string())?;
+    let axum::extract::Query(query) =
+        query.map_err(|e| PageError::Status(e.status(), e.body_text()))?;
+    let page = crate::work::tasks::list(
+        &console.hub,
+        Some(query.status.as_str()),
+        TASKS_PER_PAGE,
+        Some(query.before.as_str()).filter(|b| !b.is_empty()),
+    )
+    .await?;
     let waiting = console.hub.tasks.waiting();
     let rows: Vec<&TaskRow> = page.tasks.iter().collect();
+    let statuses = [
+        "",
+        "queued",
+        "placed",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+    ];
     let body = html! {
         @if !waiting.is_empty() {
             p.summary { "Waiting: " @for (cause, n) in &waiting { (n) " " (cause) "; " } }
         }
+        nav.pager #task-statuses {
+            @for status in statuses {
+                @let label = if status.is_empty() { "all" } else { status };
+                a href={ "/ui/tasks" @if !status.is_empty() { "?status=" (status) } }
+                    aria-current=[(query.status == status).then_some("page")] { (label) }
+            }
+        }
         (task_table(&rows))
-        @if page.next_before.is_some() { p.muted { "The newest 200 are shown; " code { "outpost tasks list" } " pages through the rest." } }
+        @if let Some(next) = &page.next_before {
+            nav.pager {
+                a #older-tasks href={ "/ui/tasks?status=" (fleet::encode(&query.status)) "&before=" (fleet::encode(next)) } { "older →" }
+            }
+        }
     };
     let html = layout::page(&operator, Section::Tasks, "Tasks", body);
     Ok(Html(html.into_string()).into_response())
+}
+
+/// Tasks on one page of the tasks page.
+const TASKS_PER_PAGE: u32 = 100;
+
+/// `?status=…&before=…`
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct TasksQuery {
+    /// Only tasks with this status; empty: all.
+    status: String,
+    /// The page after this task id (newest first).
+    before: String,
 }
 
 /// `GET /ui/tools`: name, version, digest, policy, and which nodes have it installed.

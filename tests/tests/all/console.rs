@@ -496,6 +496,26 @@ async fn an_operator_runs_the_fleet_from_a_real_browser() {
     browser.shot("tasks").await;
     browser
         .client
+        .goto(&format!("{base}/ui/tasks?status=queued"))
+        .await
+        .unwrap();
+    assert!(
+        browser.text("main").await.contains("No tasks."),
+        "the succeeded task is not queued"
+    );
+    browser
+        .client
+        .goto(&format!("{base}/ui/tasks?status=succeeded"))
+        .await
+        .unwrap();
+    assert!(
+        browser
+            .text(&format!("#task-{task_id}"))
+            .await
+            .contains("succeeded")
+    );
+    browser
+        .client
         .goto(&format!("{base}/ui/tools"))
         .await
         .unwrap();
@@ -843,6 +863,15 @@ async fn hostile_console_requests_get_clear_errors() {
     // Bad queries, unknown pages and actions, a huge form: each named, nothing changed.
     let (status, _, body) = raw("GET", &format!("{base}/?page=abc"), cookie, None).await;
     assert_eq!(status, 400, "{body}");
+    let (status, _, body) = raw(
+        "GET",
+        &format!("{base}/ui/tasks?status=bogus"),
+        cookie,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bogus"), "{body}");
     let (status, _, body) = raw("GET", &format!("{base}/ui/nodes/nobody"), cookie, None).await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("nobody"), "{body}");
