@@ -8,7 +8,8 @@
 //! Surfaces call [`AuditLog::record`], which never waits: entries go through a bounded queue
 //! ([`QUEUE`]) to one writer task ([`run_writer`]) that appends them in batches, in order. Only
 //! authenticated callers are recorded (an anonymous caller is refused before any work and could
-//! otherwise fill the log); a write refused for its role is recorded as `refused`. When the
+//! otherwise fill the log); a write refused for its role is recorded as `refused`, at most
+//! [`MAX_REFUSED_PER_MINUTE`] per subject and minute. When the
 //! queue is full an entry is dropped and counted ([`AuditLog::dropped`]), never the write itself.
 
 use std::sync::Arc;
@@ -107,12 +108,18 @@ pub async fn list(
     state.store().list_audit(since_ms, limit).await
 }
 
+/// Refused writes recorded per subject and minute at most: a holder of one viewer or node
+/// token cannot fill the log (and the disk) with refusals; past this they are counted only.
+pub const MAX_REFUSED_PER_MINUTE: u32 = 60;
+
 /// The queue to the writer.
 #[derive(Debug)]
 pub struct AuditLog {
     queue: mpsc::Sender<AuditRow>,
     writer: Mutex<Option<mpsc::Receiver<AuditRow>>>,
     dropped: AtomicU64,
+    /// The minute (Unix ms / 60,000) being counted, and refusals recorded in it by subject.
+    refused: Mutex<(i64, std::collections::HashMap<String, u32>)>,
 }
 
 impl Default for AuditLog {
@@ -122,13 +129,19 @@ impl Default for AuditLog {
             queue,
             writer: Mutex::new(Some(writer)),
             dropped: AtomicU64::new(0),
+            refused: Mutex::new((0, std::collections::HashMap::new())),
         }
     }
 }
 
 impl AuditLog {
-    /// Queues an entry for the writer; drops (and counts) it when the queue is full.
+    /// Queues an entry for the writer; drops (and counts) it when the queue is full, or when
+    /// it is a refusal past [`MAX_REFUSED_PER_MINUTE`] for its subject.
     pub fn record(&self, entry: AuditRow) {
+        if entry.outcome == "refused" && !self.admit_refusal(&entry.subject, entry.at_ms) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if let Err(e) = self.queue.try_send(entry) {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
@@ -137,7 +150,19 @@ impl AuditLog {
         }
     }
 
-    /// Entries dropped because the writer was behind.
+    /// Whether one more refusal of `subject` is recorded in the minute of `at_ms`.
+    fn admit_refusal(&self, subject: &str, at_ms: i64) -> bool {
+        let minute = at_ms.div_euclid(60_000);
+        let mut refused = self.refused.lock();
+        if refused.0 != minute {
+            *refused = (minute, std::collections::HashMap::new());
+        }
+        let count = refused.1.entry(subject.to_string()).or_insert(0);
+        *count += 1;
+        *count <= MAX_REFUSED_PER_MINUTE
+    }
+
+    /// Entries dropped because the writer was behind, or past the refusals' limit.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -236,6 +261,40 @@ mod tests {
         assert_eq!(grpc_outcome(0), "ok");
         assert_eq!(grpc_outcome(7), "refused");
         assert_eq!(grpc_outcome(5), "failed");
+    }
+
+    #[test]
+    fn refusals_are_recorded_up_to_a_limit_per_subject_and_minute() {
+        let log = AuditLog::default();
+        let refused = |subject: &str, at_ms: i64| AuditRow {
+            subject: subject.into(),
+            outcome: "refused".into(),
+            at_ms,
+            ..AuditRow::default()
+        };
+        for _ in 0..MAX_REFUSED_PER_MINUTE + 5 {
+            log.record(refused("flooder", 60_000));
+        }
+        assert_eq!(log.dropped(), 5);
+        log.record(refused("someone-else", 60_000));
+        log.record(AuditRow {
+            subject: "flooder".into(),
+            outcome: "ok".into(),
+            at_ms: 60_000,
+            ..AuditRow::default()
+        });
+        log.record(refused("flooder", 120_000));
+        assert_eq!(
+            log.dropped(),
+            5,
+            "others, successes and the next minute are recorded"
+        );
+        let mut queue = log.take_writer().unwrap();
+        let mut queued = 0;
+        while queue.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, MAX_REFUSED_PER_MINUTE + 3);
     }
 
     #[tokio::test]

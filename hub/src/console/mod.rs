@@ -117,6 +117,13 @@ impl Operator {
     pub fn can_write(&self) -> bool {
         self.session.can_write()
     }
+
+    /// The access rule every surface shares, for this operator: 403 naming the role and
+    /// `action` when it says no.
+    fn may(&self, access: Access, subject: Subject<'_>, action: &str) -> Result<(), PageError> {
+        access::permit(&self.session.claims(), access, subject, action)
+            .map_err(|e| PageError::forbidden(e.to_string()))
+    }
 }
 
 /// Why a console request did not get its page.
@@ -141,8 +148,7 @@ impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         match self {
             PageError::SignIn { next } => {
-                Redirect::to(&format!("/ui/sign-in?next={}", encode_component(&next)))
-                    .into_response()
+                Redirect::to(&format!("/ui/sign-in?next={}", fleet::encode(&next))).into_response()
             }
             PageError::Status(status, message) => {
                 let title = status.canonical_reason().unwrap_or("Error");
@@ -173,19 +179,6 @@ impl From<crate::work::tasks::TaskError> for PageError {
     fn from(e: crate::work::tasks::TaskError) -> Self {
         crate::api::rest::ApiError::from(e).into()
     }
-}
-
-/// Percent-encodes one URL component.
-fn encode_component(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The value of cookie `name` in the request.
@@ -228,6 +221,14 @@ impl Console {
         subject: Subject<'_>,
         action: &str,
     ) -> Result<Operator, PageError> {
+        let operator = self.check_post(headers, csrf)?;
+        operator.may(Access::Write, subject, action)?;
+        Ok(operator)
+    }
+
+    /// What every post must carry whoever sends it: a session, a same-origin request and the
+    /// session's CSRF token.
+    fn check_post(&self, headers: &HeaderMap, csrf: &str) -> Result<Operator, PageError> {
         let operator = self.operator(headers, "/")?;
         same_origin(headers)?;
         if !sessions::same_secret(csrf, &operator.session.csrf) {
@@ -235,8 +236,6 @@ impl Console {
                 "the form's CSRF token does not match this session; reload the page and try again",
             ));
         }
-        access::permit(&operator.session.claims(), Access::Write, subject, action)
-            .map_err(|e| PageError::forbidden(e.to_string()))?;
         Ok(operator)
     }
 
@@ -289,30 +288,41 @@ fn safe_next(next: &str) -> &str {
 #[serde(default)]
 struct NextQuery {
     next: String,
-    error: String,
 }
 
 async fn sign_in_page(
     State(console): State<Arc<Console>>,
     Query(query): Query<NextQuery>,
 ) -> Result<Response, PageError> {
-    let nonce = sessions::random_hex(16).ok_or_else(|| {
-        PageError::Status(StatusCode::INTERNAL_SERVER_ERROR, "no randomness".into())
-    })?;
-    let page = layout::sign_in_page(&nonce, safe_next(&query.next), &query.error);
-    let cookie = format!(
-        "{SIGN_IN_COOKIE}={nonce}; Max-Age=900; {}",
-        console.cookie_attributes()
-    );
-    Ok(html_with_cookie(StatusCode::OK, page, &cookie))
+    console.sign_in_form(StatusCode::OK, safe_next(&query.next), "")
 }
 
-fn html_with_cookie(status: StatusCode, page: maud::Markup, cookie: &str) -> Response {
-    let mut response = (status, Html(page.into_string())).into_response();
-    if let Ok(value) = HeaderValue::from_str(cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
+impl Console {
+    /// The sign-in page with a fresh nonce for its form (in a short-lived cookie of its own, as
+    /// there is no session yet to hold a CSRF token); `error` above the form when not empty.
+    fn sign_in_form(
+        &self,
+        status: StatusCode,
+        next: &str,
+        error: &str,
+    ) -> Result<Response, PageError> {
+        let nonce = sessions::random_hex(16).ok_or_else(|| {
+            PageError::Status(StatusCode::INTERNAL_SERVER_ERROR, "no randomness".into())
+        })?;
+        let mut response = (
+            status,
+            Html(layout::sign_in_page(&nonce, next, error).into_string()),
+        )
+            .into_response();
+        let cookie = format!(
+            "{SIGN_IN_COOKIE}={nonce}; Max-Age=900; {}",
+            self.cookie_attributes()
+        );
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+        Ok(response)
     }
-    response
 }
 
 /// The sign-in form.
@@ -338,22 +348,11 @@ async fn sign_in(
         ));
     }
     let next = safe_next(&form.next);
-    let refused = |message: String| {
-        let nonce = sessions::random_hex(16).unwrap_or_default();
-        let cookie = format!(
-            "{SIGN_IN_COOKIE}={nonce}; Max-Age=900; {}",
-            console.cookie_attributes()
-        );
-        html_with_cookie(
-            StatusCode::UNAUTHORIZED,
-            layout::sign_in_page(&nonce, next, &message),
-            &cookie,
-        )
-    };
+    let refused = |message: String| console.sign_in_form(StatusCode::UNAUTHORIZED, next, &message);
     let token = form.token.trim();
     let claims = match console.hub.credentials.auth().verify(token) {
         Ok(claims) => claims,
-        Err(e) => return Ok(refused(format!("that token does not sign in: {e}"))),
+        Err(e) => return refused(format!("that token does not sign in: {e}")),
     };
     let (Some(id), Some(csrf)) = (sessions::random_hex(32), sessions::random_hex(32)) else {
         return Err(PageError::Status(
@@ -366,7 +365,7 @@ async fn sign_in(
         .open(id.clone(), csrf, &claims, console.hub.now_ms())
     {
         Ok(session) => session,
-        Err(e) => return Ok(refused(e.to_string())),
+        Err(e) => return refused(e.to_string()),
     };
     tracing::info!(subject = %session.subject, role = %session.role, "console sign-in");
     console.hub.audit(crate::store::AuditRow {
@@ -407,13 +406,10 @@ struct CsrfForm {
 async fn sign_out(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<CsrfForm>,
+    form: Result<axum::Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, PageError> {
-    let operator = console.operator(&headers, "/")?;
-    same_origin(&headers)?;
-    if !sessions::same_secret(&form.csrf, &operator.session.csrf) {
-        return Err(PageError::forbidden("the form's CSRF token does not match"));
-    }
+    let axum::Form(form) = form.map_err(|e| PageError::Status(e.status(), e.body_text()))?;
+    console.check_post(&headers, &form.csrf)?;
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
         console.sessions.close(id);
     }

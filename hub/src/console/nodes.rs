@@ -93,10 +93,9 @@ pub(super) async fn fleet_page(
 ) -> Result<Response, PageError> {
     let operator = console.operator(&headers, &path_of(&uri))?;
     let Query(query) = query.map_err(|e| PageError::Status(e.status(), e.body_text()))?;
-    // The snapshot the live feeds share (at most half an interval old; they bring it up to
-    // date within one interval).
-    let (_, views) = console.fleet_snapshot().await?;
-    let page = fleet::select(&views, &query);
+    // The page the live feeds share (from a snapshot at most half an interval old; they bring
+    // it up to date within one interval).
+    let page = console.fleet_page(&query).await?;
     let live = format!("/ui/fleet/events?{}", query.to_query(page.page));
     let body = html! {
         form.filters method="get" action="/" {
@@ -115,10 +114,10 @@ pub(super) async fn fleet_page(
             }
             button type="submit" { "Apply" }
         }
-        p #fleet-summary .summary { (summary(&page)) }
+        p #fleet-summary .summary { (page.summary) }
         table #fleet data-live=(live) {
             thead { tr { th { "Node" } th { "Status" } th { "Load" } th { "GPUs" } th { "Last heartbeat" } } }
-            tbody #fleet-rows { (fleet_rows(&page)) }
+            tbody #fleet-rows { (maud::PreEscaped(&page.body)) }
         }
         nav.pager {
             @if page.page > 1 { a href={ "/?" (query.to_query(page.page - 1)) } { "← previous" } }
@@ -142,6 +141,10 @@ pub struct RenderedPage {
     body: String,
     /// "N of M nodes · page P of Q".
     summary: String,
+    /// This page (from 1) and how many there are.
+    page: usize,
+    /// Pages of the selection.
+    pages: usize,
 }
 
 /// The fleet as the live pages see it: one registry read per half interval, whatever the number
@@ -211,6 +214,8 @@ pub fn render_page(generation: u64, views: &[NodeView], query: &FleetQuery) -> R
             .collect(),
         body: fleet_rows(&page).into_string(),
         summary: summary(&page),
+        page: page.page,
+        pages: page.pages,
     }
 }
 
@@ -506,13 +511,7 @@ fn join_form(operator: &Operator, node_id: &str, error: Option<&str>) -> Markup 
 }
 
 fn admin_only(operator: &Operator, action: &str) -> Result<(), PageError> {
-    crate::api::access::permit(
-        &operator.session.claims(),
-        crate::api::access::Access::Write,
-        Subject::Fleet,
-        action,
-    )
-    .map_err(|e| PageError::forbidden(e.to_string()))
+    operator.may(crate::api::access::Access::Write, Subject::Fleet, action)
 }
 
 /// `GET /ui/join` (admin)

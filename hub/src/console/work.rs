@@ -635,13 +635,11 @@ pub(super) async fn audit_page(
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
     let operator = console.operator(&headers, "/ui/audit")?;
-    crate::api::access::permit(
-        &operator.session.claims(),
+    operator.may(
         crate::api::access::Access::Read,
         Subject::Fleet,
         "read the audit log",
-    )
-    .map_err(|e| PageError::forbidden(e.to_string()))?;
+    )?;
     let rows = crate::audit::list(&console.hub, 0, 500)
         .await
         .map_err(|e| PageError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
