@@ -10,6 +10,7 @@ pub mod agents;
 mod audit;
 pub mod demo;
 mod doctor;
+mod mcp;
 mod progress;
 pub mod tool_run;
 pub mod work;
@@ -115,6 +116,9 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Serve the hub's MCP tools over stdio (for MCP clients that launch servers), with the
+    /// credential of OUTPOST_TOKEN or the config's auth secret.
+    Mcp,
     /// The audit log: every write, who made it and how it ended.
     Audit {
         #[command(subcommand)]
@@ -190,9 +194,12 @@ enum TokenCommand {
     },
     /// Mint an API token (JWT) from the hub's auth secret.
     Api {
-        /// admin or viewer.
+        /// admin, viewer, or agent (MCP only, limited to the --tool names).
         #[arg(long, default_value = "viewer", value_parser = parse_role)]
         role: Role,
+        /// With --role agent: a tool it may call (`nodes` for the fleet tool); repeat.
+        #[arg(long = "tool", value_name = "NAME")]
+        tools: Vec<String>,
         /// Lifetime.
         #[arg(long, default_value = "12h", value_parser = parse_duration)]
         ttl: Duration,
@@ -311,7 +318,10 @@ fn parse_role(text: &str) -> Result<Role, String> {
     match text {
         "admin" => Ok(Role::Admin),
         "viewer" => Ok(Role::Viewer),
-        other => Err(format!("{other:?} is not a role: use admin or viewer")),
+        "agent" => Ok(Role::Agent),
+        other => Err(format!(
+            "{other:?} is not a role: use admin, viewer or agent"
+        )),
     }
 }
 
@@ -418,6 +428,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             crate::demo::run(global.data_dir.as_deref(), keep_running, global.json, out).await
         }
         Command::Doctor { node } => crate::doctor::doctor(&global, node, out).await,
+        Command::Mcp => crate::mcp::serve_stdio(&global).await,
         Command::Audit {
             command: AuditCommand::List { since, limit },
         } => crate::audit::list(&global, since, limit, out).await,
@@ -655,12 +666,37 @@ async fn token(
                 )?;
             }
         }
-        TokenCommand::Api { role, ttl, subject } => {
+        TokenCommand::Api {
+            role,
+            ttl,
+            subject,
+            tools,
+        } => {
             let ttl = i64::try_from(ttl.as_secs()).context("ttl too large")?;
-            let token =
-                authority(&config, &config.cert_dir())?.issue(&subject, role, now_s(), ttl)?;
+            let authority = authority(&config, &config.cert_dir())?;
+            let token = match role {
+                Role::Agent if tools.is_empty() => anyhow::bail!(
+                    "--role agent needs at least one --tool NAME (`nodes` for the fleet tool)"
+                ),
+                Role::Agent => {
+                    for tool in &tools {
+                        outpost_hub::work::tools::validate_name(tool)
+                            .map_err(|e| anyhow::anyhow!("--tool {e}"))?;
+                    }
+                    authority.issue_agent(&subject, tools.clone(), now_s(), ttl)?
+                }
+                _ if !tools.is_empty() => {
+                    anyhow::bail!("--tool limits an agent token; {role} tokens are not limited")
+                }
+                Role::Node => anyhow::bail!("node credentials come from joining, not from here"),
+                _ => authority.issue(&subject, role, now_s(), ttl)?,
+            };
             if global.json {
-                writeln!(out, "{}", json!({"token": token, "role": role.to_string()}))?;
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"token": token, "role": role.to_string(), "tools": tools})
+                )?;
             } else {
                 writeln!(out, "{token}")?;
             }

@@ -277,6 +277,9 @@ pub struct NodeSection {
     /// Publishers (`ed25519:<base64>`) whose tools this node runs; when not empty, a tool
     /// without a valid signature by one of them is refused before it runs.
     pub trusted_publishers: Vec<String>,
+    /// What a `task` text sent to this node (the `nodes` tool's `send`) runs: a tool name, the
+    /// text as its input, or `agent:NAME`, the text as a line to that agent on this node.
+    pub default_task: Option<String>,
 }
 
 impl Default for NodeSection {
@@ -294,6 +297,7 @@ impl Default for NodeSection {
                 .collect(),
             allow_hosts: Vec::new(),
             trusted_publishers: Vec::new(),
+            default_task: None,
         }
     }
 }
@@ -551,6 +555,32 @@ impl Default for ToolsSection {
     }
 }
 
+/// `[mcp]`: the hub's MCP endpoint (`/mcp` on the HTTP listener).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpSection {
+    /// Serve `/mcp`.
+    pub enabled: bool,
+    /// `Host` names (or `host:port`) clients reach the hub by, besides the loopback names and
+    /// `[internal_grpc.security] server_names`: a request for another host is refused (DNS
+    /// rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`https://app.example:443`, `http://localhost:*`) allowed besides the
+    /// hub's own; a request with any other `Origin` is refused with 403. Requests without an
+    /// `Origin` (programs, not browsers) pass.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for McpSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -575,6 +605,8 @@ pub struct Config {
     pub tools: ToolsSection,
     /// `[sandbox]`
     pub sandbox: SandboxSection,
+    /// `[mcp]`
+    pub mcp: McpSection,
 }
 
 /// `[sandbox]`: how a node runs native programs (agents and `--command` tasks).
@@ -626,6 +658,7 @@ pub const ENV_KEYS: &[&str] = &[
     "node.env_allow",
     "node.allow_hosts",
     "node.trusted_publishers",
+    "node.default_task",
     "gpu.probe",
     "gpu.refresh_interval",
     "gpu.nvml_library",
@@ -641,6 +674,9 @@ pub const ENV_KEYS: &[&str] = &[
     "sandbox.launcher",
     "sandbox.require_landlock",
     "sandbox.tcp_connect",
+    "mcp.enabled",
+    "mcp.allowed_hosts",
+    "mcp.allowed_origins",
 ];
 
 /// The environment variable that overrides a dotted key: `internal_grpc.auth.issuer` →
@@ -781,6 +817,9 @@ impl Config {
             key: key.into(),
             message,
         };
+        if let Some(task) = &self.node.default_task {
+            check_default_task(task).map_err(|m| invalid("node.default_task", m))?;
+        }
         if !self.internal_grpc.enabled {
             return Err(invalid(
                 "internal_grpc.enabled",
@@ -1083,6 +1122,23 @@ fn default_data_dir(env: &BTreeMap<String, String>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
+/// `[node] default_task`: a tool name, or `agent:NAME`.
+fn check_default_task(task: &str) -> Result<(), String> {
+    let name = task.strip_prefix("agent:").unwrap_or(task);
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{task:?}: name a tool (`echo`) or an agent on this node (`agent:NAME`), 1 to 64 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
 /// Turns an environment value into a TOML value of the type the key expects.
 fn env_value(key: &str, raw: &str) -> toml::Value {
     let trimmed = raw.trim();
@@ -1092,6 +1148,8 @@ fn env_value(key: &str, raw: &str) -> toml::Value {
         || key.ends_with("allow_hosts")
         || key.ends_with("trusted_publishers")
         || key.ends_with("tcp_connect")
+        || key.ends_with("allowed_hosts")
+        || key.ends_with("allowed_origins")
     {
         if trimmed.starts_with('[')
             && let Ok(v) = format!("v = {trimmed}").parse::<toml::Table>()
@@ -1214,6 +1272,23 @@ mod tests {
         assert_eq!(c.internal_grpc.security.mode, TlsMode::Tls);
         assert_eq!(c.cert_dir(), PathBuf::from("/var/lib/outpost/certs"));
         assert!(c.tools.preinstall, "pushed tools are installed by default");
+    }
+
+    #[test]
+    fn a_default_task_names_a_tool_or_an_agent() {
+        for good in ["echo", "agent:assistant"] {
+            let c = Config::from_toml(&format!("[node]\ndefault_task = \"{good}\"\n")).unwrap();
+            assert_eq!(c.node.default_task.as_deref(), Some(good));
+        }
+        for bad in ["", "agent:", "a b", "../x"] {
+            let err = Config::from_toml(&format!("[node]\ndefault_task = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("node.default_task"), "{bad:?}: {err}");
+        }
+        let c =
+            Config::from_toml("[mcp]\nallowed_origins = [\"https://app.example:443\"]\n").unwrap();
+        assert!(c.mcp.enabled && c.mcp.allowed_origins == ["https://app.example:443"]);
     }
 
     #[test]

@@ -202,11 +202,24 @@ impl<'a> HubBuilder<'a> {
             https: https.is_some(),
             live_interval: std::time::Duration::from_secs(1),
         };
+        let mcp = crate::api::mcp::http::McpSettings {
+            enabled: config.mcp.enabled,
+            https: https.is_some(),
+            allowed_hosts: config
+                .internal_grpc
+                .security
+                .server_names
+                .iter()
+                .chain(&config.mcp.allowed_hosts)
+                .cloned()
+                .collect(),
+            allowed_origins: config.mcp.allowed_origins.clone(),
+        };
         tasks.push(serve_rest(
             &state,
             listeners.http,
             https,
-            console,
+            (console, mcp),
             shutdown_rx.clone(),
         )?);
         if let Some(queue) = state.audit.take_writer() {
@@ -616,13 +629,20 @@ fn serve_rest(
     state: &Arc<HubState>,
     listener: tokio::net::TcpListener,
     tls: Option<rustls::ServerConfig>,
-    console: crate::console::ConsoleSettings,
+    (console, mcp): (
+        crate::console::ConsoleSettings,
+        crate::api::mcp::http::McpSettings,
+    ),
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, HubError> {
     let app = crate::api::rest::router(state.clone())
-        .merge(crate::console::router(state.clone(), console));
+        .merge(crate::console::router(state.clone(), console))
+        .merge(crate::api::mcp::http::router(state.clone(), mcp));
+    let mcp_shutdown = state.mcp_shutdown.clone();
     let signal = async move {
         let _ = shutdown.wait_for(|s| *s).await;
+        // Open MCP streams would hold the graceful shutdown forever.
+        mcp_shutdown.cancel();
     };
     let listener = match tls {
         None => {

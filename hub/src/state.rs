@@ -35,6 +35,8 @@ pub struct HubState {
     pub metrics: crate::telemetry::HubMetrics,
     /// Every write, queued for the store.
     pub audit: crate::audit::AuditLog,
+    /// Cancelled when the hub stops: ends the MCP endpoint's open streams and sessions.
+    pub mcp_shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl HubState {
@@ -57,6 +59,7 @@ impl HubState {
             agents: crate::work::agents::AgentHub::default(),
             metrics: crate::telemetry::HubMetrics::new(),
             audit: crate::audit::AuditLog::default(),
+            mcp_shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 

@@ -322,6 +322,7 @@ fn session_context(
     };
     let labels = config.node.labels.clone();
     let safe_paths = config.node.safe_paths.clone();
+    let default_task = config.node.default_task.clone().unwrap_or_default();
     let worktree_root = config
         .worktree
         .default_root
@@ -383,6 +384,7 @@ fn session_context(
             capabilities
                 .default_worktree_root
                 .clone_from(&worktree_root);
+            capabilities.default_task.clone_from(&default_task);
             capabilities
         }),
         load: Mutex::new(system::LoadSampler::new(&config.data_dir())),

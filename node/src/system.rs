@@ -209,6 +209,7 @@ pub fn capabilities(
         safe_paths: safe_paths.iter().map(|p| p.display().to_string()).collect(),
         default_worktree_root: String::new(),
         direct_route: String::new(),
+        default_task: String::new(),
     }
 }
 

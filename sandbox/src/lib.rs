@@ -21,7 +21,7 @@ pub mod policy;
 pub mod runtime;
 
 pub use outcome::{CallReport, ErrorKind, LogLevel, LogRecord, SandboxError, ToolDescription};
-pub use policy::{FsAccess, FsGrant, Fuel, Limits, ResolvedPolicy, ToolPolicy};
+pub use policy::{FsAccess, FsGrant, Fuel, Limits, Placement, ResolvedPolicy, ToolPolicy};
 pub use runtime::{LoadedTool, Sandbox, SandboxConfig};
 
 /// The digest that names a component everywhere (tool store, compile cache, `RunTask`): the

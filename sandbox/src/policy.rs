@@ -19,6 +19,13 @@
 //! max_output = "1MiB"       # each of: returned value, stdout, stderr
 //! disk_write = "64MiB"      # bytes one call may write into its read-write grants
 //! files_created = 1000      # files, directories and links one call may create there
+//!
+//! [placement]               # where the hub places the tool's tasks (nodes ignore it)
+//! gpus = 1                  # GPUs: 0, a share below 1 (0.5), or whole devices
+//! gpu_memory = "16GiB"      # free memory per assigned GPU
+//! compute_capability = "8.0"
+//! labels = { zone = "lab" } # labels the node must have
+//! capabilities = ["cuda"]   # capabilities the node must have
 //! ```
 //!
 //! [`ToolPolicy`] is the parsed file; [`ToolPolicy::resolve`] checks it against the node's
@@ -218,6 +225,20 @@ struct PolicyFile {
     network: NetworkFile,
     #[serde(default)]
     limits: LimitsFile,
+    #[serde(default)]
+    placement: PlacementFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlacementFile {
+    gpus: Option<f64>,
+    gpu_memory: Option<Bytes>,
+    compute_capability: Option<String>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +364,34 @@ pub struct ToolPolicy {
     pub allow_hosts: Vec<String>,
     /// Limits.
     pub limits: Limits,
+    /// Where the hub places the tool's tasks (`[placement]`); the sandbox does not read it.
+    pub placement: Placement,
+}
+
+/// Most GPUs a tool may ask for.
+const MAX_PLACEMENT_GPUS: f64 = 1024.0;
+
+/// A tool's declared requirements (`[placement]`): what a node needs to run its tasks. The hub
+/// adds them to every task of the tool; how a GPU share is split is the scheduler's rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// GPUs × 1000 (0.5 GPU is 500).
+    pub gpu_milli: u32,
+    /// Free memory per assigned GPU, MiB.
+    pub gpu_memory_mb: u64,
+    /// Lowest compute capability, e.g. "8.0" (empty: any).
+    pub compute_capability: String,
+    /// Labels the node must have.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Capabilities the node must have.
+    pub capabilities: Vec<String>,
+}
+
+impl Placement {
+    /// GPUs as a count (0.5, 1, 2).
+    pub fn gpus(&self) -> f64 {
+        f64::from(self.gpu_milli) / 1000.0
+    }
 }
 
 fn policy_error(message: impl Into<String>) -> SandboxError {
@@ -376,6 +425,25 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
         (Some(section), None) => Some(section),
         (None, None) => None,
     }
+}
+
+fn placement_from(file: PlacementFile) -> Result<Placement, String> {
+    let gpus = file.gpus.unwrap_or(0.0);
+    if !gpus.is_finite() || !(0.0..=MAX_PLACEMENT_GPUS).contains(&gpus) {
+        return Err(format!(
+            "gpus: {gpus} is not a GPU count from 0 to {MAX_PLACEMENT_GPUS}"
+        ));
+    }
+    // Exact to a thousandth of a GPU; the bound above keeps it in range.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let gpu_milli = (gpus * 1000.0).round() as u32;
+    Ok(Placement {
+        gpu_milli,
+        gpu_memory_mb: file.gpu_memory.map_or(0, |Bytes(b)| b.div_ceil(1 << 20)),
+        compute_capability: file.compute_capability.unwrap_or_default(),
+        labels: file.labels,
+        capabilities: file.capabilities,
+    })
 }
 
 impl ToolPolicy {
@@ -431,6 +499,8 @@ impl ToolPolicy {
         if let Some(files_created) = limits.files_created {
             policy.limits.files_created = files_created;
         }
+        policy.placement = placement_from(file.placement)
+            .map_err(|message| policy_error(format!("{origin}: [placement] {message}")))?;
         policy
             .validate()
             .map_err(|err| SandboxError::new(err.kind, format!("{origin}: {}", err.message)))?;
@@ -840,6 +910,33 @@ max_output = 4096
         let policy = ToolPolicy::from_toml("", "p").unwrap();
         assert!(policy.fs.is_empty() && policy.env.is_empty() && policy.allow_hosts.is_empty());
         assert_eq!(policy.limits, Limits::default());
+    }
+
+    #[test]
+    fn placement_declares_where_the_tool_runs() {
+        let policy = ToolPolicy::from_toml(
+            "[placement]\ngpus = 0.5\ngpu_memory = \"16GiB\"\ncompute_capability = \"8.0\"\nlabels = { zone = \"lab\" }\ncapabilities = [\"cuda\"]\n",
+            "p",
+        )
+        .unwrap();
+        assert_eq!(policy.placement.gpu_milli, 500);
+        assert_eq!(policy.placement.gpus(), 0.5);
+        assert_eq!(policy.placement.gpu_memory_mb, 16 * 1024);
+        assert_eq!(policy.placement.compute_capability, "8.0");
+        assert_eq!(policy.placement.labels["zone"], "lab");
+        assert_eq!(policy.placement.capabilities, ["cuda"]);
+        assert_eq!(
+            ToolPolicy::from_toml("", "p").unwrap().placement,
+            Placement::default()
+        );
+        for (text, needle) in [
+            ("[placement]\ngpus = -1\n", "[placement] gpus: -1"),
+            ("[placement]\ngpus = 5000\n", "from 0 to 1024"),
+            ("[placement]\ngpu = 1\n", "unknown field `gpu`"),
+        ] {
+            let err = ToolPolicy::from_toml(text, "p").unwrap_err();
+            assert!(err.message.contains(needle), "{text:?}: {}", err.message);
+        }
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub enum Role {
     Viewer,
     /// A node, acting only as itself (`sub` = node id).
     Node,
+    /// An AI agent's credential (MCP): may call only the tools named in [`Claims::tools`]
+    /// (`nodes` among them for the fleet tool), and read nothing else.
+    Agent,
 }
 
 impl fmt::Display for Role {
@@ -26,6 +29,7 @@ impl fmt::Display for Role {
             Role::Admin => "admin",
             Role::Viewer => "viewer",
             Role::Node => "node",
+            Role::Agent => "agent",
         })
     }
 }
@@ -49,6 +53,27 @@ pub struct Claims {
     /// with, so the credential holds only while the registry binds the node to that key.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    /// Agent credentials: the tools this credential may call (`nodes` for the fleet tool).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+}
+
+impl Claims {
+    /// The claims a token says it carries, **not verified**: for a client choosing what to
+    /// show (the hub verifies every call). `None` when it is not a JWT.
+    pub fn unverified(token: &str) -> Option<Self> {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Whether an agent credential names `tool` (any other role: false; their rule is the role).
+    pub fn names_tool(&self, tool: &str) -> bool {
+        self.role == Role::Agent && self.tools.iter().any(|t| t == tool)
+    }
 }
 
 /// Why a credential was refused.
@@ -130,7 +155,23 @@ impl TokenAuthority {
         now_s: i64,
         ttl_s: i64,
     ) -> Result<String, AuthError> {
-        self.issue_bound(sub, role, "", now_s, ttl_s)
+        self.mint(sub, role, "", Vec::new(), now_s, ttl_s)
+    }
+
+    /// An agent credential for `sub` that may call only `tools`.
+    pub fn issue_agent(
+        &self,
+        sub: &str,
+        tools: Vec<String>,
+        now_s: i64,
+        ttl_s: i64,
+    ) -> Result<String, AuthError> {
+        if tools.is_empty() {
+            return Err(AuthError::Malformed(
+                "an agent credential names at least one tool".into(),
+            ));
+        }
+        self.mint(sub, Role::Agent, "", tools, now_s, ttl_s)
     }
 
     /// [`issue`](Self::issue) bound to the key with hex SHA-256 `key` (a node's credential).
@@ -142,6 +183,18 @@ impl TokenAuthority {
         now_s: i64,
         ttl_s: i64,
     ) -> Result<String, AuthError> {
+        self.mint(sub, role, key, Vec::new(), now_s, ttl_s)
+    }
+
+    fn mint(
+        &self,
+        sub: &str,
+        role: Role,
+        key: &str,
+        tools: Vec<String>,
+        now_s: i64,
+        ttl_s: i64,
+    ) -> Result<String, AuthError> {
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -150,6 +203,7 @@ impl TokenAuthority {
             iat: now_s,
             exp: now_s.saturating_add(ttl_s),
             key: key.into(),
+            tools,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Malformed(e.to_string()))
@@ -343,6 +397,28 @@ mod tests {
         assert!(matches!(
             auth.verify("not.a.jwt"),
             Err(AuthError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn agent_credentials_carry_their_tools_and_need_one() {
+        let auth = TokenAuthority::new(b"0123456789abcdef0123", "outpost", "outpost-internal", 5);
+        let token = auth
+            .issue_agent("bot", vec!["echo".into(), "nodes".into()], now(), 60)
+            .unwrap();
+        let claims = auth.verify(&token).unwrap();
+        assert_eq!(claims.role, Role::Agent);
+        assert!(claims.names_tool("echo") && claims.names_tool("nodes"));
+        assert_eq!(Claims::unverified(&token), Some(claims.clone()));
+        assert_eq!(Claims::unverified("not a token"), None);
+        assert!(!claims.names_tool("gpu-job"));
+        let admin = auth
+            .verify(&auth.issue("a", Role::Admin, now(), 60).unwrap())
+            .unwrap();
+        assert!(admin.tools.is_empty() && !admin.names_tool("echo"));
+        assert!(matches!(
+            auth.issue_agent("bot", Vec::new(), now(), 60),
+            Err(AuthError::Malformed(m)) if m.contains("at least one tool")
         ));
     }
 

@@ -7,9 +7,16 @@
 //! | `admin`  | yes            | yes                        | yes   |
 //! | `viewer` | yes            | yes                        | no    |
 //! | `node`   | no             | its own only               | no    |
+//! | `agent`  | see below      | with `nodes`               | its tools' tasks only |
 //!
 //! "The fleet" is anything not one node's own record: the node list, other nodes, tasks, tools.
 //! A node credential is for the node's session; it reads nothing of other nodes' work.
+//!
+//! An agent credential (`outpost token api --role agent --tool echo --tool nodes`) is for MCP
+//! clients: it lists the tools, calls (submits, reads, cancels tasks of) only the tools it names,
+//! and with [`NODES_TOOL`] among them reads the node list, node records and any task's result —
+//! what PRX's `nodes` tool does. It never runs native commands, and reads nothing else (agents,
+//! audit log, tokens, metrics).
 
 use outpost_trust::auth::{AuthError, Claims, Role};
 
@@ -24,13 +31,27 @@ pub enum Access {
     Write,
 }
 
+/// The fleet tool's name: an agent credential naming it reads nodes and task results.
+pub const NODES_TOOL: &str = "nodes";
+
 /// What a call touches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject<'a> {
     /// The fleet as a whole, or anything that is not one node's own record.
     Fleet,
+    /// The node list.
+    Nodes,
     /// The record (view, health, capabilities) of the node with this id.
     Node(&'a str),
+    /// The tool list (names, descriptions, schemas).
+    Tools,
+    /// Calling this tool: a task of it submitted.
+    Tool(&'a str),
+    /// A task, by the tool it runs (empty: a native command).
+    Task {
+        /// The task's tool.
+        tool: &'a str,
+    },
 }
 
 /// Whether `claims` may do `access` on `subject`; the refusal names the role and `action`.
@@ -45,6 +66,18 @@ pub fn permit(
         (Role::Viewer, Access::Read, _) => true,
         (Role::Node, Access::Read, Subject::Node(id)) => id == claims.sub,
         (Role::Viewer | Role::Node, _, _) => false,
+        (Role::Agent, Access::Read, Subject::Nodes | Subject::Node(_)) => {
+            claims.names_tool(NODES_TOOL)
+        }
+        (Role::Agent, Access::Read, Subject::Tools) => true,
+        (Role::Agent, _, Subject::Tool(tool)) => !tool.is_empty() && claims.names_tool(tool),
+        (Role::Agent, Access::Read, Subject::Task { tool }) => {
+            (!tool.is_empty() && claims.names_tool(tool)) || claims.names_tool(NODES_TOOL)
+        }
+        (Role::Agent, Access::Write, Subject::Task { tool }) => {
+            !tool.is_empty() && claims.names_tool(tool)
+        }
+        (Role::Agent, _, _) => false,
     };
     if allowed {
         Ok(())
@@ -53,6 +86,16 @@ pub fn permit(
             role: claims.role,
             action: match (claims.role, subject) {
                 (Role::Node, Subject::Node(_)) => format!("{action} of another node"),
+                (Role::Agent, Subject::Tool(tool) | Subject::Task { tool }) if !tool.is_empty() => {
+                    format!(
+                        "{action}: tool {tool:?} is not one this token names ({})",
+                        claims.tools.join(", ")
+                    )
+                }
+                (Role::Agent, _) => format!(
+                    "{action} (an agent token names only the tools it may call: {})",
+                    claims.tools.join(", ")
+                ),
                 _ => action.to_string(),
             },
         })
@@ -120,6 +163,7 @@ mod tests {
             iat: 0,
             exp: 0,
             key: String::new(),
+            tools: Vec::new(),
         }
     }
 
@@ -176,6 +220,47 @@ mod tests {
                 assert!(matches!(e, AuthError::Forbidden { role: r, .. } if r == role));
             }
         }
+        // An agent names its tools.
+        let agent = Claims {
+            tools: vec!["echo".into(), NODES_TOOL.into()],
+            ..claims(Role::Agent, "bot")
+        };
+        let only_echo = Claims {
+            tools: vec!["echo".into()],
+            ..claims(Role::Agent, "bot")
+        };
+        let agent_table: [(&Claims, Access, Subject<'_>, bool); 16] = [
+            (&agent, Write, Subject::Tool("echo"), true),
+            (&agent, Write, Subject::Tool("gpu-job"), false),
+            (&agent, Write, Subject::Tool(""), false),
+            (&agent, Read, Subject::Tools, true),
+            (&agent, Read, Subject::Nodes, true),
+            (&agent, Read, OneNode("n-1"), true),
+            (&agent, Write, OneNode("n-1"), false),
+            (&agent, Read, Subject::Task { tool: "gpu-job" }, true),
+            (&agent, Write, Subject::Task { tool: "gpu-job" }, false),
+            (&agent, Write, Subject::Task { tool: "echo" }, true),
+            (&agent, Read, Fleet, false),
+            (&agent, Write, Fleet, false),
+            (&only_echo, Read, Subject::Nodes, false),
+            (&only_echo, Read, Subject::Task { tool: "echo" }, true),
+            (&only_echo, Read, Subject::Task { tool: "" }, false),
+            (&only_echo, Write, Subject::Tool(NODES_TOOL), false),
+        ];
+        for (who, access, subject, allowed) in agent_table {
+            let answer = permit(who, access, subject, "call");
+            assert_eq!(
+                answer.is_ok(),
+                allowed,
+                "{:?} {access:?} {subject:?}",
+                who.tools
+            );
+        }
+        let err = permit(&only_echo, Write, Subject::Tool("gpu-job"), "call tools").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"role agent may not call tools: tool "gpu-job" is not one this token names (echo)"#
+        );
         let err = permit(&claims(Node, "n-1"), Read, OneNode("n-2"), "read nodes").unwrap_err();
         assert_eq!(
             err.to_string(),

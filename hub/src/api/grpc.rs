@@ -31,7 +31,19 @@ pub async fn authorize<T>(
     subject: Subject<'_>,
     action: &str,
 ) -> Result<Claims, Status> {
-    if state.credentials.mtls() && request.peer_certs().is_none_or(|certs| certs.is_empty()) {
+    let claims = authenticate(state, request).await?;
+    access::permit(&claims, access, subject, action)
+        .map_err(|e| Status::permission_denied(e.to_string()))?;
+    Ok(claims)
+}
+
+/// Checks transport (mTLS) and JWT; the caller's claims, for a rule applied after a lookup.
+pub async fn authenticate<T>(state: &HubState, request: &Request<T>) -> Result<Claims, Status> {
+    let in_process = request.extensions().get::<InProcess>().is_some();
+    if !in_process
+        && state.credentials.mtls()
+        && request.peer_certs().is_none_or(|certs| certs.is_empty())
+    {
         return Err(Status::unauthenticated(
             "mTLS mode: this call needs a client certificate signed by the hub CA (cert_dir/client.pem)",
         ));
@@ -40,13 +52,16 @@ pub async fn authorize<T>(
         .metadata()
         .get("authorization")
         .map(|value| value.to_str().unwrap_or_default());
-    let claims = access::authenticate(state, header)
+    access::authenticate(state, header)
         .await
-        .map_err(|e| Status::unauthenticated(e.to_string()))?;
-    access::permit(&claims, access, subject, action)
-        .map_err(|e| Status::permission_denied(e.to_string()))?;
-    Ok(claims)
+        .map_err(|e| Status::unauthenticated(e.to_string()))
 }
+
+/// Marks a call the hub makes to its own services in-process (the MCP endpoint calling on
+/// behalf of its caller): no transport to check, only the caller's bearer JWT. Extensions are
+/// set by the hub, never read from the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct InProcess;
 
 /// Largest join message accepted (the service anyone may call).
 const MAX_JOIN_MESSAGE: usize = 64 * 1024;
@@ -173,7 +188,7 @@ impl NodeRegistry for HubGrpc {
         &self,
         request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        self.read(&request, Subject::Fleet, "list nodes").await?;
+        self.read(&request, Subject::Nodes, "list nodes").await?;
         let nodes = registry::list(&self.state).await?;
         Ok(Response::new(ListNodesResponse { nodes }))
     }

@@ -11,7 +11,7 @@ use outpost_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::api::grpc::{HubGrpc, Subject};
+use crate::api::grpc::{Access, HubGrpc, Subject};
 use crate::api::views;
 use crate::work::tasks::{self, RequirementsSpec, SubmitSpec, TaskError};
 use crate::work::tools;
@@ -20,6 +20,27 @@ use crate::work::tools;
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
 impl HubGrpc {
+    /// The task `id` once the caller may do `access` on tasks of its tool (the rule needs the
+    /// task's tool, so it is read after the credential is checked and before anything else).
+    async fn task_for<T>(
+        &self,
+        request: &Request<T>,
+        id: &str,
+        access: Access,
+        action: &str,
+    ) -> Result<crate::store::TaskRow, Status> {
+        let claims = crate::api::grpc::authenticate(self.state(), request).await?;
+        if claims.role == outpost_trust::auth::Role::Node {
+            return Err(Status::permission_denied(
+                "role node may not read or change tasks",
+            ));
+        }
+        let task = tasks::get(self.state(), id).await?;
+        crate::api::access::permit(&claims, access, Subject::Task { tool: &task.tool }, action)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        Ok(task)
+    }
+
     /// The task service.
     pub fn task_service(&self) -> TaskServiceServer<Self> {
         TaskServiceServer::new(self.clone())
@@ -38,7 +59,11 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<SubmitTaskRequest>,
     ) -> Result<Response<TaskView>, Status> {
-        self.write(&request, Subject::Fleet, "submit tasks").await?;
+        let subject = match request.get_ref().tool.as_str() {
+            "" => Subject::Fleet,
+            tool => Subject::Tool(tool),
+        };
+        self.write(&request, subject, "submit tasks").await?;
         let r = request.into_inner();
         let spec = SubmitSpec {
             tool: r.tool,
@@ -56,8 +81,9 @@ impl TaskService for HubGrpc {
     }
 
     async fn get_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
-        self.read(&request, Subject::Fleet, "read tasks").await?;
-        let task = tasks::get(self.state(), &request.get_ref().id).await?;
+        let task = self
+            .task_for(&request, &request.get_ref().id, Access::Read, "read tasks")
+            .await?;
         Ok(Response::new(views::task_view(&task)))
     }
 
@@ -82,7 +108,13 @@ impl TaskService for HubGrpc {
 
     async fn cancel_task(&self, request: Request<TaskRef>) -> Result<Response<TaskView>, Status> {
         crate::audit::note_target(&request.get_ref().id);
-        self.write(&request, Subject::Fleet, "cancel tasks").await?;
+        self.task_for(
+            &request,
+            &request.get_ref().id,
+            Access::Write,
+            "cancel tasks",
+        )
+        .await?;
         let task = tasks::cancel(self.state_arc(), &request.get_ref().id).await?;
         Ok(Response::new(views::task_view(&task)))
     }
@@ -91,7 +123,8 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<WaitTaskRequest>,
     ) -> Result<Response<TaskView>, Status> {
-        self.read(&request, Subject::Fleet, "read tasks").await?;
+        self.task_for(&request, &request.get_ref().id, Access::Read, "read tasks")
+            .await?;
         let r = request.get_ref();
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         let task = tasks::wait(self.state(), &r.id, wait).await?;
@@ -105,8 +138,13 @@ impl TaskService for HubGrpc {
         &self,
         request: Request<TaskLogsRequest>,
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
-        self.read(&request, Subject::Fleet, "read task output")
-            .await?;
+        self.task_for(
+            &request,
+            &request.get_ref().id,
+            Access::Read,
+            "read task output",
+        )
+        .await?;
         let r = request.into_inner();
         let (tail, live) = tasks::follow_log(self.state(), &r.id).await?;
         use futures::StreamExt as _;
@@ -151,15 +189,21 @@ impl ToolService for HubGrpc {
         &self,
         request: Request<ListToolsRequest>,
     ) -> Result<Response<ListToolsResponse>, Status> {
-        self.read(&request, Subject::Fleet, "list tools").await?;
+        let claims = self.read(&request, Subject::Tools, "list tools").await?;
         let rows = tools::list(self.state()).await?;
         Ok(Response::new(ListToolsResponse {
-            tools: rows.iter().map(tools::view).collect(),
+            tools: rows
+                .iter()
+                .filter(|tool| tools::may_call(&claims, &tool.name))
+                .map(tools::view)
+                .collect(),
         }))
     }
 
     async fn inspect_tool(&self, request: Request<ToolRef>) -> Result<Response<ToolView>, Status> {
-        self.read(&request, Subject::Fleet, "read tools").await?;
+        let name = &request.get_ref().name;
+        self.read(&request, Subject::Tool(name), "read tools")
+            .await?;
         let tool = tools::inspect(self.state(), &request.get_ref().name).await?;
         Ok(Response::new(tools::view(&tool)))
     }

@@ -8,6 +8,7 @@
 //!   health and reflection; [`grpc_tasks`]: the task and tool services.
 //! - [`rest`]: the REST API (axum) under `/api/admin/`.
 //! - [`openapi`]: the REST API's OpenAPI 3.1 document (the router is built from it).
+//! - [`mcp`]: the fleet as MCP tools, at `/mcp` and over stdio (`outpost mcp`).
 //! - [`views`]: JSON shapes shared by REST and the CLI's `--json` output.
 
 pub mod access;
@@ -18,6 +19,7 @@ pub mod grpc_agents;
 pub mod grpc_audit;
 pub mod grpc_tasks;
 pub mod https;
+pub mod mcp;
 pub mod openapi;
 pub mod rest;
 pub mod rest_agents;

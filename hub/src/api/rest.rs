@@ -378,7 +378,7 @@ async fn list_nodes(
     State(state): State<Arc<HubState>>,
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, ApiError> {
-    read(&state, &headers, Subject::Fleet, "list nodes").await?;
+    read(&state, &headers, Subject::Nodes, "list nodes").await?;
     let nodes = registry::list(&state).await?;
     Ok(axum::Json(Value::Array(
         nodes.iter().map(views::node_json).collect(),

@@ -39,6 +39,7 @@ impl Session {
             iat: 0,
             exp: self.expires_at_ms / 1000,
             key: String::new(),
+            tools: Vec::new(),
         }
     }
 
@@ -56,6 +57,9 @@ pub enum SignInError {
         "a node credential cannot sign in to the console; use an admin or viewer token (outpost token api --role viewer)"
     )]
     NodeCredential,
+    /// An agent's credential: it calls tools over MCP and signs in nowhere.
+    #[error("an agent token calls tools over MCP (/mcp); sign in with an admin or viewer token")]
+    AgentCredential,
     /// Expired already.
     #[error("the token has expired")]
     Expired,
@@ -77,8 +81,10 @@ impl Sessions {
         claims: &Claims,
         now_ms: i64,
     ) -> Result<Session, SignInError> {
-        if claims.role == Role::Node {
-            return Err(SignInError::NodeCredential);
+        match claims.role {
+            Role::Node => return Err(SignInError::NodeCredential),
+            Role::Agent => return Err(SignInError::AgentCredential),
+            Role::Admin | Role::Viewer => {}
         }
         let token_end = claims.exp.saturating_mul(1000);
         if token_end <= now_ms {
@@ -167,6 +173,7 @@ mod tests {
             iat: 0,
             exp: exp_s,
             key: String::new(),
+            tools: Vec::new(),
         }
     }
 
@@ -196,6 +203,10 @@ mod tests {
         assert_eq!(
             sessions.open("a".into(), "c".into(), &claims(Role::Node, i64::MAX), 0),
             Err(SignInError::NodeCredential)
+        );
+        assert_eq!(
+            sessions.open("a".into(), "c".into(), &claims(Role::Agent, i64::MAX), 0),
+            Err(SignInError::AgentCredential)
         );
         assert_eq!(
             sessions.open("a".into(), "c".into(), &claims(Role::Admin, 10), 10_000),

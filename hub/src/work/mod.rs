@@ -1,9 +1,11 @@
 //! Work and where it runs: placement as pure logic ([`scheduler`]), the task engine (submit,
 //! dispatch, results, requeue: [`tasks`]), the tool registry ([`tools`]) and the agents that
-//! run on nodes ([`agents`]), and the live output of both ([`output`]).
+//! run on nodes ([`agents`]), the live output of both ([`output`]), and the input schemas tools
+//! describe ([`schema`]).
 
 pub mod agents;
 pub mod output;
 pub mod scheduler;
+pub mod schema;
 pub mod tasks;
 pub mod tools;

@@ -50,6 +50,8 @@ pub struct ToolRegistry {
     installed: parking_lot::Mutex<
         std::collections::HashMap<String, std::collections::BTreeMap<String, String>>,
     >,
+    /// Bumped when a tool is pushed through this hub (MCP's `tools/list_changed`).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl ToolRegistry {
@@ -61,7 +63,13 @@ impl ToolRegistry {
             transfers: tokio::sync::Semaphore::new(TRANSFER_CONCURRENCY),
             trusted_publishers: Vec::new(),
             installed: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Ticks each time a tool is pushed through this hub.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Records that `node_id` took `digest` of the tool `name`.
@@ -210,11 +218,12 @@ pub async fn push(
         .map_err(|e| TaskError::Invalid(format!("policy: {}", e.message)))?;
     // The describe check runs with the policy's limits but no grants (none resolve on the hub).
     let probe_policy = ToolPolicy {
-        fs: Vec::new(),
-        env: Vec::new(),
-        allow_hosts: Vec::new(),
         limits: policy.limits,
+        ..ToolPolicy::default()
     };
+    placement_spec(&policy.placement)
+        .to_requirements()
+        .map_err(|e| TaskError::Invalid(format!("policy: [placement] {e}")))?;
     let resolved = probe_policy
         .resolve(&[])
         .map_err(|e| TaskError::Invalid(format!("policy: {}", e.message)))?;
@@ -240,6 +249,11 @@ pub async fn push(
     .await
     .map_err(|e| TaskError::Invalid(format!("component: the check panicked: {e}")))?
     .map_err(|e| TaskError::Invalid(format!("component ({}): {}", e.kind.as_str(), e.message)))?;
+    crate::work::schema::check(&description.input_schema).map_err(|e| {
+        TaskError::Invalid(format!(
+            "component: the input schema its describe() returns is not a usable JSON Schema: {e}"
+        ))
+    })?;
     let now = state.now_ms();
     let row = ToolRow {
         name: name.into(),
@@ -257,6 +271,7 @@ pub async fn push(
     };
     state.store().put_tool(&row).await?;
     state.tools.meta.lock().remove(name);
+    state.tools.changes.send_modify(|n| *n += 1);
     tracing::info!(tool = %row.name, digest = %row.digest, size = row.size_bytes, "tool pushed");
     if state.tools.preinstall {
         install_on_nodes(state, state.fleet.links().all(), &row);
@@ -416,6 +431,34 @@ pub async fn install_for_agent(
             tool.digest
         ))
     }
+}
+
+/// A tool's `[placement]` as task requirements.
+pub fn placement_spec(
+    placement: &outpost_sandbox::Placement,
+) -> crate::work::tasks::RequirementsSpec {
+    crate::work::tasks::RequirementsSpec {
+        gpus: placement.gpus(),
+        gpu_memory_mb: placement.gpu_memory_mb,
+        compute_capability: placement.compute_capability.clone(),
+        labels: placement.labels.clone(),
+        capabilities: placement.capabilities.clone(),
+        node: String::new(),
+    }
+}
+
+/// The requirements a tool's policy declares (`[placement]`); none when the policy does not
+/// parse (it did when the tool was pushed).
+pub fn declared_requirements(tool: &ToolRow) -> crate::work::tasks::RequirementsSpec {
+    ToolPolicy::from_toml(&tool.policy_toml, &tool.name)
+        .map(|policy| placement_spec(&policy.placement))
+        .unwrap_or_default()
+}
+
+/// Whether `claims` may call the tool `name`: an agent credential only the tools it names,
+/// every other role by its role's rule.
+pub fn may_call(claims: &outpost_trust::auth::Claims, name: &str) -> bool {
+    claims.role != outpost_trust::auth::Role::Agent || claims.names_tool(name)
 }
 
 /// One tool (without its component's bytes).

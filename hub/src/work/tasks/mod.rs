@@ -251,16 +251,27 @@ pub async fn follow_log(
 
 /// Validates and stores a task, then wakes the dispatcher.
 pub async fn submit(state: &Arc<HubState>, mut spec: SubmitSpec) -> Result<Submitted, TaskError> {
-    let requirements = spec.validate()?;
+    let mut requirements = spec.validate()?;
+    if spec.command.is_empty() {
+        let Some(tool) = tool_meta(state, &spec.tool).await? else {
+            return Err(TaskError::NotFound(format!(
+                "tool {:?} is not on this hub: push it first (`outpost tool push FILE.wasm --name {}`)",
+                spec.tool, spec.tool
+            )));
+        };
+        // What the tool's policy declares (`[placement]`) holds for every task of it.
+        let declared = crate::work::tools::declared_requirements(&tool);
+        if declared != RequirementsSpec::default() {
+            spec.requirements = spec.requirements.with_declared(&declared);
+            requirements = spec
+                .requirements
+                .to_requirements()
+                .map_err(|e| TaskError::Invalid(format!("requirements: {e}")))?;
+        }
+    }
     // The stored requirements are what every later placement reads: a command's need for a
     // node that runs native programs goes with them.
     spec.requirements.capabilities = requirements.capabilities.clone();
-    if spec.command.is_empty() && tool_meta(state, &spec.tool).await?.is_none() {
-        return Err(TaskError::NotFound(format!(
-            "tool {:?} is not on this hub: push it first (`outpost tool push FILE.wasm --name {}`)",
-            spec.tool, spec.tool
-        )));
-    }
     let now = state.now_ms();
     let mut row = TaskRow {
         id: new_task_id()?,

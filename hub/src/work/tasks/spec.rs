@@ -72,6 +72,39 @@ impl RequirementsSpec {
         Ok(req)
     }
 
+    /// These requirements with what a tool declares added: the larger GPU count, memory and
+    /// compute capability, the labels of both (the caller's value where both name one) and the
+    /// capabilities of both.
+    pub fn with_declared(&self, declared: &RequirementsSpec) -> RequirementsSpec {
+        let capability = |text: &str| ComputeCapability::parse(text).ok();
+        let compute_capability = match (
+            capability(&self.compute_capability),
+            capability(&declared.compute_capability),
+        ) {
+            (Some(mine), Some(theirs)) if theirs > mine => declared.compute_capability.clone(),
+            (None, Some(_)) if self.compute_capability.trim().is_empty() => {
+                declared.compute_capability.clone()
+            }
+            _ => self.compute_capability.clone(),
+        };
+        let mut labels = declared.labels.clone();
+        labels.extend(self.labels.clone());
+        let mut capabilities = self.capabilities.clone();
+        for capability in &declared.capabilities {
+            if !capabilities.contains(capability) {
+                capabilities.push(capability.clone());
+            }
+        }
+        RequirementsSpec {
+            gpus: self.gpus.max(declared.gpus),
+            gpu_memory_mb: self.gpu_memory_mb.max(declared.gpu_memory_mb),
+            compute_capability,
+            labels,
+            capabilities,
+            node: self.node.clone(),
+        }
+    }
+
     /// From the protobuf message.
     pub fn from_proto(req: Option<&TaskRequirements>) -> Self {
         let Some(req) = req else {
@@ -227,6 +260,41 @@ impl SubmitSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tools_declared_requirements_add_to_the_callers() {
+        let declared = RequirementsSpec {
+            gpus: 1.0,
+            gpu_memory_mb: 16_384,
+            compute_capability: "8.0".into(),
+            labels: BTreeMap::from([("zone".into(), "lab".into()), ("tier".into(), "a".into())]),
+            capabilities: vec!["cuda".into()],
+            node: String::new(),
+        };
+        let none = RequirementsSpec::default().with_declared(&declared);
+        assert_eq!(none, declared);
+        let caller = RequirementsSpec {
+            gpus: 2.0,
+            gpu_memory_mb: 1024,
+            compute_capability: "7.5".into(),
+            labels: BTreeMap::from([("tier".into(), "b".into())]),
+            capabilities: vec!["python".into(), "cuda".into()],
+            node: "n-1".into(),
+        };
+        let both = caller.with_declared(&declared);
+        assert_eq!(both.gpus, 2.0);
+        assert_eq!(both.gpu_memory_mb, 16_384);
+        assert_eq!(both.compute_capability, "8.0");
+        assert_eq!(both.labels["tier"], "b");
+        assert_eq!(both.labels["zone"], "lab");
+        assert_eq!(both.capabilities, ["python", "cuda"]);
+        assert_eq!(both.node, "n-1");
+        let higher = RequirementsSpec {
+            compute_capability: "9.0".into(),
+            ..RequirementsSpec::default()
+        };
+        assert_eq!(higher.with_declared(&declared).compute_capability, "9.0");
+    }
 
     #[test]
     fn submits_are_checked_field_by_field() {
