@@ -164,13 +164,19 @@ pub fn origin_allowed(origin: &str, own: &str, allowed: &[String]) -> bool {
                 origin
                     .get(..prefix.len())
                     .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
-                    && origin[prefix.len()..]
-                        .strip_prefix(':')
-                        .is_none_or(|port| port.bytes().all(|b| b.is_ascii_digit()))
+                    && port_or_nothing(&origin[prefix.len()..])
             }
             None => origin.eq_ignore_ascii_case(entry),
         }
     })
+}
+
+/// Whether what follows a host is nothing or `:PORT`.
+fn port_or_nothing(rest: &str) -> bool {
+    rest.is_empty()
+        || rest
+            .strip_prefix(':')
+            .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn rpc_error(status: StatusCode, message: &str, challenge: Option<String>) -> Response {
