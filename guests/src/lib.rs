@@ -1,7 +1,7 @@
 //! Paths of the guest tools, built for `wasm32-wasip2` by this crate's build script.
 //!
-//! The tools live in `guests/tools` (their own workspace): `echo`, `wordcount`, `hostile`, `busy`
-//! and `bulky`. Tests and benches depend on this crate and name a tool by function; the build
+//! The tools live in `guests/tools` (their own workspace): `echo`, `wordcount`, `hostile`, `busy`,
+//! `bulky`, `gpu-job`, `add` and `bad-schema`. Tests and benches depend on this crate and name a tool by function; the build
 //! script has already built it, so no test spells a build command.
 
 use std::path::PathBuf;
@@ -42,6 +42,16 @@ pub fn bulky() -> PathBuf {
 /// `gpu-job`: reports the GPUs assigned to it (`CUDA_VISIBLE_DEVICES`); the demo's GPU task.
 pub fn gpu_job() -> PathBuf {
     path("gpu_job")
+}
+
+/// `add`: sums `{"a": N, "b": N}` (an input schema that describes an object).
+pub fn add() -> PathBuf {
+    path("add")
+}
+
+/// `bad-schema`: describes an unusable input schema; pushes of it are refused.
+pub fn bad_schema() -> PathBuf {
+    path("bad_schema")
 }
 
 /// The `echo` component's bytes, built into the binary (for `outpost demo`).

@@ -405,6 +405,19 @@ pub async fn http_json(
     (status, value)
 }
 
+/// The real `outpost` binary beside this test binary (cargo builds it for the hub crate's tests).
+pub fn outpost_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let bin = dir.join(format!("outpost{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is not built (`cargo test --workspace` builds it)",
+        bin.display()
+    );
+    bin
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_s() -> i64 {
     std::time::SystemTime::now()

@@ -229,19 +229,6 @@ async fn forged_replayed_and_garbage_channel_packets_change_nothing() {
     .await;
 }
 
-/// The real `outpost` binary beside this test binary (cargo builds it for the hub crate's tests).
-fn outpost_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let bin = dir.join(format!("outpost{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is not built (`cargo test --workspace` builds it)",
-        bin.display()
-    );
-    bin
-}
-
 /// A hub process, killed when dropped (also when a test fails).
 struct HubProcess(std::process::Child);
 
@@ -263,7 +250,7 @@ impl Drop for HubProcess {
 /// Starts `outpost hub --config` (its log to `log`) and waits until its gRPC port accepts
 /// connections.
 async fn spawn_hub(config: &std::path::Path, grpc: &str, log: &std::path::Path) -> HubProcess {
-    let child = std::process::Command::new(outpost_binary())
+    let child = std::process::Command::new(outpost_tests::outpost_binary())
         .args(["hub", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")

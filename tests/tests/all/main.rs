@@ -16,6 +16,7 @@ mod grpc_surface;
 mod heartbeat_channel;
 mod https;
 mod in_memory;
+mod mcp;
 mod metrics;
 mod native;
 mod nvml;

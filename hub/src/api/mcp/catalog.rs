@@ -95,7 +95,8 @@ pub fn input_of(tool: &ToolView, arguments: Option<&JsonObject>) -> Result<Strin
     match shape {
         InputShape::Whole => {
             let value = Value::Object(arguments.clone());
-            schema::validate(&described, &value)?;
+            schema::validate(&described, &value)
+                .map_err(|e| e.replacen("the input", "the arguments", 1))?;
             serde_json::to_string(&value).map_err(|e| e.to_string())
         }
         InputShape::Field => {
