@@ -624,3 +624,117 @@ async fn a_tool_with_an_unusable_schema_is_refused_at_push() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("[placement]"), "{err}");
 }
+
+/// The Python SDK's client over Streamable HTTP (both revisions) and over `outpost mcp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_python_sdk_drives_the_endpoint_and_the_stdio_bridge() {
+    let Some(python) = outpost_tests::python_with(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "mcp",
+        &["mcp==2.3.0"],
+    ) else {
+        return;
+    };
+    let (hub, _nodes) = fleet().await;
+    let admin = hub.token("ops", Role::Admin);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/mcp_client.py");
+    let url = format!("{}/mcp", hub.http_url());
+    let config = hub.write_config();
+    let runs: [(&str, Vec<String>); 3] = [
+        (
+            "http, 2026-07-28",
+            vec!["http".into(), url.clone(), admin.clone(), "auto".into()],
+        ),
+        (
+            "http, 2025-11-25",
+            vec!["http".into(), url, admin.clone(), "legacy".into()],
+        ),
+        (
+            "stdio",
+            vec![
+                "stdio".into(),
+                outpost_tests::outpost_binary().display().to_string(),
+                config.display().to_string(),
+                hub.grpc_url(),
+                admin.clone(),
+                "legacy".into(),
+            ],
+        ),
+    ];
+    for (what, args) in runs {
+        let output = tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::process::Command::new(&python)
+                .arg(script)
+                .args(&args)
+                .output(),
+        )
+        .await
+        .expect("the Python client finishes")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{what}: {stderr}");
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {stderr}"));
+        let tools = &report["tools"];
+        assert_eq!(
+            tools["echo"]["properties"]["input"]["type"], "string",
+            "{what}"
+        );
+        assert_eq!(tools["add"]["required"], json!(["a", "b"]), "{what}");
+        assert!(
+            tools["nodes"]["properties"]["action"]["enum"].is_array(),
+            "{what}"
+        );
+        assert_eq!(report["echo"]["text"], "hello from python", "{what}");
+        assert_eq!(report["gpu"]["structured"]["node"], "gpu-1", "{what}");
+        assert_eq!(report["add"]["text"], "42", "{what}");
+        assert_eq!(report["spin"]["error"], true, "{what}");
+        assert_eq!(
+            report["spin"]["structured"]["error"]["kind"], "out_of_fuel",
+            "{what}"
+        );
+        assert_eq!(report["nodes"]["structured"]["success"], true, "{what}");
+        let progress = report["huge_progress"].to_string();
+        assert!(progress.contains("queued"), "{what}: {progress}");
+        assert!(
+            progress.to_lowercase().contains("gpu"),
+            "{what}: the reason names what is missing: {progress}"
+        );
+    }
+    // Every `huge` call was cancelled with its MCP call.
+    let (code, out, err) = hub.cli(&["tasks", "list", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let tasks = parse(&out);
+    let huge: Vec<&Value> = tasks
+        .as_array()
+        .or_else(|| tasks["tasks"].as_array())
+        .unwrap()
+        .iter()
+        .filter(|t| t["tool"] == "huge")
+        .collect();
+    assert_eq!(huge.len(), 3, "{out}");
+    eventually(
+        "the huge tasks cancelled",
+        Duration::from_secs(15),
+        async || {
+            let (_, out, _) = hub.cli(&["tasks", "list", "--json"]).await;
+            let tasks = parse(&out);
+            let list = tasks
+                .as_array()
+                .or_else(|| tasks["tasks"].as_array())
+                .cloned()
+                .unwrap_or_default();
+            let waiting: Vec<&Value> = list
+                .iter()
+                .filter(|t| t["tool"] == "huge" && t["status"] != "cancelled")
+                .collect();
+            if waiting.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{waiting:?}"))
+            }
+        },
+    )
+    .await;
+}
