@@ -132,7 +132,7 @@ pub struct AuditRow {
     pub subject: String,
     /// Its role.
     pub role: String,
-    /// `rest`, `grpc` or `console`.
+    /// `rest`, `grpc`, `console` or `mcp`.
     pub surface: String,
     /// What was asked: the route (`POST /api/agents/{id}/start`) or gRPC method.
     pub action: String,

@@ -702,6 +702,29 @@ async fn the_python_sdk_drives_the_endpoint_and_the_stdio_bridge() {
             "{what}: the reason names what is missing: {progress}"
         );
     }
+    // Calls over HTTP are in the audit log, as MCP writes by their caller.
+    let (code, out, err) = hub.cli(&["audit", "list", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let audit = parse(&out);
+    let entries = audit
+        .as_array()
+        .or_else(|| audit["entries"].as_array())
+        .unwrap();
+    let submit = entries
+        .iter()
+        .find(|e| e["surface"] == "mcp" && e["action"] == "submit echo")
+        .unwrap_or_else(|| panic!("no MCP submit of echo in {out}"));
+    assert_eq!(submit["subject"], "ops");
+    assert!(
+        submit["target"].as_str().unwrap().starts_with("task-"),
+        "{submit}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["surface"] == "mcp" && e["action"] == "cancel task"),
+        "{out}"
+    );
     // Every `huge` call was cancelled with its MCP call.
     let (code, out, err) = hub.cli(&["tasks", "list", "--json"]).await;
     assert_eq!(code, 0, "{err}");

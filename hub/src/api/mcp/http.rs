@@ -69,7 +69,7 @@ impl ApiSource for HubSource {
             .ok_or_else(|| {
                 rmcp::ErrorData::internal_error("the request carries no credential", None)
             })?;
-        let api = LocalFleet::new(self.state.clone(), &credential.token)
+        let api = LocalFleet::new(self.state.clone(), &credential.token, &credential.claims)
             .map_err(|s| rmcp::ErrorData::invalid_request(s.message().to_string(), None))?;
         Ok((Arc::new(api), Caller::of(&credential.claims)))
     }

@@ -112,19 +112,52 @@ pub trait FleetApi: Send + Sync + 'static {
 pub struct LocalFleet {
     grpc: HubGrpc,
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    /// Who calls, for the audit log.
+    subject: String,
+    role: Role,
 }
 
 impl LocalFleet {
     /// The API as the holder of `token` (already verified by the HTTP layer; verified again by
     /// each call, which also applies the access rule).
-    pub fn new(state: Arc<crate::state::HubState>, token: &str) -> Result<Self, Status> {
+    pub fn new(
+        state: Arc<crate::state::HubState>,
+        token: &str,
+        claims: &Claims,
+    ) -> Result<Self, Status> {
         let authorization = format!("Bearer {token}")
             .parse()
             .map_err(|_| Status::unauthenticated("the bearer token is not valid header text"))?;
         Ok(Self {
             grpc: HubGrpc::new(state),
             authorization,
+            subject: claims.sub.clone(),
+            role: claims.role,
         })
+    }
+
+    /// Records a write made through MCP in the audit log, with how it ended.
+    fn audited<T>(
+        &self,
+        action: &str,
+        target: &str,
+        answer: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let code = match &answer {
+            Ok(_) => 0,
+            Err(status) => i64::from(i32::from(status.code())),
+        };
+        self.grpc.state().audit(crate::store::AuditRow {
+            subject: self.subject.clone(),
+            role: self.role.to_string(),
+            surface: "mcp".into(),
+            action: action.into(),
+            target: target.into(),
+            outcome: crate::audit::grpc_outcome(code).into(),
+            status: code,
+            ..crate::store::AuditRow::default()
+        });
+        answer
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
@@ -153,11 +186,15 @@ impl FleetApi for LocalFleet {
     }
 
     async fn submit_task(&self, request: SubmitTaskRequest) -> Result<TaskView, Status> {
-        Ok(self
-            .grpc
-            .submit_task(self.request(request))
-            .await?
-            .into_inner())
+        let what = if request.tool.is_empty() {
+            "command".to_string()
+        } else {
+            request.tool.clone()
+        };
+        let answer = self.grpc.submit_task(self.request(request)).await;
+        let answer = answer.map(tonic::Response::into_inner);
+        let target = answer.as_ref().map_or(what.clone(), |task| task.id.clone());
+        self.audited(&format!("submit {what}"), &target, answer)
     }
 
     async fn get_task(&self, id: &str) -> Result<TaskView, Status> {
@@ -175,7 +212,12 @@ impl FleetApi for LocalFleet {
 
     async fn cancel_task(&self, id: &str) -> Result<TaskView, Status> {
         let r = self.request(TaskRef { id: id.into() });
-        Ok(self.grpc.cancel_task(r).await?.into_inner())
+        let answer = self
+            .grpc
+            .cancel_task(r)
+            .await
+            .map(tonic::Response::into_inner);
+        self.audited("cancel task", id, answer)
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeView>, Status> {
@@ -204,11 +246,10 @@ impl FleetApi for LocalFleet {
     }
 
     async fn create_agent(&self, request: CreateAgentRequest) -> Result<AgentView, Status> {
-        Ok(self
-            .grpc
-            .create_agent(self.request(request))
-            .await?
-            .into_inner())
+        let name = request.name.clone();
+        let answer = self.grpc.create_agent(self.request(request)).await;
+        let answer = answer.map(tonic::Response::into_inner);
+        self.audited("create agent", &name, answer)
     }
 
     async fn start_agent(&self, id: &str) -> Result<AgentView, Status> {
@@ -226,8 +267,8 @@ impl FleetApi for LocalFleet {
             id: id.into(),
             text: text.into(),
         });
-        self.grpc.send_agent_input(r).await?;
-        Ok(())
+        let answer = self.grpc.send_agent_input(r).await.map(|_| ());
+        self.audited("send agent input", id, answer)
     }
 
     async fn agent_output(&self, id: &str) -> Result<Vec<AgentLogEntry>, Status> {
