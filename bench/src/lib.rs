@@ -151,3 +151,47 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
+
+/// The static bootstrap token [`hub_and_node`] joins with.
+const HUB_AND_NODE_TOKEN: &str = "bench-roundtrip-static-token";
+
+/// A hub (loopback, `[tools] preinstall` as given) and one node `rt-node` without GPUs,
+/// joined and known to the scheduler.
+pub async fn hub_and_node(
+    dir: &std::path::Path,
+    preinstall: bool,
+) -> anyhow::Result<(outpost_hub::HubHandle, outpost_node::NodeHandle)> {
+    let mut config = outpost_config::Config::loopback_hub(&dir.join("hub"), HUB_AND_NODE_TOKEN);
+    config.tools.preinstall = preinstall;
+    let hub = outpost_hub::start(&config).await?;
+    let ca = config.cert_dir().join("ca.pem");
+    let mut node_config = outpost_config::Config::joining_node(
+        "rt-node",
+        &hub.grpc_url(),
+        &ca,
+        HUB_AND_NODE_TOKEN,
+        &dir.join("node"),
+    );
+    node_config.gpu.probe = outpost_config::GpuProbeKind::None;
+    let node = outpost_node::Node::start(node_config).await?;
+    if !node
+        .wait_connected(std::time::Duration::from_secs(15))
+        .await
+    {
+        bail!("node never connected");
+    }
+    tasks_ready(&hub.state).await?;
+    Ok((hub, node))
+}
+
+/// Waits until the node is online in the scheduler's eyes.
+pub async fn tasks_ready(state: &outpost_hub::state::HubState) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if state.tasks.scheduler().node_count() > 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    bail!("the node never reached the scheduler")
+}

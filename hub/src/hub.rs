@@ -646,6 +646,11 @@ fn serve_rest(
     };
     let listener = match tls {
         None => {
+            use axum::serve::ListenerExt as _;
+            // Answers streamed in pieces (SSE, MCP) must not wait on Nagle and delayed ACKs.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             return Ok(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app)
                     .with_graceful_shutdown(signal)

@@ -26,10 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use outpost_config::{Config, GpuProbeKind};
 use outpost_hub::work::tasks::{self, SubmitSpec};
-
-const TOKEN: &str = "bench-roundtrip-static-token";
 
 /// Times each task from the hub's `task placed` event to its `task result received` event.
 #[derive(Default, Clone)]
@@ -177,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
         )?;
     }
     let dir = tempfile::tempdir()?;
-    let (hub, node) = hub_and_node(dir.path(), true).await?;
+    let (hub, node) = outpost_bench::hub_and_node(dir.path(), true).await?;
     outpost_hub::work::tools::push(
         &hub.state,
         "echo",
@@ -315,25 +312,6 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// A hub and one node joined to it, online in the scheduler's eyes.
-async fn hub_and_node(
-    dir: &std::path::Path,
-    preinstall: bool,
-) -> anyhow::Result<(outpost_hub::HubHandle, outpost_node::NodeHandle)> {
-    let mut config = Config::loopback_hub(&dir.join("hub"), TOKEN);
-    config.tools.preinstall = preinstall;
-    let hub = outpost_hub::start(&config).await?;
-    let ca = config.cert_dir().join("ca.pem");
-    let mut node_config =
-        Config::joining_node("rt-node", &hub.grpc_url(), &ca, TOKEN, &dir.join("node"));
-    node_config.gpu.probe = GpuProbeKind::None;
-    let node = outpost_node::Node::start(node_config).await?;
-    if !node.wait_connected(Duration::from_secs(15)).await {
-        bail!("node never connected");
-    }
-    tasks_ready(&hub.state).await?;
-    Ok((hub, node))
-}
-
 /// `bytes` with a custom section named `outpost-bench` holding `tag` appended: the same
 /// component, with a new digest.
 fn retagged(bytes: &[u8], tag: &str) -> Vec<u8> {
@@ -369,7 +347,7 @@ async fn first_task(runs: usize) -> anyhow::Result<()> {
     );
     for install in [false, true] {
         let dir = tempfile::tempdir()?;
-        let (hub, node) = hub_and_node(dir.path(), install).await?;
+        let (hub, node) = outpost_bench::hub_and_node(dir.path(), install).await?;
         let (mut installs, mut firsts, mut seconds) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             let bytes = retagged(&bulky, &format!("{install}-{run}"));
@@ -428,16 +406,4 @@ async fn first_task(runs: usize) -> anyhow::Result<()> {
         hub.shutdown().await;
     }
     Ok(())
-}
-
-/// Waits until the node is online in the scheduler's eyes.
-async fn tasks_ready(state: &outpost_hub::state::HubState) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if state.tasks.scheduler().node_count() > 0 {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("the node never reached the scheduler")
 }
