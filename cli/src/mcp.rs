@@ -230,12 +230,16 @@ pub async fn serve_stdio(global: &GlobalArgs) -> anyhow::Result<()> {
         caller,
         changes,
     });
-    let running = FleetMcp::new(source)
+    let server = FleetMcp::new(source);
+    let running = server
+        .clone()
         .serve(rmcp::transport::stdio())
         .await
         .context("starting the MCP session on stdio")?;
     let ended = running.waiting().await;
     watcher.abort();
+    // The client is gone: what its calls started must not run on unobserved.
+    server.cancel_unfinished().await;
     ended.context("the MCP session on stdio")?;
     Ok(())
 }

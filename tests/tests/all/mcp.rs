@@ -42,7 +42,9 @@ async fn push_with(hub: &TestHub, name: &str, wasm: &std::path::Path, policy: Op
 /// guest with a small fuel budget) and `huge` (declaring 8 GPUs: fits nowhere).
 async fn fleet() -> (TestHub, Vec<outpost_node::NodeHandle>) {
     let hub = TestHub::start(TlsMode::Tls).await;
-    let cpu = start_node(hub.node_config("cpu-1", outpost_tests::STATIC_TOKEN)).await;
+    let mut cpu_config = hub.node_config("cpu-1", outpost_tests::STATIC_TOKEN);
+    cpu_config.node.default_task = Some("echo".into());
+    let cpu = start_node(cpu_config).await;
     let gpu = start_node(with_simulated_gpu(
         hub.node_config("gpu-1", outpost_tests::STATIC_TOKEN),
     ))
@@ -310,12 +312,25 @@ async fn the_sdk_client_calls_fleet_tools_through_outpost_mcp() {
     .await;
     assert_eq!(result["output"], "routed");
     assert_eq!(result["node"], "gpu-1", "half a GPU lands on the GPU node");
+    // PRX's send: a task text goes to the node's default handler (cpu-1: the echo tool).
+    let (_, done, _) = said(
+        &client
+            .call_tool(call(
+                "nodes",
+                json!({"action": "send", "node_id": "cpu-1", "task": "summarise the logs", "wait": true}),
+            ))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(done["success"], true, "{done}");
+    assert_eq!(done["output"], "summarise the logs");
+    assert_eq!(done["node"], "cpu-1");
     // A task text without a default handler on the node says how to set one.
     let (_, details, _) = said(
         &client
             .call_tool(call(
                 "nodes",
-                json!({"action": "send", "node_id": "cpu-1", "task": "summarise the logs"}),
+                json!({"action": "send", "node_id": "gpu-1", "task": "summarise the logs"}),
             ))
             .await
             .unwrap(),

@@ -113,7 +113,7 @@ pub fn router(state: Arc<HubState>, settings: McpSettings) -> Router {
     };
     Router::new()
         .nest_service("/mcp", service)
-        .layer(axum::middleware::from_fn_with_state(guard.clone(), check))
+        .route_layer(axum::middleware::from_fn_with_state(guard.clone(), check))
         .route(METADATA_PATH, axum::routing::get(metadata))
         .route(
             "/.well-known/oauth-protected-resource",

@@ -37,10 +37,15 @@ pub trait ApiSource: Send + Sync + 'static {
     fn tool_changes(&self) -> watch::Receiver<u64>;
 }
 
+/// Tasks this server's calls are following, to cancel should a call be dropped unfinished
+/// (its session closed, its client gone).
+type Following = Arc<parking_lot::Mutex<std::collections::HashMap<String, Arc<dyn FleetApi>>>>;
+
 /// The fleet's MCP server.
 #[derive(Clone)]
 pub struct FleetMcp {
     source: Arc<dyn ApiSource>,
+    following: Following,
 }
 
 impl std::fmt::Debug for FleetMcp {
@@ -52,7 +57,41 @@ impl std::fmt::Debug for FleetMcp {
 impl FleetMcp {
     /// A server over `source`.
     pub fn new(source: Arc<dyn ApiSource>) -> Self {
-        Self { source }
+        Self {
+            source,
+            following: Following::default(),
+        }
+    }
+
+    /// Cancels the tasks of calls that have not finished: for a session that ended with calls
+    /// in flight (`outpost mcp` once its client closes stdin).
+    pub async fn cancel_unfinished(&self) {
+        let unfinished: Vec<(String, Arc<dyn FleetApi>)> = self.following.lock().drain().collect();
+        for (id, api) in unfinished {
+            let cancelled = api.cancel_task(&id).await;
+            tracing::info!(task_id = %id, ok = cancelled.is_ok(), "MCP session ended; its unfinished task cancelled");
+        }
+    }
+}
+
+/// A task a call follows: cancelled if the call is dropped before the task finished.
+struct Followed {
+    following: Following,
+    id: String,
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        let Some(api) = self.following.lock().remove(&self.id) else {
+            return;
+        };
+        let id = std::mem::take(&mut self.id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let cancelled = api.cancel_task(&id).await;
+                tracing::info!(task_id = %id, ok = cancelled.is_ok(), "MCP call dropped; its task cancelled");
+            });
+        }
     }
 }
 
@@ -68,18 +107,35 @@ fn is_finished(task: &TaskView) -> bool {
 /// (queued and why, placed, running), when the caller asked for them; the task cancelled when
 /// the call is.
 async fn follow(
-    api: &dyn FleetApi,
+    following: &Following,
+    api: &Arc<dyn FleetApi>,
     mut task: TaskView,
     ctx: &RequestContext<RoleServer>,
 ) -> Result<TaskView, tonic::Status> {
+    following.lock().insert(task.id.clone(), api.clone());
+    let guard = Followed {
+        following: following.clone(),
+        id: task.id.clone(),
+    };
+    let answer = follow_to_end(api.as_ref(), &mut task, ctx).await;
+    // Finished or cancelled here: nothing for the guard to do.
+    following.lock().remove(&guard.id);
+    answer.map(|()| task)
+}
+
+async fn follow_to_end(
+    api: &dyn FleetApi,
+    task: &mut TaskView,
+    ctx: &RequestContext<RoleServer>,
+) -> Result<(), tonic::Status> {
     let token = ctx.meta.get_progress_token();
     let mut step = 0.0;
     let mut said = String::new();
     loop {
-        if is_finished(&task) {
-            return Ok(task);
+        if is_finished(task) {
+            return Ok(());
         }
-        let message = catalog::progress_message(&task);
+        let message = catalog::progress_message(task);
         if message != said {
             if let Some(token) = &token {
                 step += 1.0;
@@ -98,13 +154,14 @@ async fn follow(
                 tracing::info!(task_id = %task.id, ok = cancelled.is_ok(), "MCP call cancelled; task cancelled");
                 return Err(tonic::Status::cancelled(format!("the call was cancelled; task {} cancelled", task.id)));
             }
-            next = api.wait_task(&task.id, wait_ms) => task = next?,
+            next = api.wait_task(&task.id, wait_ms) => *task = next?,
         }
     }
 }
 
 async fn call_pushed_tool(
-    api: &dyn FleetApi,
+    following: &Following,
+    api: &Arc<dyn FleetApi>,
     name: &str,
     request: &CallToolRequestParams,
     ctx: &RequestContext<RoleServer>,
@@ -136,7 +193,7 @@ async fn call_pushed_tool(
         Ok(task) => task,
         Err(status) => return Ok(status_error(&status)),
     };
-    match follow(api, task, ctx).await {
+    match follow(following, api, task, ctx).await {
         Ok(done) => Ok(catalog::result_of(&done)),
         Err(status) => Ok(status_error(&status)),
     }
@@ -198,7 +255,7 @@ impl ServerHandler for FleetMcp {
         let result = match name.as_str() {
             NODES => match fleet_tools::nodes(api.as_ref(), request.arguments.as_ref()).await {
                 Sent::Answer(answer) => answer.into_result(),
-                Sent::Follow(task) => match follow(api.as_ref(), *task, &ctx).await {
+                Sent::Follow(task) => match follow(&self.following, &api, *task, &ctx).await {
                     Ok(done) => fleet_tools::task_answer(&done).into_result(),
                     Err(status) => status_error(&status),
                 },
@@ -210,7 +267,7 @@ impl ServerHandler for FleetMcp {
                 "this credential may not call tool {tool:?} (an agent token calls only the tools it names: {})",
                 caller.tools.join(", ")
             ))]),
-            tool => call_pushed_tool(api.as_ref(), tool, &request, &ctx).await?,
+            tool => call_pushed_tool(&self.following, &api, tool, &request, &ctx).await?,
         };
         Ok(result.into())
     }
