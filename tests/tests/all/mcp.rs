@@ -558,7 +558,7 @@ async fn the_http_endpoint_refuses_bad_callers_and_bad_input_and_stays_up() {
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("http://evil.example"), "{body}");
     // The hub's own origin is fine.
-    let (status, _, body) = post(
+    let (status, headers, body) = post(
         &hub,
         Some(&admin),
         &[("origin", &hub.http_url())],
@@ -570,32 +570,56 @@ async fn the_http_endpoint_refuses_bad_callers_and_bad_input_and_stays_up() {
         body.contains("\"protocolVersion\":\"2025-11-25\""),
         "{body}"
     );
-    // Not JSON: a JSON-RPC parse error or a 4xx, never a crash.
-    let (status, _, body) = post(&hub, Some(&admin), &[], b"{not json".to_vec()).await;
-    assert!(
-        (400..500).contains(&status) || body.contains("-32700"),
-        "{status} {body}"
-    );
-    // An unknown method.
-    let unknown = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/explode", "params": {}});
-    let (status, _, body) = post(
+    let session = headers["mcp-session-id"].to_str().unwrap().to_string();
+    let in_session = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, _) = post(
         &hub,
         Some(&admin),
-        &[("mcp-protocol-version", "2026-07-28")],
+        &in_session,
+        initialized.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    // Not JSON: JSON-RPC's parse error.
+    let (status, _, body) = post(&hub, Some(&admin), &in_session, b"{not json".to_vec()).await;
+    assert_eq!(status, 400, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], -32700, "{body}");
+    // An unknown method: method not found.
+    let unknown = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/explode", "params": {}});
+    let (_, _, body) = post(
+        &hub,
+        Some(&admin),
+        &in_session,
         unknown.to_string().into_bytes(),
     )
     .await;
+    assert!(body.contains("-32601"), "{body}");
+    // A call of a tool that is not there: invalid params, naming it.
+    let missing = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "no-such-tool", "arguments": {}}});
+    let (_, _, body) = post(
+        &hub,
+        Some(&admin),
+        &in_session,
+        missing.to_string().into_bytes(),
+    )
+    .await;
     assert!(
-        body.contains("-32601") || (400..500).contains(&status),
-        "{status} {body}"
+        body.contains("-32602") && body.contains("no-such-tool"),
+        "{body}"
     );
     // A body past the limit: 413.
     let huge = format!(
         r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"echo","arguments":{{"input":"{}"}}}}}}"#,
         "x".repeat(3 * 1024 * 1024)
     );
-    let (status, _, _) = post(&hub, Some(&admin), &[], huge.into_bytes()).await;
-    assert_eq!(status, 413);
+    let (status, _, body) = post(&hub, Some(&admin), &in_session, huge.into_bytes()).await;
+    assert_eq!(status, 413, "{body}");
     // Still up.
     let (code, _) =
         outpost_tests::http_json("GET", &format!("{}/healthz", hub.http_url()), None, None).await;

@@ -274,7 +274,43 @@ async fn check(
     request
         .extensions_mut()
         .insert(McpCredential { claims, token });
+    if request.method() == axum::http::Method::POST {
+        // Read here, within the limit, so a body too large or not JSON gets JSON-RPC's answer.
+        let (parts, body) = request.into_parts();
+        let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                return rpc_error_coded(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    -32600,
+                    &format!("the request body is larger than the {MAX_BODY_BYTES} bytes allowed"),
+                );
+            }
+        };
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            return rpc_error_coded(
+                StatusCode::BAD_REQUEST,
+                -32700,
+                &format!("parse error: the body is not JSON ({e})"),
+            );
+        }
+        request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    }
     next.run(request).await
+}
+
+fn rpc_error_coded(status: StatusCode, code: i64, message: &str) -> Response {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": code, "message": message},
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
