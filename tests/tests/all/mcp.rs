@@ -93,6 +93,16 @@ fn said(result: &rmcp::model::CallToolResult) -> (bool, Value, String) {
     )
 }
 
+/// Calls `name` with `args`; what the result says (see [`said`]).
+async fn ask(
+    client: &rmcp::service::Peer<rmcp::RoleClient>,
+    name: &str,
+    args: Value,
+) -> (bool, Value, String) {
+    let params = CallToolRequestParams::new(name.to_string()).with_arguments(arguments(args));
+    said(&client.call_tool(params).await.unwrap())
+}
+
 /// Tells the test each `tools/list_changed`.
 #[derive(Clone)]
 struct Listener(tokio::sync::mpsc::UnboundedSender<()>);
@@ -155,12 +165,7 @@ async fn the_sdk_client_calls_fleet_tools_through_outpost_mcp() {
     let call = |name: &str, args: Value| {
         CallToolRequestParams::new(name.to_string()).with_arguments(arguments(args))
     };
-    let (failed, details, text) = said(
-        &client
-            .call_tool(call("echo", json!({"input": "hi"})))
-            .await
-            .unwrap(),
-    );
+    let (failed, details, text) = ask(&client, "echo", json!({"input": "hi"})).await;
     assert!(!failed, "{text}");
     assert_eq!(text, "hi");
     assert!(
@@ -169,43 +174,23 @@ async fn the_sdk_client_calls_fleet_tools_through_outpost_mcp() {
     );
 
     // The tool's declared GPU places it on the GPU node, with its device.
-    let (failed, details, text) = said(
-        &client
-            .call_tool(call("gpu-job", json!({"input": "train"})))
-            .await
-            .unwrap(),
-    );
+    let (failed, details, text) = ask(&client, "gpu-job", json!({"input": "train"})).await;
     assert!(!failed, "{text}");
     assert_eq!(details["node"], "gpu-1");
     assert!(text.contains("CUDA_VISIBLE_DEVICES=0"), "{text}");
 
-    let (failed, _, text) = said(
-        &client
-            .call_tool(call("add", json!({"a": 2, "b": 40})))
-            .await
-            .unwrap(),
-    );
+    let (failed, _, text) = ask(&client, "add", json!({"a": 2, "b": 40})).await;
     assert!(!failed, "{text}");
     assert_eq!(text, "42");
     // Arguments that do not fit the schema are refused before any task is made.
-    let (failed, _, text) = said(
-        &client
-            .call_tool(call("add", json!({"a": "two", "b": 1})))
-            .await
-            .unwrap(),
-    );
+    let (failed, _, text) = ask(&client, "add", json!({"a": "two", "b": 1})).await;
     assert!(
         failed && text.contains("arguments: /a: expected integer"),
         "{text}"
     );
 
     // A sandbox stop comes back as its kind.
-    let (failed, details, text) = said(
-        &client
-            .call_tool(call("spin", json!({"input": "spin"})))
-            .await
-            .unwrap(),
-    );
+    let (failed, details, text) = ask(&client, "spin", json!({"input": "spin"})).await;
     assert!(failed, "{text}");
     assert_eq!(details["error"]["kind"], "out_of_fuel", "{details}");
 
@@ -218,12 +203,7 @@ async fn the_sdk_client_calls_fleet_tools_through_outpost_mcp() {
     assert!(err.contains("unknown tool"), "{err}");
 
     // PRX's nodes tool.
-    let (failed, details, text) = said(
-        &client
-            .call_tool(call("nodes", json!({"action": "list"})))
-            .await
-            .unwrap(),
-    );
+    let (failed, details, text) = ask(&client, "nodes", json!({"action": "list"})).await;
     assert!(!failed, "{text}");
     assert_eq!(details["success"], true);
     let listing = details["output"].as_str().unwrap();
@@ -233,15 +213,12 @@ async fn the_sdk_client_calls_fleet_tools_through_outpost_mcp() {
         "{listing}"
     );
     assert!(listing.contains("NVIDIA A100"), "{listing}");
-    let (_, details, _) = said(
-        &client
-            .call_tool(call(
-                "nodes",
-                json!({"action": "health", "node_id": "gpu-1"}),
-            ))
-            .await
-            .unwrap(),
-    );
+    let (_, details, _) = ask(
+        &client,
+        "nodes",
+        json!({"action": "health", "node_id": "gpu-1"}),
+    )
+    .await;
     assert_eq!(details["success"], true, "{details}");
     assert!(
         details["output"]
@@ -250,15 +227,12 @@ async fn the_sdk_client_calls_fleet_tools_through_outpost_mcp() {
             .contains("Reachable: yes"),
         "{details}"
     );
-    let (_, details, _) = said(
-        &client
-            .call_tool(call(
-                "nodes",
-                json!({"action": "capabilities", "node_id": "gpu-1"}),
-            ))
-            .await
-            .unwrap(),
-    );
+    let (_, details, _) = ask(
+        &client,
+        "nodes",
+        json!({"action": "capabilities", "node_id": "gpu-1"}),
+    )
+    .await;
     assert!(
         details["output"]
             .as_str()
@@ -266,42 +240,31 @@ async fn the_sdk_client_calls_fleet_tools_through_outpost_mcp() {
             .contains("GPU 0: NVIDIA A100"),
         "{details}"
     );
-    let (_, details, _) = said(
-        &client
-            .call_tool(call("nodes", json!({"action": "health"})))
-            .await
-            .unwrap(),
-    );
+    let (_, details, _) = ask(&client, "nodes", json!({"action": "health"})).await;
     assert_eq!(details["success"], false);
     assert_eq!(
         details["error"],
         "node_id is required for action \"health\""
     );
     // send by requirement, then result.
-    let (_, sent, _) = said(
-        &client
-            .call_tool(call(
-                "nodes",
-                json!({"action": "send", "tool": "echo", "input": "routed", "gpus": 0.5}),
-            ))
-            .await
-            .unwrap(),
-    );
+    let (_, sent, _) = ask(
+        &client,
+        "nodes",
+        json!({"action": "send", "tool": "echo", "input": "routed", "gpus": 0.5}),
+    )
+    .await;
     assert_eq!(sent["success"], true, "{sent}");
     let task_id = sent["task_id"].as_str().unwrap().to_string();
     let result = eventually(
         "the sent task's result",
         Duration::from_secs(20),
         async || {
-            let (_, result, _) = said(
-                &client
-                    .call_tool(call(
-                        "nodes",
-                        json!({"action": "result", "task_id": task_id}),
-                    ))
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
+            let (_, result, _) = ask(
+                &client,
+                "nodes",
+                json!({"action": "result", "task_id": task_id}),
+            )
+            .await;
             if result["status"] == "succeeded" {
                 Ok(result)
             } else {
@@ -313,28 +276,22 @@ async fn the_sdk_client_calls_fleet_tools_through_outpost_mcp() {
     assert_eq!(result["output"], "routed");
     assert_eq!(result["node"], "gpu-1", "half a GPU lands on the GPU node");
     // PRX's send: a task text goes to the node's default handler (cpu-1: the echo tool).
-    let (_, done, _) = said(
-        &client
-            .call_tool(call(
-                "nodes",
-                json!({"action": "send", "node_id": "cpu-1", "task": "summarise the logs", "wait": true}),
-            ))
-            .await
-            .unwrap(),
-    );
+    let (_, done, _) = ask(
+        &client,
+        "nodes",
+        json!({"action": "send", "node_id": "cpu-1", "task": "summarise the logs", "wait": true}),
+    )
+    .await;
     assert_eq!(done["success"], true, "{done}");
     assert_eq!(done["output"], "summarise the logs");
     assert_eq!(done["node"], "cpu-1");
     // A task text without a default handler on the node says how to set one.
-    let (_, details, _) = said(
-        &client
-            .call_tool(call(
-                "nodes",
-                json!({"action": "send", "node_id": "gpu-1", "task": "summarise the logs"}),
-            ))
-            .await
-            .unwrap(),
-    );
+    let (_, details, _) = ask(
+        &client,
+        "nodes",
+        json!({"action": "send", "node_id": "gpu-1", "task": "summarise the logs"}),
+    )
+    .await;
     assert_eq!(details["success"], false);
     assert!(
         details["error"]
@@ -394,33 +351,15 @@ async fn an_agent_token_calls_only_the_tools_it_names() {
         .map(|t| t.name.to_string())
         .collect();
     assert_eq!(names, ["echo"], "an agent sees only its tools");
-    let call = |name: &str, args: Value| {
-        CallToolRequestParams::new(name.to_string()).with_arguments(arguments(args))
-    };
-    let (failed, _, text) = said(
-        &client
-            .call_tool(call("echo", json!({"input": "ok"})))
-            .await
-            .unwrap(),
-    );
+    let (failed, _, text) = ask(&client, "echo", json!({"input": "ok"})).await;
     assert!(!failed && text == "ok", "{text}");
-    let (failed, _, text) = said(
-        &client
-            .call_tool(call("gpu-job", json!({"input": "x"})))
-            .await
-            .unwrap(),
-    );
+    let (failed, _, text) = ask(&client, "gpu-job", json!({"input": "x"})).await;
     assert!(
         failed && text.contains("may not call tool \"gpu-job\""),
         "{text}"
     );
     // Nor the fleet tool, nor anything over gRPC beyond its tools.
-    let (failed, _, text) = said(
-        &client
-            .call_tool(call("nodes", json!({"action": "list"})))
-            .await
-            .unwrap(),
-    );
+    let (failed, _, text) = ask(&client, "nodes", json!({"action": "list"})).await;
     assert!(failed, "{text}");
     client.cancel().await.unwrap();
     let (code, _, err) = hub_cli_as(&hub, &agent, &["nodes", "list"]).await;
