@@ -31,6 +31,9 @@ use crate::state::HubState;
 
 /// Largest request body: a task input (1 MiB) with room for its JSON-RPC envelope.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// Sessions (of the 2025-11-25 revision) held at once; an `initialize` past that gets 503. Idle
+/// ones close after five minutes.
+pub const MAX_SESSIONS: usize = 4096;
 /// Where the protected-resource metadata is.
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource/mcp";
 
@@ -83,6 +86,7 @@ impl ApiSource for HubSource {
 struct Guard {
     state: Arc<HubState>,
     settings: Arc<McpSettings>,
+    sessions: Arc<LocalSessionManager>,
 }
 
 /// The `/mcp` route and its metadata; empty when `[mcp] enabled = false`.
@@ -102,14 +106,16 @@ pub fn router(state: Arc<HubState>, settings: McpSettings) -> Router {
     let source: Arc<dyn ApiSource> = Arc::new(HubSource {
         state: state.clone(),
     });
+    let sessions = Arc::new(LocalSessionManager::default());
     let service = StreamableHttpService::new(
         move || Ok(FleetMcp::new(source.clone())),
-        Arc::new(LocalSessionManager::default()),
+        sessions.clone(),
         config,
     );
     let guard = Guard {
         state,
         settings: Arc::new(settings),
+        sessions,
     };
     Router::new()
         .nest_service("/mcp", service)
@@ -292,6 +298,21 @@ async fn check(
                 StatusCode::BAD_REQUEST,
                 -32700,
                 &format!("parse error: the body is not JSON ({e})"),
+            );
+        }
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            method: Option<String>,
+        }
+        let initialize = serde_json::from_slice::<Envelope>(&bytes)
+            .ok()
+            .and_then(|e| e.method)
+            .is_some_and(|m| m == "initialize");
+        if initialize && guard.sessions.sessions.read().await.len() >= MAX_SESSIONS {
+            return rpc_error_coded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                -32603,
+                &format!("this hub holds {MAX_SESSIONS} MCP sessions already; try again later"),
             );
         }
         request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
