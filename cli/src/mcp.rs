@@ -172,6 +172,7 @@ struct StdioSource {
     api: Arc<GrpcFleet>,
     caller: Caller,
     changes: watch::Receiver<u64>,
+    catalog: outpost_hub::api::mcp::catalog::Catalog,
 }
 
 impl ApiSource for StdioSource {
@@ -184,6 +185,10 @@ impl ApiSource for StdioSource {
 
     fn tool_changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    fn catalog(&self) -> &outpost_hub::api::mcp::catalog::Catalog {
+        &self.catalog
     }
 }
 
@@ -229,6 +234,7 @@ pub async fn serve_stdio(global: &GlobalArgs) -> anyhow::Result<()> {
         api,
         caller,
         changes,
+        catalog: outpost_hub::api::mcp::catalog::Catalog::default(),
     });
     let server = FleetMcp::new(source);
     let running = server

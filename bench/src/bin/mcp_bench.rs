@@ -295,5 +295,48 @@ async fn main() -> anyhow::Result<()> {
         percentile(&all, 0.5),
         percentile(&all, 0.99)
     );
+    // The same load as gRPC submit + wait from as many clients (the baseline for the above).
+    let start = Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    for n in 0..args.sessions {
+        let (mut grpc, bearer, calls) = (grpc.clone(), bearer.clone(), args.calls);
+        running.spawn(async move {
+            let mut took = Vec::with_capacity(calls);
+            for i in 0..calls {
+                let one = Instant::now();
+                let mut submit = tonic::Request::new(SubmitTaskRequest {
+                    tool: "echo".into(),
+                    input: format!("g{n}/{i}"),
+                    ..SubmitTaskRequest::default()
+                });
+                submit
+                    .metadata_mut()
+                    .insert("authorization", bearer.clone());
+                let task = grpc.submit_task(submit).await?.into_inner();
+                let mut wait = tonic::Request::new(WaitTaskRequest {
+                    id: task.id,
+                    wait_ms: 60_000,
+                });
+                wait.metadata_mut().insert("authorization", bearer.clone());
+                grpc.wait_task(wait).await?;
+                took.push(micros(one.elapsed()));
+            }
+            anyhow::Ok(took)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = running.join_next().await {
+        all.extend(done??);
+    }
+    let wall = start.elapsed();
+    all.sort_unstable();
+    println!(
+        "{} gRPC clients × {} submit + wait of echo at once: {:.0} tasks/s, one p50 {} µs, p99 {} µs",
+        args.sessions,
+        args.calls,
+        all.len() as f64 / wall.as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99)
+    );
     Ok(())
 }

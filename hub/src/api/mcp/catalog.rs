@@ -85,6 +85,33 @@ pub fn mcp_tool(tool: &ToolView) -> Tool {
     mcp
 }
 
+/// Most tool definitions a [`Catalog`] keeps.
+const CATALOG_ENTRIES: usize = 8192;
+
+/// MCP definitions of pushed tools, kept by name, digest and push time, so `tools/list` does not
+/// parse every tool's policy and schema again on every call.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    tools: parking_lot::Mutex<std::collections::HashMap<(String, String, i64), Tool>>,
+}
+
+impl Catalog {
+    /// The MCP tool for `tool`, made once per version of it.
+    pub fn tool(&self, tool: &ToolView) -> Tool {
+        let key = (tool.name.clone(), tool.digest.clone(), tool.updated_at_ms);
+        if let Some(known) = self.tools.lock().get(&key) {
+            return known.clone();
+        }
+        let made = mcp_tool(tool);
+        let mut tools = self.tools.lock();
+        if tools.len() >= CATALOG_ENTRIES {
+            tools.clear();
+        }
+        tools.insert(key, made.clone());
+        made
+    }
+}
+
 /// The task input for a call of `tool` with `arguments`, or why the arguments do not fit its
 /// schema.
 pub fn input_of(tool: &ToolView, arguments: Option<&JsonObject>) -> Result<String, String> {

@@ -59,6 +59,7 @@ struct McpCredential {
 
 struct HubSource {
     state: Arc<HubState>,
+    catalog: super::catalog::Catalog,
 }
 
 impl ApiSource for HubSource {
@@ -79,6 +80,10 @@ impl ApiSource for HubSource {
 
     fn tool_changes(&self) -> watch::Receiver<u64> {
         self.state.tools.changes()
+    }
+
+    fn catalog(&self) -> &super::catalog::Catalog {
+        &self.catalog
     }
 }
 
@@ -105,6 +110,7 @@ pub fn router(state: Arc<HubState>, settings: McpSettings) -> Router {
         .with_cancellation_token(state.mcp_shutdown.clone());
     let source: Arc<dyn ApiSource> = Arc::new(HubSource {
         state: state.clone(),
+        catalog: super::catalog::Catalog::default(),
     });
     let sessions = Arc::new(LocalSessionManager::default());
     let service = StreamableHttpService::new(

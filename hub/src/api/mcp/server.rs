@@ -35,6 +35,9 @@ pub trait ApiSource: Send + Sync + 'static {
 
     /// Ticks when the tool list may have changed.
     fn tool_changes(&self) -> watch::Receiver<u64>;
+
+    /// The MCP definitions of pushed tools made so far.
+    fn catalog(&self) -> &catalog::Catalog;
 }
 
 /// Tasks this server's calls are following, to cancel should a call be dropped unfinished
@@ -240,7 +243,7 @@ impl ServerHandler for FleetMcp {
             pushed
                 .iter()
                 .filter(|t| t.name != NODES && t.name != AGENTS && caller.sees(&t.name))
-                .map(catalog::mcp_tool),
+                .map(|tool| self.source.catalog().tool(tool)),
         );
         Ok(ListToolsResult::with_all_items(tools))
     }
