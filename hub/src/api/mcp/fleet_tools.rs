@@ -271,11 +271,8 @@ async fn send(api: &dyn FleetApi, args: NodesArgs) -> Sent {
     };
     let request = SubmitTaskRequest {
         tool,
-        command: if args.tool.trim().is_empty() {
-            args.command.clone()
-        } else {
-            String::new()
-        },
+        // Not both: refused above.
+        command: args.command.clone(),
         input,
         requirements: Some(requirements),
         ..SubmitTaskRequest::default()

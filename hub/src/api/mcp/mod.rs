@@ -63,11 +63,6 @@ impl Caller {
             Role::Node => false,
         }
     }
-
-    /// Whether this caller may change things (submit, cancel, start, stop).
-    pub fn writes(&self) -> bool {
-        matches!(self.role, Role::Admin | Role::Agent)
-    }
 }
 
 /// The hub's API as the MCP handler uses it: the gRPC calls, with the caller's credential.
