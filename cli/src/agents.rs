@@ -135,6 +135,12 @@ pub struct CreateArgs {
     /// Output forwarded per run (16MiB).
     #[arg(long, value_parser = outpost_sandbox::policy::parse_bytes)]
     max_output: Option<u64>,
+    /// An actor team it belongs to (`outpost actor send --to team:NAME` reaches it); repeatable.
+    #[arg(long = "team")]
+    teams: Vec<String>,
+    /// A message to it while it is not running starts it.
+    #[arg(long)]
+    wake_on_message: bool,
 }
 
 /// Prints a log stream as it arrives: output as is (made safe for the terminal), events on
@@ -205,6 +211,8 @@ pub(crate) async fn agents(
                 max_output_bytes: args.max_output.unwrap_or(0),
                 workdir_mode: args.workdir_mode.unwrap_or_default(),
                 repo: args.repo.unwrap_or_default(),
+                teams: args.teams,
+                wake_on_message: args.wake_on_message,
             };
             let agent = client
                 .create_agent(with_bearer(request, &jwt))

@@ -6,6 +6,7 @@
 //! certificate in `cert_dir` is presented. Exit codes: 0 ok, 1 failure, 2 usage, 3 stopped by a
 //! sandbox or policy limit.
 
+pub mod actor;
 pub mod agents;
 mod audit;
 pub mod demo;
@@ -93,6 +94,11 @@ enum Command {
     Agents {
         #[command(subcommand)]
         command: crate::agents::AgentsCommand,
+    },
+    /// Actors: mailboxes, teams, time triggers and permission reviews (AgentHub's actor CLI).
+    Actor {
+        #[command(subcommand)]
+        command: crate::actor::ActorCommand,
     },
     /// Tasks: work the hub places on nodes by requirement.
     Tasks {
@@ -194,7 +200,8 @@ enum TokenCommand {
     },
     /// Mint an API token (JWT) from the hub's auth secret.
     Api {
-        /// admin, viewer, or agent (MCP only, limited to the --tool names).
+        /// admin, viewer, agent (MCP only, limited to the --tool names), or actor (acts only
+        /// as the actor named by --subject: its mailbox, triggers and permission requests).
         #[arg(long, default_value = "viewer", value_parser = parse_role)]
         role: Role,
         /// With --role agent: a tool it may call (`nodes` for the fleet tool); repeat.
@@ -319,8 +326,9 @@ fn parse_role(text: &str) -> Result<Role, String> {
         "admin" => Ok(Role::Admin),
         "viewer" => Ok(Role::Viewer),
         "agent" => Ok(Role::Agent),
+        "actor" => Ok(Role::Actor),
         other => Err(format!(
-            "{other:?} is not a role: use admin, viewer or agent"
+            "{other:?} is not a role: use admin, viewer, agent or actor"
         )),
     }
 }
@@ -472,6 +480,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Nodes { command } => nodes(&global, command, out).await,
         Command::Tasks { command } => crate::work::tasks(&global, command, out).await,
         Command::Agents { command } => crate::agents::agents(&global, command, out).await,
+        Command::Actor { command } => crate::actor::actor(&global, command, out).await,
         Command::Tool {
             command: ToolCommand::Push(args),
         } => crate::work::tool_push(&global, args, out).await,
@@ -689,6 +698,11 @@ async fn token(
                     anyhow::bail!("--tool limits an agent token; {role} tokens are not limited")
                 }
                 Role::Node => anyhow::bail!("node credentials come from joining, not from here"),
+                Role::Actor => {
+                    outpost_hub::actors::check_actor_id("--subject", &subject)
+                        .map_err(|e| anyhow::anyhow!("{e} (an actor token acts as --subject)"))?;
+                    authority.issue(&subject, role, now_s(), ttl)?
+                }
                 _ => authority.issue(&subject, role, now_s(), ttl)?,
             };
             if global.json {

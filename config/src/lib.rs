@@ -581,6 +581,60 @@ impl Default for McpSection {
     }
 }
 
+/// `[actors]`: the hub's mailboxes (delivery rules in the hub's `store::actors`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorsSection {
+    /// How long a message handed out by `inbox` stays hidden before it is handed out again,
+    /// unless acked.
+    #[serde(with = "duration_text")]
+    pub visibility_timeout: Duration,
+    /// Hand-outs without an ack before a message goes to the dead-letter list.
+    pub max_deliveries: u32,
+    /// The largest message payload (JSON text), bytes.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for ActorsSection {
+    fn default() -> Self {
+        Self {
+            visibility_timeout: Duration::from_secs(30),
+            max_deliveries: 5,
+            max_payload_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// How a tool may be called (PRX's `[security.tool_policy.tools]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolMode {
+    /// Called at once.
+    #[default]
+    Allowed,
+    /// A call by an agent credential waits for an operator's answer to a permission review.
+    Supervised,
+    /// Never called by an agent credential.
+    Denied,
+}
+
+/// `[security.tool_policy]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolPolicySection {
+    /// Per tool (a pushed tool's name, or `nodes` for the fleet tool): `allowed`,
+    /// `supervised` or `denied`. Tools not named are allowed.
+    pub tools: std::collections::BTreeMap<String, ToolMode>,
+}
+
+/// `[security]`: what agents may do without an operator.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// `[security.tool_policy]`
+    pub tool_policy: ToolPolicySection,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -607,6 +661,10 @@ pub struct Config {
     pub sandbox: SandboxSection,
     /// `[mcp]`
     pub mcp: McpSection,
+    /// `[actors]`
+    pub actors: ActorsSection,
+    /// `[security]`
+    pub security: PolicySection,
 }
 
 /// `[sandbox]`: how a node runs native programs (agents and `--command` tasks).
@@ -677,6 +735,9 @@ pub const ENV_KEYS: &[&str] = &[
     "mcp.enabled",
     "mcp.allowed_hosts",
     "mcp.allowed_origins",
+    "actors.visibility_timeout",
+    "actors.max_deliveries",
+    "actors.max_payload_bytes",
 ];
 
 /// The environment variable that overrides a dotted key: `internal_grpc.auth.issuer` →
@@ -819,6 +880,29 @@ impl Config {
         };
         if let Some(task) = &self.node.default_task {
             check_default_task(task).map_err(|m| invalid("node.default_task", m))?;
+        }
+        if self.actors.max_deliveries == 0 || self.actors.max_deliveries > 1_000 {
+            return Err(invalid(
+                "actors.max_deliveries",
+                format!("{} is outside 1..=1000", self.actors.max_deliveries),
+            ));
+        }
+        if self.actors.visibility_timeout < Duration::from_millis(100)
+            || self.actors.visibility_timeout > Duration::from_secs(12 * 3600)
+        {
+            return Err(invalid(
+                "actors.visibility_timeout",
+                format!(
+                    "{} is outside 100ms..=12h",
+                    humantime::format_duration(self.actors.visibility_timeout)
+                ),
+            ));
+        }
+        if self.actors.max_payload_bytes == 0 || self.actors.max_payload_bytes > 16 << 20 {
+            return Err(invalid(
+                "actors.max_payload_bytes",
+                format!("{} is outside 1..=16 MiB", self.actors.max_payload_bytes),
+            ));
         }
         if !self.internal_grpc.enabled {
             return Err(invalid(

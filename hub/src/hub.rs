@@ -243,6 +243,10 @@ impl<'a> HubBuilder<'a> {
             state.clone(),
             shutdown_rx.clone(),
         )));
+        tasks.push(tokio::spawn(crate::actors::triggers::run(
+            state.clone(),
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(liveness_ticker(
             state.clone(),
             config.fleet.min_heartbeat_ttl,
@@ -460,7 +464,11 @@ async fn build_state(
         },
     )
     .presenting(&credentials.presented.0, &credentials.presented.1);
-    let state = HubState::new(store, clock, fleet, tasks, tools, credentials);
+    let mut state = HubState::new(store, clock, fleet, tasks, tools, credentials);
+    state.actors = crate::actors::ActorHub::new(
+        crate::actors::ActorLimits::from_config(&config.actors),
+        config.security.tool_policy.clone(),
+    );
     let state = Arc::new(state);
     // Channel heartbeats are handled on the endpoint's receive path; the sink holds the state
     // weakly so the endpoint does not keep it alive.
@@ -544,6 +552,9 @@ async fn serve_grpc(
     health_reporter
         .set_serving::<outpost_proto::v1::agent_service_server::AgentServiceServer<HubGrpc>>()
         .await;
+    health_reporter
+        .set_serving::<outpost_proto::v1::actor_service_server::ActorServiceServer<HubGrpc>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(outpost_proto::FILE_DESCRIPTOR_SET)
@@ -581,6 +592,7 @@ async fn serve_grpc(
         .add_service(grpc.task_service())
         .add_service(grpc.tool_service())
         .add_service(grpc.agent_service())
+        .add_service(grpc.actor_service())
         .add_service(grpc.audit_service());
     let incoming = crate::api::connections::LimitedIncoming::new(
         TcpIncoming::from(listener).with_nodelay(Some(true)),

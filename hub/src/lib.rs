@@ -5,6 +5,7 @@
 //! - [`fleet`]: node liveness (pure, injected clock), the QUIC session endpoint, heartbeat
 //!   channel, links down to nodes, and the node registry's rules.
 //! - [`work`]: placement (pure), the task engine and the tool registry.
+//! - [`actors`]: durable mailboxes between actors, teams, time triggers and permission reviews.
 //! - [`audit`]: the durable log of every write, who made it and how it ended.
 //! - [`console`]: the operator's web console (server-rendered pages, live over SSE).
 //! - [`credentials`]: the hub's CA and the join handshake with bootstrap tokens.
@@ -12,6 +13,7 @@
 //! - [`hub`]: the composition root that starts and stops all of it; [`state`]: what the
 //!   subsystems share; [`telemetry`]: the Prometheus metrics.
 
+pub mod actors;
 pub mod api;
 pub mod audit;
 pub mod console;

@@ -31,6 +31,8 @@ pub struct HubState {
     pub credentials: HubCredentials,
     /// Agents: their output and reconciliation.
     pub agents: crate::work::agents::AgentHub,
+    /// Actors: mailbox limits, the tool policy, and who waits for mail or a review.
+    pub actors: crate::actors::ActorHub,
     /// Prometheus metrics.
     pub metrics: crate::telemetry::HubMetrics,
     /// Every write, queued for the store.
@@ -57,6 +59,7 @@ impl HubState {
             tools,
             credentials,
             agents: crate::work::agents::AgentHub::default(),
+            actors: crate::actors::ActorHub::default(),
             metrics: crate::telemetry::HubMetrics::new(),
             audit: crate::audit::AuditLog::default(),
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),

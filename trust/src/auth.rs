@@ -21,6 +21,9 @@ pub enum Role {
     /// An AI agent's credential (MCP): may call only the tools named in [`Claims::tools`]
     /// (`nodes` among them for the fleet tool), and read nothing else.
     Agent,
+    /// One actor's credential (`sub` = the actor id): its own mailbox, triggers, team and
+    /// permission requests, nothing else. A node hands one to each agent run.
+    Actor,
 }
 
 impl fmt::Display for Role {
@@ -30,6 +33,7 @@ impl fmt::Display for Role {
             Role::Viewer => "viewer",
             Role::Node => "node",
             Role::Agent => "agent",
+            Role::Actor => "actor",
         })
     }
 }

@@ -8,6 +8,7 @@
 //! | `viewer` | yes            | yes                        | no    |
 //! | `node`   | no             | its own only               | no    |
 //! | `agent`  | see below      | with `nodes`               | its tools' tasks only |
+//! | `actor`  | no             | no                         | its own mailbox only  |
 //!
 //! "The fleet" is anything not one node's own record: the node list, other nodes, tasks, tools.
 //! A node credential is for the node's session; it reads nothing of other nodes' work.
@@ -17,6 +18,10 @@
 //! and with [`NODES_TOOL`] among them reads the node list, node records and any task's result —
 //! what PRX's `nodes` tool does. It never runs native commands, and reads nothing else (agents,
 //! audit log, tokens, metrics).
+//!
+//! An actor credential (`sub` = an actor id; a node gives one to each agent run) acts only as
+//! that actor: its inbox, acks, sends (as the sender), triggers, team and permission requests.
+//! Operators (`admin`) act for any actor and answer reviews; `viewer` reads them.
 
 use outpost_trust::auth::{AuthError, Claims, Role};
 
@@ -52,6 +57,10 @@ pub enum Subject<'a> {
         /// The task's tool.
         tool: &'a str,
     },
+    /// One actor's mailbox, triggers, team and permission requests.
+    Actor(&'a str),
+    /// The permission reviews of every actor (listing and answering them).
+    Reviews,
 }
 
 /// Whether `claims` may do `access` on `subject`; the refusal names the role and `action`.
@@ -78,6 +87,8 @@ pub fn permit(
             !tool.is_empty() && claims.names_tool(tool)
         }
         (Role::Agent, _, _) => false,
+        (Role::Actor, _, Subject::Actor(id)) => id == claims.sub,
+        (Role::Actor, _, _) => false,
     };
     if allowed {
         Ok(())
@@ -92,6 +103,16 @@ pub fn permit(
                         claims.tools.join(", ")
                     )
                 }
+                (Role::Actor, Subject::Actor(_)) => {
+                    format!(
+                        "{action} of another actor (this credential acts as {:?})",
+                        claims.sub
+                    )
+                }
+                (Role::Actor, _) => format!(
+                    "{action} (an actor credential acts only as {:?})",
+                    claims.sub
+                ),
                 (Role::Agent, _) => format!(
                     "{action} (an agent token names only the tools it may call: {})",
                     claims.tools.join(", ")
@@ -261,6 +282,27 @@ mod tests {
             err.to_string(),
             r#"role agent may not call tools: tool "gpu-job" is not one this token names (echo)"#
         );
+        let actor = claims(Role::Actor, "agent-a");
+        let actor_table: [(Access, Subject<'_>, bool); 7] = [
+            (Read, Subject::Actor("agent-a"), true),
+            (Write, Subject::Actor("agent-a"), true),
+            (Read, Subject::Actor("agent-b"), false),
+            (Write, Subject::Actor("agent-b"), false),
+            (Read, Subject::Reviews, false),
+            (Read, Fleet, false),
+            (Read, Subject::Nodes, false),
+        ];
+        for (access, subject, allowed) in actor_table {
+            let answer = permit(&actor, access, subject, "read the inbox");
+            assert_eq!(answer.is_ok(), allowed, "actor {access:?} {subject:?}");
+        }
+        let err = permit(&actor, Read, Subject::Actor("agent-b"), "read the inbox").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"role actor may not read the inbox of another actor (this credential acts as "agent-a")"#
+        );
+        assert!(permit(&claims(Viewer, "v"), Read, Subject::Reviews, "list").is_ok());
+        assert!(permit(&claims(Viewer, "v"), Write, Subject::Actor("x"), "send").is_err());
         let err = permit(&claims(Node, "n-1"), Read, OneNode("n-2"), "read nodes").unwrap_err();
         assert_eq!(
             err.to_string(),

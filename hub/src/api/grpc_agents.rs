@@ -57,6 +57,8 @@ impl AgentService for HubGrpc {
                 max_output_bytes: r.max_output_bytes,
                 workdir_mode: r.workdir_mode,
                 repo: r.repo,
+                teams: r.teams,
+                wake_on_message: r.wake_on_message,
                 // From the requirements, in create.
                 ..AgentSpec::default()
             },

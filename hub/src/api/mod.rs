@@ -9,12 +9,15 @@
 //! - [`rest`]: the REST API (axum) under `/api/admin/`.
 //! - [`openapi`]: the REST API's OpenAPI 3.1 document (the router is built from it).
 //! - [`mcp`]: the fleet as MCP tools, at `/mcp` and over stdio (`outpost mcp`).
-//! - [`views`]: JSON shapes shared by REST and the CLI's `--json` output.
+//! - [`views`]: JSON shapes shared by REST and the CLI's `--json` output; [`actor_views`]: the
+//!   actor layer's, and [`grpc_actors`] its gRPC service.
 
 pub mod access;
+pub mod actor_views;
 pub mod connections;
 pub mod gate;
 pub mod grpc;
+pub mod grpc_actors;
 pub mod grpc_agents;
 pub mod grpc_audit;
 pub mod grpc_tasks;

@@ -269,6 +269,8 @@ pub fn agent_view(agent: &crate::store::AgentRow) -> outpost_proto::v1::AgentVie
         gpu_milli: spec.gpu_milli,
         gpu_memory_mb: spec.gpu_memory_mb,
         compute_capability: spec.compute_capability,
+        teams: spec.teams,
+        wake_on_message: spec.wake_on_message,
     }
 }
 
@@ -309,6 +311,8 @@ pub fn agent_json(agent: &outpost_proto::v1::AgentView) -> Value {
             "timeout_ms": agent.timeout_ms,
             "max_output_bytes": agent.max_output_bytes,
         },
+        "teams": agent.teams,
+        "wake_on_message": agent.wake_on_message,
         "created_at": time_json(agent.created_at_ms),
         "updated_at": time_json(agent.updated_at_ms),
         "started_at": time_json(agent.started_at_ms),

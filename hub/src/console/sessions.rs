@@ -60,6 +60,11 @@ pub enum SignInError {
     /// An agent's credential: it calls tools over MCP and signs in nowhere.
     #[error("an agent token calls tools over MCP (/mcp); sign in with an admin or viewer token")]
     AgentCredential,
+    /// An actor's credential: it is for `outpost actor …` inside an agent.
+    #[error(
+        "an actor token acts as one actor (`outpost actor …`); sign in with an admin or viewer token"
+    )]
+    ActorCredential,
     /// Expired already.
     #[error("the token has expired")]
     Expired,
@@ -84,6 +89,7 @@ impl Sessions {
         match claims.role {
             Role::Node => return Err(SignInError::NodeCredential),
             Role::Agent => return Err(SignInError::AgentCredential),
+            Role::Actor => return Err(SignInError::ActorCredential),
             Role::Admin | Role::Viewer => {}
         }
         let token_end = claims.exp.saturating_mul(1000);

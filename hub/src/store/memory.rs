@@ -29,6 +29,8 @@ struct Tables {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     tables: Mutex<Tables>,
+    /// The actor layer's tables (see `memory_actors`).
+    pub(super) actors: Mutex<super::memory_actors::ActorTables>,
 }
 
 impl MemoryStore {

@@ -3,8 +3,11 @@
 //! [`SqlStore`] implements it for SQLite (the embedded default, WAL, in the data dir) and for
 //! PostgreSQL (several hubs sharing one database), each with its own migrations under
 //! `hub/migrations/`. [`MemoryStore`] is the in-memory twin for unit tests of logic above the store.
+//! The actor layer's rows and rules are in [`actors`].
 
+pub mod actors;
 mod memory;
+mod memory_actors;
 pub mod sql;
 
 pub use memory::MemoryStore;
@@ -305,7 +308,7 @@ pub struct AttemptRow {
 
 /// Durable hub state.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: actors::ActorStore + Send + Sync + std::fmt::Debug {
     /// Adds a node to the registry; [`StoreError::Duplicate`] if the id exists.
     async fn insert_node(&self, node: &NodeRow) -> Result<(), StoreError>;
     /// One node.
@@ -1047,7 +1050,10 @@ mod conformance {
 
     #[tokio::test]
     async fn memory_store() {
-        exercise(&MemoryStore::new()).await;
+        let store = MemoryStore::new();
+        exercise(&store).await;
+        actors::conformance::mailboxes(&store).await;
+        actors::conformance::reviews_and_triggers(&store).await;
     }
 
     #[tokio::test]
@@ -1061,6 +1067,8 @@ mod conformance {
         );
         exercise(&store).await;
         exercise_transactions(&store).await;
+        actors::conformance::mailboxes(&store).await;
+        actors::conformance::reviews_and_triggers(&store).await;
         store.close().await;
         let reopened = SqlStore::connect(&url).await.unwrap();
         assert_eq!(
@@ -1096,6 +1104,8 @@ mod conformance {
         assert_eq!(store.backend(), sql::Backend::Postgres);
         exercise(&store).await;
         exercise_transactions(&store).await;
+        actors::conformance::mailboxes(&store).await;
+        actors::conformance::reviews_and_triggers(&store).await;
         store.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&admin)

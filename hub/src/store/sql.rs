@@ -1,6 +1,8 @@
 //! [`Store`] on SQLite or PostgreSQL through sqlx's `Any` driver: one set of queries (`$N`
 //! placeholders work on both), one migration folder per dialect.
 
+mod actors;
+
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};

@@ -274,10 +274,13 @@ async fn check(
             );
         }
     };
-    if claims.role == Role::Node {
+    if matches!(claims.role, Role::Node | Role::Actor) {
         return rpc_error(
             StatusCode::FORBIDDEN,
-            "a node credential is for the node's session; MCP takes an admin, viewer or agent token",
+            &format!(
+                "a {} credential is not for MCP; MCP takes an admin, viewer or agent token",
+                claims.role
+            ),
             Some(format!(
                 "Bearer realm=\"outpost\", error=\"insufficient_scope\", {metadata}"
             )),

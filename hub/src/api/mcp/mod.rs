@@ -60,7 +60,7 @@ impl Caller {
         match self.role {
             Role::Admin | Role::Viewer => true,
             Role::Agent => self.tools.iter().any(|t| t == name),
-            Role::Node => false,
+            Role::Node | Role::Actor => false,
         }
     }
 }

@@ -29,6 +29,8 @@ const MAX_FIELD_BYTES: usize = 4096;
 const MAX_ARGS: usize = 256;
 /// Longest agent name.
 const MAX_NAME_BYTES: usize = 128;
+/// Most teams an agent belongs to.
+const MAX_TEAMS: usize = 16;
 
 /// What an agent runs and under which limits (stored as JSON with the agent).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -70,6 +72,10 @@ pub struct AgentSpec {
     /// The GPUs (uuids) the latest run was given, recorded at its start, so a restarted hub
     /// holds them again for a run still going.
     pub held_devices: Vec<String>,
+    /// The actor teams it belongs to (a message to `team:NAME` reaches every member).
+    pub teams: Vec<String>,
+    /// A message to it while it is not running starts it.
+    pub wake_on_message: bool,
 }
 
 /// A create, from any surface.
@@ -103,6 +109,12 @@ fn check_text(field: &str, text: &str) -> Result<(), TaskError> {
 impl AgentSpec {
     /// Checks what can be checked without the node.
     pub fn validate(&self) -> Result<(), TaskError> {
+        if self.teams.len() > MAX_TEAMS {
+            return Err(invalid(format!("teams: at most {MAX_TEAMS}")));
+        }
+        for team in &self.teams {
+            crate::actors::check_team("teams", team)?;
+        }
         if !self.tool.is_empty() {
             return self.validate_tool();
         }

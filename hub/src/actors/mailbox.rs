@@ -1,0 +1,367 @@
+//! Send, inbox, ack, dead letters and requeue, and team members: the mailbox operations every
+//! surface (gRPC, REST, the CLI through them) calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::actors::{
+    AGENT_NAME_PREFIX, MAX_RECEIVE, MAX_WAIT_MS, TEAM_PREFIX, check_actor_id, check_payload,
+    check_team,
+};
+use crate::state::HubState;
+use crate::store::AgentRow;
+use crate::store::actors::{AckOutcome, MessageFilter, MessageRow, MessageState, NewMessage};
+use crate::work::agents::{self, AgentState};
+use crate::work::tasks::TaskError;
+
+/// The longest idempotency key.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// A send, from any surface.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendRequest {
+    /// The sending actor.
+    pub sender: String,
+    /// An actor id, `agent:NAME`, or `team:NAME` (every member but the sender).
+    pub to: String,
+    /// JSON text.
+    pub payload: String,
+    /// A retried send with the same key makes no second message.
+    pub idempotency_key: Option<String>,
+}
+
+/// What a send came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// One message per recipient (the earlier ones for a retried key).
+    pub messages: Vec<MessageRow>,
+    /// Every message existed already (a retry).
+    pub duplicate: bool,
+}
+
+/// A team member, as `team-members` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its actor id (the agent's id).
+    pub actor_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its agent status.
+    pub status: String,
+    /// The node it runs on.
+    pub node_id: String,
+    /// The teams it shares with the asker.
+    pub teams: Vec<String>,
+}
+
+fn teams_of(agent: &AgentRow) -> Vec<String> {
+    agents::spec_of(agent).teams
+}
+
+/// The recipients `to` names, with the team it named (empty for one actor).
+async fn recipients(
+    state: &HubState,
+    sender: &str,
+    to: &str,
+) -> Result<(Vec<String>, String), TaskError> {
+    if let Some(team) = to.strip_prefix(TEAM_PREFIX) {
+        check_team("to", team)?;
+        let members: Vec<String> = state
+            .store()
+            .list_agents(None)
+            .await?
+            .iter()
+            .filter(|a| a.id != sender && teams_of(a).iter().any(|t| t == team))
+            .map(|a| a.id.clone())
+            .collect();
+        if members.is_empty() {
+            return Err(TaskError::NotFound(format!(
+                "to: team {team:?} has no members besides the sender"
+            )));
+        }
+        return Ok((members, team.to_string()));
+    }
+    if let Some(name) = to.strip_prefix(AGENT_NAME_PREFIX) {
+        let named: Vec<AgentRow> = state
+            .store()
+            .list_agents(None)
+            .await?
+            .into_iter()
+            .filter(|a| a.name == name)
+            .collect();
+        return match &named[..] {
+            [one] => Ok((vec![one.id.clone()], String::new())),
+            [] => Err(TaskError::NotFound(format!(
+                "to: no agent is named {name:?}"
+            ))),
+            several => Err(TaskError::Invalid(format!(
+                "to: {} agents are named {name:?}; name one by id ({})",
+                several.len(),
+                several
+                    .iter()
+                    .map(|a| a.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        };
+    }
+    check_actor_id("to", to)?;
+    // An agent id that names no agent is a typo, not a new outside participant.
+    if to.starts_with("agent-") && state.store().get_agent(to).await?.is_none() {
+        return Err(TaskError::NotFound(format!("to: no agent has id {to:?}")));
+    }
+    Ok((vec![to.to_string()], String::new()))
+}
+
+/// Stores a message for each recipient `to` names, wakes their waiting receivers, and starts
+/// recipients marked `wake_on_message` that are not running.
+pub async fn send(state: &Arc<HubState>, request: SendRequest) -> Result<Sent, TaskError> {
+    check_actor_id("actor_id", &request.sender)?;
+    if let Some(key) = &request.idempotency_key
+        && (key.is_empty() || key.len() > MAX_KEY_BYTES)
+    {
+        return Err(TaskError::Invalid(format!(
+            "idempotency_key: 1 to {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    let limits = state.actors.limits();
+    let payload = check_payload("payload", &request.payload, limits.max_payload_bytes)?;
+    let (to, team) = recipients(state, &request.sender, request.to.trim()).await?;
+    let now = state.now_ms();
+    let new: Vec<NewMessage> = to
+        .iter()
+        .map(|recipient| NewMessage {
+            sender: request.sender.clone(),
+            recipient: recipient.clone(),
+            team: team.clone(),
+            payload: payload.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            max_deliveries: limits.max_deliveries,
+            visibility_ms: limits.visibility_ms,
+            now_ms: now,
+        })
+        .collect();
+    let stored = state.store().insert_messages(&new).await?;
+    let duplicate = stored.iter().all(|s| s.duplicate);
+    for recipient in &to {
+        state.actors.mail_arrived(recipient);
+    }
+    wake(state, &to).await;
+    Ok(Sent {
+        messages: stored.into_iter().map(|s| s.message).collect(),
+        duplicate,
+    })
+}
+
+/// Starts the agents among `recipients` marked `wake_on_message` that are not running (in the
+/// background: a send never waits for a node).
+pub(crate) async fn wake(state: &Arc<HubState>, recipients: &[String]) {
+    for id in recipients.iter().filter(|r| r.starts_with("agent-")) {
+        let Ok(Some(agent)) = state.store().get_agent(id).await else {
+            continue;
+        };
+        let asleep = matches!(
+            AgentState::parse(&agent.status),
+            AgentState::Created | AgentState::Exited | AgentState::Stopped
+        );
+        if asleep && agents::spec_of(&agent).wake_on_message {
+            let state = state.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                match agents::start(&state, &id).await {
+                    Ok(_) => tracing::info!(agent_id = %id, "woken by a message"),
+                    Err(e) => {
+                        tracing::warn!(agent_id = %id, error = %e, "waking on a message failed")
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// A receive, from any surface.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxRequest {
+    /// Whose inbox.
+    pub actor_id: String,
+    /// The receiving run: for an agent, its current run (a process of an earlier run may not
+    /// take its messages); recorded on each message handed out.
+    pub run_id: String,
+    /// At most this many (0: 100).
+    pub limit: u32,
+    /// When none is visible, wait up to this long for one (capped at [`MAX_WAIT_MS`]).
+    pub wait_ms: u64,
+    /// Ack what is handed out at once (at-most-once from then on).
+    pub auto_ack: bool,
+}
+
+/// Checks `run_id` against the agent's current run, when the actor is an agent.
+async fn check_run(state: &HubState, actor_id: &str, run_id: &str) -> Result<(), TaskError> {
+    if run_id.is_empty() || !actor_id.starts_with("agent-") {
+        return Ok(());
+    }
+    let Some(agent) = state.store().get_agent(actor_id).await? else {
+        return Ok(());
+    };
+    if agent.run.to_string() != run_id {
+        return Err(TaskError::Conflict(format!(
+            "run_id: run {run_id} is not {actor_id}'s current run ({}); a process of an earlier run may not take its messages",
+            agent.run
+        )));
+    }
+    Ok(())
+}
+
+/// Hands out the actor's visible messages, waiting up to `wait_ms` for one when there is none.
+pub async fn inbox(state: &HubState, request: &InboxRequest) -> Result<Vec<MessageRow>, TaskError> {
+    check_actor_id("actor_id", &request.actor_id)?;
+    check_run(state, &request.actor_id, &request.run_id).await?;
+    let limit = match request.limit {
+        0 => 100,
+        n => n.min(MAX_RECEIVE),
+    };
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(request.wait_ms.min(MAX_WAIT_MS));
+    loop {
+        let signal = state.actors.inbox_signal(&request.actor_id);
+        let arrived = signal.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        let messages = state
+            .store()
+            .receive_messages(&request.actor_id, &request.run_id, state.now_ms(), limit)
+            .await?;
+        let now = tokio::time::Instant::now();
+        if !messages.is_empty() || now >= deadline {
+            if request.auto_ack && !messages.is_empty() {
+                let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+                state
+                    .store()
+                    .ack_messages(&request.actor_id, &ids, state.now_ms())
+                    .await?;
+                return Ok(messages
+                    .into_iter()
+                    .map(|m| MessageRow {
+                        state: MessageState::Acked,
+                        ..m
+                    })
+                    .collect());
+            }
+            return Ok(messages);
+        }
+        // New mail wakes the wait; a message whose visibility runs out does not, so look again
+        // at least every second.
+        let _ = tokio::time::timeout_at(deadline.min(now + Duration::from_secs(1)), arrived).await;
+    }
+}
+
+/// Acks the actor's messages `ids`, one after another in one transaction; one outcome each.
+pub async fn ack(
+    state: &HubState,
+    actor_id: &str,
+    ids: &[i64],
+) -> Result<Vec<AckOutcome>, TaskError> {
+    check_actor_id("actor_id", actor_id)?;
+    if ids.is_empty() {
+        return Err(TaskError::Invalid("message_id: name at least one".into()));
+    }
+    if ids.len() > MAX_RECEIVE as usize {
+        return Err(TaskError::Invalid(format!(
+            "message_id: at most {MAX_RECEIVE} per ack"
+        )));
+    }
+    Ok(state
+        .store()
+        .ack_messages(actor_id, ids, state.now_ms())
+        .await?)
+}
+
+/// What an ack outcome says, for a per-item result: `Ok(already acked)` or the error.
+pub fn ack_result(id: i64, outcome: AckOutcome) -> Result<bool, TaskError> {
+    match outcome {
+        AckOutcome::Acked => Ok(false),
+        AckOutcome::AlreadyAcked => Ok(true),
+        AckOutcome::NotFound => Err(TaskError::NotFound(format!(
+            "message_id: no message has id {id}"
+        ))),
+        AckOutcome::NotYours => Err(TaskError::NotFound(format!(
+            "message_id: message {id} is not in this actor's inbox"
+        ))),
+        AckOutcome::NotDelivered(state) => Err(TaskError::Conflict(format!(
+            "message_id: message {id} is {}: only a delivered message is acked{}",
+            state.as_str(),
+            if state == MessageState::Dead {
+                " (requeue it first)"
+            } else {
+                " (take it from the inbox first)"
+            }
+        ))),
+    }
+}
+
+/// The dead-letter list, of one recipient when named, oldest first.
+pub async fn dead_letters(
+    state: &HubState,
+    actor_id: Option<&str>,
+    limit: u32,
+) -> Result<Vec<MessageRow>, TaskError> {
+    if let Some(actor) = actor_id {
+        check_actor_id("actor_id", actor)?;
+    }
+    state.store().sweep_dead_letters(state.now_ms()).await?;
+    Ok(state
+        .store()
+        .list_messages(&MessageFilter {
+            recipient: actor_id,
+            state: Some(MessageState::Dead),
+            limit: limit.clamp(1, 10_000),
+        })
+        .await?)
+}
+
+/// Makes a dead letter pending again (deliveries reset) and wakes its recipient.
+pub async fn requeue(state: &HubState, id: i64) -> Result<MessageRow, TaskError> {
+    let message = match state.store().requeue_message(id, state.now_ms()).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return Err(TaskError::NotFound(format!(
+                "message_id: no message has id {id}"
+            )));
+        }
+        Err(crate::store::StoreError::Conflict(m)) => {
+            return Err(TaskError::Conflict(format!("message_id: {m}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    state.actors.mail_arrived(&message.recipient);
+    Ok(message)
+}
+
+/// The other members of the actor's teams, with their status and node.
+pub async fn team_members(state: &HubState, actor_id: &str) -> Result<Vec<Member>, TaskError> {
+    check_actor_id("actor_id", actor_id)?;
+    let all = state.store().list_agents(None).await?;
+    let Some(me) = all.iter().find(|a| a.id == actor_id) else {
+        return Err(TaskError::NotFound(format!(
+            "actor_id: {actor_id:?} is not an agent; teams are made of agents"
+        )));
+    };
+    let mine = teams_of(me);
+    Ok(all
+        .iter()
+        .filter(|a| a.id != actor_id)
+        .filter_map(|a| {
+            let shared: Vec<String> = teams_of(a)
+                .into_iter()
+                .filter(|t| mine.contains(t))
+                .collect();
+            (!shared.is_empty()).then(|| Member {
+                actor_id: a.id.clone(),
+                name: a.name.clone(),
+                status: a.status.clone(),
+                node_id: a.node_id.clone(),
+                teams: shared,
+            })
+        })
+        .collect())
+}

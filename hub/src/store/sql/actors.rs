@@ -1,0 +1,587 @@
+//! [`ActorStore`] on SQLite and PostgreSQL (see [`crate::store::actors`] for the rules).
+//!
+//! A receive is one `UPDATE … RETURNING` over the recipient's visible messages; on PostgreSQL the
+//! rows are picked `FOR UPDATE SKIP LOCKED`, so two hubs receiving for the same actor never hand
+//! out the same message twice at once. On SQLite the single writer connection serialises them.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Backend, SqlStore, is_unique_violation};
+use crate::store::StoreError;
+use crate::store::actors::{
+    AckOutcome, ActorStore, GrantRow, MessageFilter, MessageRow, MessageState, NewMessage,
+    ReviewOption, ReviewRow, ReviewState, SentMessage, TriggerRow,
+};
+
+const MESSAGE_COLUMNS: &str = "id, sender, recipient, team, payload, idempotency_key, state, \
+    deliveries, max_deliveries, visibility_ms, visible_at_ms, run_id, reason, created_at_ms, \
+    delivered_at_ms, acked_at_ms";
+
+fn decode(e: String) -> sqlx::Error {
+    sqlx::Error::Decode(e.into())
+}
+
+fn message_from_row(row: &AnyRow) -> Result<MessageRow, sqlx::Error> {
+    Ok(MessageRow {
+        id: row.try_get("id")?,
+        sender: row.try_get("sender")?,
+        recipient: row.try_get("recipient")?,
+        team: row.try_get("team")?,
+        payload: row.try_get("payload")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        state: row.try_get::<String, _>("state")?.parse().map_err(decode)?,
+        deliveries: row.try_get("deliveries")?,
+        max_deliveries: row.try_get("max_deliveries")?,
+        visibility_ms: row.try_get("visibility_ms")?,
+        visible_at_ms: row.try_get("visible_at_ms")?,
+        run_id: row.try_get("run_id")?,
+        reason: row.try_get("reason")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        delivered_at_ms: row.try_get("delivered_at_ms")?,
+        acked_at_ms: row.try_get("acked_at_ms")?,
+    })
+}
+
+const REVIEW_COLUMNS: &str = "id, actor_id, title, detail, request_key, options, state, \
+    option_id, answered_by, created_at_ms, answered_at_ms";
+
+fn review_from_row(row: &AnyRow) -> Result<ReviewRow, sqlx::Error> {
+    let options: Vec<ReviewOption> = serde_json::from_str(&row.try_get::<String, _>("options")?)
+        .map_err(|e| decode(format!("review options: {e}")))?;
+    Ok(ReviewRow {
+        id: row.try_get("id")?,
+        actor_id: row.try_get("actor_id")?,
+        title: row.try_get("title")?,
+        detail: row.try_get("detail")?,
+        request_key: row.try_get("request_key")?,
+        options,
+        state: row.try_get::<String, _>("state")?.parse().map_err(decode)?,
+        option_id: row.try_get("option_id")?,
+        answered_by: row.try_get("answered_by")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        answered_at_ms: row.try_get("answered_at_ms")?,
+    })
+}
+
+const TRIGGER_COLUMNS: &str =
+    "id, actor_id, schedule, payload, next_due_ms, fired, last_fired_ms, created_at_ms";
+
+fn trigger_from_row(row: &AnyRow) -> Result<TriggerRow, sqlx::Error> {
+    Ok(TriggerRow {
+        id: row.try_get("id")?,
+        actor_id: row.try_get("actor_id")?,
+        schedule: row.try_get("schedule")?,
+        payload: row.try_get("payload")?,
+        next_due_ms: row.try_get("next_due_ms")?,
+        fired: row.try_get("fired")?,
+        last_fired_ms: row.try_get("last_fired_ms")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+/// Inserts one message unless its key is taken (`$1` to `$11`); returns the new row, or nothing.
+const INSERT_MESSAGE_SQL: &str = "INSERT INTO actor_messages (sender, recipient, team, payload, \
+    idempotency_key, state, deliveries, max_deliveries, visibility_ms, visible_at_ms, created_at_ms) \
+    VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10) \
+    ON CONFLICT (sender, recipient, idempotency_key) DO NOTHING RETURNING id";
+
+/// Sends `recipient`'s (`$1`) messages that used up their deliveries and are visible again at
+/// `$2` to the dead-letter list.
+const DEAD_LETTER_ONE_SQL: &str = "UPDATE actor_messages SET state = 'dead', \
+    reason = 'not acked after ' || CAST(deliveries AS TEXT) || ' deliveries' \
+    WHERE recipient = $1 AND state = 'delivered' AND visible_at_ms <= $2 \
+    AND deliveries >= max_deliveries";
+
+/// The visible messages of `$1` at `$2` a receive may hand out, oldest first, at most `$3`.
+macro_rules! receivable_sql {
+    ($lock:literal) => {
+        concat!(
+            "SELECT m.id FROM actor_messages m WHERE m.recipient = $1 \
+             AND m.state IN ('pending', 'delivered') AND m.visible_at_ms <= $2 \
+             AND m.deliveries < m.max_deliveries \
+             AND NOT EXISTS (SELECT 1 FROM actor_messages e WHERE e.recipient = m.recipient \
+             AND e.sender = m.sender AND e.id < m.id AND e.state = 'delivered' \
+             AND e.visible_at_ms > $2) ORDER BY m.id LIMIT $3",
+            $lock
+        )
+    };
+}
+
+/// The hand-out itself: `$4` is the run id.
+macro_rules! hand_out_sql {
+    () => {
+        "UPDATE actor_messages SET state = 'delivered', deliveries = deliveries + 1, \
+         visible_at_ms = $2 + visibility_ms, delivered_at_ms = $2, run_id = $4 "
+    };
+}
+
+const RECEIVE_SQLITE: &str = concat!(
+    hand_out_sql!(),
+    "WHERE id IN (",
+    receivable_sql!(""),
+    ") RETURNING id, sender, recipient, team, payload, idempotency_key, state, deliveries, \
+     max_deliveries, visibility_ms, visible_at_ms, run_id, reason, created_at_ms, \
+     delivered_at_ms, acked_at_ms"
+);
+
+const RECEIVE_POSTGRES: &str = concat!(
+    "WITH picked AS (",
+    receivable_sql!(" FOR UPDATE SKIP LOCKED"),
+    ") ",
+    hand_out_sql!(),
+    "FROM picked WHERE actor_messages.id = picked.id RETURNING actor_messages.id, sender, \
+     recipient, team, payload, idempotency_key, state, deliveries, max_deliveries, \
+     visibility_ms, visible_at_ms, run_id, reason, created_at_ms, delivered_at_ms, acked_at_ms"
+);
+
+#[async_trait]
+impl ActorStore for SqlStore {
+    async fn insert_messages(
+        &self,
+        messages: &[NewMessage],
+    ) -> Result<Vec<SentMessage>, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let mut sent = Vec::with_capacity(messages.len());
+        for m in messages {
+            let inserted = sqlx::query(INSERT_MESSAGE_SQL)
+                .bind(&m.sender)
+                .bind(&m.recipient)
+                .bind(&m.team)
+                .bind(&m.payload)
+                .bind(&m.idempotency_key)
+                .bind(MessageState::Pending.as_str())
+                .bind(m.max_deliveries)
+                .bind(m.visibility_ms)
+                .bind(m.now_ms)
+                .bind(m.now_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match inserted {
+                Some(row) => sent.push(SentMessage {
+                    message: MessageRow {
+                        id: row.try_get("id")?,
+                        sender: m.sender.clone(),
+                        recipient: m.recipient.clone(),
+                        team: m.team.clone(),
+                        payload: m.payload.clone(),
+                        idempotency_key: m.idempotency_key.clone(),
+                        state: MessageState::Pending,
+                        deliveries: 0,
+                        max_deliveries: m.max_deliveries,
+                        visibility_ms: m.visibility_ms,
+                        visible_at_ms: m.now_ms,
+                        created_at_ms: m.now_ms,
+                        ..MessageRow::default()
+                    },
+                    duplicate: false,
+                }),
+                None => {
+                    let sql = format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM actor_messages WHERE sender = $1 \
+                         AND recipient = $2 AND idempotency_key = $3"
+                    );
+                    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(&m.sender)
+                        .bind(&m.recipient)
+                        .bind(&m.idempotency_key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    sent.push(SentMessage {
+                        message: message_from_row(&row)?,
+                        duplicate: true,
+                    });
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(sent)
+    }
+
+    async fn receive_messages(
+        &self,
+        recipient: &str,
+        run_id: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        sqlx::query(DEAD_LETTER_ONE_SQL)
+            .bind(recipient)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        let sql = match self.backend {
+            Backend::Sqlite => RECEIVE_SQLITE,
+            Backend::Postgres => RECEIVE_POSTGRES,
+        };
+        let rows = sqlx::query(sql)
+            .bind(recipient)
+            .bind(now_ms)
+            .bind(i64::from(limit))
+            .bind(run_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut messages = rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING promises no order.
+        messages.sort_by_key(|m| m.id);
+        Ok(messages)
+    }
+
+    async fn ack_messages(
+        &self,
+        recipient: &str,
+        ids: &[i64],
+        now_ms: i64,
+    ) -> Result<Vec<AckOutcome>, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let acked = sqlx::query(
+                "UPDATE actor_messages SET state = 'acked', acked_at_ms = $3 \
+                 WHERE id = $1 AND recipient = $2 AND state = 'delivered'",
+            )
+            .bind(id)
+            .bind(recipient)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            if acked.rows_affected() == 1 {
+                outcomes.push(AckOutcome::Acked);
+                continue;
+            }
+            let row = sqlx::query("SELECT recipient, state FROM actor_messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            outcomes.push(match row {
+                None => AckOutcome::NotFound,
+                Some(row) if row.try_get::<String, _>("recipient")? != recipient => {
+                    AckOutcome::NotYours
+                }
+                Some(row) => match row.try_get::<String, _>("state")?.parse().map_err(decode)? {
+                    MessageState::Acked => AckOutcome::AlreadyAcked,
+                    state => AckOutcome::NotDelivered(state),
+                },
+            });
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn get_message(&self, id: i64) -> Result<Option<MessageRow>, StoreError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM actor_messages WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(message_from_row).transpose()?)
+    }
+
+    async fn list_messages(
+        &self,
+        filter: &MessageFilter<'_>,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM actor_messages WHERE ($1 = '' OR recipient = $1) \
+             AND ($2 = '' OR state = $2) ORDER BY id LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.recipient.unwrap_or_default())
+            .bind(filter.state.map(MessageState::as_str).unwrap_or_default())
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn sweep_dead_letters(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE actor_messages SET state = 'dead', \
+             reason = 'not acked after ' || CAST(deliveries AS TEXT) || ' deliveries' \
+             WHERE state = 'delivered' AND visible_at_ms <= $1 AND deliveries >= max_deliveries",
+        )
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn requeue_message(
+        &self,
+        id: i64,
+        now_ms: i64,
+    ) -> Result<Option<MessageRow>, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let done = sqlx::query(
+            "UPDATE actor_messages SET state = 'pending', deliveries = 0, visible_at_ms = $2, \
+             reason = 'requeued from the dead-letter list' WHERE id = $1 AND state = 'dead'",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM actor_messages WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let message = message_from_row(&row)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "message {id} is {}, not dead: only dead letters are requeued",
+                message.state.as_str()
+            )));
+        }
+        Ok(Some(message))
+    }
+
+    async fn insert_review(&self, review: &ReviewRow) -> Result<(), StoreError> {
+        let options = serde_json::to_string(&review.options)
+            .map_err(|e| StoreError::Conflict(format!("review options: {e}")))?;
+        let result = sqlx::query(
+            "INSERT INTO permission_reviews (id, actor_id, title, detail, request_key, options, \
+             state, option_id, answered_by, created_at_ms, answered_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&review.id)
+        .bind(&review.actor_id)
+        .bind(&review.title)
+        .bind(&review.detail)
+        .bind(&review.request_key)
+        .bind(options)
+        .bind(review.state.as_str())
+        .bind(&review.option_id)
+        .bind(&review.answered_by)
+        .bind(review.created_at_ms)
+        .bind(review.answered_at_ms)
+        .execute(&self.writer)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
+                what: "permission review",
+                id: review.id.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_review(&self, id: &str) -> Result<Option<ReviewRow>, StoreError> {
+        let sql = format!("SELECT {REVIEW_COLUMNS} FROM permission_reviews WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(review_from_row).transpose()?)
+    }
+
+    async fn list_reviews(
+        &self,
+        pending_only: bool,
+        actor_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ReviewRow>, StoreError> {
+        let sql = format!(
+            "SELECT {REVIEW_COLUMNS} FROM permission_reviews WHERE ($1 = '' OR state = $1) \
+             AND ($2 = '' OR actor_id = $2) ORDER BY created_at_ms DESC, id DESC LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(if pending_only {
+                ReviewState::Pending.as_str()
+            } else {
+                ""
+            })
+            .bind(actor_id.unwrap_or_default())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(review_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn answer_review(
+        &self,
+        answer: &ReviewRow,
+        grant: Option<&GrantRow>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let done = sqlx::query(
+            "UPDATE permission_reviews SET state = $2, option_id = $3, answered_by = $4, \
+             answered_at_ms = $5 WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(&answer.id)
+        .bind(answer.state.as_str())
+        .bind(&answer.option_id)
+        .bind(&answer.answered_by)
+        .bind(answer.answered_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let Some(grant) = grant {
+            sqlx::query(
+                "INSERT INTO permission_grants (actor_id, request_key, option_id, review_id, \
+                 created_at_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (actor_id, request_key) \
+                 DO UPDATE SET option_id = excluded.option_id, review_id = excluded.review_id, \
+                 created_at_ms = excluded.created_at_ms",
+            )
+            .bind(&grant.actor_id)
+            .bind(&grant.request_key)
+            .bind(&grant.option_id)
+            .bind(&grant.review_id)
+            .bind(grant.created_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_grant(
+        &self,
+        actor_id: &str,
+        request_key: &str,
+    ) -> Result<Option<GrantRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT actor_id, request_key, option_id, review_id, created_at_ms \
+             FROM permission_grants WHERE actor_id = $1 AND request_key = $2",
+        )
+        .bind(actor_id)
+        .bind(request_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(GrantRow {
+            actor_id: row.try_get("actor_id")?,
+            request_key: row.try_get("request_key")?,
+            option_id: row.try_get("option_id")?,
+            review_id: row.try_get("review_id")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+        }))
+    }
+
+    async fn insert_trigger(&self, trigger: &TriggerRow) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO time_triggers (id, actor_id, schedule, payload, next_due_ms, fired, \
+             last_fired_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&trigger.id)
+        .bind(&trigger.actor_id)
+        .bind(&trigger.schedule)
+        .bind(&trigger.payload)
+        .bind(trigger.next_due_ms)
+        .bind(trigger.fired)
+        .bind(trigger.last_fired_ms)
+        .bind(trigger.created_at_ms)
+        .execute(&self.writer)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
+                what: "time trigger",
+                id: trigger.id.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list_triggers(&self, actor_id: Option<&str>) -> Result<Vec<TriggerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TRIGGER_COLUMNS} FROM time_triggers WHERE ($1 = '' OR actor_id = $1) \
+             ORDER BY created_at_ms, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(actor_id.unwrap_or_default())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(trigger_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn get_trigger(&self, id: &str) -> Result<Option<TriggerRow>, StoreError> {
+        let sql = format!("SELECT {TRIGGER_COLUMNS} FROM time_triggers WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(trigger_from_row).transpose()?)
+    }
+
+    async fn delete_trigger(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM time_triggers WHERE id = $1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn due_triggers(&self, now_ms: i64, limit: u32) -> Result<Vec<TriggerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TRIGGER_COLUMNS} FROM time_triggers WHERE next_due_ms <= $1 \
+             ORDER BY next_due_ms, id LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(trigger_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn fire_trigger(
+        &self,
+        trigger_id: &str,
+        slot_ms: i64,
+        next_due_ms: i64,
+        message: &NewMessage,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let moved = sqlx::query(
+            "UPDATE time_triggers SET next_due_ms = $3, fired = fired + 1, last_fired_ms = $2 \
+             WHERE id = $1 AND next_due_ms = $2",
+        )
+        .bind(trigger_id)
+        .bind(slot_ms)
+        .bind(next_due_ms)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(INSERT_MESSAGE_SQL)
+            .bind(&message.sender)
+            .bind(&message.recipient)
+            .bind(&message.team)
+            .bind(&message.payload)
+            .bind(&message.idempotency_key)
+            .bind(MessageState::Pending.as_str())
+            .bind(message.max_deliveries)
+            .bind(message.visibility_ms)
+            .bind(message.now_ms)
+            .bind(message.now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
