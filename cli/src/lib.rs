@@ -370,6 +370,11 @@ pub async fn main_with_io(args: Vec<String>, out: &mut dyn Write, err: &mut dyn 
             e.downcast_ref::<crate::work::TaskEnded>()
                 .map_or(1, |ended| ended.exit_code)
         }
+        Err(e) if e.downcast_ref::<crate::actor::BatchFailed>().is_some() => {
+            // Each item's result, its error among them, is already on stdout.
+            let _ = writeln!(err, "error: {e:#}");
+            1
+        }
         Err(e) => report_failure(json, &e, out, err),
     }
 }

@@ -2,6 +2,7 @@
 // Tests and their helpers fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod actors;
 mod agents;
 mod audit;
 mod auth;
