@@ -236,7 +236,16 @@ pub(crate) async fn actor(
     command: ActorCommand,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let (channel, jwt) = channel(global).await?;
+    let (channel, jwt) = match std::env::var_os(SOCKET_VARIABLE) {
+        // Inside an agent: through its node's relay, with the run's own credential.
+        Some(socket) if global.hub.is_none() => {
+            let jwt = std::env::var("OUTPOST_TOKEN").map_err(|_| {
+                anyhow::anyhow!("{SOCKET_VARIABLE} is set but OUTPOST_TOKEN is not: the node gives both to an agent's run")
+            })?;
+            (relay_channel(socket.into()).await?, jwt)
+        }
+        _ => channel(global).await?,
+    };
     let client = ActorServiceClient::new(channel);
     let call = Caller { client, jwt };
     match command {
@@ -526,6 +535,31 @@ pub(crate) async fn actor(
         }
     }
     Ok(())
+}
+
+/// Names the node's actor relay socket inside an agent's run.
+pub const SOCKET_VARIABLE: &str = "OUTPOST_ACTOR_SOCKET";
+
+/// A channel to the node's actor relay on its Unix socket (plain gRPC: the socket is local and
+/// owner-only; the credential authenticates).
+async fn relay_channel(socket: std::path::PathBuf) -> anyhow::Result<Channel> {
+    let channel = tonic::transport::Endpoint::from_static("http://actor-relay")
+        .timeout(Duration::from_secs(60))
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the node's actor relay ({SOCKET_VARIABLE}): {}",
+                outpost_trust::grpc_channel::error_chain(&e)
+            )
+        })?;
+    Ok(channel)
 }
 
 /// A client and the bearer every call carries.

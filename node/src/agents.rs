@@ -82,6 +82,8 @@ pub struct AgentRunner {
     /// Held while a start prepares its workdir (git may take a while): starts one at a time.
     preparing: tokio::sync::Mutex<()>,
     link: SessionLink,
+    /// The actor relay's socket, told to native runs that get an actor credential.
+    actor_socket: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AgentRunner {
@@ -110,7 +112,14 @@ impl AgentRunner {
             runs: Mutex::new(HashMap::new()),
             preparing: tokio::sync::Mutex::new(()),
             link,
+            actor_socket: None,
         }
+    }
+
+    /// Tells native runs with an actor credential where the actor relay listens.
+    pub fn with_actor_socket(mut self, path: PathBuf) -> Self {
+        self.actor_socket = Some(path);
+        self
     }
 
     /// Ids of the agents running now (for heartbeats).
@@ -219,6 +228,14 @@ impl AgentRunner {
         }
         env.insert("OUTPOST_AGENT_ID".into(), start.agent_id.clone());
         env.insert("OUTPOST_RUN_ID".into(), start.run.to_string());
+        if !start.actor_token.is_empty() {
+            // `outpost actor …` inside the run acts as the agent, through this node.
+            env.insert("OUTPOST_ACTOR_ID".into(), start.agent_id.clone());
+            env.insert("OUTPOST_TOKEN".into(), start.actor_token.clone());
+            if let Some(socket) = &self.actor_socket {
+                env.insert("OUTPOST_ACTOR_SOCKET".into(), socket.display().to_string());
+            }
+        }
         let nonzero = |v: u64| (v > 0).then_some(v);
         let spec = LaunchSpec {
             program: start.command.clone(),

@@ -8,6 +8,7 @@
 //! wrappers around it. What hub and node share lives in `outpost-config`, `outpost-trust` and
 //! `outpost-clock`; tools run in `outpost-sandbox`.
 
+pub mod actor_relay;
 pub mod agents;
 pub mod direct;
 pub mod gpu;
@@ -184,6 +185,7 @@ impl Node {
             }
             None => None,
         };
+        start_actor_relay(&config, &identity, shutdown_rx.clone());
         let task = tokio::spawn(session::run(ctx, shutdown_rx));
         Ok(NodeHandle {
             node_id,
@@ -194,6 +196,39 @@ impl Node {
             shutdown,
             task,
         })
+    }
+}
+
+/// Serves the actor relay to this node's agents (logged and left out when it cannot start:
+/// agents then reach no mailbox, everything else works).
+fn start_actor_relay(config: &Config, identity: &JoinedIdentity, shutdown: watch::Receiver<bool>) {
+    let path = actor_relay::socket_path(&config.data_dir());
+    // sun_path holds 108 bytes with the terminating NUL.
+    if path.as_os_str().len() > 107 {
+        tracing::warn!(path = %path.display(), "the actor relay's socket path is too long for a Unix socket; agents get no relay");
+        return;
+    }
+    let client = grpc_channel::ClientIdentity {
+        cert_pem: identity.certificate_pem.clone(),
+        key_pem: identity.key_pem.clone(),
+    };
+    let endpoint = match grpc_channel::endpoint(
+        &identity.hub_url,
+        &identity.ca_pem,
+        Some(&client),
+        None,
+    ) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            tracing::warn!(error = %e, "the actor relay has no way to the hub; agents get no relay");
+            return;
+        }
+    };
+    match actor_relay::serve(actor_relay::ActorRelay::new(endpoint), &path, shutdown) {
+        Ok(_) => tracing::info!(path = %path.display(), "actor relay listening"),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the actor relay could not listen; agents get no relay")
+        }
     }
 }
 
@@ -364,11 +399,10 @@ fn session_context(
         }
     };
     let agents = (native_runner.is_some() || runner.is_some()).then(|| {
-        Arc::new(agents::AgentRunner::new(
-            link.clone(),
-            native_runner,
-            runner.clone(),
-        ))
+        Arc::new(
+            agents::AgentRunner::new(link.clone(), native_runner, runner.clone())
+                .with_actor_socket(actor_relay::socket_path(&config.data_dir())),
+        )
     });
     Ok(SessionContext {
         node_id: identity.node_id.clone(),

@@ -150,7 +150,32 @@ pub async fn authenticate(state: &HubState, header: Option<&str>) -> Result<Clai
             row.as_ref().map(|r| r.public_key_sha256.as_deref()),
         )?;
     }
+    if claims.role == Role::Actor && !claims.key.is_empty() {
+        // An agent run's credential: only while that run is the agent's current one.
+        let agent = state
+            .store()
+            .get_agent(&claims.sub)
+            .await
+            .map_err(|e| AuthError::Revoked(format!("the agents cannot be read: {e}")))?;
+        check_actor_run(&claims, agent.as_ref().map(|a| a.run))?;
+    }
     Ok(claims)
+}
+
+/// Whether an agent run's actor credential still holds: `current_run` is the agent's current
+/// run, `None` when the agent was deleted.
+pub fn check_actor_run(claims: &Claims, current_run: Option<i64>) -> Result<(), AuthError> {
+    let agent = &claims.sub;
+    match current_run {
+        None => Err(AuthError::Revoked(format!(
+            "agent {agent:?} no longer exists (deleted?)"
+        ))),
+        Some(run) if claims.key == crate::credentials::actor_run_key(run) => Ok(()),
+        Some(run) => Err(AuthError::Revoked(format!(
+            "this credential was for {} of agent {agent:?}; its current run is {run}",
+            claims.key.replace(':', " ")
+        ))),
+    }
 }
 
 /// Whether a node credential still holds against its registry row: `None` when the node is not

@@ -119,6 +119,23 @@ impl HubCredentials {
             .issue_bound(node_id, outpost_trust::auth::Role::Node, key, now_s, ttl)
     }
 
+    /// An actor JWT for agent `agent_id`'s run `run`: it acts only as that actor, and only
+    /// while that run is the agent's current one (the hub checks the run on every call).
+    pub fn actor_token(
+        &self,
+        agent_id: &str,
+        run: i64,
+        now_s: i64,
+    ) -> Result<String, outpost_trust::auth::AuthError> {
+        self.auth.issue_bound(
+            agent_id,
+            outpost_trust::auth::Role::Actor,
+            &actor_run_key(run),
+            now_s,
+            ACTOR_TOKEN_TTL_S,
+        )
+    }
+
     /// Signs a node's CSR (DER) for `node_id` with the node certificate lifetime; the PEM and
     /// the hex SHA-256 of the certified key.
     pub fn sign_node_csr(
@@ -144,6 +161,15 @@ impl HubCredentials {
     pub fn mtls(&self) -> bool {
         self.mtls
     }
+}
+
+/// How long an agent run's actor credential lasts at most (a run that ends, or a new run,
+/// retires it sooner: see [`actor_run_key`]).
+pub const ACTOR_TOKEN_TTL_S: i64 = 30 * 24 * 3600;
+
+/// What an agent run's actor credential is bound to (its `key` claim): `run:<n>`.
+pub fn actor_run_key(run: i64) -> String {
+    format!("run:{run}")
 }
 
 #[cfg(test)]

@@ -797,3 +797,193 @@ async fn an_actor_credential_acts_only_as_its_own_actor() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 }
+
+/// The `outpost` binary inside `safe` (a native agent executes only what its grants reach).
+fn outpost_in(safe: &std::path::Path) -> String {
+    let inside = safe.join("outpost");
+    if !inside.exists() {
+        let binary = outpost_tests::outpost_binary();
+        std::fs::hard_link(&binary, &inside)
+            .or_else(|_| std::fs::copy(&binary, &inside).map(|_| ()))
+            .unwrap();
+    }
+    inside.display().to_string()
+}
+
+async fn create_agent(hub: &TestHub, name: &str, node: &str, script: &str) -> String {
+    let (code, out, err) = hub
+        .cli(&[
+            "agents",
+            "create",
+            "--name",
+            name,
+            "--node",
+            node,
+            "--command",
+            "/bin/sh",
+            "--arg",
+            "-c",
+            "--arg",
+            script,
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let agent: Value = serde_json::from_str(&out).unwrap();
+    agent["id"].as_str().unwrap().to_string()
+}
+
+async fn agent_output(hub: &TestHub, id: &str) -> String {
+    let (_, out, _) = hub.cli(&["agents", "logs", id]).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_on_two_nodes_send_and_receive_through_their_nodes_and_a_crash_before_the_ack_redelivers()
+ {
+    let hub = TestHub::start_adjusted(TlsMode::Tls, |c| {
+        c.actors.visibility_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let (config_a, safe_a) = crate::agents::agent_node(&hub, "ra");
+    let (config_b, safe_b) = crate::agents::agent_node(&hub, "rb");
+    let _a = start_node(config_a).await;
+    let node_b = start_node(config_b.clone()).await;
+    hub.wait_status("ra", "online", Duration::from_secs(15))
+        .await;
+    hub.wait_status("rb", "online", Duration::from_secs(15))
+        .await;
+    let (outpost_a, outpost_b) = (outpost_in(&safe_a), outpost_in(&safe_b));
+
+    // The receiver on rb: run 1 takes the message and dies before acking (its node is killed);
+    // run 2 takes it again and acks it. Each run also tries another actor's inbox.
+    let receiver_script = format!(
+        r#"o={outpost_b}
+$o actor inbox --actor-id agent-someone-else --json 2>&1 | head -c 300; echo
+out=$($o actor inbox --wait 20s --json)
+echo "run $OUTPOST_RUN_ID got $out"
+if [ "$OUTPOST_RUN_ID" = 1 ]; then sleep 120; fi
+id=$(echo "$out" | sed -n 's/.*"id":\([0-9]*\).*/\1/p')
+$o actor ack --message-id "$id" --json
+echo "run $OUTPOST_RUN_ID done"
+sleep 120"#
+    );
+    let receiver = create_agent(&hub, "receiver", "rb", &receiver_script).await;
+    let (code, _, err) = hub.cli(&["agents", "start", &receiver]).await;
+    assert_eq!(code, 0, "{err}");
+    // The sender on ra, through ra's relay.
+    let sender_script = format!(
+        r#"{outpost_a} actor send --to {receiver} --payload '{{"hello":"from ra"}}' --idempotency-key once --json; echo; sleep 120"#
+    );
+    let sender = create_agent(&hub, "sender", "ra", &sender_script).await;
+    let (code, _, err) = hub.cli(&["agents", "start", &sender]).await;
+    assert_eq!(code, 0, "{err}");
+
+    let taken = eventually(
+        "run 1 takes the message",
+        Duration::from_secs(30),
+        async || {
+            let out = agent_output(&hub, &receiver).await;
+            if out.contains("run 1 got") && out.contains("hello") {
+                Ok(out)
+            } else {
+                Err(out)
+            }
+        },
+    )
+    .await;
+    assert!(
+        taken.contains(r#""from":""#) && taken.contains(&format!(r#""from":"{sender}""#)),
+        "the sender is the agent on ra: {taken}"
+    );
+    assert!(
+        taken.contains("permission denied") && taken.contains("another actor"),
+        "an agent's credential reads only its own inbox: {taken}"
+    );
+    let sent = agent_output(&hub, &sender).await;
+    assert!(sent.contains(r#""duplicate":false"#), "{sent}");
+
+    // rb dies before the ack; the message is still the receiver's, delivered once.
+    node_b.crash();
+    let state = hub.hub().state.clone();
+    let held = state
+        .store()
+        .list_messages(&outpost_hub::store::actors::MessageFilter {
+            recipient: Some(&receiver),
+            state: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        held[0].state,
+        outpost_hub::store::actors::MessageState::Delivered
+    );
+    assert_eq!(held[0].run_id, "1");
+    eventually("the receiver lost", Duration::from_secs(15), async || {
+        let (_, out, _) = hub.cli(&["agents", "get", &receiver, "--json"]).await;
+        let agent: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        if agent["status"] == "lost" {
+            Ok(())
+        } else {
+            Err(agent.to_string())
+        }
+    })
+    .await;
+    let _b = start_node(config_b).await;
+    hub.wait_status("rb", "online", Duration::from_secs(15))
+        .await;
+    let (code, _, err) = hub.cli(&["agents", "start", &receiver]).await;
+    assert_eq!(code, 0, "{err}");
+    let done = eventually("run 2 acks it", Duration::from_secs(30), async || {
+        let out = agent_output(&hub, &receiver).await;
+        if out.contains("run 2 done") {
+            Ok(out)
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+    assert!(
+        done.contains("run 2 got") && done.contains(r#""deliveries":2"#),
+        "{done}"
+    );
+    assert!(done.contains(r#""acked":true"#), "{done}");
+    let acked = state
+        .store()
+        .get_message(held[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(acked.state, outpost_hub::store::actors::MessageState::Acked);
+    assert_eq!(acked.run_id, "2");
+    // Run 1's credential is retired with its run.
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let channel = outpost_trust::grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
+        .await
+        .unwrap();
+    let old = state
+        .credentials
+        .actor_token(&receiver, 1, outpost_tests::now_s())
+        .unwrap();
+    let refused = ActorServiceClient::new(channel)
+        .inbox(with_bearer(
+            InboxRequest {
+                actor_id: receiver.clone(),
+                ..InboxRequest::default()
+            },
+            &old,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(
+        refused.message().contains("its current run is 2"),
+        "{}",
+        refused.message()
+    );
+    for id in [&receiver, &sender] {
+        hub.cli(&["agents", "stop", id]).await;
+    }
+}
