@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use outpost_hub::api::mcp::server::{ApiSource, FleetMcp};
 use outpost_hub::api::mcp::{Caller, FleetApi};
+use outpost_proto::v1::actor_service_client::ActorServiceClient;
 use outpost_proto::v1::agent_service_client::AgentServiceClient;
 use outpost_proto::v1::node_registry_client::NodeRegistryClient;
 use outpost_proto::v1::task_service_client::TaskServiceClient;
@@ -60,6 +61,10 @@ impl GrpcFleet {
 
     fn agents(&self) -> AgentServiceClient<Channel> {
         AgentServiceClient::new(self.channel.clone())
+    }
+
+    fn actors(&self) -> ActorServiceClient<Channel> {
+        ActorServiceClient::new(self.channel.clone())
     }
 }
 
@@ -165,6 +170,26 @@ impl FleetApi for GrpcFleet {
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
     }
+
+    async fn request_permission(
+        &self,
+        request: outpost_proto::v1::PermissionRequest,
+    ) -> Result<outpost_proto::v1::PermissionReview, Status> {
+        let r = self.request(request);
+        Ok(self.actors().request_permission(r).await?.into_inner())
+    }
+
+    async fn wait_permission_review(
+        &self,
+        id: &str,
+        wait_ms: u64,
+    ) -> Result<outpost_proto::v1::PermissionReview, Status> {
+        let r = self.request(outpost_proto::v1::WaitPermissionReviewRequest {
+            request_id: id.into(),
+            wait_ms,
+        });
+        Ok(self.actors().wait_permission_review(r).await?.into_inner())
+    }
 }
 
 /// One API and one caller for the whole stdio session.
@@ -225,6 +250,7 @@ pub async fn serve_stdio(global: &GlobalArgs) -> anyhow::Result<()> {
         Caller {
             role: Role::Viewer,
             tools: Vec::new(),
+            subject: String::new(),
         },
         |claims| Caller::of(&claims),
     );

@@ -479,6 +479,7 @@ pub(crate) async fn tasks(
                 timeout_ms: args
                     .timeout
                     .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                ..Default::default()
             };
             let mut task = client
                 .submit_task(with_bearer(request, &jwt))

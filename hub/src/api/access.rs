@@ -17,7 +17,8 @@
 //! clients: it lists the tools, calls (submits, reads, cancels tasks of) only the tools it names,
 //! and with [`NODES_TOOL`] among them reads the node list, node records and any task's result —
 //! what PRX's `nodes` tool does. It never runs native commands, and reads nothing else (agents,
-//! audit log, tokens, metrics).
+//! audit log, tokens, metrics). It is also an outside actor (`sub` = its actor id): its own
+//! mailbox and permission requests, which is how it asks for a supervised tool's approval.
 //!
 //! An actor credential (`sub` = an actor id; a node gives one to each agent run) acts only as
 //! that actor: its inbox, acks, sends (as the sender), triggers, team and permission requests.
@@ -86,8 +87,9 @@ pub fn permit(
         (Role::Agent, Access::Write, Subject::Task { tool }) => {
             !tool.is_empty() && claims.names_tool(tool)
         }
+        // An MCP client is an outside actor: its own mailbox and permission requests.
+        (Role::Agent | Role::Actor, _, Subject::Actor(id)) => id == claims.sub,
         (Role::Agent, _, _) => false,
-        (Role::Actor, _, Subject::Actor(id)) => id == claims.sub,
         (Role::Actor, _, _) => false,
     };
     if allowed {
@@ -103,7 +105,7 @@ pub fn permit(
                         claims.tools.join(", ")
                     )
                 }
-                (Role::Actor, Subject::Actor(_)) => {
+                (Role::Actor | Role::Agent, Subject::Actor(_)) => {
                     format!(
                         "{action} of another actor (this credential acts as {:?})",
                         claims.sub

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::api::grpc::{Access, HubGrpc, Subject};
 use crate::api::views;
 use crate::work::tasks::{self, RequirementsSpec, SubmitSpec, TaskError};
-use crate::work::tools;
+use crate::work::{supervision, tools};
 
 /// Longest a `WaitTask` call holds on.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -63,14 +63,34 @@ impl TaskService for HubGrpc {
             "" => Subject::Fleet,
             tool => Subject::Tool(tool),
         };
-        self.write(&request, subject, "submit tasks").await?;
+        let claims = self.write(&request, subject, "submit tasks").await?;
         let r = request.into_inner();
+        let gate = supervision::check_submit(self.state(), &claims, &r.tool, &r.via, &r.approval)
+            .await
+            .map_err(|refusal| {
+                let mut status = tonic::Status::permission_denied(refusal.to_string());
+                if let supervision::Refusal::NeedsApproval { key, .. } = &refusal {
+                    status = tonic::Status::failed_precondition(refusal.to_string());
+                    if let Ok(value) = key.parse() {
+                        status
+                            .metadata_mut()
+                            .insert(supervision::APPROVAL_KEY_METADATA, value);
+                    }
+                }
+                status
+            })?;
+        let idempotency_key = match gate {
+            supervision::Gate::Open => r.idempotency_key,
+            supervision::Gate::Approved {
+                idempotency_key, ..
+            } => idempotency_key,
+        };
         let spec = SubmitSpec {
             tool: r.tool,
             command: r.command,
             input: r.input,
             requirements: RequirementsSpec::from_proto(r.requirements.as_ref()),
-            idempotency_key: r.idempotency_key,
+            idempotency_key,
             max_attempts: r.max_attempts,
             timeout_ms: r.timeout_ms,
             workdir: r.workdir,

@@ -739,3 +739,188 @@ async fn the_python_sdk_drives_the_endpoint_and_the_stdio_bridge() {
     )
     .await;
 }
+
+/// Answers the first pending review with request key `key` with `option` (as the operator's
+/// CLI); the review's id.
+async fn approve(hub: &TestHub, key: &str, option: &str) -> String {
+    let id = eventually(
+        "the supervision review",
+        Duration::from_secs(20),
+        async || {
+            let (code, out, err) = hub
+                .cli(&["actor", "permission-reviews", "--pending", "--json"])
+                .await;
+            if code != 0 {
+                return Err(err);
+            }
+            let listed = parse(&out);
+            listed["reviews"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["request_key"] == key)
+                .map(|r| {
+                    assert_eq!(r["actor_id"], "bot");
+                    assert_eq!(r["options"][1]["id"], "allow_always");
+                    r["request_id"].as_str().unwrap().to_string()
+                })
+                .ok_or(out)
+        },
+    )
+    .await;
+    let (code, _, err) = hub
+        .cli(&[
+            "actor",
+            "permission-review-respond",
+            "--request-id",
+            &id,
+            "--option-id",
+            option,
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn supervised_tools_wait_for_an_operator_and_denied_ones_never_run_for_an_agent() {
+    use outpost_config::ToolMode;
+    let hub = TestHub::start_adjusted(TlsMode::Tls, |c| {
+        let tools = &mut c.security.tool_policy.tools;
+        tools.insert("echo".into(), ToolMode::Supervised);
+        tools.insert("add".into(), ToolMode::Denied);
+        tools.insert("nodes".into(), ToolMode::Supervised);
+    })
+    .await;
+    let mut config = hub.node_config("cpu-s", outpost_tests::STATIC_TOKEN);
+    config.node.default_task = Some("echo".into());
+    let _node = start_node(config).await;
+    push_with(&hub, "echo", &outpost_guests::echo(), None).await;
+    push_with(&hub, "add", &outpost_guests::add(), None).await;
+    let agent = hub
+        .authority()
+        .issue_agent(
+            "bot",
+            vec!["echo".into(), "add".into(), "nodes".into()],
+            outpost_tests::now_s(),
+            600,
+        )
+        .unwrap();
+    let transport =
+        rmcp::transport::TokioChildProcess::new(outpost_mcp(&hub, &agent)).expect("spawn");
+    let client = ().serve(transport).await.expect("MCP session");
+
+    // A supervised call waits for the operator's answer, then runs.
+    let (call, review) = tokio::join!(
+        ask(&client, "echo", json!({"input": "approved once"})),
+        approve(&hub, "tool:echo", "allow_once"),
+    );
+    let (failed, structured, text) = call;
+    assert!(!failed && text == "approved once", "{text}");
+    let first_task = structured["task_id"].as_str().unwrap().to_string();
+    // Denied by the operator: nothing runs.
+    let (call, _) = tokio::join!(
+        ask(&client, "echo", json!({"input": "refused"})),
+        approve(&hub, "tool:echo", "deny"),
+    );
+    let (failed, _, text) = call;
+    assert!(
+        failed && text.contains("an operator refused the call"),
+        "{text}"
+    );
+    // Denied by policy: refused at once, no review.
+    let (failed, _, text) = ask(&client, "add", json!({"a": 1, "b": 2})).await;
+    assert!(
+        failed && text.contains("denied to agent credentials"),
+        "{text}"
+    );
+    // Always: this call and every later one without asking again.
+    let (call, _) = tokio::join!(
+        ask(&client, "echo", json!({"input": "always 1"})),
+        approve(&hub, "tool:echo", "allow_always"),
+    );
+    assert_eq!(call.2, "always 1");
+    let (failed, _, text) = ask(&client, "echo", json!({"input": "always 2"})).await;
+    assert!(!failed && text == "always 2", "{text}");
+    // The fleet tool's sends are supervised by `nodes` itself.
+    let (call, _) = tokio::join!(
+        ask(
+            &client,
+            "nodes",
+            json!({"action": "send", "node_id": "cpu-s", "task": "via nodes"})
+        ),
+        approve(&hub, "tool:nodes", "allow_once"),
+    );
+    let (failed, structured, text) = call;
+    assert!(!failed, "{text}");
+    assert_eq!(structured["success"], true, "{structured}");
+    client.cancel().await.unwrap();
+
+    // Over gRPC: no approval, a refusal that says which review to ask for; one approval makes
+    // one task however often it is shown; an approval for something else is refused.
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let channel = outpost_trust::grpc_channel::connect(&hub.grpc_url(), &ca, None, None)
+        .await
+        .unwrap();
+    let mut tasks = outpost_proto::v1::task_service_client::TaskServiceClient::new(channel);
+    let submit = |approval: &str, input: &str| {
+        outpost_trust::grpc_channel::with_bearer(
+            outpost_proto::v1::SubmitTaskRequest {
+                tool: "echo".into(),
+                input: input.into(),
+                approval: approval.into(),
+                ..Default::default()
+            },
+            &agent,
+        )
+    };
+    let refused = tasks.submit_task(submit("", "again")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        refused.metadata().get("outpost-approval-key").unwrap(),
+        "tool:echo"
+    );
+    let replayed = tasks
+        .submit_task(submit(&review, "approved once"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        replayed.id, first_task,
+        "the approval's one task, not a new one"
+    );
+    let refused = tasks
+        .submit_task(submit(&review, "other work"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("another input"),
+        "{}",
+        refused.message()
+    );
+    let refused = tasks
+        .submit_task(submit("r-0000", "again"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused.message().contains("no review has this id"),
+        "{}",
+        refused.message()
+    );
+    // An operator is not supervised.
+    let (code, out, err) = hub
+        .cli(&[
+            "tasks",
+            "submit",
+            "--tool",
+            "add",
+            "--input",
+            r#"{"a":1,"b":2}"#,
+            "--wait",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(parse(&out)["status"], "succeeded");
+}

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::FleetApi;
+use super::approvals::Approvals;
 use super::catalog::progress_message;
 
 /// The `nodes` tool's name (PRX's).
@@ -184,7 +185,11 @@ pub enum Sent {
 }
 
 /// Runs a `nodes` call.
-pub async fn nodes(api: &dyn FleetApi, arguments: Option<&JsonObject>) -> Sent {
+pub async fn nodes(
+    api: &dyn FleetApi,
+    arguments: Option<&JsonObject>,
+    approvals: &Approvals<'_>,
+) -> Sent {
     let args: NodesArgs = match parse(arguments) {
         Ok(args) => args,
         Err(e) => return Sent::Answer(Answer::failed(e)),
@@ -221,7 +226,7 @@ pub async fn nodes(api: &dyn FleetApi, arguments: Option<&JsonObject>) -> Sent {
             },
             Err(a) => a,
         },
-        "send" => return send(api, args).await,
+        "send" => return send(api, args, approvals).await,
         "" => Answer::failed("action is required: list, health, send, result or capabilities"),
         other => Answer::failed(format!(
             "action {other:?} is not one of list, health, send, result, capabilities"
@@ -230,7 +235,7 @@ pub async fn nodes(api: &dyn FleetApi, arguments: Option<&JsonObject>) -> Sent {
     Sent::Answer(answer)
 }
 
-async fn send(api: &dyn FleetApi, args: NodesArgs) -> Sent {
+async fn send(api: &dyn FleetApi, args: NodesArgs, approvals: &Approvals<'_>) -> Sent {
     if !args.tool.trim().is_empty() && !args.command.trim().is_empty() {
         return Sent::Answer(Answer::failed("give a tool or a command, not both"));
     }
@@ -275,9 +280,10 @@ async fn send(api: &dyn FleetApi, args: NodesArgs) -> Sent {
         command: args.command.clone(),
         input,
         requirements: Some(requirements),
+        via: NODES.into(),
         ..SubmitTaskRequest::default()
     };
-    match api.submit_task(request).await {
+    match approvals.submit(api, request).await {
         Ok(task) if args.wait => Sent::Follow(Box::new(task)),
         Ok(task) => Sent::Answer(
             Answer::ok(format!(

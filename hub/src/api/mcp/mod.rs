@@ -14,6 +14,7 @@
 //! - [`http`]: the `/mcp` route: `Origin` check, bearer check with the OAuth protected-resource
 //!   metadata, and the SDK's Streamable HTTP service.
 
+pub mod approvals;
 pub mod catalog;
 pub mod fleet_tools;
 pub mod http;
@@ -44,6 +45,8 @@ pub struct Caller {
     pub role: Role,
     /// An agent credential's tools.
     pub tools: Vec<String>,
+    /// The credential's subject (an agent's actor id, for the reviews it asks).
+    pub subject: String,
 }
 
 impl Caller {
@@ -52,6 +55,7 @@ impl Caller {
         Self {
             role: claims.role,
             tools: claims.tools.clone(),
+            subject: claims.sub.clone(),
         }
     }
 
@@ -100,6 +104,17 @@ pub trait FleetApi: Send + Sync + 'static {
     async fn agent_input(&self, id: &str, text: &str) -> Result<(), Status>;
     /// An agent's retained output.
     async fn agent_output(&self, id: &str) -> Result<Vec<AgentLogEntry>, Status>;
+    /// `ActorService.RequestPermission` (the caller asks as its own actor).
+    async fn request_permission(
+        &self,
+        request: outpost_proto::v1::PermissionRequest,
+    ) -> Result<outpost_proto::v1::PermissionReview, Status>;
+    /// `ActorService.WaitPermissionReview`.
+    async fn wait_permission_review(
+        &self,
+        id: &str,
+        wait_ms: u64,
+    ) -> Result<outpost_proto::v1::PermissionReview, Status>;
 }
 
 /// The hub's gRPC services called in-process with the caller's bearer token.
@@ -277,5 +292,33 @@ impl FleetApi for LocalFleet {
             .await
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
+    }
+
+    async fn request_permission(
+        &self,
+        request: outpost_proto::v1::PermissionRequest,
+    ) -> Result<outpost_proto::v1::PermissionReview, Status> {
+        use outpost_proto::v1::actor_service_server::ActorService as _;
+        let title = request.title.clone();
+        let answer = self
+            .grpc
+            .request_permission(self.request(request))
+            .await
+            .map(tonic::Response::into_inner);
+        let target = answer.as_ref().map_or(title, |r| r.id.clone());
+        self.audited("request permission", &target, answer)
+    }
+
+    async fn wait_permission_review(
+        &self,
+        id: &str,
+        wait_ms: u64,
+    ) -> Result<outpost_proto::v1::PermissionReview, Status> {
+        use outpost_proto::v1::actor_service_server::ActorService as _;
+        let r = self.request(outpost_proto::v1::WaitPermissionReviewRequest {
+            request_id: id.into(),
+            wait_ms,
+        });
+        Ok(self.grpc.wait_permission_review(r).await?.into_inner())
     }
 }

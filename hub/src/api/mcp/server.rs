@@ -17,6 +17,7 @@ use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use tokio::sync::watch;
 
+use super::approvals::Approvals;
 use super::catalog;
 use super::fleet_tools::{self, AGENTS, NODES, Sent};
 use super::{Caller, FleetApi};
@@ -165,6 +166,7 @@ async fn follow_to_end(
 async fn call_pushed_tool(
     following: &Following,
     api: &Arc<dyn FleetApi>,
+    caller: &Caller,
     name: &str,
     request: &CallToolRequestParams,
     ctx: &RequestContext<RoleServer>,
@@ -192,7 +194,11 @@ async fn call_pushed_tool(
         input,
         ..SubmitTaskRequest::default()
     };
-    let task = match api.submit_task(submit).await {
+    let approvals = Approvals {
+        ctx,
+        actor: &caller.subject,
+    };
+    let task = match approvals.submit(api.as_ref(), submit).await {
         Ok(task) => task,
         Err(status) => return Ok(status_error(&status)),
     };
@@ -256,7 +262,16 @@ impl ServerHandler for FleetMcp {
         let (api, caller) = self.source.api_for(&ctx.extensions)?;
         let name = request.name.to_string();
         let result = match name.as_str() {
-            NODES => match fleet_tools::nodes(api.as_ref(), request.arguments.as_ref()).await {
+            NODES => match fleet_tools::nodes(
+                api.as_ref(),
+                request.arguments.as_ref(),
+                &Approvals {
+                    ctx: &ctx,
+                    actor: &caller.subject,
+                },
+            )
+            .await
+            {
                 Sent::Answer(answer) => answer.into_result(),
                 Sent::Follow(task) => match follow(&self.following, &api, *task, &ctx).await {
                     Ok(done) => fleet_tools::task_answer(&done).into_result(),
@@ -270,7 +285,7 @@ impl ServerHandler for FleetMcp {
                 "this credential may not call tool {tool:?} (an agent token calls only the tools it names: {})",
                 caller.tools.join(", ")
             ))]),
-            tool => call_pushed_tool(&self.following, &api, tool, &request, &ctx).await?,
+            tool => call_pushed_tool(&self.following, &api, &caller, tool, &request, &ctx).await?,
         };
         Ok(result.into())
     }
