@@ -56,7 +56,7 @@ pub enum ActorCommand {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        /// Wait up to this long for a message when there is none (at most 30s).
+        /// Wait up to this long for a message when there is none (at most 25s).
         #[arg(long, value_parser = parse_duration)]
         wait: Option<Duration>,
     },

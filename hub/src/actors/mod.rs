@@ -31,7 +31,7 @@ use crate::work::tasks::TaskError;
 pub const MAX_ACTOR_ID_BYTES: usize = 128;
 
 /// The longest a receive or a review wait may block.
-pub const MAX_WAIT_MS: u64 = 30_000;
+pub const MAX_WAIT_MS: u64 = 25_000;
 
 /// The most messages one receive hands out.
 pub const MAX_RECEIVE: u32 = 1_000;

@@ -25,5 +25,6 @@ pub mod https;
 pub mod mcp;
 pub mod openapi;
 pub mod rest;
+pub mod rest_actors;
 pub mod rest_agents;
 pub mod views;

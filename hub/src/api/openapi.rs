@@ -26,6 +26,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "nodes", description = "The node registry with live state"),
         (name = "tasks", description = "Work placed on nodes by requirement"),
         (name = "agents", description = "Long-running programs bound to nodes"),
+        (name = "actors", description = "Mailboxes, teams, time triggers and permission reviews"),
         (name = "tools", description = "WebAssembly tools pushed to the hub"),
         (name = "audit", description = "Every write, who made it and how it ended"),
         (name = "operations", description = "Liveness and metrics"),
@@ -202,10 +203,74 @@ pub struct AgentJson {
     gpus: serde_json::Value,
     /// `{memory_bytes, cpu_seconds, timeout_ms, max_output_bytes}`
     limits: serde_json::Value,
+    /// The actor teams it belongs to.
+    teams: Vec<String>,
+    /// A message starts it when it is not running.
+    wake_on_message: bool,
     created_at: Option<String>,
     updated_at: Option<String>,
     started_at: Option<String>,
     finished_at: Option<String>,
+}
+
+/// A mailbox message.
+#[derive(ToSchema)]
+pub struct MessageJson {
+    id: i64,
+    from: String,
+    to: String,
+    /// The team it was sent to, if any.
+    team: Option<String>,
+    /// The JSON sent.
+    payload: serde_json::Value,
+    idempotency_key: Option<String>,
+    /// pending | delivered | acked | dead
+    state: String,
+    deliveries: i64,
+    max_deliveries: i64,
+    /// The recipient's run at the last hand-out.
+    run_id: String,
+    reason: String,
+    created_at: Option<String>,
+    delivered_at: Option<String>,
+    acked_at: Option<String>,
+    /// When a delivered message is handed out again unless acked.
+    visible_at: Option<String>,
+}
+
+/// A permission review.
+#[derive(ToSchema)]
+pub struct ReviewJson {
+    request_id: String,
+    actor_id: String,
+    title: String,
+    detail: String,
+    request_key: String,
+    /// `[{id, label, persistent}]`
+    options: Vec<serde_json::Value>,
+    /// pending | answered | cancelled
+    state: String,
+    option_id: Option<String>,
+    /// selected | cancelled (null while pending)
+    outcome: Option<String>,
+    /// An operator's subject, or `grant:<review id>` when a persistent answer resolved it.
+    answered_by: String,
+    created_at: Option<String>,
+    answered_at: Option<String>,
+}
+
+/// A time trigger.
+#[derive(ToSchema)]
+pub struct TriggerJson {
+    id: String,
+    actor_id: String,
+    /// `cron 0 9 * * 1-5` or `every 5m`
+    schedule: String,
+    payload: serde_json::Value,
+    next_due_at: Option<String>,
+    fired: i64,
+    last_fired_at: Option<String>,
+    created_at: Option<String>,
 }
 
 /// A pushed tool.

@@ -88,7 +88,9 @@ pub(super) async fn read(
     subject: Subject<'_>,
     action: &str,
 ) -> Result<(), ApiError> {
-    authorize(state, headers, Access::Read, subject, action).await
+    authorize(state, headers, Access::Read, subject, action)
+        .await
+        .map(|_| ())
 }
 
 /// [`authorize`] for a change to `subject`.
@@ -98,7 +100,43 @@ pub(super) async fn write(
     subject: Subject<'_>,
     action: &str,
 ) -> Result<(), ApiError> {
+    authorize(state, headers, Access::Write, subject, action)
+        .await
+        .map(|_| ())
+}
+
+/// [`write`], with the caller's claims (for a change that records who made it).
+pub(super) async fn write_as(
+    state: &HubState,
+    headers: &HeaderMap,
+    subject: Subject<'_>,
+    action: &str,
+) -> Result<outpost_trust::auth::Claims, ApiError> {
     authorize(state, headers, Access::Write, subject, action).await
+}
+
+/// Authenticates the caller without applying a rule yet (for a rule that needs a lookup first).
+pub(super) async fn authenticate(
+    state: &HubState,
+    headers: &HeaderMap,
+) -> Result<outpost_trust::auth::Claims, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or_default());
+    access::authenticate(state, header)
+        .await
+        .map_err(|e| unauthorized(&e))
+}
+
+/// [`access::permit`] as a REST refusal (403).
+pub(super) fn permit(
+    claims: &outpost_trust::auth::Claims,
+    access: Access,
+    subject: Subject<'_>,
+    action: &str,
+) -> Result<(), ApiError> {
+    access::permit(claims, access, subject, action)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
 }
 
 /// Authenticates the caller and applies [`access::permit`]: 401 when the credential is missing or
@@ -109,15 +147,10 @@ async fn authorize(
     access: Access,
     subject: Subject<'_>,
     action: &str,
-) -> Result<(), ApiError> {
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .map(|value| value.to_str().unwrap_or_default());
-    let claims = access::authenticate(state, header)
-        .await
-        .map_err(|e| unauthorized(&e))?;
-    access::permit(&claims, access, subject, action)
-        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
+) -> Result<outpost_trust::auth::Claims, ApiError> {
+    let claims = authenticate(state, headers).await?;
+    permit(&claims, access, subject, action)?;
+    Ok(claims)
 }
 
 /// The router for the REST API, every route documented in its OpenAPI document (served at
@@ -151,6 +184,7 @@ pub fn documented_routes() -> utoipa_axum::router::OpenApiRouter<Arc<HubState>> 
         .routes(routes!(get_tool))
         .routes(routes!(list_audit))
         .merge(super::rest_agents::routes())
+        .merge(super::rest_actors::routes())
 }
 
 /// The OpenAPI document of the REST API.

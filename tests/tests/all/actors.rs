@@ -987,3 +987,147 @@ sleep 120"#
         hub.cli(&["agents", "stop", id]).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rest_api_sends_takes_acks_and_answers_reviews_under_the_same_rules() {
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let base = format!("{}/api", hub.http_url());
+    let admin = hub.token("ops", Role::Admin);
+    let dora = hub.token("dora", Role::Actor);
+    let http = outpost_tests::http_json;
+
+    let (code, sent) = http(
+        "POST",
+        &format!("{base}/actors/dora/messages"),
+        Some(&dora),
+        Some(r#"{"to":"eve","payload":{"n":1},"idempotency_key":"r1"}"#),
+    )
+    .await;
+    assert_eq!(code, 201, "{sent}");
+    let (code, again) = http(
+        "POST",
+        &format!("{base}/actors/dora/messages"),
+        Some(&dora),
+        Some(r#"{"to":"eve","payload":{"n":1},"idempotency_key":"r1"}"#),
+    )
+    .await;
+    assert_eq!((code, &again["message_id"]), (200, &sent["message_id"]));
+    // As someone else: refused; for eve's inbox with dora's credential: refused.
+    let (code, _) = http(
+        "POST",
+        &format!("{base}/actors/eve/messages"),
+        Some(&dora),
+        Some(r#"{"to":"dora","payload":{}}"#),
+    )
+    .await;
+    assert_eq!(code, 403);
+    let (code, _) = http(
+        "POST",
+        &format!("{base}/actors/eve/inbox"),
+        Some(&dora),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(code, 403);
+    let (code, taken) = http(
+        "POST",
+        &format!("{base}/actors/eve/inbox"),
+        Some(&admin),
+        Some(r#"{"limit":10}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{taken}");
+    assert_eq!(taken["messages"][0]["payload"]["n"], 1);
+    let id = taken["messages"][0]["id"].as_i64().unwrap();
+    let (code, acked) = http(
+        "POST",
+        &format!("{base}/actors/eve/ack"),
+        Some(&admin),
+        Some(&format!(r#"{{"message_ids":[{id},424242]}}"#)),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(acked[0]["ok"], true);
+    assert_eq!(acked[1]["ok"], false);
+    assert!(acked[1]["error"].as_str().unwrap().contains("424242"));
+
+    // Reviews: asked as dora, answered by the admin with the request's own option id.
+    let (code, review) = http(
+        "POST",
+        &format!("{base}/actors/dora/permission-requests"),
+        Some(&dora),
+        Some(r#"{"title":"rotate keys","options":[{"id":"go"},{"id":"stop"}]}"#),
+    )
+    .await;
+    assert_eq!(code, 201, "{review}");
+    let rid = review["request_id"].as_str().unwrap();
+    let respond = format!("{base}/permission-reviews/{rid}/respond");
+    let (code, _) = http("POST", &respond, Some(&dora), Some(r#"{"option_id":"go"}"#)).await;
+    assert_eq!(code, 403, "an actor never answers, not even its own");
+    let (code, err) = http(
+        "POST",
+        &respond,
+        Some(&admin),
+        Some(r#"{"option_id":"yes"}"#),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(err["error"].to_string().contains("(go, stop)"), "{err}");
+    let (code, answered) = http(
+        "POST",
+        &respond,
+        Some(&admin),
+        Some(r#"{"option_id":"go"}"#),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(answered["option_id"], "go");
+    assert_eq!(answered["answered_by"], "ops");
+    let (code, seen) = http(
+        "GET",
+        &format!("{base}/permission-reviews/{rid}?wait_ms=10"),
+        Some(&dora),
+        None,
+    )
+    .await;
+    assert_eq!((code, &seen["state"]), (200, &Value::from("answered")));
+    let (code, _) = http(
+        "GET",
+        &format!("{base}/permission-reviews"),
+        Some(&dora),
+        None,
+    )
+    .await;
+    assert_eq!(
+        code, 403,
+        "every actor's reviews are the operators' to list"
+    );
+
+    // Triggers over REST.
+    let (code, trigger) = http(
+        "POST",
+        &format!("{base}/actors/dora/time-triggers"),
+        Some(&dora),
+        Some(r#"{"cron":"0 9 * * 1-5","payload":{"standup":true}}"#),
+    )
+    .await;
+    assert_eq!(code, 201, "{trigger}");
+    assert_eq!(trigger["schedule"], "cron 0 9 * * 1-5");
+    let tid = trigger["id"].as_str().unwrap();
+    let (code, _) = http(
+        "DELETE",
+        &format!("{base}/actors/time-triggers/{tid}"),
+        Some(&hub.token("eve", Role::Actor)),
+        None,
+    )
+    .await;
+    assert_eq!(code, 403, "another actor's trigger");
+    let (code, _) = http(
+        "DELETE",
+        &format!("{base}/actors/time-triggers/{tid}"),
+        Some(&dora),
+        None,
+    )
+    .await;
+    assert_eq!(code, 204);
+}
