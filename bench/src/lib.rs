@@ -153,7 +153,7 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The static bootstrap token [`hub_and_node`] joins with.
-const HUB_AND_NODE_TOKEN: &str = "bench-roundtrip-static-token";
+pub const HUB_AND_NODE_TOKEN: &str = "bench-roundtrip-static-token";
 
 /// A hub (loopback, `[tools] preinstall` as given) and one node `rt-node` without GPUs,
 /// joined and known to the scheduler.

@@ -540,26 +540,16 @@ pub(crate) async fn actor(
 /// Names the node's actor relay socket inside an agent's run.
 pub const SOCKET_VARIABLE: &str = "OUTPOST_ACTOR_SOCKET";
 
-/// A channel to the node's actor relay on its Unix socket (plain gRPC: the socket is local and
-/// owner-only; the credential authenticates).
+/// A channel to the node's actor relay on its Unix socket.
 async fn relay_channel(socket: std::path::PathBuf) -> anyhow::Result<Channel> {
-    let channel = tonic::transport::Endpoint::from_static("http://actor-relay")
-        .timeout(Duration::from_secs(60))
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(&socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
+    outpost_node::actor_relay::connect(socket)
         .await
         .map_err(|e| {
             anyhow::anyhow!(
                 "the node's actor relay ({SOCKET_VARIABLE}): {}",
                 outpost_trust::grpc_channel::error_chain(&e)
             )
-        })?;
-    Ok(channel)
+        })
 }
 
 /// A client and the bearer every call carries.

@@ -125,6 +125,21 @@ relay_methods! {
     respond_permission_review(RespondPermissionReviewRequest) -> PermissionReview;
 }
 
+/// A channel to a node's relay on its socket (plain gRPC: the socket is local and owner-only;
+/// the credential authenticates), for `outpost actor …` inside an agent.
+pub async fn connect(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_static("http://actor-relay")
+        .timeout(CALL_TIMEOUT)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
 /// Serves `relay` on the Unix socket at `path` (replacing a stale one, owner-only) until
 /// `shutdown`.
 pub fn serve(

@@ -9,8 +9,10 @@ use crate::actors::{
     check_team,
 };
 use crate::state::HubState;
-use crate::store::AgentRow;
-use crate::store::actors::{AckOutcome, MessageFilter, MessageRow, MessageState, NewMessage};
+use crate::store::actors::{
+    AckOutcome, MessageFilter, MessageRow, MessageState, NewMessage, SentMessage,
+};
+use crate::store::{AgentRow, Store, StoreError};
 use crate::work::agents::{self, AgentState};
 use crate::work::tasks::TaskError;
 
@@ -141,7 +143,7 @@ pub async fn send(state: &Arc<HubState>, request: SendRequest) -> Result<Sent, T
             now_ms: now,
         })
         .collect();
-    let stored = state.store().insert_messages(&new).await?;
+    let stored = state.actors.sends.insert(state.store(), new).await?;
     let duplicate = stored.iter().all(|s| s.duplicate);
     for recipient in &to {
         state.actors.mail_arrived(recipient);
@@ -151,6 +153,95 @@ pub async fn send(state: &Arc<HubState>, request: SendRequest) -> Result<Sent, T
         messages: stored.into_iter().map(|s| s.message).collect(),
         duplicate,
     })
+}
+
+/// Most messages one shared transaction stores.
+const MAX_BATCH: usize = 512;
+
+/// Concurrent sends from any number of callers, stored by one writer in shared transactions
+/// (group commit): on SQLite each transaction costs a commit on the single writer connection,
+/// so many senders share one instead of queueing for one each. A batch that fails is stored
+/// again one send at a time, so each caller gets its own answer.
+#[derive(Debug, Default)]
+pub struct SendQueue {
+    queue: std::sync::OnceLock<tokio::sync::mpsc::Sender<PendingSend>>,
+}
+
+#[derive(Debug)]
+struct PendingSend {
+    messages: Vec<NewMessage>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<SentMessage>, StoreError>>,
+}
+
+impl SendQueue {
+    /// Stores `messages` (in one transaction with whatever else is waiting).
+    pub async fn insert(
+        &self,
+        store: &Arc<dyn Store>,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<SentMessage>, StoreError> {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
+            tokio::spawn(write_sends(Arc::downgrade(store), rx));
+            tx
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::Conflict("the hub is stopping: the send was not stored".into());
+        queue
+            .send(PendingSend { messages, reply })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// The writer: takes what is waiting, stores it in one transaction, answers each sender.
+async fn write_sends(
+    store: std::sync::Weak<dyn Store>,
+    mut queue: tokio::sync::mpsc::Receiver<PendingSend>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        let mut count = batch[0].messages.len();
+        while count < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => {
+                    count += next.messages.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let all: Vec<NewMessage> = batch
+            .iter()
+            .flat_map(|p| p.messages.iter().cloned())
+            .collect();
+        match store.insert_messages(&all).await {
+            Ok(stored) => {
+                let mut stored = stored.into_iter();
+                for pending in batch {
+                    let mine: Vec<SentMessage> =
+                        stored.by_ref().take(pending.messages.len()).collect();
+                    let _ = pending.reply.send(Ok(mine));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(pending) = batch.pop() {
+                    let _ = pending.reply.send(Err(e));
+                }
+            }
+            // One send may have failed them all: each again on its own, for its own answer.
+            Err(_) => {
+                for pending in batch {
+                    let alone = store.insert_messages(&pending.messages).await;
+                    let _ = pending.reply.send(alone);
+                }
+            }
+        }
+    }
 }
 
 /// Starts the agents among `recipients` marked `wake_on_message` that are not running (in the
