@@ -1069,6 +1069,9 @@ mod conformance {
         exercise_transactions(&store).await;
         actors::conformance::mailboxes(&store).await;
         actors::conformance::reviews_and_triggers(&store).await;
+        let second = SqlStore::connect(&url).await.unwrap();
+        actors::conformance::two_hubs(&store, &second).await;
+        second.close().await;
         store.close().await;
         let reopened = SqlStore::connect(&url).await.unwrap();
         assert_eq!(
@@ -1106,6 +1109,9 @@ mod conformance {
         exercise_transactions(&store).await;
         actors::conformance::mailboxes(&store).await;
         actors::conformance::reviews_and_triggers(&store).await;
+        let second = SqlStore::connect(&url).await.unwrap();
+        actors::conformance::two_hubs(&store, &second).await;
+        second.close().await;
         store.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&admin)
