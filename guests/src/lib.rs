@@ -1,7 +1,7 @@
 //! Paths of the guest tools, built for `wasm32-wasip2` by this crate's build script.
 //!
 //! The tools live in `guests/tools` (their own workspace): `echo`, `wordcount`, `hostile`, `busy`,
-//! `bulky`, `gpu-job`, `add` and `bad-schema`. Tests and benches depend on this crate and name a tool by function; the build
+//! `bulky`, `gpu-job`, `add`, `bad-schema` and `ponger` (an actor). Tests and benches depend on this crate and name a tool by function; the build
 //! script has already built it, so no test spells a build command.
 
 use std::path::PathBuf;
@@ -52,6 +52,11 @@ pub fn add() -> PathBuf {
 /// `bad-schema`: describes an unusable input schema; pushes of it are refused.
 pub fn bad_schema() -> PathBuf {
     path("bad_schema")
+}
+
+/// `ponger`: an actor agent answering each message with a pong (the `actor` world).
+pub fn ponger() -> PathBuf {
+    path("ponger")
 }
 
 /// The `echo` component's bytes, built into the binary (for `outpost demo`).

@@ -20,7 +20,10 @@ pub mod outcome;
 pub mod policy;
 pub mod runtime;
 
-pub use outcome::{CallReport, ErrorKind, LogLevel, LogRecord, SandboxError, ToolDescription};
+pub use outcome::{
+    ActorMessage, CallReport, ErrorKind, LogLevel, LogRecord, QueuedMessage, SandboxError,
+    ToolDescription,
+};
 pub use policy::{FsAccess, FsGrant, Fuel, Limits, Placement, ResolvedPolicy, ToolPolicy};
 pub use runtime::{LoadedTool, Sandbox, SandboxConfig};
 

@@ -149,6 +149,31 @@ pub struct CallReport {
     pub fuel_used: Option<u64>,
     /// Wall time from instantiation to the end of the call.
     pub duration: Duration,
+    /// What an actor's `on-message` call queued with `mailbox.send`, in order (empty for
+    /// other calls): to be sent only because the call succeeded.
+    pub sent: Vec<QueuedMessage>,
+}
+
+/// A message handed to an actor agent's `on-message`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ActorMessage {
+    /// Its id in the mailbox.
+    pub id: i64,
+    /// The sending actor.
+    pub sender: String,
+    /// The team it was sent to, or empty.
+    pub team: String,
+    /// JSON text.
+    pub payload: String,
+}
+
+/// A message an actor agent queued with `mailbox.send`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// An actor id, `agent:NAME` or `team:NAME`.
+    pub to: String,
+    /// JSON text.
+    pub payload: String,
 }
 
 /// What a tool says about itself (`describe`).

@@ -18,7 +18,9 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use super::cache::{CacheOutcome, CompileCache};
 use super::capture::{CappedPipe, OutputLimitExceeded};
 use super::guarded_fs::{DiskQuota, GuardedFsView};
-use super::outcome::{CallReport, ErrorKind, LogLevel, LogRecord, SandboxError, ToolDescription};
+use super::outcome::{
+    CallReport, ErrorKind, LogLevel, LogRecord, QueuedMessage, SandboxError, ToolDescription,
+};
 use super::policy::{
     FsAccess, Fuel, MAX_MEMORY, MAX_TABLE_ELEMENTS, ResolvedGrant, ResolvedPolicy,
 };
@@ -33,7 +35,24 @@ mod bindings {
     });
 }
 
+mod actor_bindings {
+    //! Host bindings of the `actor` world (a tool that also handles messages).
+    #![allow(missing_docs)]
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "actor",
+        exports: { default: async },
+        with: { "outpost:guest/host": super::bindings::outpost::guest::host },
+    });
+}
+
+use actor_bindings::outpost::guest::mailbox as wit_mailbox;
 use bindings::outpost::guest::host as wit_host;
+
+/// Most messages one `on-message` call may queue.
+pub const MAX_QUEUED_MESSAGES: usize = 100;
+/// Most bytes (destinations and payloads) one `on-message` call may queue.
+pub const MAX_QUEUED_BYTES: usize = 256 * 1024;
 
 /// How the runtime is built. The defaults suit a node; benches turn meters off to measure them.
 #[derive(Debug, Clone)]
@@ -159,6 +178,15 @@ struct CallState {
     disk: Arc<DiskQuota>,
     /// The call's policy (the names it may look up).
     policy: Arc<ResolvedPolicy>,
+    /// What `mailbox.send` queued; `None` outside `on-message`.
+    outbox: Option<Outbox>,
+}
+
+/// Messages an `on-message` call queued.
+#[derive(Default)]
+struct Outbox {
+    messages: Vec<QueuedMessage>,
+    bytes: usize,
 }
 
 impl CallState {
@@ -212,6 +240,34 @@ impl wit_host::Host for CallState {
         }
         logs.bytes += cost;
         logs.records.push(LogRecord { level, message });
+    }
+}
+
+impl wit_mailbox::Host for CallState {
+    fn send(&mut self, to: String, payload: String) -> Result<(), String> {
+        let Some(outbox) = self.outbox.as_mut() else {
+            return Err("mailbox.send works only inside on-message (an actor agent's call)".into());
+        };
+        if outbox.messages.len() >= MAX_QUEUED_MESSAGES {
+            return Err(format!(
+                "one on-message call may send at most {MAX_QUEUED_MESSAGES} messages"
+            ));
+        }
+        let size = to.len() + payload.len();
+        if outbox.bytes + size > MAX_QUEUED_BYTES {
+            return Err(format!(
+                "one on-message call may send at most {MAX_QUEUED_BYTES} bytes"
+            ));
+        }
+        if to.trim().is_empty() {
+            return Err("to: name an actor id, agent:NAME or team:NAME".into());
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&payload) {
+            return Err(format!("payload: not JSON: {e}"));
+        }
+        outbox.bytes += size;
+        outbox.messages.push(QueuedMessage { to, payload });
+        Ok(())
     }
 }
 
@@ -311,6 +367,8 @@ impl Sandbox {
             .map_err(|err| internal("cannot link the guarded name lookup", err))?;
         wit_host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
             .map_err(|err| internal("cannot link outpost:guest/host", err))?;
+        wit_mailbox::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
+            .map_err(|err| internal("cannot link outpost:guest/mailbox", err))?;
         let ticker = config.epoch_interruption.then(|| {
             let stop = Arc::new(AtomicBool::new(false));
             let weak = engine.weak();
@@ -413,6 +471,8 @@ impl Sandbox {
                     ),
                 )
             })?;
+        // An actor is a tool that also exports on-message.
+        let actor = actor_bindings::ActorPre::new(pre.clone()).ok();
         let pre = bindings::ToolPre::new(pre).map_err(|err| {
             SandboxError::new(
                 ErrorKind::InvalidComponent,
@@ -425,6 +485,7 @@ impl Sandbox {
         Ok(LoadedTool {
             sandbox: self.clone(),
             pre,
+            actor,
             policy: Arc::new(policy),
             digest,
             cache: outcome,
@@ -504,6 +565,8 @@ fn error_chain(err: &wasmtime::Error) -> String {
 pub struct LoadedTool {
     sandbox: Sandbox,
     pre: bindings::ToolPre<CallState>,
+    /// Present when the component implements the `actor` world too.
+    actor: Option<actor_bindings::ActorPre<CallState>>,
     policy: Arc<ResolvedPolicy>,
     digest: String,
     cache: CacheOutcome,
@@ -546,7 +609,10 @@ impl LoadedTool {
     /// Calls `describe` in a fresh instance under the tool's limits.
     pub async fn describe(&self) -> Result<ToolDescription, SandboxError> {
         let (result, _) = self
-            .run(async |tool, store| tool.call_describe(store).await)
+            .run(false, async |store| {
+                let tool = self.pre.instantiate_async(&mut *store).await?;
+                tool.call_describe(store).await
+            })
             .await;
         let info = result?;
         let size =
@@ -571,7 +637,10 @@ impl LoadedTool {
     /// leaves state behind: whatever the tool does, the next call starts clean.
     pub async fn invoke(&self, input: &str) -> CallReport {
         let (result, mut report) = self
-            .run(async |tool, store| tool.call_invoke(store, input).await)
+            .run(false, async |store| {
+                let tool = self.pre.instantiate_async(&mut *store).await?;
+                tool.call_invoke(store, input).await
+            })
             .await;
         report.result = match result {
             Ok(Ok(output)) => {
@@ -613,6 +682,62 @@ impl LoadedTool {
                     SandboxError::new(ErrorKind::ToolError, message)
                 }
             }),
+            Err(err) => Err(err),
+        };
+        report
+    }
+
+    /// Whether the component implements the `actor` world (`on-message`).
+    pub fn is_actor(&self) -> bool {
+        self.actor.is_some()
+    }
+
+    /// Calls `on-message` in a fresh instance under the tool's limits. `Ok` (an empty output)
+    /// when the actor handled it, with what it queued in [`CallReport::sent`]; otherwise the
+    /// actor's error or the sandbox stop, and nothing to send.
+    pub async fn on_message(&self, message: &crate::outcome::ActorMessage) -> CallReport {
+        let Some(actor) = &self.actor else {
+            return CallReport {
+                result: Err(SandboxError::new(
+                    ErrorKind::InvalidComponent,
+                    "the component does not implement the outpost:guest/actor world (no on-message export)",
+                )),
+                stdout: String::new(),
+                stderr: String::new(),
+                logs: Vec::new(),
+                logs_dropped: 0,
+                fuel_used: None,
+                duration: Duration::ZERO,
+                sent: Vec::new(),
+            };
+        };
+        let wire = actor_bindings::Message {
+            id: message.id,
+            sender: message.sender.clone(),
+            team: message.team.clone(),
+            payload: message.payload.clone(),
+        };
+        let (result, mut report) = self
+            .run(true, async |store| {
+                let instance = actor.instantiate_async(&mut *store).await?;
+                instance.call_on_message(store, &wire).await
+            })
+            .await;
+        report.result = match result {
+            Ok(Ok(())) => Ok(String::new()),
+            Ok(Err(message)) => {
+                report.sent.clear();
+                let cap = usize::try_from(self.policy.limits.max_output).unwrap_or(usize::MAX);
+                let mut message = message;
+                if message.len() > cap {
+                    let mut end = cap;
+                    while !message.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    message.truncate(end);
+                }
+                Err(SandboxError::new(ErrorKind::ToolError, message))
+            }
             Err(err) => Err(err),
         };
         report
@@ -672,7 +797,8 @@ impl LoadedTool {
     /// what it returned (or why it stopped) with everything the call produced.
     async fn run<T>(
         &self,
-        call: impl AsyncFnOnce(bindings::Tool, &mut Store<CallState>) -> wasmtime::Result<T>,
+        with_outbox: bool,
+        call: impl AsyncFnOnce(&mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> (Result<T, SandboxError>, CallReport) {
         let limits = self.policy.limits;
         let cap = usize::try_from(limits.max_output).unwrap_or(usize::MAX);
@@ -686,6 +812,7 @@ impl LoadedTool {
             logs_dropped: 0,
             fuel_used: None,
             duration: Duration::ZERO,
+            sent: Vec::new(),
         };
         let wasi = match self.wasi_ctx(&stdout, &stderr) {
             Ok(wasi) => wasi,
@@ -719,6 +846,7 @@ impl LoadedTool {
             },
             disk: DiskQuota::new(limits.disk_write, limits.files_created),
             policy: self.policy.clone(),
+            outbox: with_outbox.then(Outbox::default),
         };
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -738,10 +866,7 @@ impl LoadedTool {
             store.epoch_deadline_trap();
         }
         let started = Instant::now();
-        let call = async {
-            let tool = self.pre.instantiate_async(&mut store).await?;
-            call(tool, &mut store).await
-        };
+        let call = call(&mut store);
         // The epoch deadline stops busy guests; this timer also stops a guest blocked in a host
         // call (a long sleep, a read that never ends), one tick later.
         let hard_limit = limits.timeout + inner.config.epoch_tick * 2;
@@ -769,6 +894,10 @@ impl LoadedTool {
         report.stderr = stderr.text();
         report.logs = state.logs.records;
         report.logs_dropped = state.logs.dropped;
+        // What was queued counts only when the call succeeded.
+        if result.is_ok() {
+            report.sent = state.outbox.map(|o| o.messages).unwrap_or_default();
+        }
         (result, report)
     }
 }

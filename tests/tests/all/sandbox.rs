@@ -974,3 +974,60 @@ const NEEDS_BACKDOOR: &str = r#"
     (export "open" (func (param "path" string) (result string)))))
 )
 "#;
+
+/// An actor component: `on-message` sends only when it succeeds, `mailbox.send` is refused
+/// outside it, a plain tool has no `on-message`, and the actor is still a tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_handles_messages_and_sends_only_when_it_succeeds() {
+    let layout = Layout::new();
+    let ponger = layout.load(&outpost_guests::ponger(), &ToolPolicy::default());
+    assert!(ponger.is_actor());
+    let message = |id: i64, payload: &str| outpost_sandbox::ActorMessage {
+        id,
+        sender: "agent-ping".into(),
+        team: String::new(),
+        payload: payload.into(),
+    };
+    let handled = ponger
+        .on_message(&message(7, r#"{"ping":1,"fan":true}"#))
+        .await;
+    assert_eq!(handled.result.as_deref(), Ok(""), "{:?}", handled.result);
+    let sent: Vec<(&str, &str)> = handled
+        .sent
+        .iter()
+        .map(|m| (m.to.as_str(), m.payload.as_str()))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("agent-ping", r#"{"pong":{"ping":1,"fan":true}}"#),
+            ("team:pingers", r#"{"hello":"team"}"#),
+        ],
+        "queued in order; the one that was not JSON was refused"
+    );
+    assert!(
+        handled
+            .logs
+            .iter()
+            .any(|l| l.message == "message 7 from agent-ping")
+    );
+    let refused = ponger.on_message(&message(8, r#"{"fail":true}"#)).await;
+    expect_error(
+        &refused,
+        ErrorKind::ToolError,
+        "refusing message 8",
+        "a failed call",
+    );
+    assert!(refused.sent.is_empty(), "a failed call sends nothing");
+    let invoked = ponger.invoke("hi").await;
+    assert_eq!(invoked.result.as_deref(), Ok("pong: hi"));
+    assert!(invoked.sent.is_empty());
+    let echo = layout.load(&outpost_guests::echo(), &ToolPolicy::default());
+    assert!(!echo.is_actor());
+    expect_error(
+        &echo.on_message(&message(9, "{}")).await,
+        ErrorKind::InvalidComponent,
+        "no on-message export",
+        "a plain tool",
+    );
+}
