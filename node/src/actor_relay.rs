@@ -176,3 +176,143 @@ pub fn serve(
         let _ = std::fs::remove_file(&path);
     }))
 }
+
+/// A WASM actor agent's mailbox: messages taken from the hub one at a time, as the run gets to
+/// them, with the run's own actor credential.
+#[derive(Debug)]
+pub struct Mailbox;
+
+/// A message taken for a WASM actor run, and how to settle it.
+#[derive(Debug)]
+pub struct TakenMessage {
+    /// What `on-message` gets.
+    pub handed: outpost_sandbox::ActorMessage,
+    hub: ActorServiceClient<Channel>,
+    actor_id: String,
+    token: String,
+}
+
+/// How long one take waits at the hub for a message.
+const TAKE_WAIT_MS: u64 = 20_000;
+
+impl Mailbox {
+    /// Starts taking `agent_id`'s messages for run `run`; the receiver yields each one, and the
+    /// task (to abort when the run ends) takes the next only once the last was received.
+    pub fn open(
+        hub: ActorRelay,
+        agent_id: &str,
+        run: u64,
+        token: &str,
+    ) -> (
+        tokio::sync::mpsc::Receiver<TakenMessage>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (actor_id, token) = (agent_id.to_string(), token.to_string());
+        let poller = tokio::spawn(async move {
+            let mut client = hub.hub.clone();
+            loop {
+                // Take a message only when the run can hold it.
+                let Ok(permit) = tx.reserve().await else {
+                    return;
+                };
+                let taken = client
+                    .inbox(outpost_trust::grpc_channel::with_bearer(
+                        InboxRequest {
+                            actor_id: actor_id.clone(),
+                            run_id: run.to_string(),
+                            limit: 1,
+                            wait_ms: TAKE_WAIT_MS,
+                            auto_ack: false,
+                        },
+                        &token,
+                    ))
+                    .await;
+                match taken {
+                    Ok(answer) => {
+                        if let Some(m) = answer.into_inner().messages.into_iter().next() {
+                            permit.send(TakenMessage {
+                                handed: outpost_sandbox::ActorMessage {
+                                    id: m.id,
+                                    sender: m.from,
+                                    team: m.team,
+                                    payload: m.payload,
+                                },
+                                hub: client.clone(),
+                                actor_id: actor_id.clone(),
+                                token: token.clone(),
+                            });
+                        }
+                    }
+                    Err(status) => {
+                        tracing::warn!(agent_id = %actor_id, error = %status.message(), "taking an actor agent's messages failed; trying again");
+                        drop(permit);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        (rx, poller)
+    }
+}
+
+impl TakenMessage {
+    /// After `on-message`: when it succeeded, sends what it queued (each with a key made from
+    /// this message's id, so a redelivery after a crash sends nothing twice) and acks the
+    /// message; otherwise leaves it for redelivery. What happened, as a line for the run's
+    /// output.
+    pub async fn finish(&self, report: &outpost_sandbox::CallReport) -> String {
+        let id = self.handed.id;
+        if report.result.is_err() {
+            return format!("message {id} not acked: it comes again");
+        }
+        let mut hub = self.hub.clone();
+        let mut failed = Vec::new();
+        for (i, queued) in report.sent.iter().enumerate() {
+            let sent = hub
+                .send_message(outpost_trust::grpc_channel::with_bearer(
+                    SendMessageRequest {
+                        actor_id: self.actor_id.clone(),
+                        to: queued.to.clone(),
+                        payload: queued.payload.clone(),
+                        idempotency_key: format!("on-message:{id}:{i}"),
+                    },
+                    &self.token,
+                ))
+                .await;
+            if let Err(status) = sent {
+                failed.push(format!("to {}: {}", queued.to, status.message()));
+            }
+        }
+        if !failed.is_empty() {
+            // Not acked: the message comes again, and the sends that did go through are not
+            // repeated (their keys).
+            return format!(
+                "message {id} not acked: {} of {} sends failed ({})",
+                failed.len(),
+                report.sent.len(),
+                failed.join("; ")
+            );
+        }
+        let acked = hub
+            .ack(outpost_trust::grpc_channel::with_bearer(
+                AckRequest {
+                    actor_id: self.actor_id.clone(),
+                    message_id: id,
+                },
+                &self.token,
+            ))
+            .await;
+        match acked {
+            Ok(_) => format!(
+                "message {id} from {} handled; {} sent",
+                self.handed.sender,
+                report.sent.len()
+            ),
+            Err(status) => format!(
+                "message {id} handled, but the ack failed: {}",
+                status.message()
+            ),
+        }
+    }
+}

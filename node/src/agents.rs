@@ -66,6 +66,24 @@ struct Run {
     stopping: Arc<AtomicBool>,
 }
 
+/// What a WASM run does next.
+enum Work {
+    /// A line of input (`None`: the input closed).
+    Line(Option<String>),
+    /// A message from the mailbox (`None`: the mailbox closed).
+    Message(Option<Box<crate::actor_relay::TakenMessage>>),
+}
+
+/// The next message of a run's mailbox; never, for a run without one.
+async fn next_message(
+    mail: &mut Option<mpsc::Receiver<crate::actor_relay::TakenMessage>>,
+) -> Option<crate::actor_relay::TakenMessage> {
+    match mail {
+        Some(mail) => mail.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How a WASM run ended.
 enum ToolRunEnd {
     Stopped,
@@ -84,6 +102,8 @@ pub struct AgentRunner {
     link: SessionLink,
     /// The actor relay's socket, told to native runs that get an actor credential.
     actor_socket: Option<PathBuf>,
+    /// The hub's actor service, through which WASM actor agents take and send their messages.
+    actor_hub: Option<crate::actor_relay::ActorRelay>,
 }
 
 impl std::fmt::Debug for AgentRunner {
@@ -113,7 +133,14 @@ impl AgentRunner {
             preparing: tokio::sync::Mutex::new(()),
             link,
             actor_socket: None,
+            actor_hub: None,
         }
+    }
+
+    /// Lets WASM actor agents reach their mailboxes through `hub`.
+    pub fn with_actor_hub(mut self, hub: crate::actor_relay::ActorRelay) -> Self {
+        self.actor_hub = Some(hub);
+        self
     }
 
     /// Tells native runs with an actor credential where the actor relay listens.
@@ -414,27 +441,64 @@ impl AgentRunner {
         let (agent_id, run) = (start.agent_id.clone(), start.run);
         let deadline = (start.timeout_ms > 0)
             .then(|| tokio::time::Instant::now() + Duration::from_millis(start.timeout_ms));
+        // An actor tool with a credential takes its mailbox: one on-message per message.
+        let mailbox = match (
+            &self.actor_hub,
+            tool.is_actor(),
+            start.actor_token.is_empty(),
+        ) {
+            (Some(hub), true, false) => Some(crate::actor_relay::Mailbox::open(
+                hub.clone(),
+                &start.agent_id,
+                start.run,
+                &start.actor_token,
+            )),
+            _ => None,
+        };
         tokio::spawn(async move {
             runner.deliver(running(&agent_id, run)).await;
-            let end = loop {
-                let line = tokio::select! {
-                    biased;
-                    () = stop.notified() => break ToolRunEnd::Stopped,
-                    () = until(deadline) => break ToolRunEnd::TimedOut,
-                    line = lines.recv() => line,
-                };
-                // The sender lives in the run's entry, which only this task removes.
-                let Some(line) = line else {
-                    break ToolRunEnd::Stopped;
-                };
-                let report = tokio::select! {
-                    biased;
-                    () = stop.notified() => break ToolRunEnd::Stopped,
-                    () = until(deadline) => break ToolRunEnd::TimedOut,
-                    report = tool.invoke(&line) => report,
-                };
-                send_report(&chunks, report).await;
+            let (mut mail, poller) = match mailbox {
+                Some((mail, poller)) => (Some(mail), Some(poller)),
+                None => (None, None),
             };
+            let end = loop {
+                let next = tokio::select! {
+                    biased;
+                    () = stop.notified() => break ToolRunEnd::Stopped,
+                    () = until(deadline) => break ToolRunEnd::TimedOut,
+                    line = lines.recv() => Work::Line(line),
+                    message = next_message(&mut mail) => Work::Message(message.map(Box::new)),
+                };
+                match next {
+                    // The sender lives in the run's entry, which only this task removes.
+                    Work::Line(None) => break ToolRunEnd::Stopped,
+                    Work::Line(Some(line)) => {
+                        let report = tokio::select! {
+                            biased;
+                            () = stop.notified() => break ToolRunEnd::Stopped,
+                            () = until(deadline) => break ToolRunEnd::TimedOut,
+                            report = tool.invoke(&line) => report,
+                        };
+                        send_report(&chunks, report).await;
+                    }
+                    Work::Message(None) => mail = None,
+                    Work::Message(Some(message)) => {
+                        let report = tokio::select! {
+                            biased;
+                            () = stop.notified() => break ToolRunEnd::Stopped,
+                            () = until(deadline) => break ToolRunEnd::TimedOut,
+                            report = tool.on_message(&message.handed) => report,
+                        };
+                        let done = message.finish(&report).await;
+                        let mut report = report;
+                        report.result = report.result.map(|_| done);
+                        send_report(&chunks, report).await;
+                    }
+                }
+            };
+            if let Some(poller) = poller {
+                poller.abort();
+            }
             drop(chunks);
             if tokio::time::timeout(OUTPUT_DRAIN, forwarder).await.is_err() {
                 tracing::warn!(agent_id = %agent_id, "the agent's output did not reach the hub in time");

@@ -199,6 +199,22 @@ impl Node {
     }
 }
 
+/// The hub's actor service as this node reaches it (its client certificate), for the relay and
+/// for WASM actor agents; `None` (logged) when the hub URL is unusable.
+fn actor_hub(identity: &JoinedIdentity) -> Option<actor_relay::ActorRelay> {
+    let client = grpc_channel::ClientIdentity {
+        cert_pem: identity.certificate_pem.clone(),
+        key_pem: identity.key_pem.clone(),
+    };
+    match grpc_channel::endpoint(&identity.hub_url, &identity.ca_pem, Some(&client), None) {
+        Ok(endpoint) => Some(actor_relay::ActorRelay::new(endpoint)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no way to the hub's actor service; agents get no mailbox");
+            None
+        }
+    }
+}
+
 /// Serves the actor relay to this node's agents (logged and left out when it cannot start:
 /// agents then reach no mailbox, everything else works).
 fn start_actor_relay(config: &Config, identity: &JoinedIdentity, shutdown: watch::Receiver<bool>) {
@@ -208,23 +224,10 @@ fn start_actor_relay(config: &Config, identity: &JoinedIdentity, shutdown: watch
         tracing::warn!(path = %path.display(), "the actor relay's socket path is too long for a Unix socket; agents get no relay");
         return;
     }
-    let client = grpc_channel::ClientIdentity {
-        cert_pem: identity.certificate_pem.clone(),
-        key_pem: identity.key_pem.clone(),
+    let Some(relay) = actor_hub(identity) else {
+        return;
     };
-    let endpoint = match grpc_channel::endpoint(
-        &identity.hub_url,
-        &identity.ca_pem,
-        Some(&client),
-        None,
-    ) {
-        Ok(endpoint) => endpoint,
-        Err(e) => {
-            tracing::warn!(error = %e, "the actor relay has no way to the hub; agents get no relay");
-            return;
-        }
-    };
-    match actor_relay::serve(actor_relay::ActorRelay::new(endpoint), &path, shutdown) {
+    match actor_relay::serve(relay, &path, shutdown) {
         Ok(_) => tracing::info!(path = %path.display(), "actor relay listening"),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "the actor relay could not listen; agents get no relay")
@@ -399,10 +402,12 @@ fn session_context(
         }
     };
     let agents = (native_runner.is_some() || runner.is_some()).then(|| {
-        Arc::new(
-            agents::AgentRunner::new(link.clone(), native_runner, runner.clone())
-                .with_actor_socket(actor_relay::socket_path(&config.data_dir())),
-        )
+        let agents = agents::AgentRunner::new(link.clone(), native_runner, runner.clone())
+            .with_actor_socket(actor_relay::socket_path(&config.data_dir()));
+        Arc::new(match actor_hub(identity) {
+            Some(hub) => agents.with_actor_hub(hub),
+            None => agents,
+        })
     });
     Ok(SessionContext {
         node_id: identity.node_id.clone(),

@@ -1131,3 +1131,107 @@ async fn the_rest_api_sends_takes_acks_and_answers_reviews_under_the_same_rules(
     .await;
     assert_eq!(code, 204);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wasm_actor_agent_gets_one_call_per_message_and_its_sends_go_out_once_it_succeeds() {
+    let hub = TestHub::start_adjusted(TlsMode::Tls, |c| {
+        c.actors.visibility_timeout = Duration::from_millis(300);
+        c.actors.max_deliveries = 2;
+    })
+    .await;
+    let _node = start_node(hub.node_config("wasm-n", outpost_tests::STATIC_TOKEN)).await;
+    hub.wait_status("wasm-n", "online", Duration::from_secs(15))
+        .await;
+    let wasm = outpost_guests::ponger().display().to_string();
+    let (code, _, err) = hub.cli(&["tool", "push", &wasm, "--name", "ponger"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = hub
+        .cli(&[
+            "agents", "create", "--name", "pong", "--node", "wasm-n", "--tool", "ponger", "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let agent = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _, err) = hub.cli(&["agents", "start", &agent]).await;
+    assert_eq!(code, 0, "{err}");
+
+    send(&hub, "tester", &agent, r#"{"ping":1}"#).await;
+    let answer = eventually("the pong", Duration::from_secs(20), async || {
+        let got = messages(&ok(&hub, &["inbox", "--actor-id", "tester", "--auto-ack"]).await);
+        got.into_iter()
+            .next()
+            .ok_or_else(|| "no pong yet".to_string())
+    })
+    .await;
+    assert_eq!(answer["from"], agent.as_str());
+    assert_eq!(answer["payload"]["pong"]["ping"], 1);
+    assert!(
+        answer["idempotency_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("on-message:"),
+        "{answer}"
+    );
+    // Handled means acked: nothing of it is left for the agent.
+    let handled = outpost_hub::store::actors::MessageFilter {
+        recipient: Some(&agent),
+        state: Some(outpost_hub::store::actors::MessageState::Acked),
+        limit: 10,
+    };
+    let state = hub.hub().state.clone();
+    eventually("the ack", Duration::from_secs(10), async || {
+        let acked = state
+            .store()
+            .list_messages(&handled)
+            .await
+            .map_err(|e| e.to_string())?;
+        if acked.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{acked:?}"))
+        }
+    })
+    .await;
+
+    // A message it refuses comes again, then goes to the dead letters; it sends nothing.
+    let refused = send(&hub, "tester", &agent, r#"{"fail":true}"#).await;
+    let dead = eventually("the dead letter", Duration::from_secs(20), async || {
+        let dead = messages(&ok(&hub, &["dead-letters", "--actor-id", &agent]).await);
+        if dead.len() == 1 {
+            Ok(dead)
+        } else {
+            Err(format!("{dead:?}"))
+        }
+    })
+    .await;
+    assert_eq!(dead[0]["id"], refused);
+    assert_eq!(dead[0]["deliveries"], 2);
+    let logs = agent_output(&hub, &agent).await;
+    assert!(
+        logs.contains(&format!("refusing message {refused}")),
+        "{logs}"
+    );
+    assert!(logs.contains("handled; 1 sent"), "{logs}");
+    assert!(
+        messages(&ok(&hub, &["inbox", "--actor-id", "tester"]).await).is_empty(),
+        "a refused call sends nothing"
+    );
+    // Still a tool: an input line is one invoke.
+    let (code, _, err) = hub
+        .cli(&["agents", "input", &agent, "--text", "hello"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    eventually("the invoke", Duration::from_secs(10), async || {
+        let logs = agent_output(&hub, &agent).await;
+        if logs.contains("pong: hello") {
+            Ok(())
+        } else {
+            Err(logs)
+        }
+    })
+    .await;
+    hub.cli(&["agents", "stop", &agent]).await;
+}

@@ -647,13 +647,12 @@ pub async fn start(state: &Arc<HubState>, id: &str) -> Result<AgentRow, TaskErro
         env: devices,
         ..StartAgent::default()
     };
-    // A native run's process gets an actor credential (a WASM agent has no process).
-    if spec.tool.is_empty() {
-        command.actor_token = state
-            .credentials
-            .actor_token(&starting.id, starting.run, state.now_ms() / 1000)
-            .map_err(|e| TaskError::Internal(format!("an actor credential for the run: {e}")))?;
-    }
+    // The run acts as the agent's actor: a native process through the node's relay, a WASM
+    // actor through the node's mailbox loop.
+    command.actor_token = state
+        .credentials
+        .actor_token(&starting.id, starting.run, state.now_ms() / 1000)
+        .map_err(|e| TaskError::Internal(format!("an actor credential for the run: {e}")))?;
     state.agents.logs.push(
         &starting.id,
         "event",
