@@ -142,7 +142,7 @@ async fn in_process_run(
         let me = format!("{tag}-r{r}");
         let expected = (0..total).filter(|n| n % args.recipients == r).count();
         receivers.spawn(async move {
-            let mut got = 0;
+            let (mut got, mut takes) = (0, 0_usize);
             while got < expected {
                 let taken = mailbox::inbox(
                     &state,
@@ -160,8 +160,9 @@ async fn in_process_run(
                 let ids: Vec<i64> = taken.iter().map(|m| m.id).collect();
                 mailbox::ack(&state, &me, &ids).await?;
                 got += taken.len();
+                takes += 1;
             }
-            Ok(())
+            Ok(takes)
         });
     }
     let mut senders = tokio::task::JoinSet::new();
@@ -188,10 +189,16 @@ async fn in_process_run(
     while let Some(done) = senders.join_next().await {
         done??;
     }
+    let mut takes = 0;
     while let Some(done) = receivers.join_next().await {
-        done??;
+        takes += done??;
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    eprintln!(
+        "  in-process: {takes} takes, {:.1} messages each",
+        total as f64 / takes.max(1) as f64
+    );
+    Ok(rate)
 }
 
 async fn grpc_run(hub: &outpost_hub::HubHandle, args: &Args, tag: &str) -> anyhow::Result<f64> {

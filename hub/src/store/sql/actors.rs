@@ -117,13 +117,21 @@ macro_rules! hand_out_sql {
     };
 }
 
-const RECEIVE_SQLITE: &str = concat!(
+
+/// [`ActorStore::receive_messages`] on SQLite as one statement list (one round trip to the
+/// writer's worker thread instead of four): the dead-letter sweep and the hand-out.
+const RECEIVE_SCRIPT_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE; ",
+    "UPDATE actor_messages SET state = 'dead', \
+     reason = 'not acked after ' || CAST(deliveries AS TEXT) || ' deliveries' \
+     WHERE recipient = $1 AND state = 'delivered' AND visible_at_ms <= $2 \
+     AND deliveries >= max_deliveries; ",
     hand_out_sql!(),
     "WHERE id IN (",
     receivable_sql!(""),
     ") RETURNING id, sender, recipient, team, payload, idempotency_key, state, deliveries, \
      max_deliveries, visibility_ms, visible_at_ms, run_id, reason, created_at_ms, \
-     delivered_at_ms, acked_at_ms"
+     delivered_at_ms, acked_at_ms; COMMIT"
 );
 
 const RECEIVE_POSTGRES: &str = concat!(
@@ -136,45 +144,269 @@ const RECEIVE_POSTGRES: &str = concat!(
      visibility_ms, visible_at_ms, run_id, reason, created_at_ms, delivered_at_ms, acked_at_ms"
 );
 
+/// Most ids one statement names.
+const MAX_IDS_PER_STATEMENT: usize = 500;
+
+/// `$first, $first+1, …` for `n` ids.
+fn id_marks(n: usize, first: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Most rows one multi-row insert carries (10 parameters each).
+const MAX_ROWS_PER_INSERT: usize = 256;
+
+/// Binds a new message's parameters (see [`INSERT_MESSAGE_SQL`]).
+fn bind_new_message<'q>(query: super::AnyQuery<'q>, m: &'q NewMessage) -> super::AnyQuery<'q> {
+    query
+        .bind(&m.sender)
+        .bind(&m.recipient)
+        .bind(&m.team)
+        .bind(&m.payload)
+        .bind(&m.idempotency_key)
+        .bind(MessageState::Pending.as_str())
+        .bind(m.max_deliveries)
+        .bind(m.visibility_ms)
+        .bind(m.now_ms)
+        .bind(m.now_ms)
+}
+
+/// The row a new message became, with the id the store gave it.
+fn stored_row(m: &NewMessage, id: i64) -> MessageRow {
+    MessageRow {
+        id,
+        sender: m.sender.clone(),
+        recipient: m.recipient.clone(),
+        team: m.team.clone(),
+        payload: m.payload.clone(),
+        idempotency_key: m.idempotency_key.clone(),
+        state: MessageState::Pending,
+        deliveries: 0,
+        max_deliveries: m.max_deliveries,
+        visibility_ms: m.visibility_ms,
+        visible_at_ms: m.now_ms,
+        created_at_ms: m.now_ms,
+        ..MessageRow::default()
+    }
+}
+
+/// Inserts messages without keys (they cannot conflict) in one statement. The ids a statement
+/// assigns increase in the order of its rows (SQLite's rowids and a PostgreSQL sequence are both
+/// drawn row by row), so the sorted ids belong to the rows in order.
+async fn insert_run(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    run: &[&NewMessage],
+    sent: &mut Vec<SentMessage>,
+) -> Result<(), StoreError> {
+    let sql = multi_insert_sql(run.len(), 0);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for m in run {
+        query = bind_new_message(query, m);
+    }
+    let returned = query.fetch_all(&mut **tx).await?;
+    zip_ids(run, &returned, sent)
+}
+
+/// A multi-row insert of `n` messages, its parameters numbered from `offset + 1`.
+fn multi_insert_sql(n: usize, offset: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let p = offset + i * 10;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7,
+                p + 8,
+                p + 9,
+                p + 10
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO actor_messages (sender, recipient, team, payload, idempotency_key, state, \
+         deliveries, max_deliveries, visibility_ms, visible_at_ms, created_at_ms) VALUES {} \
+         RETURNING id",
+        rows.join(", ")
+    )
+}
+
+/// The stored rows of `run`, from the ids its inserts returned (sorted: see [`insert_run`]).
+fn zip_ids(
+    run: &[&NewMessage],
+    returned: &[AnyRow],
+    sent: &mut Vec<SentMessage>,
+) -> Result<(), StoreError> {
+    let mut ids = returned
+        .iter()
+        .map(|row| row.try_get::<i64, _>("id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.len() != run.len() {
+        return Err(StoreError::Conflict(format!(
+            "storing {} messages returned {} ids",
+            run.len(),
+            ids.len()
+        )));
+    }
+    ids.sort_unstable();
+    sent.extend(run.iter().zip(ids).map(|(m, id)| SentMessage {
+        message: stored_row(m, id),
+        duplicate: false,
+    }));
+    Ok(())
+}
+
+/// Who holds, and in which state, each message an ack did not ack.
+type Refusals = std::collections::HashMap<i64, (String, MessageState)>;
+
+/// One outcome per id named, in order, from what was acked and what the others are.
+fn ack_outcomes(
+    recipient: &str,
+    ids: &[i64],
+    acked: &std::collections::HashSet<i64>,
+    found: &Refusals,
+) -> Vec<AckOutcome> {
+    let mut first = std::collections::HashSet::new();
+    ids.iter()
+        .map(|id| {
+            // An id named twice: acked by the first mention, already acked by the next.
+            let fresh = first.insert(*id);
+            if acked.contains(id) {
+                return if fresh {
+                    AckOutcome::Acked
+                } else {
+                    AckOutcome::AlreadyAcked
+                };
+            }
+            match found.get(id) {
+                None => AckOutcome::NotFound,
+                Some((owner, _)) if owner != recipient => AckOutcome::NotYours,
+                Some((_, MessageState::Acked)) => AckOutcome::AlreadyAcked,
+                Some((_, state)) => AckOutcome::NotDelivered(*state),
+            }
+        })
+        .collect()
+}
+
+impl SqlStore {
+    /// Why the ids an ack did not ack were not (who holds them, in which state), in one look
+    /// per 500; nothing to look at when every one was acked.
+    async fn ack_refusals(
+        &self,
+        ids: &[i64],
+        acked: &std::collections::HashSet<i64>,
+        pool: &sqlx::AnyPool,
+    ) -> Result<Refusals, StoreError> {
+        let rest: Vec<i64> = ids.iter().copied().filter(|id| !acked.contains(id)).collect();
+        let mut found = Refusals::new();
+        for chunk in rest.chunks(MAX_IDS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT id, recipient, state FROM actor_messages WHERE id IN ({})",
+                id_marks(chunk.len(), 1)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(pool).await? {
+                let state: MessageState = row
+                    .try_get::<String, _>("state")?
+                    .parse()
+                    .map_err(decode)?;
+                found.insert(
+                    row.try_get::<i64, _>("id")?,
+                    (row.try_get::<String, _>("recipient")?, state),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// Messages without keys on SQLite: every insert and the commit in one round trip.
+    async fn insert_keyless_sqlite(
+        &self,
+        messages: &[NewMessage],
+    ) -> Result<Vec<SentMessage>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut script = String::from("BEGIN IMMEDIATE; ");
+        let mut offset = 0;
+        for chunk in messages.chunks(MAX_ROWS_PER_INSERT) {
+            script.push_str(&multi_insert_sql(chunk.len(), offset));
+            script.push_str("; ");
+            offset += chunk.len() * 10;
+        }
+        script.push_str("COMMIT");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(script));
+        for m in messages {
+            query = bind_new_message(query, m);
+        }
+        let returned = self.sqlite_script(query).await?;
+        let run: Vec<&NewMessage> = messages.iter().collect();
+        let mut sent = Vec::with_capacity(messages.len());
+        zip_ids(&run, &returned, &mut sent)?;
+        Ok(sent)
+    }
+
+    /// Runs a `BEGIN IMMEDIATE; …; COMMIT` statement list on the writer in one round trip; the
+    /// rows its statements return. A failed statement leaves the transaction open: it is rolled
+    /// back before the connection goes back to the pool.
+    async fn sqlite_script(
+        &self,
+        script: super::AnyQuery<'_>,
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        let mut connection = self.writer.acquire().await?;
+        match script.fetch_all(&mut *connection).await {
+            Ok(rows) => Ok(rows),
+            Err(e) => {
+                super::rollback_quietly(&mut connection).await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ActorStore for SqlStore {
     async fn insert_messages(
         &self,
         messages: &[NewMessage],
     ) -> Result<Vec<SentMessage>, StoreError> {
+        if self.backend == Backend::Sqlite && messages.iter().all(|m| m.idempotency_key.is_none())
+        {
+            return self.insert_keyless_sqlite(messages).await;
+        }
         let mut tx = self.write_transaction().await?;
         let mut sent = Vec::with_capacity(messages.len());
+        // Runs of messages without a key go in one statement each; a keyed one alone (it may
+        // name an earlier message). Input order is kept, so ids follow it.
+        let mut run: Vec<&NewMessage> = Vec::new();
         for m in messages {
-            let inserted = sqlx::query(INSERT_MESSAGE_SQL)
-                .bind(&m.sender)
-                .bind(&m.recipient)
-                .bind(&m.team)
-                .bind(&m.payload)
-                .bind(&m.idempotency_key)
-                .bind(MessageState::Pending.as_str())
-                .bind(m.max_deliveries)
-                .bind(m.visibility_ms)
-                .bind(m.now_ms)
-                .bind(m.now_ms)
+            if m.idempotency_key.is_none() {
+                run.push(m);
+                if run.len() == MAX_ROWS_PER_INSERT {
+                    insert_run(&mut tx, &run, &mut sent).await?;
+                    run.clear();
+                }
+                continue;
+            }
+            if !run.is_empty() {
+                insert_run(&mut tx, &run, &mut sent).await?;
+                run.clear();
+            }
+            let inserted = bind_new_message(sqlx::query(INSERT_MESSAGE_SQL), m)
                 .fetch_optional(&mut *tx)
                 .await?;
             match inserted {
                 Some(row) => sent.push(SentMessage {
-                    message: MessageRow {
-                        id: row.try_get("id")?,
-                        sender: m.sender.clone(),
-                        recipient: m.recipient.clone(),
-                        team: m.team.clone(),
-                        payload: m.payload.clone(),
-                        idempotency_key: m.idempotency_key.clone(),
-                        state: MessageState::Pending,
-                        deliveries: 0,
-                        max_deliveries: m.max_deliveries,
-                        visibility_ms: m.visibility_ms,
-                        visible_at_ms: m.now_ms,
-                        created_at_ms: m.now_ms,
-                        ..MessageRow::default()
-                    },
+                    message: stored_row(m, row.try_get("id")?),
                     duplicate: false,
                 }),
                 None => {
@@ -195,6 +427,9 @@ impl ActorStore for SqlStore {
                 }
             }
         }
+        if !run.is_empty() {
+            insert_run(&mut tx, &run, &mut sent).await?;
+        }
         tx.commit().await?;
         Ok(sent)
     }
@@ -206,24 +441,33 @@ impl ActorStore for SqlStore {
         now_ms: i64,
         limit: u32,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let mut tx = self.write_transaction().await?;
-        sqlx::query(DEAD_LETTER_ONE_SQL)
-            .bind(recipient)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        let sql = match self.backend {
-            Backend::Sqlite => RECEIVE_SQLITE,
-            Backend::Postgres => RECEIVE_POSTGRES,
+        let rows = match self.backend {
+            Backend::Sqlite => {
+                let script = sqlx::query(RECEIVE_SCRIPT_SQLITE)
+                    .bind(recipient)
+                    .bind(now_ms)
+                    .bind(i64::from(limit))
+                    .bind(run_id);
+                self.sqlite_script(script).await?
+            }
+            Backend::Postgres => {
+                let mut tx = self.write_transaction().await?;
+                sqlx::query(DEAD_LETTER_ONE_SQL)
+                    .bind(recipient)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                let rows = sqlx::query(RECEIVE_POSTGRES)
+                    .bind(recipient)
+                    .bind(now_ms)
+                    .bind(i64::from(limit))
+                    .bind(run_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                rows
+            }
         };
-        let rows = sqlx::query(sql)
-            .bind(recipient)
-            .bind(now_ms)
-            .bind(i64::from(limit))
-            .bind(run_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
         let mut messages = rows
             .iter()
             .map(message_from_row)
@@ -239,39 +483,55 @@ impl ActorStore for SqlStore {
         ids: &[i64],
         now_ms: i64,
     ) -> Result<Vec<AckOutcome>, StoreError> {
-        let mut tx = self.write_transaction().await?;
-        let mut outcomes = Vec::with_capacity(ids.len());
-        for &id in ids {
-            let acked = sqlx::query(
-                "UPDATE actor_messages SET state = 'acked', acked_at_ms = $3 \
-                 WHERE id = $1 AND recipient = $2 AND state = 'delivered'",
-            )
-            .bind(id)
-            .bind(recipient)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            if acked.rows_affected() == 1 {
-                outcomes.push(AckOutcome::Acked);
-                continue;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut acked = std::collections::HashSet::new();
+        if self.backend == Backend::Sqlite {
+            // Every update and the commit in one round trip; the look at the others after it.
+            let mut script = String::from("BEGIN IMMEDIATE; ");
+            let mut next = 3;
+            for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+                script.push_str(&format!(
+                    "UPDATE actor_messages SET state = 'acked', acked_at_ms = $2 \
+                     WHERE recipient = $1 AND state = 'delivered' AND id IN ({}) RETURNING id; ",
+                    id_marks(chunk.len(), next)
+                ));
+                next += chunk.len();
             }
-            let row = sqlx::query("SELECT recipient, state FROM actor_messages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            outcomes.push(match row {
-                None => AckOutcome::NotFound,
-                Some(row) if row.try_get::<String, _>("recipient")? != recipient => {
-                    AckOutcome::NotYours
-                }
-                Some(row) => match row.try_get::<String, _>("state")?.parse().map_err(decode)? {
-                    MessageState::Acked => AckOutcome::AlreadyAcked,
-                    state => AckOutcome::NotDelivered(state),
-                },
-            });
+            script.push_str("COMMIT");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(script))
+                .bind(recipient)
+                .bind(now_ms);
+            for id in ids {
+                query = query.bind(*id);
+            }
+            for row in self.sqlite_script(query).await? {
+                acked.insert(row.try_get::<i64, _>("id")?);
+            }
+            let found = self.ack_refusals(ids, &acked, &self.pool).await?;
+            return Ok(ack_outcomes(recipient, ids, &acked, &found));
+        }
+        let mut tx = self.write_transaction().await?;
+        for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+            let marks = id_marks(chunk.len(), 3);
+            let sql = format!(
+                "UPDATE actor_messages SET state = 'acked', acked_at_ms = $2 \
+                 WHERE recipient = $1 AND state = 'delivered' AND id IN ({marks}) RETURNING id"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(recipient)
+                .bind(now_ms);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                acked.insert(row.try_get::<i64, _>("id")?);
+            }
         }
         tx.commit().await?;
-        Ok(outcomes)
+        let found = self.ack_refusals(ids, &acked, &self.pool).await?;
+        Ok(ack_outcomes(recipient, ids, &acked, &found))
     }
 
     async fn get_message(&self, id: i64) -> Result<Option<MessageRow>, StoreError> {
