@@ -10,7 +10,8 @@ use crate::actors::{
 };
 use crate::state::HubState;
 use crate::store::actors::{
-    AckOutcome, MessageFilter, MessageRow, MessageState, NewMessage, SentMessage,
+    AckOutcome, MailboxAnswer, MailboxOp, MessageFilter, MessageRow, MessageState, NewMessage,
+    SentMessage,
 };
 use crate::store::{AgentRow, Store, StoreError};
 use crate::work::agents::{self, AgentState};
@@ -143,7 +144,7 @@ pub async fn send(state: &Arc<HubState>, request: SendRequest) -> Result<Sent, T
             now_ms: now,
         })
         .collect();
-    let stored = state.actors.sends.insert(state.store(), new).await?;
+    let stored = state.actors.writes.insert(state.store(), new).await?;
     let duplicate = stored.iter().all(|s| s.duplicate);
     for recipient in &to {
         state.actors.mail_arrived(recipient);
@@ -155,58 +156,116 @@ pub async fn send(state: &Arc<HubState>, request: SendRequest) -> Result<Sent, T
     })
 }
 
-/// Most messages one shared transaction stores.
-const MAX_BATCH: usize = 512;
+/// Most parameters one shared statement list binds (SQLite allows 32,766).
+const MAX_BATCH_PARAMETERS: usize = 16_000;
+/// Most callers' writes in one shared statement list.
+const MAX_BATCH_OPS: usize = 256;
 
-/// Concurrent sends from any number of callers, stored by one writer in shared transactions
-/// (group commit): on SQLite each transaction costs a commit on the single writer connection,
-/// so many senders share one instead of queueing for one each. A batch that fails is stored
-/// again one send at a time, so each caller gets its own answer.
+/// Mailbox writes (sends, receives, acks) from any number of callers, applied by one writer in
+/// shared batches (group commit): on SQLite a batch is one statement list and one commit on the
+/// single writer connection, so many callers share a round trip instead of queueing for one
+/// each. A batch that fails is applied again one write at a time, so each caller gets its own
+/// answer.
 #[derive(Debug, Default)]
-pub struct SendQueue {
-    queue: std::sync::OnceLock<tokio::sync::mpsc::Sender<PendingSend>>,
+pub struct MailboxWriter {
+    queue: std::sync::OnceLock<tokio::sync::mpsc::Sender<PendingWrite>>,
 }
 
 #[derive(Debug)]
-struct PendingSend {
-    messages: Vec<NewMessage>,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<SentMessage>, StoreError>>,
+struct PendingWrite {
+    op: MailboxOp,
+    reply: tokio::sync::oneshot::Sender<Result<MailboxAnswer, StoreError>>,
 }
 
-impl SendQueue {
-    /// Stores `messages` (in one transaction with whatever else is waiting).
+fn unexpected() -> StoreError {
+    StoreError::Conflict("the mailbox writer answered another kind of write".into())
+}
+
+impl MailboxWriter {
+    async fn apply(
+        &self,
+        store: &Arc<dyn Store>,
+        op: MailboxOp,
+    ) -> Result<MailboxAnswer, StoreError> {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(4 * MAX_BATCH_OPS);
+            tokio::spawn(write_batches(Arc::downgrade(store), rx));
+            tx
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::Conflict("the hub is stopping: the write was not made".into());
+        queue
+            .send(PendingWrite { op, reply })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Stores `messages`.
     pub async fn insert(
         &self,
         store: &Arc<dyn Store>,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<SentMessage>, StoreError> {
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
-            tokio::spawn(write_sends(Arc::downgrade(store), rx));
-            tx
-        });
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let gone = || StoreError::Conflict("the hub is stopping: the send was not stored".into());
-        queue
-            .send(PendingSend { messages, reply })
-            .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        match self.apply(store, MailboxOp::Insert(messages)).await? {
+            MailboxAnswer::Inserted(sent) => Ok(sent),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Hands out `recipient`'s visible messages.
+    pub async fn receive(
+        &self,
+        store: &Arc<dyn Store>,
+        recipient: &str,
+        run_id: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let op = MailboxOp::Receive {
+            recipient: recipient.into(),
+            run_id: run_id.into(),
+            now_ms,
+            limit,
+        };
+        match self.apply(store, op).await? {
+            MailboxAnswer::Received(messages) => Ok(messages),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Acks `recipient`'s messages `ids`.
+    pub async fn ack(
+        &self,
+        store: &Arc<dyn Store>,
+        recipient: &str,
+        ids: &[i64],
+        now_ms: i64,
+    ) -> Result<Vec<AckOutcome>, StoreError> {
+        let op = MailboxOp::Ack {
+            recipient: recipient.into(),
+            ids: ids.to_vec(),
+            now_ms,
+        };
+        match self.apply(store, op).await? {
+            MailboxAnswer::Acked(outcomes) => Ok(outcomes),
+            _ => Err(unexpected()),
+        }
     }
 }
 
-/// The writer: takes what is waiting, stores it in one transaction, answers each sender.
-async fn write_sends(
+/// The writer: takes what is waiting, applies it as one batch, answers each caller.
+async fn write_batches(
     store: std::sync::Weak<dyn Store>,
-    mut queue: tokio::sync::mpsc::Receiver<PendingSend>,
+    mut queue: tokio::sync::mpsc::Receiver<PendingWrite>,
 ) {
     while let Some(first) = queue.recv().await {
+        let mut parameters = first.op.parameters();
         let mut batch = vec![first];
-        let mut count = batch[0].messages.len();
-        while count < MAX_BATCH {
+        while batch.len() < MAX_BATCH_OPS && parameters < MAX_BATCH_PARAMETERS {
             match queue.try_recv() {
                 Ok(next) => {
-                    count += next.messages.len();
+                    parameters += next.op.parameters();
                     batch.push(next);
                 }
                 Err(_) => break,
@@ -215,17 +274,18 @@ async fn write_sends(
         let Some(store) = store.upgrade() else {
             return;
         };
-        let all: Vec<NewMessage> = batch
-            .iter()
-            .flat_map(|p| p.messages.iter().cloned())
-            .collect();
-        match store.insert_messages(&all).await {
-            Ok(stored) => {
-                let mut stored = stored.into_iter();
+        let ops: Vec<MailboxOp> = batch.iter().map(|p| p.op.clone()).collect();
+        match store.write_batch(&ops).await {
+            Ok(answers) if answers.len() == batch.len() => {
+                for (pending, answer) in batch.into_iter().zip(answers) {
+                    let _ = pending.reply.send(Ok(answer));
+                }
+            }
+            Ok(_) => {
                 for pending in batch {
-                    let mine: Vec<SentMessage> =
-                        stored.by_ref().take(pending.messages.len()).collect();
-                    let _ = pending.reply.send(Ok(mine));
+                    let _ = pending.reply.send(Err(StoreError::Conflict(
+                        "the store answered a batch with the wrong number of answers".into(),
+                    )));
                 }
             }
             Err(e) if batch.len() == 1 => {
@@ -233,10 +293,13 @@ async fn write_sends(
                     let _ = pending.reply.send(Err(e));
                 }
             }
-            // One send may have failed them all: each again on its own, for its own answer.
+            // One write may have failed them all: each again on its own, for its own answer.
             Err(_) => {
                 for pending in batch {
-                    let alone = store.insert_messages(&pending.messages).await;
+                    let alone = store
+                        .write_batch(std::slice::from_ref(&pending.op))
+                        .await
+                        .and_then(|mut answers| answers.pop().ok_or_else(unexpected));
                     let _ = pending.reply.send(alone);
                 }
             }
@@ -319,16 +382,24 @@ pub async fn inbox(state: &HubState, request: &InboxRequest) -> Result<Vec<Messa
         tokio::pin!(arrived);
         arrived.as_mut().enable();
         let messages = state
-            .store()
-            .receive_messages(&request.actor_id, &request.run_id, state.now_ms(), limit)
+            .actors
+            .writes
+            .receive(
+                state.store(),
+                &request.actor_id,
+                &request.run_id,
+                state.now_ms(),
+                limit,
+            )
             .await?;
         let now = tokio::time::Instant::now();
         if !messages.is_empty() || now >= deadline {
             if request.auto_ack && !messages.is_empty() {
                 let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
                 state
-                    .store()
-                    .ack_messages(&request.actor_id, &ids, state.now_ms())
+                    .actors
+                    .writes
+                    .ack(state.store(), &request.actor_id, &ids, state.now_ms())
                     .await?;
                 return Ok(messages
                     .into_iter()
@@ -362,8 +433,9 @@ pub async fn ack(
         )));
     }
     Ok(state
-        .store()
-        .ack_messages(actor_id, ids, state.now_ms())
+        .actors
+        .writes
+        .ack(state.store(), actor_id, ids, state.now_ms())
         .await?)
 }
 

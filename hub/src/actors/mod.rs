@@ -83,8 +83,8 @@ pub struct ActorHub {
     inbox_waiters: Mutex<HashMap<String, Weak<Notify>>>,
     /// Askers blocked waiting for a review, by review id.
     review_waiters: Mutex<HashMap<String, Weak<Notify>>>,
-    /// Sends waiting for the writer that stores them in shared transactions.
-    pub(crate) sends: mailbox::SendQueue,
+    /// Mailbox writes waiting for the writer that applies them in shared batches.
+    pub(crate) writes: mailbox::MailboxWriter,
 }
 
 impl ActorHub {

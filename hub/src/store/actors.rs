@@ -267,9 +267,97 @@ pub struct MessageFilter<'a> {
     pub limit: u32,
 }
 
+/// One mailbox write of a batch ([`ActorStore::write_batch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailboxOp {
+    /// [`ActorStore::insert_messages`].
+    Insert(Vec<NewMessage>),
+    /// [`ActorStore::receive_messages`].
+    Receive {
+        /// Whose inbox.
+        recipient: String,
+        /// The receiving run.
+        run_id: String,
+        /// Now.
+        now_ms: i64,
+        /// At most this many.
+        limit: u32,
+    },
+    /// [`ActorStore::ack_messages`].
+    Ack {
+        /// Whose messages.
+        recipient: String,
+        /// Which.
+        ids: Vec<i64>,
+        /// Now.
+        now_ms: i64,
+    },
+}
+
+/// What one [`MailboxOp`] came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailboxAnswer {
+    /// The stored messages.
+    Inserted(Vec<SentMessage>),
+    /// The messages handed out.
+    Received(Vec<MessageRow>),
+    /// One outcome per id.
+    Acked(Vec<AckOutcome>),
+}
+
+impl MailboxOp {
+    /// Parameters the op binds in a statement list (for batch budgets).
+    pub fn parameters(&self) -> usize {
+        match self {
+            Self::Insert(messages) => messages.len() * 10,
+            Self::Receive { .. } => 4,
+            Self::Ack { ids, .. } => ids.len() + 2,
+        }
+    }
+}
+
+/// Applies `ops` one after another with the single-op methods (what a store without a faster
+/// way does).
+pub async fn apply_each<S: ActorStore + ?Sized>(
+    store: &S,
+    ops: &[MailboxOp],
+) -> Result<Vec<MailboxAnswer>, StoreError> {
+    let mut answers = Vec::with_capacity(ops.len());
+    for op in ops {
+        answers.push(match op {
+            MailboxOp::Insert(messages) => {
+                MailboxAnswer::Inserted(store.insert_messages(messages).await?)
+            }
+            MailboxOp::Receive {
+                recipient,
+                run_id,
+                now_ms,
+                limit,
+            } => MailboxAnswer::Received(
+                store
+                    .receive_messages(recipient, run_id, *now_ms, *limit)
+                    .await?,
+            ),
+            MailboxOp::Ack {
+                recipient,
+                ids,
+                now_ms,
+            } => MailboxAnswer::Acked(store.ack_messages(recipient, ids, *now_ms).await?),
+        });
+    }
+    Ok(answers)
+}
+
 /// The actor layer's durable state.
 #[async_trait]
 pub trait ActorStore: Send + Sync {
+    /// Applies mailbox writes of many callers at once, in order, each as its own method would;
+    /// one answer per op. SQLite commits them together (one statement list, one round trip to
+    /// its single writer: if it fails, none happened); other stores apply them one by one.
+    async fn write_batch(&self, ops: &[MailboxOp]) -> Result<Vec<MailboxAnswer>, StoreError> {
+        apply_each(self, ops).await
+    }
+
     /// Stores messages in one transaction, in order; a message whose (sender, recipient,
     /// idempotency key) exists already returns that one as a duplicate.
     async fn insert_messages(
@@ -593,6 +681,72 @@ pub(crate) mod conformance {
         all.dedup();
         assert_eq!(all.len(), count, "a message was handed out twice");
         assert_eq!(count, 120);
+    }
+
+    /// A batch of writes answers each as its own method would, in order.
+    pub(crate) async fn batches(store: &dyn Store) {
+        let ops = vec![
+            MailboxOp::Insert(vec![
+                message("b1", "batch", None, 1),
+                message("b2", "batch", None, 1),
+                message("b1", "batch", None, 1),
+            ]),
+            MailboxOp::Receive {
+                recipient: "batch".into(),
+                run_id: "r".into(),
+                now_ms: 2,
+                limit: 10,
+            },
+            MailboxOp::Insert(vec![message("b3", "batch", None, 3)]),
+        ];
+        let answers = store.write_batch(&ops).await.unwrap();
+        let [
+            MailboxAnswer::Inserted(sent),
+            MailboxAnswer::Received(got),
+            MailboxAnswer::Inserted(later),
+        ] = &answers[..]
+        else {
+            panic!("{answers:?}");
+        };
+        let sent_ids: Vec<i64> = sent.iter().map(|s| s.message.id).collect();
+        assert!(sent_ids.windows(2).all(|w| w[0] < w[1]), "{sent_ids:?}");
+        assert_eq!(sent[1].message.sender, "b2");
+        // All three were visible: handed out together, in order.
+        assert_eq!(ids(got), sent_ids);
+        assert!(later[0].message.id > sent_ids[2]);
+        let ops = vec![
+            MailboxOp::Ack {
+                recipient: "batch".into(),
+                ids: vec![sent_ids[0], sent_ids[0], 987_654],
+                now_ms: 4,
+            },
+            MailboxOp::Receive {
+                recipient: "batch".into(),
+                run_id: "r".into(),
+                now_ms: 5,
+                limit: 10,
+            },
+            MailboxOp::Ack {
+                recipient: "batch".into(),
+                ids: vec![sent_ids[1]],
+                now_ms: 6,
+            },
+        ];
+        let answers = store.write_batch(&ops).await.unwrap();
+        assert_eq!(
+            answers[0],
+            MailboxAnswer::Acked(vec![
+                AckOutcome::Acked,
+                AckOutcome::AlreadyAcked,
+                AckOutcome::NotFound
+            ])
+        );
+        let MailboxAnswer::Received(got) = &answers[1] else {
+            panic!("{answers:?}");
+        };
+        // The first three are in flight: only the later one.
+        assert_eq!(ids(got), [later[0].message.id]);
+        assert_eq!(answers[2], MailboxAnswer::Acked(vec![AckOutcome::Acked]));
     }
 
     /// Reviews and grants; triggers fired once per slot.

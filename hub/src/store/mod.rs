@@ -1054,6 +1054,7 @@ mod conformance {
         exercise(&store).await;
         actors::conformance::mailboxes(&store).await;
         actors::conformance::reviews_and_triggers(&store).await;
+        actors::conformance::batches(&store).await;
     }
 
     #[tokio::test]
@@ -1069,6 +1070,7 @@ mod conformance {
         exercise_transactions(&store).await;
         actors::conformance::mailboxes(&store).await;
         actors::conformance::reviews_and_triggers(&store).await;
+        actors::conformance::batches(&store).await;
         let second = SqlStore::connect(&url).await.unwrap();
         actors::conformance::two_hubs(&store, &second).await;
         second.close().await;
@@ -1109,6 +1111,7 @@ mod conformance {
         exercise_transactions(&store).await;
         actors::conformance::mailboxes(&store).await;
         actors::conformance::reviews_and_triggers(&store).await;
+        actors::conformance::batches(&store).await;
         let second = SqlStore::connect(&url).await.unwrap();
         actors::conformance::two_hubs(&store, &second).await;
         second.close().await;

@@ -11,8 +11,9 @@ use sqlx::any::AnyRow;
 use super::{Backend, SqlStore, is_unique_violation};
 use crate::store::StoreError;
 use crate::store::actors::{
-    AckOutcome, ActorStore, GrantRow, MessageFilter, MessageRow, MessageState, NewMessage,
-    ReviewOption, ReviewRow, ReviewState, SentMessage, TriggerRow,
+    AckOutcome, ActorStore, GrantRow, MailboxAnswer, MailboxOp, MessageFilter, MessageRow,
+    MessageState, NewMessage, ReviewOption, ReviewRow, ReviewState, SentMessage, TriggerRow,
+    apply_each,
 };
 
 const MESSAGE_COLUMNS: &str = "id, sender, recipient, team, payload, idempotency_key, state, \
@@ -116,7 +117,6 @@ macro_rules! hand_out_sql {
          visible_at_ms = $2 + visibility_ms, delivered_at_ms = $2, run_id = $4 "
     };
 }
-
 
 /// [`ActorStore::receive_messages`] on SQLite as one statement list (one round trip to the
 /// writer's worker thread instead of four): the dead-letter sweep and the hand-out.
@@ -263,7 +263,7 @@ fn zip_ids(
 }
 
 /// Who holds, and in which state, each message an ack did not ack.
-type Refusals = std::collections::HashMap<i64, (String, MessageState)>;
+type Refusals = std::collections::HashMap<i64, (String, MessageState, Option<i64>)>;
 
 /// One outcome per id named, in order, from what was acked and what the others are.
 fn ack_outcomes(
@@ -286,9 +286,9 @@ fn ack_outcomes(
             }
             match found.get(id) {
                 None => AckOutcome::NotFound,
-                Some((owner, _)) if owner != recipient => AckOutcome::NotYours,
-                Some((_, MessageState::Acked)) => AckOutcome::AlreadyAcked,
-                Some((_, state)) => AckOutcome::NotDelivered(*state),
+                Some((owner, _, _)) if owner != recipient => AckOutcome::NotYours,
+                Some((_, MessageState::Acked, _)) => AckOutcome::AlreadyAcked,
+                Some((_, state, _)) => AckOutcome::NotDelivered(*state),
             }
         })
         .collect()
@@ -303,11 +303,15 @@ impl SqlStore {
         acked: &std::collections::HashSet<i64>,
         pool: &sqlx::AnyPool,
     ) -> Result<Refusals, StoreError> {
-        let rest: Vec<i64> = ids.iter().copied().filter(|id| !acked.contains(id)).collect();
+        let rest: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !acked.contains(id))
+            .collect();
         let mut found = Refusals::new();
         for chunk in rest.chunks(MAX_IDS_PER_STATEMENT) {
             let sql = format!(
-                "SELECT id, recipient, state FROM actor_messages WHERE id IN ({})",
+                "SELECT id, recipient, state, acked_at_ms FROM actor_messages WHERE id IN ({})",
                 id_marks(chunk.len(), 1)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -315,13 +319,15 @@ impl SqlStore {
                 query = query.bind(*id);
             }
             for row in query.fetch_all(pool).await? {
-                let state: MessageState = row
-                    .try_get::<String, _>("state")?
-                    .parse()
-                    .map_err(decode)?;
+                let state: MessageState =
+                    row.try_get::<String, _>("state")?.parse().map_err(decode)?;
                 found.insert(
                     row.try_get::<i64, _>("id")?,
-                    (row.try_get::<String, _>("recipient")?, state),
+                    (
+                        row.try_get::<String, _>("recipient")?,
+                        state,
+                        row.try_get::<Option<i64>, _>("acked_at_ms")?,
+                    ),
                 );
             }
         }
@@ -358,10 +364,7 @@ impl SqlStore {
     /// Runs a `BEGIN IMMEDIATE; …; COMMIT` statement list on the writer in one round trip; the
     /// rows its statements return. A failed statement leaves the transaction open: it is rolled
     /// back before the connection goes back to the pool.
-    async fn sqlite_script(
-        &self,
-        script: super::AnyQuery<'_>,
-    ) -> Result<Vec<AnyRow>, StoreError> {
+    async fn sqlite_script(&self, script: super::AnyQuery<'_>) -> Result<Vec<AnyRow>, StoreError> {
         let mut connection = self.writer.acquire().await?;
         match script.fetch_all(&mut *connection).await {
             Ok(rows) => Ok(rows),
@@ -373,14 +376,223 @@ impl SqlStore {
     }
 }
 
+/// A value bound in a batch's statement list, in the order of its numbers.
+enum Arg {
+    Text(String),
+    MaybeText(Option<String>),
+    Int(i64),
+}
+
+/// A batch's statement list and what its returned rows belong to.
+struct BatchScript {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+impl BatchScript {
+    fn mark(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        format!("${}", self.args.len())
+    }
+
+    fn message_values(&mut self, m: &NewMessage) -> String {
+        let v = [
+            self.mark(Arg::Text(m.sender.clone())),
+            self.mark(Arg::Text(m.recipient.clone())),
+            self.mark(Arg::Text(m.team.clone())),
+            self.mark(Arg::Text(m.payload.clone())),
+            self.mark(Arg::MaybeText(m.idempotency_key.clone())),
+            self.mark(Arg::Text(MessageState::Pending.as_str().into())),
+            self.mark(Arg::Int(m.max_deliveries)),
+            self.mark(Arg::Int(m.visibility_ms)),
+            self.mark(Arg::Int(m.now_ms)),
+            self.mark(Arg::Int(m.now_ms)),
+        ];
+        format!(
+            "({}, {}, {}, {}, {}, {}, 0, {}, {}, {}, {})",
+            v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]
+        )
+    }
+
+    /// Adds `op` (number `n`); every row its statement returns carries `op = n`.
+    fn push(&mut self, n: usize, op: &MailboxOp) {
+        match op {
+            MailboxOp::Insert(messages) => {
+                for chunk in messages.chunks(MAX_ROWS_PER_INSERT) {
+                    let rows: Vec<String> = chunk.iter().map(|m| self.message_values(m)).collect();
+                    // One row back, not one per message: SQLite's single writer gives a
+                    // statement's rows consecutive ids, ending at last_insert_rowid().
+                    self.sql.push_str(&format!(
+                        "INSERT INTO actor_messages (sender, recipient, team, payload, \
+                         idempotency_key, state, deliveries, max_deliveries, visibility_ms, \
+                         visible_at_ms, created_at_ms) VALUES {}; SELECT {n} AS op, \
+                         last_insert_rowid() AS last_id, changes() AS inserted; ",
+                        rows.join(", ")
+                    ));
+                }
+            }
+            MailboxOp::Receive {
+                recipient,
+                run_id,
+                now_ms,
+                limit,
+            } => {
+                let r = self.mark(Arg::Text(recipient.clone()));
+                let now = self.mark(Arg::Int(*now_ms));
+                let limit = self.mark(Arg::Int(i64::from(*limit)));
+                let run = self.mark(Arg::Text(run_id.clone()));
+                self.sql.push_str(&format!(
+                    "UPDATE actor_messages SET state = 'dead', reason = 'not acked after ' || \
+                     CAST(deliveries AS TEXT) || ' deliveries' WHERE recipient = {r} AND \
+                     state = 'delivered' AND visible_at_ms <= {now} AND deliveries >= \
+                     max_deliveries; \
+                     UPDATE actor_messages SET state = 'delivered', deliveries = deliveries + 1, \
+                     visible_at_ms = {now} + visibility_ms, delivered_at_ms = {now}, \
+                     run_id = {run} WHERE id IN (SELECT m.id FROM actor_messages m WHERE \
+                     m.recipient = {r} AND m.state IN ('pending', 'delivered') AND \
+                     m.visible_at_ms <= {now} AND m.deliveries < m.max_deliveries AND NOT \
+                     EXISTS (SELECT 1 FROM actor_messages e WHERE e.recipient = m.recipient AND \
+                     e.sender = m.sender AND e.id < m.id AND e.state = 'delivered' AND \
+                     e.visible_at_ms > {now}) ORDER BY m.id LIMIT {limit}) RETURNING {n} AS op, \
+                     {MESSAGE_COLUMNS}; "
+                ));
+            }
+            MailboxOp::Ack {
+                recipient,
+                ids,
+                now_ms,
+            } => {
+                let r = self.mark(Arg::Text(recipient.clone()));
+                let now = self.mark(Arg::Int(*now_ms));
+                for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+                    let marks: Vec<String> =
+                        chunk.iter().map(|id| self.mark(Arg::Int(*id))).collect();
+                    // How many, not which: when every id was acked (the usual case) that
+                    // says it all; otherwise the ids are looked at after the commit.
+                    self.sql.push_str(&format!(
+                        "UPDATE actor_messages SET state = 'acked', acked_at_ms = {now} WHERE \
+                         recipient = {r} AND state = 'delivered' AND id IN ({}); SELECT {n} AS \
+                         op, changes() AS acked; ",
+                        marks.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ActorStore for SqlStore {
+    async fn write_batch(&self, ops: &[MailboxOp]) -> Result<Vec<MailboxAnswer>, StoreError> {
+        let keyed = ops.iter().any(|op| {
+            matches!(op, MailboxOp::Insert(m) if m.iter().any(|m| m.idempotency_key.is_some()))
+        });
+        if self.backend != Backend::Sqlite || keyed || ops.len() < 2 {
+            return apply_each(self, ops).await;
+        }
+        let mut script = BatchScript {
+            sql: String::from("BEGIN IMMEDIATE; "),
+            args: Vec::new(),
+        };
+        for (n, op) in ops.iter().enumerate() {
+            script.push(n, op);
+        }
+        script.sql.push_str("COMMIT");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(script.sql));
+        for arg in script.args {
+            query = match arg {
+                Arg::Text(t) => query.bind(t),
+                Arg::MaybeText(t) => query.bind(t),
+                Arg::Int(i) => query.bind(i),
+            };
+        }
+        let rows = self.sqlite_script(query).await?;
+        let mut by_op: Vec<Vec<AnyRow>> = (0..ops.len()).map(|_| Vec::new()).collect();
+        for row in rows {
+            let n = usize::try_from(row.try_get::<i64, _>("op")?).unwrap_or(usize::MAX);
+            if let Some(slot) = by_op.get_mut(n) {
+                slot.push(row);
+            }
+        }
+        let mut answers = Vec::with_capacity(ops.len());
+        for (op, rows) in ops.iter().zip(by_op) {
+            answers.push(match op {
+                MailboxOp::Insert(messages) => {
+                    let mut sent = Vec::with_capacity(messages.len());
+                    for (chunk, row) in messages.chunks(MAX_ROWS_PER_INSERT).zip(&rows) {
+                        let last: i64 = row.try_get("last_id")?;
+                        let inserted: i64 = row.try_get("inserted")?;
+                        let n = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+                        if inserted != n {
+                            return Err(StoreError::Conflict(format!(
+                                "storing {n} messages stored {inserted}"
+                            )));
+                        }
+                        sent.extend(chunk.iter().zip(last - n + 1..).map(|(m, id)| SentMessage {
+                            message: stored_row(m, id),
+                            duplicate: false,
+                        }));
+                    }
+                    if sent.len() != messages.len() {
+                        return Err(StoreError::Conflict(
+                            "a batch's insert answered no ids".into(),
+                        ));
+                    }
+                    MailboxAnswer::Inserted(sent)
+                }
+                MailboxOp::Receive { .. } => {
+                    let mut messages = rows
+                        .iter()
+                        .map(message_from_row)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    messages.sort_by_key(|m| m.id);
+                    MailboxAnswer::Received(messages)
+                }
+                MailboxOp::Ack {
+                    recipient,
+                    ids,
+                    now_ms,
+                } => {
+                    let mut count = 0;
+                    for row in &rows {
+                        count += row.try_get::<i64, _>("acked")?;
+                    }
+                    let distinct: std::collections::HashSet<i64> = ids.iter().copied().collect();
+                    if usize::try_from(count).ok() == Some(distinct.len()) {
+                        MailboxAnswer::Acked(ack_outcomes(
+                            recipient,
+                            ids,
+                            &distinct,
+                            &Refusals::new(),
+                        ))
+                    } else {
+                        // Some were not acked here: what each is now tells which (acked by
+                        // this batch: acked at its time).
+                        let found = self
+                            .ack_refusals(ids, &std::collections::HashSet::new(), &self.pool)
+                            .await?;
+                        let acked_now: std::collections::HashSet<i64> = found
+                            .iter()
+                            .filter(|(_, (owner, state, at))| {
+                                owner == recipient
+                                    && *state == MessageState::Acked
+                                    && *at == Some(*now_ms)
+                            })
+                            .map(|(id, _)| *id)
+                            .collect();
+                        MailboxAnswer::Acked(ack_outcomes(recipient, ids, &acked_now, &found))
+                    }
+                }
+            });
+        }
+        Ok(answers)
+    }
+
     async fn insert_messages(
         &self,
         messages: &[NewMessage],
     ) -> Result<Vec<SentMessage>, StoreError> {
-        if self.backend == Backend::Sqlite && messages.iter().all(|m| m.idempotency_key.is_none())
-        {
+        if self.backend == Backend::Sqlite && messages.iter().all(|m| m.idempotency_key.is_none()) {
             return self.insert_keyless_sqlite(messages).await;
         }
         let mut tx = self.write_transaction().await?;
