@@ -179,14 +179,18 @@ pub fn check_actor_id(field: &str, id: &str) -> Result<(), TaskError> {
     Ok(())
 }
 
+/// Whether `text` is a short name: 1 to 64 letters, digits or `._-` (teams, option ids).
+pub(crate) fn is_short_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 /// Checks a team name: 1 to 64 letters, digits or `._-`.
 pub fn check_team(field: &str, team: &str) -> Result<(), TaskError> {
-    let ok = !team.is_empty()
-        && team.len() <= 64
-        && team
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
+    if is_short_name(team) {
         Ok(())
     } else {
         Err(TaskError::Invalid(format!(

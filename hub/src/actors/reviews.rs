@@ -47,12 +47,7 @@ pub enum Answer {
 }
 
 fn check_option_id(id: &str) -> Result<(), TaskError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
+    if crate::actors::is_short_name(id) {
         Ok(())
     } else {
         Err(TaskError::Invalid(format!(

@@ -14,6 +14,7 @@ pub enum Section {
     Tasks,
     Tools,
     Audit,
+    Reviews,
     Join,
     Register,
 }
@@ -38,6 +39,7 @@ pub fn page(operator: &Operator, section: Section, title: &str, body: Markup) ->
         (Section::Tasks, "/ui/tasks", "Tasks", false),
         (Section::Tools, "/ui/tools", "Tools", false),
         (Section::Audit, "/ui/audit", "Audit", false),
+        (Section::Reviews, "/ui/reviews", "Reviews", false),
         (Section::Join, "/ui/join", "Join node with token", true),
         (Section::Register, "/ui/register", "Register node", true),
     ];

@@ -14,6 +14,7 @@
 pub mod fleet;
 mod layout;
 pub mod nodes;
+mod reviews;
 pub mod sessions;
 mod work;
 
@@ -95,6 +96,8 @@ pub fn router(hub: Arc<HubState>, settings: ConsoleSettings) -> Router {
         .route("/ui/tasks", get(work::tasks_page))
         .route("/ui/tools", get(work::tools_page))
         .route("/ui/audit", get(work::audit_page))
+        .route("/ui/reviews", get(reviews::reviews_page))
+        .route("/ui/reviews/{id}", post(reviews::answer))
         .route("/ui/assets/console.js", get(script))
         .route("/ui/assets/console.css", get(style))
         .route_layer(axum::middleware::from_fn_with_state(

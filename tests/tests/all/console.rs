@@ -907,3 +907,98 @@ async fn hostile_console_requests_get_clear_errors() {
     let (_, agents) = http_json("GET", &format!("{base}/api/agents"), Some(&admin), None).await;
     assert_eq!(agents, serde_json::json!([]), "no agent was made");
 }
+
+/// The CSRF token a console page carries.
+fn page_csrf(page: &str) -> String {
+    let at =
+        page.find(r#"name="csrf" value=""#).expect("a csrf field") + r#"name="csrf" value=""#.len();
+    page[at..].split('"').next().unwrap().to_string()
+}
+
+/// Operators answer permission reviews on the Reviews page with the request's own options; a
+/// viewer sees them without buttons and its posts are refused. Runs without a browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_answer_permission_reviews_in_the_console() {
+    use outpost_hub::actors::reviews::{PermissionRequest, request};
+    use outpost_hub::store::actors::ReviewOption;
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let base = hub.http_url();
+    let option = |id: &str, persistent: bool| ReviewOption {
+        id: id.into(),
+        label: String::new(),
+        persistent,
+    };
+    let asked = request(
+        &hub.hub().state,
+        PermissionRequest {
+            actor_id: "agent-c".into(),
+            title: "deploy to prod".into(),
+            detail: "release 1.4".into(),
+            options: vec![
+                option("allow_once", false),
+                option("allow_always", true),
+                option("deny", false),
+            ],
+            request_key: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let form_url = format!("{base}/ui/reviews/{}", asked.id);
+
+    let (_, viewer, _) = sign_in_raw(&base, &hub.token("watcher", Role::Viewer)).await;
+    let (status, _, page) = raw("GET", &format!("{base}/ui/reviews"), Some(&viewer), None).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("deploy to prod") && page.contains(&asked.id),
+        "{page}"
+    );
+    assert!(
+        !page.contains(r#"name="option_id""#),
+        "a viewer gets no answer buttons"
+    );
+    let csrf = page_csrf(&page);
+    let (code, _) = post_form(
+        &form_url,
+        &viewer,
+        None,
+        &format!("csrf={csrf}&option_id=deny"),
+    )
+    .await;
+    assert_eq!(code, 403);
+
+    let (_, admin, _) = sign_in_raw(&base, &hub.token("ops", Role::Admin)).await;
+    let (_, _, page) = raw("GET", &format!("{base}/ui/reviews"), Some(&admin), None).await;
+    assert!(page.contains(r#"value="allow_always""#), "{page}");
+    let csrf = page_csrf(&page);
+    let (code, _) = post_form(&form_url, &admin, None, "csrf=forged&option_id=deny").await;
+    assert_eq!(code, 403);
+    let (code, body) = post_form(
+        &form_url,
+        &admin,
+        None,
+        &format!("csrf={csrf}&option_id=yes"),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(body.contains("(allow_once, allow_always, deny)"), "{body}");
+    let (code, _) = post_form(
+        &form_url,
+        &admin,
+        None,
+        &format!("csrf={csrf}&option_id=allow_always"),
+    )
+    .await;
+    assert_eq!(code, 303);
+    let answered = outpost_hub::actors::reviews::get(&hub.hub().state, &asked.id)
+        .await
+        .unwrap();
+    assert_eq!(answered.option_id, "allow_always");
+    assert_eq!(answered.answered_by, "ops");
+    let (_, _, page) = raw("GET", &format!("{base}/ui/reviews"), Some(&admin), None).await;
+    assert!(page.contains("no-pending"), "nothing waits any more");
+    assert!(
+        page.contains("allow_always") && page.contains("ops"),
+        "{page}"
+    );
+}

@@ -144,6 +144,22 @@ const RECEIVE_POSTGRES: &str = concat!(
      visibility_ms, visible_at_ms, run_id, reason, created_at_ms, delivered_at_ms, acked_at_ms"
 );
 
+/// What an insert of a row with key `id` came to: a taken key is [`StoreError::Duplicate`].
+fn inserted<T>(
+    result: Result<T, sqlx::Error>,
+    what: &'static str,
+    id: &str,
+) -> Result<(), StoreError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
+            what,
+            id: id.to_string(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Most ids one statement names.
 const MAX_IDS_PER_STATEMENT: usize = 500;
 
@@ -841,14 +857,7 @@ impl ActorStore for SqlStore {
         .bind(review.answered_at_ms)
         .execute(&self.writer)
         .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
-                what: "permission review",
-                id: review.id.clone(),
-            }),
-            Err(e) => Err(e.into()),
-        }
+        inserted(result, "permission review", &review.id)
     }
 
     async fn get_review(&self, id: &str) -> Result<Option<ReviewRow>, StoreError> {
@@ -962,14 +971,7 @@ impl ActorStore for SqlStore {
         .bind(trigger.created_at_ms)
         .execute(&self.writer)
         .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
-                what: "time trigger",
-                id: trigger.id.clone(),
-            }),
-            Err(e) => Err(e.into()),
-        }
+        inserted(result, "time trigger", &trigger.id)
     }
 
     async fn list_triggers(&self, actor_id: Option<&str>) -> Result<Vec<TriggerRow>, StoreError> {
