@@ -177,11 +177,6 @@ pub fn serve(
     }))
 }
 
-/// A WASM actor agent's mailbox: messages taken from the hub one at a time, as the run gets to
-/// them, with the run's own actor credential.
-#[derive(Debug)]
-pub struct Mailbox;
-
 /// A message taken for a WASM actor run, and how to settle it.
 #[derive(Debug)]
 pub struct TakenMessage {
@@ -195,65 +190,64 @@ pub struct TakenMessage {
 /// How long one take waits at the hub for a message.
 const TAKE_WAIT_MS: u64 = 20_000;
 
-impl Mailbox {
-    /// Starts taking `agent_id`'s messages for run `run`; the receiver yields each one, and the
-    /// task (to abort when the run ends) takes the next only once the last was received.
-    pub fn open(
-        hub: ActorRelay,
-        agent_id: &str,
-        run: u64,
-        token: &str,
-    ) -> (
-        tokio::sync::mpsc::Receiver<TakenMessage>,
-        tokio::task::JoinHandle<()>,
-    ) {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let (actor_id, token) = (agent_id.to_string(), token.to_string());
-        let poller = tokio::spawn(async move {
-            let mut client = hub.hub.clone();
-            loop {
-                // Take a message only when the run can hold it.
-                let Ok(permit) = tx.reserve().await else {
-                    return;
-                };
-                let taken = client
-                    .inbox(outpost_trust::grpc_channel::with_bearer(
-                        InboxRequest {
+/// A WASM actor agent's mailbox: starts taking `agent_id`'s messages for run `run` from the hub,
+/// one at a time, with the run's own actor credential. The receiver yields each one; the task
+/// (to abort when the run ends) takes the next only once the last was received.
+pub fn open_mailbox(
+    hub: ActorRelay,
+    agent_id: &str,
+    run: u64,
+    token: &str,
+) -> (
+    tokio::sync::mpsc::Receiver<TakenMessage>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (actor_id, token) = (agent_id.to_string(), token.to_string());
+    let poller = tokio::spawn(async move {
+        let mut client = hub.hub.clone();
+        loop {
+            // Take a message only when the run can hold it.
+            let Ok(permit) = tx.reserve().await else {
+                return;
+            };
+            let taken = client
+                .inbox(outpost_trust::grpc_channel::with_bearer(
+                    InboxRequest {
+                        actor_id: actor_id.clone(),
+                        run_id: run.to_string(),
+                        limit: 1,
+                        wait_ms: TAKE_WAIT_MS,
+                        auto_ack: false,
+                    },
+                    &token,
+                ))
+                .await;
+            match taken {
+                Ok(answer) => {
+                    if let Some(m) = answer.into_inner().messages.into_iter().next() {
+                        permit.send(TakenMessage {
+                            handed: outpost_sandbox::ActorMessage {
+                                id: m.id,
+                                sender: m.from,
+                                team: m.team,
+                                payload: m.payload,
+                            },
+                            hub: client.clone(),
                             actor_id: actor_id.clone(),
-                            run_id: run.to_string(),
-                            limit: 1,
-                            wait_ms: TAKE_WAIT_MS,
-                            auto_ack: false,
-                        },
-                        &token,
-                    ))
-                    .await;
-                match taken {
-                    Ok(answer) => {
-                        if let Some(m) = answer.into_inner().messages.into_iter().next() {
-                            permit.send(TakenMessage {
-                                handed: outpost_sandbox::ActorMessage {
-                                    id: m.id,
-                                    sender: m.from,
-                                    team: m.team,
-                                    payload: m.payload,
-                                },
-                                hub: client.clone(),
-                                actor_id: actor_id.clone(),
-                                token: token.clone(),
-                            });
-                        }
-                    }
-                    Err(status) => {
-                        tracing::warn!(agent_id = %actor_id, error = %status.message(), "taking an actor agent's messages failed; trying again");
-                        drop(permit);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                            token: token.clone(),
+                        });
                     }
                 }
+                Err(status) => {
+                    tracing::warn!(agent_id = %actor_id, error = %status.message(), "taking an actor agent's messages failed; trying again");
+                    drop(permit);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
-        });
-        (rx, poller)
-    }
+        }
+    });
+    (rx, poller)
 }
 
 impl TakenMessage {

@@ -447,7 +447,7 @@ impl AgentRunner {
             tool.is_actor(),
             start.actor_token.is_empty(),
         ) {
-            (Some(hub), true, false) => Some(crate::actor_relay::Mailbox::open(
+            (Some(hub), true, false) => Some(crate::actor_relay::open_mailbox(
                 hub.clone(),
                 &start.agent_id,
                 start.run,

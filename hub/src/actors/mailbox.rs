@@ -61,46 +61,68 @@ fn teams_of(agent: &AgentRow) -> Vec<String> {
     agents::spec_of(agent).teams
 }
 
-/// The recipients `to` names, with the team it named (empty for one actor).
-async fn recipients(
-    state: &HubState,
-    sender: &str,
-    to: &str,
-) -> Result<(Vec<String>, String), TaskError> {
+/// The most recipients one send reaches (a team's fan-out).
+pub const MAX_FANOUT: usize = 1_000;
+
+/// Whom a send reaches.
+struct Recipients {
+    /// Their actor ids.
+    ids: Vec<String>,
+    /// The agents among them, as read (for waking).
+    agents: Vec<AgentRow>,
+    /// The team it named, or empty.
+    team: String,
+}
+
+/// The recipients `to` names.
+async fn recipients(state: &HubState, sender: &str, to: &str) -> Result<Recipients, TaskError> {
+    let one = |agent: AgentRow| Recipients {
+        ids: vec![agent.id.clone()],
+        agents: vec![agent],
+        team: String::new(),
+    };
     if let Some(team) = to.strip_prefix(TEAM_PREFIX) {
         check_team("to", team)?;
-        let members: Vec<String> = state
+        let members: Vec<AgentRow> = state
             .store()
             .list_agents(None)
             .await?
-            .iter()
+            .into_iter()
             .filter(|a| a.id != sender && teams_of(a).iter().any(|t| t == team))
-            .map(|a| a.id.clone())
             .collect();
         if members.is_empty() {
             return Err(TaskError::NotFound(format!(
                 "to: team {team:?} has no members besides the sender"
             )));
         }
-        return Ok((members, team.to_string()));
+        if members.len() > MAX_FANOUT {
+            return Err(TaskError::Invalid(format!(
+                "to: team {team:?} has {} members; one message reaches at most {MAX_FANOUT}",
+                members.len()
+            )));
+        }
+        return Ok(Recipients {
+            ids: members.iter().map(|a| a.id.clone()).collect(),
+            agents: members,
+            team: team.to_string(),
+        });
     }
     if let Some(name) = to.strip_prefix(AGENT_NAME_PREFIX) {
-        let named: Vec<AgentRow> = state
+        let mut named: Vec<AgentRow> = state
             .store()
             .list_agents(None)
             .await?
             .into_iter()
             .filter(|a| a.name == name)
             .collect();
-        return match &named[..] {
-            [one] => Ok((vec![one.id.clone()], String::new())),
-            [] => Err(TaskError::NotFound(format!(
+        return match named.len() {
+            1 => Ok(one(named.remove(0))),
+            0 => Err(TaskError::NotFound(format!(
                 "to: no agent is named {name:?}"
             ))),
-            several => Err(TaskError::Invalid(format!(
-                "to: {} agents are named {name:?}; name one by id ({})",
-                several.len(),
-                several
+            n => Err(TaskError::Invalid(format!(
+                "to: {n} agents are named {name:?}; name one by id ({})",
+                named
                     .iter()
                     .map(|a| a.id.as_str())
                     .collect::<Vec<_>>()
@@ -109,11 +131,18 @@ async fn recipients(
         };
     }
     check_actor_id("to", to)?;
-    // An agent id that names no agent is a typo, not a new outside participant.
-    if to.starts_with("agent-") && state.store().get_agent(to).await?.is_none() {
-        return Err(TaskError::NotFound(format!("to: no agent has id {to:?}")));
+    if to.starts_with("agent-") {
+        // An agent id that names no agent is a typo, not a new outside participant.
+        return match state.store().get_agent(to).await? {
+            Some(agent) => Ok(one(agent)),
+            None => Err(TaskError::NotFound(format!("to: no agent has id {to:?}"))),
+        };
     }
-    Ok((vec![to.to_string()], String::new()))
+    Ok(Recipients {
+        ids: vec![to.to_string()],
+        agents: Vec::new(),
+        team: String::new(),
+    })
 }
 
 /// Stores a message for each recipient `to` names, wakes their waiting receivers, and starts
@@ -129,7 +158,11 @@ pub async fn send(state: &Arc<HubState>, request: SendRequest) -> Result<Sent, T
     }
     let limits = state.actors.limits();
     let payload = check_payload("payload", &request.payload, limits.max_payload_bytes)?;
-    let (to, team) = recipients(state, &request.sender, request.to.trim()).await?;
+    let Recipients {
+        ids: to,
+        agents: to_agents,
+        team,
+    } = recipients(state, &request.sender, request.to.trim()).await?;
     let now = state.now_ms();
     let new: Vec<NewMessage> = to
         .iter()
@@ -149,7 +182,7 @@ pub async fn send(state: &Arc<HubState>, request: SendRequest) -> Result<Sent, T
     for recipient in &to {
         state.actors.mail_arrived(recipient);
     }
-    wake(state, &to).await;
+    wake(state, &to_agents);
     Ok(Sent {
         messages: stored.into_iter().map(|s| s.message).collect(),
         duplicate,
@@ -309,18 +342,15 @@ async fn write_batches(
 
 /// Starts the agents among `recipients` marked `wake_on_message` that are not running (in the
 /// background: a send never waits for a node).
-pub(crate) async fn wake(state: &Arc<HubState>, recipients: &[String]) {
-    for id in recipients.iter().filter(|r| r.starts_with("agent-")) {
-        let Ok(Some(agent)) = state.store().get_agent(id).await else {
-            continue;
-        };
+pub(crate) fn wake(state: &Arc<HubState>, recipients: &[AgentRow]) {
+    for agent in recipients {
         let asleep = matches!(
             AgentState::parse(&agent.status),
             AgentState::Created | AgentState::Exited | AgentState::Stopped
         );
-        if asleep && agents::spec_of(&agent).wake_on_message {
+        if asleep && agents::spec_of(agent).wake_on_message {
             let state = state.clone();
-            let id = id.clone();
+            let id = agent.id.clone();
             tokio::spawn(async move {
                 match agents::start(&state, &id).await {
                     Ok(_) => tracing::info!(agent_id = %id, "woken by a message"),

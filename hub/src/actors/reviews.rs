@@ -21,6 +21,8 @@ pub const MAX_TITLE_BYTES: usize = 512;
 pub const MAX_DETAIL_BYTES: usize = 8 * 1024;
 /// Most options a review offers.
 pub const MAX_OPTIONS: usize = 16;
+/// Most reviews one actor may have waiting for an answer.
+pub const MAX_PENDING_PER_ACTOR: u32 = 100;
 
 /// A request, from any surface.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -144,7 +146,20 @@ pub async fn request(
         .store()
         .get_grant(&review.actor_id, &review.request_key)
         .await?;
-    if let Some(grant) = grant.filter(|g| review.options.iter().any(|o| o.id == g.option_id)) {
+    let granted = grant.filter(|g| review.options.iter().any(|o| o.id == g.option_id));
+    if granted.is_none() {
+        let waiting = state
+            .store()
+            .list_reviews(true, Some(&review.actor_id), MAX_PENDING_PER_ACTOR)
+            .await?;
+        if waiting.len() >= MAX_PENDING_PER_ACTOR as usize {
+            return Err(TaskError::Conflict(format!(
+                "actor_id: {} has {MAX_PENDING_PER_ACTOR} reviews waiting for an answer already (the most one actor may have)",
+                review.actor_id
+            )));
+        }
+    }
+    if let Some(grant) = granted {
         review.state = ReviewState::Answered;
         review.option_id = grant.option_id;
         review.answered_by = format!("grant:{}", grant.review_id);

@@ -172,7 +172,9 @@ pub async fn fire_due(state: &Arc<HubState>) -> Result<usize, TaskError> {
             fired += 1;
             tracing::debug!(trigger = %trigger.id, actor = %trigger.actor_id, slot, "time trigger fired");
             state.actors.mail_arrived(&trigger.actor_id);
-            mailbox::wake(state, std::slice::from_ref(&trigger.actor_id)).await;
+            if let Ok(Some(agent)) = state.store().get_agent(&trigger.actor_id).await {
+                mailbox::wake(state, std::slice::from_ref(&agent));
+            }
         }
     }
     Ok(fired)

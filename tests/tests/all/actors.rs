@@ -1235,3 +1235,34 @@ async fn a_wasm_actor_agent_gets_one_call_per_message_and_its_sends_go_out_once_
     .await;
     hub.cli(&["agents", "stop", &agent]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_may_keep_only_so_many_reviews_waiting() {
+    use outpost_hub::actors::reviews::{MAX_PENDING_PER_ACTOR, PermissionRequest, request};
+    let hub = TestHub::start(TlsMode::Tls).await;
+    let state = hub.hub().state.clone();
+    let ask = |title: String| PermissionRequest {
+        actor_id: "agent-busy".into(),
+        title,
+        options: vec![outpost_hub::store::actors::ReviewOption {
+            id: "ok".into(),
+            ..Default::default()
+        }],
+        ..PermissionRequest::default()
+    };
+    for n in 0..MAX_PENDING_PER_ACTOR {
+        request(&state, ask(format!("request {n}"))).await.unwrap();
+    }
+    let err = request(&state, ask("one more".into())).await.unwrap_err();
+    assert!(err.to_string().contains("has 100 reviews waiting"), "{err}");
+    // Another actor is not held back by it.
+    request(
+        &state,
+        PermissionRequest {
+            actor_id: "agent-calm".into(),
+            ..ask("mine".into())
+        },
+    )
+    .await
+    .unwrap();
+}

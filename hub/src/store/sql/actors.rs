@@ -88,61 +88,52 @@ const INSERT_MESSAGE_SQL: &str = "INSERT INTO actor_messages (sender, recipient,
     VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10) \
     ON CONFLICT (sender, recipient, idempotency_key) DO NOTHING RETURNING id";
 
-/// Sends `recipient`'s (`$1`) messages that used up their deliveries and are visible again at
-/// `$2` to the dead-letter list.
-const DEAD_LETTER_ONE_SQL: &str = "UPDATE actor_messages SET state = 'dead', \
-    reason = 'not acked after ' || CAST(deliveries AS TEXT) || ' deliveries' \
-    WHERE recipient = $1 AND state = 'delivered' AND visible_at_ms <= $2 \
-    AND deliveries >= max_deliveries";
-
-/// The visible messages of `$1` at `$2` a receive may hand out, oldest first, at most `$3`.
-macro_rules! receivable_sql {
-    ($lock:literal) => {
-        concat!(
-            "SELECT m.id FROM actor_messages m WHERE m.recipient = $1 \
-             AND m.state IN ('pending', 'delivered') AND m.visible_at_ms <= $2 \
-             AND m.deliveries < m.max_deliveries \
-             AND NOT EXISTS (SELECT 1 FROM actor_messages e WHERE e.recipient = m.recipient \
-             AND e.sender = m.sender AND e.id < m.id AND e.state = 'delivered' \
-             AND e.visible_at_ms > $2) ORDER BY m.id LIMIT $3",
-            $lock
-        )
-    };
+/// Sends the messages that used up their deliveries and are visible again at `now` to the
+/// dead-letter list: `recipient`'s, or everyone's.
+fn dead_letter_sql(recipient: Option<&str>, now: &str) -> String {
+    let whose = recipient.map_or(String::new(), |r| format!("recipient = {r} AND "));
+    format!(
+        "UPDATE actor_messages SET state = 'dead', \
+         reason = 'not acked after ' || CAST(deliveries AS TEXT) || ' deliveries' \
+         WHERE {whose}state = 'delivered' AND visible_at_ms <= {now} \
+         AND deliveries >= max_deliveries"
+    )
 }
 
-/// The hand-out itself: `$4` is the run id.
-macro_rules! hand_out_sql {
-    () => {
+/// The ids of `recipient`'s messages a receive at `now` may hand out, oldest first, at most
+/// `limit`: visible, deliveries left, and no earlier message of the same sender in flight.
+/// `lock` follows the pick (PostgreSQL's `FOR UPDATE SKIP LOCKED`).
+fn receivable_sql(recipient: &str, now: &str, limit: &str, lock: &str) -> String {
+    format!(
+        "SELECT m.id FROM actor_messages m WHERE m.recipient = {recipient} \
+         AND m.state IN ('pending', 'delivered') AND m.visible_at_ms <= {now} \
+         AND m.deliveries < m.max_deliveries \
+         AND NOT EXISTS (SELECT 1 FROM actor_messages e WHERE e.recipient = m.recipient \
+         AND e.sender = m.sender AND e.id < m.id AND e.state = 'delivered' \
+         AND e.visible_at_ms > {now}) ORDER BY m.id LIMIT {limit}{lock}"
+    )
+}
+
+/// The hand-out itself: delivered to `run` at `now`, hidden for the visibility timeout.
+fn hand_out_sql(now: &str, run: &str) -> String {
+    format!(
         "UPDATE actor_messages SET state = 'delivered', deliveries = deliveries + 1, \
-         visible_at_ms = $2 + visibility_ms, delivered_at_ms = $2, run_id = $4 "
-    };
+         visible_at_ms = {now} + visibility_ms, delivered_at_ms = {now}, run_id = {run} "
+    )
 }
 
-/// [`ActorStore::receive_messages`] on SQLite as one statement list (one round trip to the
-/// writer's worker thread instead of four): the dead-letter sweep and the hand-out.
-const RECEIVE_SCRIPT_SQLITE: &str = concat!(
-    "BEGIN IMMEDIATE; ",
-    "UPDATE actor_messages SET state = 'dead', \
-     reason = 'not acked after ' || CAST(deliveries AS TEXT) || ' deliveries' \
-     WHERE recipient = $1 AND state = 'delivered' AND visible_at_ms <= $2 \
-     AND deliveries >= max_deliveries; ",
-    hand_out_sql!(),
-    "WHERE id IN (",
-    receivable_sql!(""),
-    ") RETURNING id, sender, recipient, team, payload, idempotency_key, state, deliveries, \
-     max_deliveries, visibility_ms, visible_at_ms, run_id, reason, created_at_ms, \
-     delivered_at_ms, acked_at_ms; COMMIT"
-);
-
-const RECEIVE_POSTGRES: &str = concat!(
-    "WITH picked AS (",
-    receivable_sql!(" FOR UPDATE SKIP LOCKED"),
-    ") ",
-    hand_out_sql!(),
-    "FROM picked WHERE actor_messages.id = picked.id RETURNING actor_messages.id, sender, \
-     recipient, team, payload, idempotency_key, state, deliveries, max_deliveries, \
-     visibility_ms, visible_at_ms, run_id, reason, created_at_ms, delivered_at_ms, acked_at_ms"
-);
+/// A receive on PostgreSQL (after [`dead_letter_sql`]): `$1` recipient, `$2` now, `$3` limit,
+/// `$4` run.
+static RECEIVE_POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH picked AS ({}) {}FROM picked WHERE actor_messages.id = picked.id RETURNING \
+         actor_messages.id, sender, recipient, team, payload, idempotency_key, state, \
+         deliveries, max_deliveries, visibility_ms, visible_at_ms, run_id, reason, \
+         created_at_ms, delivered_at_ms, acked_at_ms",
+        receivable_sql("$1", "$2", "$3", " FOR UPDATE SKIP LOCKED"),
+        hand_out_sql("$2", "$4")
+    )
+});
 
 /// What an insert of a row with key `id` came to: a taken key is [`StoreError::Duplicate`].
 fn inserted<T>(
@@ -279,7 +270,7 @@ fn zip_ids(
 }
 
 /// Who holds, and in which state, each message an ack did not ack.
-type Refusals = std::collections::HashMap<i64, (String, MessageState, Option<i64>)>;
+type Refusals = std::collections::HashMap<i64, (String, MessageState)>;
 
 /// One outcome per id named, in order, from what was acked and what the others are.
 fn ack_outcomes(
@@ -302,9 +293,9 @@ fn ack_outcomes(
             }
             match found.get(id) {
                 None => AckOutcome::NotFound,
-                Some((owner, _, _)) if owner != recipient => AckOutcome::NotYours,
-                Some((_, MessageState::Acked, _)) => AckOutcome::AlreadyAcked,
-                Some((_, state, _)) => AckOutcome::NotDelivered(*state),
+                Some((owner, _)) if owner != recipient => AckOutcome::NotYours,
+                Some((_, MessageState::Acked)) => AckOutcome::AlreadyAcked,
+                Some((_, state)) => AckOutcome::NotDelivered(*state),
             }
         })
         .collect()
@@ -327,7 +318,7 @@ impl SqlStore {
         let mut found = Refusals::new();
         for chunk in rest.chunks(MAX_IDS_PER_STATEMENT) {
             let sql = format!(
-                "SELECT id, recipient, state, acked_at_ms FROM actor_messages WHERE id IN ({})",
+                "SELECT id, recipient, state FROM actor_messages WHERE id IN ({})",
                 id_marks(chunk.len(), 1)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -339,42 +330,11 @@ impl SqlStore {
                     row.try_get::<String, _>("state")?.parse().map_err(decode)?;
                 found.insert(
                     row.try_get::<i64, _>("id")?,
-                    (
-                        row.try_get::<String, _>("recipient")?,
-                        state,
-                        row.try_get::<Option<i64>, _>("acked_at_ms")?,
-                    ),
+                    (row.try_get::<String, _>("recipient")?, state),
                 );
             }
         }
         Ok(found)
-    }
-
-    /// Messages without keys on SQLite: every insert and the commit in one round trip.
-    async fn insert_keyless_sqlite(
-        &self,
-        messages: &[NewMessage],
-    ) -> Result<Vec<SentMessage>, StoreError> {
-        if messages.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut script = String::from("BEGIN IMMEDIATE; ");
-        let mut offset = 0;
-        for chunk in messages.chunks(MAX_ROWS_PER_INSERT) {
-            script.push_str(&multi_insert_sql(chunk.len(), offset));
-            script.push_str("; ");
-            offset += chunk.len() * 10;
-        }
-        script.push_str("COMMIT");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(script));
-        for m in messages {
-            query = bind_new_message(query, m);
-        }
-        let returned = self.sqlite_script(query).await?;
-        let run: Vec<&NewMessage> = messages.iter().collect();
-        let mut sent = Vec::with_capacity(messages.len());
-        zip_ids(&run, &returned, &mut sent)?;
-        Ok(sent)
     }
 
     /// Runs a `BEGIN IMMEDIATE; …; COMMIT` statement list on the writer in one round trip; the
@@ -458,19 +418,10 @@ impl BatchScript {
                 let limit = self.mark(Arg::Int(i64::from(*limit)));
                 let run = self.mark(Arg::Text(run_id.clone()));
                 self.sql.push_str(&format!(
-                    "UPDATE actor_messages SET state = 'dead', reason = 'not acked after ' || \
-                     CAST(deliveries AS TEXT) || ' deliveries' WHERE recipient = {r} AND \
-                     state = 'delivered' AND visible_at_ms <= {now} AND deliveries >= \
-                     max_deliveries; \
-                     UPDATE actor_messages SET state = 'delivered', deliveries = deliveries + 1, \
-                     visible_at_ms = {now} + visibility_ms, delivered_at_ms = {now}, \
-                     run_id = {run} WHERE id IN (SELECT m.id FROM actor_messages m WHERE \
-                     m.recipient = {r} AND m.state IN ('pending', 'delivered') AND \
-                     m.visible_at_ms <= {now} AND m.deliveries < m.max_deliveries AND NOT \
-                     EXISTS (SELECT 1 FROM actor_messages e WHERE e.recipient = m.recipient AND \
-                     e.sender = m.sender AND e.id < m.id AND e.state = 'delivered' AND \
-                     e.visible_at_ms > {now}) ORDER BY m.id LIMIT {limit}) RETURNING {n} AS op, \
-                     {MESSAGE_COLUMNS}; "
+                    "{}; {}WHERE id IN ({}) RETURNING {n} AS op, {MESSAGE_COLUMNS}; ",
+                    dead_letter_sql(Some(&r), &now),
+                    hand_out_sql(&now, &run),
+                    receivable_sql(&r, &now, &limit, "")
                 ));
             }
             MailboxOp::Ack {
@@ -483,12 +434,10 @@ impl BatchScript {
                 for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
                     let marks: Vec<String> =
                         chunk.iter().map(|id| self.mark(Arg::Int(*id))).collect();
-                    // How many, not which: when every id was acked (the usual case) that
-                    // says it all; otherwise the ids are looked at after the commit.
                     self.sql.push_str(&format!(
                         "UPDATE actor_messages SET state = 'acked', acked_at_ms = {now} WHERE \
-                         recipient = {r} AND state = 'delivered' AND id IN ({}); SELECT {n} AS \
-                         op, changes() AS acked; ",
+                         recipient = {r} AND state = 'delivered' AND id IN ({}) RETURNING {n} \
+                         AS op, id; ",
                         marks.join(", ")
                     ));
                 }
@@ -497,15 +446,10 @@ impl BatchScript {
     }
 }
 
-#[async_trait]
-impl ActorStore for SqlStore {
-    async fn write_batch(&self, ops: &[MailboxOp]) -> Result<Vec<MailboxAnswer>, StoreError> {
-        let keyed = ops.iter().any(|op| {
-            matches!(op, MailboxOp::Insert(m) if m.iter().any(|m| m.idempotency_key.is_some()))
-        });
-        if self.backend != Backend::Sqlite || keyed || ops.len() < 2 {
-            return apply_each(self, ops).await;
-        }
+impl SqlStore {
+    /// Mailbox writes on SQLite in one statement list: one round trip to the single writer and
+    /// one commit for all of them (inserts here carry no idempotency key).
+    async fn sqlite_batch(&self, ops: &[MailboxOp]) -> Result<Vec<MailboxAnswer>, StoreError> {
         let mut script = BatchScript {
             sql: String::from("BEGIN IMMEDIATE; "),
             args: Vec::new(),
@@ -550,9 +494,11 @@ impl ActorStore for SqlStore {
                         }));
                     }
                     if sent.len() != messages.len() {
-                        return Err(StoreError::Conflict(
-                            "a batch's insert answered no ids".into(),
-                        ));
+                        return Err(StoreError::Conflict(format!(
+                            "storing {} messages answered {} ids",
+                            messages.len(),
+                            sent.len()
+                        )));
                     }
                     MailboxAnswer::Inserted(sent)
                 }
@@ -561,47 +507,47 @@ impl ActorStore for SqlStore {
                         .iter()
                         .map(message_from_row)
                         .collect::<Result<Vec<_>, _>>()?;
+                    // RETURNING promises no order.
                     messages.sort_by_key(|m| m.id);
                     MailboxAnswer::Received(messages)
                 }
-                MailboxOp::Ack {
-                    recipient,
-                    ids,
-                    now_ms,
-                } => {
-                    let mut count = 0;
-                    for row in &rows {
-                        count += row.try_get::<i64, _>("acked")?;
-                    }
-                    let distinct: std::collections::HashSet<i64> = ids.iter().copied().collect();
-                    if usize::try_from(count).ok() == Some(distinct.len()) {
-                        MailboxAnswer::Acked(ack_outcomes(
-                            recipient,
-                            ids,
-                            &distinct,
-                            &Refusals::new(),
-                        ))
-                    } else {
-                        // Some were not acked here: what each is now tells which (acked by
-                        // this batch: acked at its time).
-                        let found = self
-                            .ack_refusals(ids, &std::collections::HashSet::new(), &self.pool)
-                            .await?;
-                        let acked_now: std::collections::HashSet<i64> = found
-                            .iter()
-                            .filter(|(_, (owner, state, at))| {
-                                owner == recipient
-                                    && *state == MessageState::Acked
-                                    && *at == Some(*now_ms)
-                            })
-                            .map(|(id, _)| *id)
-                            .collect();
-                        MailboxAnswer::Acked(ack_outcomes(recipient, ids, &acked_now, &found))
-                    }
+                MailboxOp::Ack { recipient, ids, .. } => {
+                    let acked = rows
+                        .iter()
+                        .map(|row| row.try_get::<i64, _>("id"))
+                        .collect::<Result<std::collections::HashSet<_>, _>>()?;
+                    let found = self.ack_refusals(ids, &acked, &self.pool).await?;
+                    MailboxAnswer::Acked(ack_outcomes(recipient, ids, &acked, &found))
                 }
             });
         }
         Ok(answers)
+    }
+
+    /// [`SqlStore::sqlite_batch`] of one write.
+    async fn sqlite_one(&self, op: MailboxOp) -> Result<MailboxAnswer, StoreError> {
+        self.sqlite_batch(std::slice::from_ref(&op))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Conflict("a write answered nothing".into()))
+    }
+}
+
+fn unexpected_answer() -> StoreError {
+    StoreError::Conflict("a mailbox write answered another kind of write".into())
+}
+
+#[async_trait]
+impl ActorStore for SqlStore {
+    async fn write_batch(&self, ops: &[MailboxOp]) -> Result<Vec<MailboxAnswer>, StoreError> {
+        let keyed = ops.iter().any(|op| {
+            matches!(op, MailboxOp::Insert(m) if m.iter().any(|m| m.idempotency_key.is_some()))
+        });
+        if self.backend == Backend::Sqlite && !keyed {
+            self.sqlite_batch(ops).await
+        } else {
+            apply_each(self, ops).await
+        }
     }
 
     async fn insert_messages(
@@ -609,7 +555,13 @@ impl ActorStore for SqlStore {
         messages: &[NewMessage],
     ) -> Result<Vec<SentMessage>, StoreError> {
         if self.backend == Backend::Sqlite && messages.iter().all(|m| m.idempotency_key.is_none()) {
-            return self.insert_keyless_sqlite(messages).await;
+            return match self
+                .sqlite_one(MailboxOp::Insert(messages.to_vec()))
+                .await?
+            {
+                MailboxAnswer::Inserted(sent) => Ok(sent),
+                _ => Err(unexpected_answer()),
+            };
         }
         let mut tx = self.write_transaction().await?;
         let mut sent = Vec::with_capacity(messages.len());
@@ -669,33 +621,32 @@ impl ActorStore for SqlStore {
         now_ms: i64,
         limit: u32,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let rows = match self.backend {
-            Backend::Sqlite => {
-                let script = sqlx::query(RECEIVE_SCRIPT_SQLITE)
-                    .bind(recipient)
-                    .bind(now_ms)
-                    .bind(i64::from(limit))
-                    .bind(run_id);
-                self.sqlite_script(script).await?
-            }
-            Backend::Postgres => {
-                let mut tx = self.write_transaction().await?;
-                sqlx::query(DEAD_LETTER_ONE_SQL)
-                    .bind(recipient)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                let rows = sqlx::query(RECEIVE_POSTGRES)
-                    .bind(recipient)
-                    .bind(now_ms)
-                    .bind(i64::from(limit))
-                    .bind(run_id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                rows
-            }
-        };
+        if self.backend == Backend::Sqlite {
+            let op = MailboxOp::Receive {
+                recipient: recipient.into(),
+                run_id: run_id.into(),
+                now_ms,
+                limit,
+            };
+            return match self.sqlite_one(op).await? {
+                MailboxAnswer::Received(messages) => Ok(messages),
+                _ => Err(unexpected_answer()),
+            };
+        }
+        let mut tx = self.write_transaction().await?;
+        sqlx::query(sqlx::AssertSqlSafe(dead_letter_sql(Some("$1"), "$2")))
+            .bind(recipient)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(RECEIVE_POSTGRES.as_str()))
+            .bind(recipient)
+            .bind(now_ms)
+            .bind(i64::from(limit))
+            .bind(run_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
         let mut messages = rows
             .iter()
             .map(message_from_row)
@@ -714,32 +665,18 @@ impl ActorStore for SqlStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut acked = std::collections::HashSet::new();
         if self.backend == Backend::Sqlite {
-            // Every update and the commit in one round trip; the look at the others after it.
-            let mut script = String::from("BEGIN IMMEDIATE; ");
-            let mut next = 3;
-            for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
-                script.push_str(&format!(
-                    "UPDATE actor_messages SET state = 'acked', acked_at_ms = $2 \
-                     WHERE recipient = $1 AND state = 'delivered' AND id IN ({}) RETURNING id; ",
-                    id_marks(chunk.len(), next)
-                ));
-                next += chunk.len();
-            }
-            script.push_str("COMMIT");
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(script))
-                .bind(recipient)
-                .bind(now_ms);
-            for id in ids {
-                query = query.bind(*id);
-            }
-            for row in self.sqlite_script(query).await? {
-                acked.insert(row.try_get::<i64, _>("id")?);
-            }
-            let found = self.ack_refusals(ids, &acked, &self.pool).await?;
-            return Ok(ack_outcomes(recipient, ids, &acked, &found));
+            let op = MailboxOp::Ack {
+                recipient: recipient.into(),
+                ids: ids.to_vec(),
+                now_ms,
+            };
+            return match self.sqlite_one(op).await? {
+                MailboxAnswer::Acked(outcomes) => Ok(outcomes),
+                _ => Err(unexpected_answer()),
+            };
         }
+        let mut acked = std::collections::HashSet::new();
         let mut tx = self.write_transaction().await?;
         for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
             let marks = id_marks(chunk.len(), 3);
@@ -792,14 +729,10 @@ impl ActorStore for SqlStore {
     }
 
     async fn sweep_dead_letters(&self, now_ms: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE actor_messages SET state = 'dead', \
-             reason = 'not acked after ' || CAST(deliveries AS TEXT) || ' deliveries' \
-             WHERE state = 'delivered' AND visible_at_ms <= $1 AND deliveries >= max_deliveries",
-        )
-        .bind(now_ms)
-        .execute(&self.writer)
-        .await?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(dead_letter_sql(None, "$1")))
+            .bind(now_ms)
+            .execute(&self.writer)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -1042,17 +975,7 @@ impl ActorStore for SqlStore {
         if moved.rows_affected() == 0 {
             return Ok(false);
         }
-        sqlx::query(INSERT_MESSAGE_SQL)
-            .bind(&message.sender)
-            .bind(&message.recipient)
-            .bind(&message.team)
-            .bind(&message.payload)
-            .bind(&message.idempotency_key)
-            .bind(MessageState::Pending.as_str())
-            .bind(message.max_deliveries)
-            .bind(message.visibility_ms)
-            .bind(message.now_ms)
-            .bind(message.now_ms)
+        bind_new_message(sqlx::query(INSERT_MESSAGE_SQL), message)
             .fetch_optional(&mut *tx)
             .await?;
         tx.commit().await?;
